@@ -1,0 +1,44 @@
+"""`create_app`: the FastAPI application."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from conveyor import __version__
+from conveyor.api import problems
+from conveyor.api.jobs import jobs_router
+from conveyor.api.meta import meta_router
+from conveyor.api.schemas import submission_model
+from conveyor.api.state import ApiState
+from conveyor.core.catalog import TaskCatalog, load_catalog
+from conveyor.core.redis import async_client
+from conveyor.core.settings import Settings
+from conveyor.core.store import AsyncJobStore
+
+
+def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAPI:
+    """The API for `settings`; connects to Redis lazily, on the first request."""
+    catalog = catalog if catalog is not None else load_catalog(settings.task_modules)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = async_client(settings)
+        store = AsyncJobStore(client, settings.key_prefix, settings.jobs.retention_seconds)
+        app.state.conveyor = ApiState(settings, catalog, client, store)
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(
+        title="Conveyor",
+        version=__version__,
+        description="Submit jobs, follow their progress, read their results, cancel them.",
+        lifespan=lifespan,
+    )
+    problems.install(app, list(catalog))
+    body = submission_model(catalog, settings.jobs.max_delay_seconds)
+    app.include_router(jobs_router(catalog, body))
+    app.include_router(meta_router())
+    return app

@@ -1,0 +1,46 @@
+"""/v1/tasks (the catalogue) and the health endpoints."""
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from conveyor.api.jobs import State
+from conveyor.api.schemas import Health, TaskInfo
+
+READINESS_TIMEOUT_SECONDS = 1.0
+
+
+def meta_router() -> APIRouter:
+    """Catalogue and probes."""
+    router = APIRouter()
+
+    @router.get("/v1/tasks", response_model=list[TaskInfo], tags=["tasks"], summary="List tasks")
+    async def list_tasks(state: State) -> list[TaskInfo]:
+        """Every task this deployment runs, with its argument schema, queue and retry policy."""
+        return [
+            TaskInfo(
+                name=spec.name,
+                queue=spec.queue,
+                description=spec.description,
+                args_schema=spec.args_model.model_json_schema(),
+                retry=spec.retry.describe(),
+                timeout_seconds=spec.timeout_seconds,
+            )
+            for spec in state.catalog.values()
+        ]
+
+    @router.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """The process is alive (no dependency is checked)."""
+        return Health(status="ok")
+
+    @router.get("/readyz", response_model=Health, tags=["health"])
+    async def readyz(state: State) -> JSONResponse:
+        """Redis answers: the API can accept jobs."""
+        try:
+            await state.redis.ping()
+        except (RedisError, OSError):
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    return router

@@ -1,0 +1,87 @@
+"""Request and response bodies. The submission body is built per deployment from the task
+catalogue, so OpenAPI shows every task's own argument schema and validation names the field.
+"""
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model
+
+from conveyor.core.catalog import TaskCatalog
+from conveyor.core.jobs import Job
+from conveyor.core.queues import Queue
+
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+
+
+class SubmissionBase(BaseModel):
+    """Fields every submission has, whatever its task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Queue | None = Field(None, description="Queue tier; defaults to the task's own.")
+    idempotency_key: str | None = Field(
+        None,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Replays with the same key and body return the same job. "
+        "The Idempotency-Key header works too.",
+    )
+    delay_seconds: float = Field(0.0, ge=0, description="Run no earlier than this from now.")
+    max_retries: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Retries on retryable errors; defaults to the task's policy.",
+    )
+    timeout_seconds: int | None = Field(
+        None, ge=1, le=7 * 24 * 3600, description="Soft time limit of one attempt."
+    )
+    callback_url: HttpUrl | None = Field(
+        None, description="Receives a signed POST of the job when it reaches a terminal state."
+    )
+
+
+def submission_model(catalog: TaskCatalog, max_delay_seconds: int) -> Any:
+    """A tagged union of one submission model per task, discriminated by `task`."""
+    variants = []
+    for spec in catalog.values():
+        model_name = "Submit_" + "".join(c if c.isalnum() else "_" for c in spec.name)
+        variants.append(
+            create_model(
+                model_name,
+                __base__=SubmissionBase,
+                __doc__=f"Submit a `{spec.name}` job. {spec.description}".strip(),
+                task=(Literal[spec.name], Field(..., description="Task name.")),  # type: ignore[arg-type]
+                args=(
+                    spec.args_model,
+                    Field(default={}, validate_default=True, description="Task arguments."),
+                ),
+                delay_seconds=(float, Field(0.0, ge=0, le=max_delay_seconds)),
+            )
+        )
+    if len(variants) == 1:
+        return variants[0]
+    return Annotated[Union[tuple(variants)], Field(discriminator="task")]  # noqa: UP007
+
+
+class JobPage(BaseModel):
+    """A page of jobs, newest first."""
+
+    items: list[Job]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
+
+
+class TaskInfo(BaseModel):
+    """A catalogued task."""
+
+    name: str
+    queue: Queue
+    description: str
+    args_schema: dict[str, Any]
+    retry: dict[str, Any]
+    timeout_seconds: int | None
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: Literal["ok", "unavailable"]

@@ -1,0 +1,39 @@
+"""Running the API under gunicorn with uvicorn workers."""
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+
+from conveyor.api.app import create_app
+from conveyor.core.settings import Settings
+
+
+class ApiServer(BaseApplication):  # type: ignore[misc]
+    """Gunicorn embedded: each worker process builds its own app after the fork."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Gunicorn options from settings."""
+        api = self.settings.api
+        options: dict[str, Any] = {
+            "bind": api.bind,
+            "workers": api.workers,
+            "worker_class": "uvicorn_worker.UvicornWorker",
+            "timeout": api.timeout_seconds,
+            "graceful_timeout": api.graceful_timeout_seconds,
+            "keepalive": api.keepalive_seconds,
+            "loglevel": self.settings.log_level.lower(),
+            "errorlog": "-",
+            "proc_name": "conveyor-api",
+            # Kubernetes stops pods with SIGTERM; gunicorn then drains for graceful_timeout.
+            "preload_app": False,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """The ASGI app (called in each worker process)."""
+        return create_app(self.settings)

@@ -1,0 +1,26 @@
+"""What the API keeps for its lifetime, created in the lifespan and read by the routes."""
+
+from dataclasses import dataclass
+
+import redis.asyncio
+from fastapi import Request
+
+from conveyor.core.catalog import TaskCatalog
+from conveyor.core.settings import Settings
+from conveyor.core.store import AsyncJobStore
+
+
+@dataclass
+class ApiState:
+    """Shared objects of one API process."""
+
+    settings: Settings
+    catalog: TaskCatalog
+    redis: "redis.asyncio.Redis"
+    store: AsyncJobStore
+
+
+def api_state(request: Request) -> ApiState:
+    """FastAPI dependency: the process's ApiState."""
+    state: ApiState = request.app.state.conveyor
+    return state

@@ -1,0 +1,1 @@
+"""The periodic-job scheduler (celery beat with a RedBeat leader lock)."""

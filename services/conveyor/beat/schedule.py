@@ -1,0 +1,100 @@
+"""The schedule file (`CONVEYOR_SCHEDULE_FILE`): periodic jobs in YAML.
+
+schedules:
+- name: nightly-digest
+task: email.send
+args: {to: [ops@example.com], subject: Digest, text: "..."}
+cron: "0 3 * * *"          # minute hour day-of-month month day-of-week, UTC
+- name: ping
+task: demo.echo
+interval_seconds: 60
+priority: high            # optional; defaults to the task's queue
+"""
+
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from celery.schedules import BaseSchedule, crontab, schedule
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from conveyor.core.catalog import TaskCatalog
+from conveyor.core.queues import Queue
+
+
+class ScheduledJob(BaseModel):
+    """One periodic job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    task: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    cron: str | None = Field(None, description="Five-field cron expression, in UTC.")
+    interval_seconds: float | None = Field(None, gt=0)
+    priority: Queue | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str | None) -> str | None:
+        if value is not None:
+            fields = value.split()
+            if len(fields) != 5:
+                raise ValueError("cron needs five fields: minute hour day month weekday")
+            crontab(*fields)  # raises on a malformed field
+        return value
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> Self:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError(f"{self.name}: set exactly one of cron and interval_seconds")
+        return self
+
+    def celery_schedule(self) -> BaseSchedule:
+        """The Celery schedule object."""
+        if self.cron is not None:
+            minute, hour, day_of_month, month, day_of_week = self.cron.split()
+            return crontab(
+                minute=minute,
+                hour=hour,
+                day_of_month=day_of_month,
+                month_of_year=month,
+                day_of_week=day_of_week,
+            )
+        assert self.interval_seconds is not None
+        return schedule(run_every=self.interval_seconds)
+
+
+class ScheduleFile(BaseModel):
+    """The whole file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedules: list[ScheduledJob] = Field(default_factory=list)
+
+
+def load_schedule(path: Path, catalog: TaskCatalog) -> list[ScheduledJob]:
+    """Read and check the file: unique names, known tasks, arguments valid for each task."""
+    data = yaml.safe_load(path.read_text()) or {}
+    jobs = ScheduleFile.model_validate(data).schedules
+    names = [job.name for job in jobs]
+    if len(names) != len(set(names)):
+        raise ValueError(f"{path}: schedule names must be unique")
+    for job in jobs:
+        if job.task not in catalog:
+            raise ValueError(f"{path}: {job.name}: unknown task {job.task!r}")
+        catalog[job.task].args_model.model_validate(job.args)
+    return jobs
+
+
+def beat_schedule(jobs: list[ScheduledJob]) -> dict[str, dict[str, Any]]:
+    """Celery's `beat_schedule` setting for the jobs."""
+    return {
+        job.name: {
+            "task": job.task,
+            "schedule": job.celery_schedule(),
+            "kwargs": job.args,
+            "options": {"queue": str(job.priority)} if job.priority else {},
+        }
+        for job in jobs
+    }

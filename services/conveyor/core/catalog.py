@@ -1,0 +1,191 @@
+"""Task definitions: the `@task` decorator and the catalogue built from task modules.
+
+A task is a plain function `fn(ctx: JobContext, args: ArgsModel) -> JSON` declared with its
+name, queue and argument model right where it is defined. No Celery import is needed: the
+worker binds every catalogued task to Celery, and the API validates submissions against the
+same argument models.
+"""
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from conveyor.core.errors import RetryableError
+from conveyor.core.queues import Queue
+from conveyor.core.settings import Settings
+
+BUILTIN_TASK_MODULES = ("conveyor.tasks.demo", "conveyor.tasks.webhook", "conveyor.tasks.email")
+
+_SPEC_ATTRIBUTE = "__conveyor_task__"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how fast a failed job is tried again.
+
+    The delay before retry n (1-based) is `min(max_backoff, base * factor**(n-1))`, then
+    "full jitter" scales it by a random factor in [jitter_min, 1] so that a burst of failures
+    does not come back as a burst.
+    """
+
+    max_retries: int = 3
+    backoff_seconds: float = 2.0
+    backoff_factor: float = 2.0
+    max_backoff_seconds: float = 300.0
+    jitter_min: float = 0.5
+    retry_on: tuple[type[BaseException], ...] = (RetryableError,)
+
+    def delay_for(self, retry_number: int, rand: float) -> float:
+        """Seconds to wait before retry `retry_number`; `rand` is uniform in [0, 1)."""
+        exponent = max(0, retry_number - 1)
+        base = min(self.max_backoff_seconds, self.backoff_seconds * self.backoff_factor**exponent)
+        return base * (self.jitter_min + (1.0 - self.jitter_min) * rand)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """Whether `exc` is a transient failure under this policy."""
+        return isinstance(exc, self.retry_on)
+
+    def describe(self) -> dict[str, Any]:
+        """The policy as the task catalogue shows it."""
+        return {
+            "max_retries": self.max_retries,
+            "backoff_seconds": self.backoff_seconds,
+            "backoff_factor": self.backoff_factor,
+            "max_backoff_seconds": self.max_backoff_seconds,
+            "retry_on": [exc.__name__ for exc in self.retry_on],
+        }
+
+
+class ProgressReporter(Protocol):
+    """Records a running job's progress (and notices cancellation)."""
+
+    def __call__(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Store progress; raises JobCancelledError if the job was cancelled meanwhile."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a task function knows about the job it runs.
+
+    `attempt` starts at 1 and grows with every retry and every redelivery, so an effect can be
+    made idempotent by keying it on `job_id` (see the built-in tasks).
+    """
+
+    job_id: str
+    task: str
+    queue: Queue
+    attempt: int
+    progress: ProgressReporter
+    settings: Settings
+
+
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
+TaskFunction = Callable[[JobContext, Any], Any]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A catalogued task."""
+
+    name: str
+    queue: Queue
+    args_model: type[BaseModel]
+    fn: TaskFunction
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_seconds: int | None = None
+    description: str = ""
+
+    def run(self, ctx: JobContext, raw_args: Mapping[str, Any]) -> Any:
+        """Validate `raw_args` against the argument model and call the task function."""
+        return self.fn(ctx, self.args_model.model_validate(raw_args))
+
+
+def task(
+    *,
+    name: str,
+    queue: Queue,
+    args: type[ArgsT],
+    retry: RetryPolicy | None = None,
+    timeout_seconds: int | None = None,
+) -> Callable[[Callable[[JobContext, ArgsT], Any]], Callable[[JobContext, ArgsT], Any]]:
+    """Declare a task: its public name, default queue and argument model.
+
+    The decorated function is returned unchanged (it stays directly callable in tests); the
+    spec is attached to it and collected by `TaskCatalog.from_modules`.
+    """
+    if not isinstance(queue, Queue):
+        raise TypeError(f"task {name!r}: queue must be a Queue, got {queue!r}")
+    if not (isinstance(args, type) and issubclass(args, BaseModel)):
+        raise TypeError(f"task {name!r}: args must be a pydantic model class")
+
+    def register(fn: Callable[[JobContext, ArgsT], Any]) -> Callable[[JobContext, ArgsT], Any]:
+        spec = TaskSpec(
+            name=name,
+            queue=queue,
+            args_model=args,
+            fn=fn,
+            retry=retry or RetryPolicy(),
+            timeout_seconds=timeout_seconds,
+            description=inspect.cleandoc(fn.__doc__ or ""),
+        )
+        setattr(fn, _SPEC_ATTRIBUTE, spec)
+        return fn
+
+    return register
+
+
+class UnknownTaskError(LookupError):
+    """No task of that name is catalogued."""
+
+
+class TaskCatalog(Mapping[str, TaskSpec]):
+    """The tasks this deployment knows, by name."""
+
+    def __init__(self, specs: Iterable[TaskSpec]) -> None:
+        self._specs: dict[str, TaskSpec] = {}
+        for spec in specs:
+            if spec.name in self._specs:
+                raise ValueError(f"task {spec.name!r} is defined twice")
+            self._specs[spec.name] = spec
+
+    @classmethod
+    def from_modules(cls, modules: Iterable[str]) -> "TaskCatalog":
+        """Import each dotted module path and collect the functions decorated with `@task`."""
+        specs: list[TaskSpec] = []
+        for dotted in modules:
+            specs.extend(_specs_in(importlib.import_module(dotted)))
+        return cls(specs)
+
+    def __getitem__(self, name: str) -> TaskSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownTaskError(name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._specs))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+def load_catalog(task_modules: Iterable[str]) -> TaskCatalog:
+    """The built-in tasks plus those of `task_modules` (CONVEYOR_TASK_MODULES)."""
+    return TaskCatalog.from_modules([*BUILTIN_TASK_MODULES, *task_modules])
+
+
+def _specs_in(module: ModuleType) -> list[TaskSpec]:
+    found = []
+    for value in vars(module).values():
+        spec = getattr(value, _SPEC_ATTRIBUTE, None)
+        # Only functions defined here: a module that imports another's task must not re-register it.
+        if isinstance(spec, TaskSpec) and getattr(value, "__module__", None) == module.__name__:
+            found.append(spec)
+    return found

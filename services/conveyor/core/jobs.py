@@ -1,0 +1,106 @@
+"""The job record: states and the resource clients read."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field
+
+from conveyor.core.queues import Queue
+
+
+class JobState(StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """A terminal job never changes again (and expires after the retention period)."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Progress(BaseModel):
+    """How far a running job has come, as its task last reported."""
+
+    current: float
+    total: float | None = None
+    message: str | None = None
+
+
+class JobError(BaseModel):
+    """Why a job failed: an exception type and message, never a stack trace."""
+
+    type: str
+    message: str
+
+
+class Job(BaseModel):
+    """A job as the API returns it."""
+
+    id: str
+    task: str
+    queue: Queue
+    state: JobState
+    args: dict[str, Any]
+    progress: Progress | None = None
+    result: Any = None
+    error: JobError | None = None
+    attempts: int = Field(0, description="How many times the job has started running.")
+    max_retries: int
+    timeout_seconds: int | None = None
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    created_at: datetime
+    scheduled_for: datetime | None = Field(None, description="When a delayed job becomes due.")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> "Job":
+        """Decode the Redis hash written by the job store's scripts."""
+        return cls(
+            id=record["id"],
+            task=record["task"],
+            queue=Queue(record["queue"]),
+            state=JobState(record["state"]),
+            args=orjson.loads(record["args"]),
+            progress=_json_or_none(record.get("progress")),
+            result=orjson.loads(record["result"]) if "result" in record else None,
+            error=_json_or_none(record.get("error")),
+            attempts=int(record.get("attempts", "0")),
+            max_retries=int(record["max_retries"]),
+            timeout_seconds=_int_or_none(record.get("timeout_seconds")),
+            idempotency_key=record.get("idempotency_key") or None,
+            callback_url=record.get("callback_url") or None,
+            created_at=_timestamp(record["created_at"]),
+            scheduled_for=_timestamp_or_none(record.get("scheduled_for")),
+            started_at=_timestamp_or_none(record.get("started_at")),
+            finished_at=_timestamp_or_none(record.get("finished_at")),
+        )
+
+
+def _json_or_none(raw: str | None) -> Any:
+    return orjson.loads(raw) if raw else None
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    return int(raw) if raw else None
+
+
+def _timestamp(raw: str) -> datetime:
+    return datetime.fromtimestamp(float(raw), UTC)
+
+
+def _timestamp_or_none(raw: str | None) -> datetime | None:
+    return _timestamp(raw) if raw else None

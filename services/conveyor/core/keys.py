@@ -1,0 +1,45 @@
+"""Names of the Redis keys Conveyor owns (the Lua scripts build the same names)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix (`CONVEYOR_KEY_PREFIX`)."""
+
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        """Hash holding one job record."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def idempotency(self, key: str) -> str:
+        """String mapping an idempotency key to the job id and request hash."""
+        return f"{self.prefix}:idem:{key}"
+
+    @property
+    def index_all(self) -> str:
+        """Sorted set of every job id, scored by creation time (ms)."""
+        return f"{self.prefix}:index:all"
+
+    def index_state(self, state: str) -> str:
+        """Jobs in one state."""
+        return f"{self.prefix}:index:state:{state}"
+
+    def index_task(self, task: str) -> str:
+        """Jobs of one task."""
+        return f"{self.prefix}:index:task:{task}"
+
+    def index_queue(self, queue: str) -> str:
+        """Jobs of one queue."""
+        return f"{self.prefix}:index:queue:{queue}"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of job ids waiting for their due time (ms)."""
+        return f"{self.prefix}:delayed"
+
+    @property
+    def delayed_messages(self) -> str:
+        """Hash of job id to the Celery message to push when due."""
+        return f"{self.prefix}:delayed:messages"

@@ -1,0 +1,1 @@
+"""Lua scripts of the job store (package data)."""

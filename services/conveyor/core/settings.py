@@ -1,0 +1,124 @@
+"""Configuration: the one place that reads the environment.
+
+Every variable is `CONVEYOR_<FIELD>`; nested groups use `__`, e.g. `CONVEYOR_API__WORKERS=4`.
+"""
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API process (gunicorn with uvicorn workers)."""
+
+    bind: str = Field("0.0.0.0:8000", description="host:port gunicorn listens on.")
+    workers: int = Field(2, ge=1, description="Number of uvicorn worker processes.")
+    timeout_seconds: int = Field(30, ge=1, description="Kill a worker silent for this long.")
+    graceful_timeout_seconds: int = Field(20, ge=1, description="Time to finish requests on stop.")
+    keepalive_seconds: int = Field(5, ge=1, description="HTTP keep-alive timeout.")
+
+
+class WorkerSettings(BaseModel):
+    """A Celery worker process serving one tier."""
+
+    concurrency: int = Field(4, ge=1, description="Prefork child processes per worker.")
+    default_timeout_seconds: int = Field(
+        300, ge=1, description="Soft time limit of a job that does not set `timeout_seconds`."
+    )
+    hard_timeout_grace_seconds: int = Field(
+        10, ge=1, description="How long after the soft limit the child is killed."
+    )
+    visibility_timeout_seconds: int = Field(
+        3600, ge=10, description="Unacked deliveries older than this are redelivered."
+    )
+    delayed_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the worker moves due delayed jobs onto their queue."
+    )
+
+
+class BeatSettings(BaseModel):
+    """The periodic-job scheduler."""
+
+    lock_timeout_seconds: int = Field(
+        30, ge=2, description="Leader lock expiry: a standby takes over this long after a crash."
+    )
+    max_interval_seconds: float = Field(
+        5.0, gt=0, description="Longest sleep between scheduler ticks."
+    )
+
+
+class SmtpSecurity(StrEnum):
+    """How the SMTP connection is secured."""
+
+    NONE = "none"
+    STARTTLS = "starttls"
+    TLS = "tls"
+
+
+class SmtpSettings(BaseModel):
+    """The mail relay used by the `email.send` task."""
+
+    host: str = "localhost"
+    port: int = Field(25, ge=1, le=65535)
+    security: SmtpSecurity = SmtpSecurity.NONE
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field("conveyor@localhost", description="Default From address.")
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class WebhookSettings(BaseModel):
+    """Outgoing webhooks (`webhook.deliver` and completion callbacks)."""
+
+    signing_secret: SecretStr = Field(
+        SecretStr("change-me"), description="HMAC-SHA256 key for the Conveyor-Signature header."
+    )
+    timeout_seconds: float = Field(10.0, gt=0)
+    user_agent: str = "Conveyor-Webhook/1"
+
+
+class JobSettings(BaseModel):
+    """Defaults and retention for job records."""
+
+    retention_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="How long finished jobs and idempotency keys are kept."
+    )
+    default_max_retries: int = Field(3, ge=0, le=100)
+    max_delay_seconds: int = Field(
+        30 * 24 * 3600, ge=0, description="Upper bound of delay_seconds."
+    )
+
+
+class LogFormat(StrEnum):
+    """Log line format."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class Settings(BaseSettings):
+    """All of Conveyor's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    redis_url: SecretStr = Field(
+        SecretStr("redis://localhost:6379/0"),
+        description="Broker and job store. A secret because it may carry a password.",
+    )
+    key_prefix: str = Field("conveyor", description="Prefix of every Redis key Conveyor owns.")
+    task_modules: list[str] = Field(
+        default_factory=list, description="Extra modules whose @task functions are loaded."
+    )
+    schedule_file: Path | None = Field(None, description="YAML file of periodic jobs for beat.")
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+    api: ApiSettings = ApiSettings()
+    worker: WorkerSettings = WorkerSettings()
+    beat: BeatSettings = BeatSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    jobs: JobSettings = JobSettings()

@@ -1,0 +1,391 @@
+"""The job store: job records, indexes, idempotency keys and delayed messages in Redis.
+
+Every write is one Lua script call (see `lua/`), so each state change is atomic and costs one
+round trip. `JobStore` (redis-py, blocking) serves workers and beat; `AsyncJobStore` serves
+the API. Both share the argument builders and parsers below.
+"""
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio
+
+from conveyor.core.jobs import TERMINAL_STATES, Job, JobState
+from conveyor.core.keys import Keys
+from conveyor.core.queues import Queue
+
+_LIB = resources.files("conveyor.core.lua").joinpath("_lib.lua").read_text()
+
+
+def _script_source(name: str) -> str:
+    return _LIB + "\n" + resources.files("conveyor.core.lua").joinpath(f"{name}.lua").read_text()
+
+
+ACCEPT_LUA = _script_source("accept")
+TRANSITION_LUA = _script_source("transition")
+PROMOTE_LUA = _script_source("promote")
+
+# States from which a job may (re)start: a redelivery after a worker died finds it `running`.
+STARTABLE = (JobState.QUEUED, JobState.SCHEDULED, JobState.RETRYING, JobState.RUNNING)
+CANCELLABLE = (JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, JobState.RETRYING)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated submission, ready to be written by the accept script."""
+
+    id: str
+    task: str
+    queue: Queue
+    args: dict[str, Any]
+    max_retries: int
+    timeout_seconds: int | None
+    idempotency_key: str | None
+    callback_url: str | None
+    created_at: float
+    due_at: float | None
+    request_hash: str
+
+    @property
+    def initial_state(self) -> JobState:
+        """Scheduled when it has a due time, otherwise queued."""
+        return JobState.SCHEDULED if self.due_at is not None else JobState.QUEUED
+
+    def record_fields(self) -> list[str]:
+        """The job hash as a flat field/value list."""
+        fields = {
+            "id": self.id,
+            "task": self.task,
+            "queue": str(self.queue),
+            "state": str(self.initial_state),
+            "args": orjson.dumps(self.args).decode(),
+            "attempts": "0",
+            "max_retries": str(self.max_retries),
+            "timeout_seconds": "" if self.timeout_seconds is None else str(self.timeout_seconds),
+            "idempotency_key": self.idempotency_key or "",
+            "callback_url": self.callback_url or "",
+            "created_at": repr(self.created_at),
+            "scheduled_for": "" if self.due_at is None else repr(self.due_at),
+        }
+        return [item for pair in fields.items() for item in pair]
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """What the accept script did: created a job, or found the idempotency key's job."""
+
+    created: bool
+    job_id: str
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    """What the transition script did; `previous_state` is None when the job does not exist."""
+
+    applied: bool
+    previous_state: JobState | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a job listing, newest first."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+class InvalidCursorError(ValueError):
+    """A listing cursor that this server did not issue."""
+
+
+def _ms(timestamp: float) -> str:
+    return str(int(timestamp * 1000))
+
+
+def accept_args(prefix: str, job: NewJob, message: bytes, retention_seconds: int) -> list[Any]:
+    """ARGV for accept.lua."""
+    return [
+        prefix,
+        job.id,
+        job.idempotency_key or "",
+        job.request_hash,
+        retention_seconds,
+        _ms(job.created_at),
+        _ms(job.due_at) if job.due_at is not None else "0",
+        str(job.queue),
+        job.task,
+        str(job.initial_state),
+        message,
+        *job.record_fields(),
+    ]
+
+
+def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:
+    """Decode accept.lua's reply."""
+    created, value = int(raw[0]), _text(raw[1])
+    if created:
+        return AcceptResult(True, value, job.request_hash)
+    existing_id, _, existing_hash = value.partition("\n")
+    return AcceptResult(False, existing_id, existing_hash)
+
+
+def transition_args(
+    prefix: str,
+    job_id: str,
+    *,
+    allowed: Sequence[JobState],
+    new_state: JobState,
+    expire_seconds: int = 0,
+    count_attempt: bool = False,
+    delayed: tuple[str, float | None, bytes] = ("", None, b""),
+    fields: dict[str, str] | None = None,
+) -> list[Any]:
+    """ARGV for transition.lua."""
+    op, due_at, message = delayed
+    flat = [item for pair in (fields or {}).items() for item in pair]
+    return [
+        prefix,
+        job_id,
+        "|" + "|".join(allowed) + "|",
+        str(new_state),
+        expire_seconds,
+        "1" if count_attempt else "0",
+        op,
+        _ms(due_at) if due_at is not None else "0",
+        message,
+        *flat,
+    ]
+
+
+def parse_transition(raw: Sequence[Any]) -> TransitionResult:
+    """Decode transition.lua's reply."""
+    state = _text(raw[1])
+    return TransitionResult(bool(int(raw[0])), JobState(state) if state else None, int(raw[2]))
+
+
+def decode_record(raw: dict[Any, Any]) -> Job | None:
+    """A job from HGETALL's reply, or None if the key does not exist."""
+    if not raw:
+        return None
+    return Job.from_record({_text(k): _text(v) for k, v in raw.items()})
+
+
+def encode_cursor(score: float, job_id: str) -> str:
+    """An opaque cursor pointing just past (score, job id)."""
+    return base64.urlsafe_b64encode(f"{int(score)}:{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Inverse of `encode_cursor`; raises InvalidCursorError on anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = raw.split(":", 1)
+        return int(score), job_id
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise InvalidCursorError(cursor) from exc
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class JobStore:
+    """Blocking job store for workers and beat."""
+
+    def __init__(self, client: "redis.Redis", prefix: str, retention_seconds: int) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.retention_seconds = retention_seconds
+        self._accept = client.register_script(ACCEPT_LUA)
+        self._transition = client.register_script(TRANSITION_LUA)
+        self._promote = client.register_script(PROMOTE_LUA)
+
+    def accept(self, job: NewJob, message: bytes) -> AcceptResult:
+        """Record and enqueue a job atomically (see accept.lua)."""
+        args = accept_args(self.keys.prefix, job, message, self.retention_seconds)
+        return parse_accept(self._accept(args=args), job)
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None when unknown or expired."""
+        return decode_record(self.client.hgetall(self.keys.job(job_id)))
+
+    def transition(
+        self,
+        job_id: str,
+        *,
+        allowed: Sequence[JobState],
+        new_state: JobState,
+        count_attempt: bool = False,
+        delayed: tuple[str, float | None, bytes] = ("", None, b""),
+        fields: dict[str, str] | None = None,
+    ) -> TransitionResult:
+        """Apply a state change if the job is in one of the `allowed` states."""
+        expire = self.retention_seconds if new_state in TERMINAL_STATES else 0
+        args = transition_args(
+            self.keys.prefix,
+            job_id,
+            allowed=allowed,
+            new_state=new_state,
+            expire_seconds=expire,
+            count_attempt=count_attempt,
+            delayed=delayed,
+            fields=fields,
+        )
+        return parse_transition(self._transition(args=args))
+
+    def promote_due(self, now: float, limit: int = 500) -> int:
+        """Push delayed messages whose due time has come onto their queues."""
+        return int(self._promote(args=[self.keys.prefix, _ms(now), limit]))
+
+    def prune_index(self, key: str, older_than: float, budget: int = 5000) -> int:
+        """Drop ids of expired jobs from one index, oldest first; returns how many went."""
+        removed, start = 0, 0
+        while start < budget:
+            ids = self.client.zrangebyscore(key, "-inf", _ms(older_than), start=start, num=500)
+            if not ids:
+                break
+            with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.exists(self.keys.job(_text(job_id)))
+                exists = pipe.execute()
+            gone = [_text(job_id) for job_id, alive in zip(ids, exists, strict=True) if not alive]
+            if gone:
+                self.client.zrem(key, *gone)
+                removed += len(gone)
+            start += len(ids) - len(gone)
+        return removed
+
+    def index_keys(self) -> list[str]:
+        """Every index sorted set (found by pattern: the task set is open-ended)."""
+        return [
+            _text(k) for k in self.client.scan_iter(match=f"{self.keys.prefix}:index:*", count=500)
+        ]
+
+
+class AsyncJobStore:
+    """Asynchronous job store for the API."""
+
+    def __init__(self, client: "redis.asyncio.Redis", prefix: str, retention_seconds: int) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.retention_seconds = retention_seconds
+        self._accept = client.register_script(ACCEPT_LUA)
+        self._transition = client.register_script(TRANSITION_LUA)
+
+    async def accept(self, job: NewJob, message: bytes) -> AcceptResult:
+        """Record and enqueue a job atomically (see accept.lua)."""
+        args = accept_args(self.keys.prefix, job, message, self.retention_seconds)
+        return parse_accept(await self._accept(args=args), job)
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job, or None when unknown or expired."""
+        return decode_record(await self.client.hgetall(self.keys.job(job_id)))
+
+    async def cancel(self, job_id: str, now: float) -> TransitionResult:
+        """Cancel a job that has not finished; a delayed one loses its pending message."""
+        args = transition_args(
+            self.keys.prefix,
+            job_id,
+            allowed=CANCELLABLE,
+            new_state=JobState.CANCELLED,
+            expire_seconds=self.retention_seconds,
+            delayed=("drop", None, b""),
+            fields={"finished_at": repr(now), "error": ""},
+        )
+        return parse_transition(await self._transition(args=args))
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        task: str | None = None,
+        queue: Queue | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Jobs newest first, from the most selective index; other filters are checked per job."""
+        filters: dict[str, str] = {}
+        candidates: list[str] = []
+        if state is not None:
+            filters["state"] = str(state)
+            candidates.append(self.keys.index_state(state))
+        if task is not None:
+            filters["task"] = task
+            candidates.append(self.keys.index_task(task))
+        if queue is not None:
+            filters["queue"] = str(queue)
+            candidates.append(self.keys.index_queue(queue))
+        index = await self._smallest(candidates) if candidates else self.keys.index_all
+
+        bound_score: str = "+inf"
+        bound_id: str | None = None
+        if cursor is not None:
+            bound_score, bound_id = _cursor_bound(cursor)
+        jobs: list[Job] = []
+        last: tuple[float, str] | None = None
+        more = True
+        # Bounded work per request: a sparse filter returns a short page plus a cursor.
+        budget, batch = limit * 20, limit + 1
+        while len(jobs) < limit and budget > 0:
+            reply: list[Any] = await self.client.zrevrangebyscore(
+                index, bound_score, "-inf", start=0, num=batch, withscores=True
+            )
+            rows = [(_text(member), float(score)) for member, score in reply]
+            # Entries sharing the cursor's score come in descending id order; skip those seen.
+            fresh = [
+                (m, s)
+                for m, s in rows
+                if bound_id is None or not (s == float(bound_score) and m >= bound_id)
+            ]
+            if not fresh:
+                if len(rows) < batch:
+                    more = False
+                    break
+                batch *= 2  # a run of equal scores longer than the batch: widen and retry
+                continue
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job_id, _ in fresh:
+                    pipe.hgetall(self.keys.job(job_id))
+                records = await pipe.execute()
+            expired, consumed = [], 0
+            for (job_id, score), raw in zip(fresh, records, strict=True):
+                consumed += 1
+                budget -= 1
+                last = (score, job_id)
+                job = decode_record(raw)
+                if job is None:
+                    expired.append(job_id)
+                elif all(str(getattr(job, name)) == value for name, value in filters.items()):
+                    jobs.append(job)
+                if len(jobs) == limit or budget == 0:
+                    break
+            if expired:
+                await self.client.zrem(index, *expired)
+            if (consumed == len(fresh) and len(rows) < batch) or last is None:
+                more = False
+                break
+            bound_score, bound_id = str(int(last[0])), last[1]
+        next_cursor = encode_cursor(*last) if more and last is not None else None
+        return Page(jobs, next_cursor)
+
+    async def _smallest(self, keys: list[str]) -> str:
+        if len(keys) == 1:
+            return keys[0]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zcard(key)
+            sizes = await pipe.execute()
+        return min(zip(sizes, keys, strict=True))[1]
+
+
+def _cursor_bound(cursor: str) -> tuple[str, str]:
+    score, job_id = decode_cursor(cursor)
+    return str(score), job_id

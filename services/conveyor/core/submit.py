@@ -1,0 +1,90 @@
+"""Turning a validated submission into a job record and its Celery message.
+
+Shared by the API, beat (periodic runs) and workers (completion callbacks), so every job,
+whoever creates it, is recorded and enqueued the same way.
+"""
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from conveyor.core.catalog import TaskSpec
+from conveyor.core.messages import build_message
+from conveyor.core.queues import Queue
+from conveyor.core.settings import Settings
+from conveyor.core.store import NewJob
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Everything a client may say about a job, with arguments already validated."""
+
+    task: str
+    args: dict[str, Any]
+    queue: Queue
+    max_retries: int
+    timeout_seconds: int | None = None
+    delay_seconds: float = 0.0
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+
+    def request_hash(self) -> str:
+        """Fingerprint of the request, to tell a replay from a conflicting reuse of a key."""
+        canonical = orjson.dumps(
+            {
+                "task": self.task,
+                "args": self.args,
+                "queue": str(self.queue),
+                "max_retries": self.max_retries,
+                "timeout_seconds": self.timeout_seconds,
+                "delay_seconds": self.delay_seconds,
+                "callback_url": self.callback_url,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return hashlib.sha256(canonical).hexdigest()
+
+
+def time_limits(spec: TaskSpec, timeout_seconds: int | None, settings: Settings) -> tuple[int, int]:
+    """(soft, hard) limits: the job's own timeout, else the task's, else the worker default."""
+    soft = timeout_seconds or spec.timeout_seconds or settings.worker.default_timeout_seconds
+    return soft, soft + settings.worker.hard_timeout_grace_seconds
+
+
+def prepare(
+    spec: TaskSpec, submission: Submission, settings: Settings, now: float | None = None
+) -> tuple[NewJob, bytes]:
+    """The job record and queue message for a submission (not yet written)."""
+    now = time.time() if now is None else now
+    job_id = str(uuid.uuid4())
+    due_at = now + submission.delay_seconds if submission.delay_seconds > 0 else None
+    soft, hard = time_limits(spec, submission.timeout_seconds, settings)
+    job = NewJob(
+        id=job_id,
+        task=submission.task,
+        queue=submission.queue,
+        args=submission.args,
+        max_retries=submission.max_retries,
+        timeout_seconds=submission.timeout_seconds,
+        idempotency_key=submission.idempotency_key,
+        callback_url=submission.callback_url,
+        created_at=now,
+        due_at=due_at,
+        request_hash=submission.request_hash(),
+    )
+    message = build_message(
+        job_id=job_id,
+        task=submission.task,
+        queue=submission.queue,
+        kwargs=submission.args,
+        max_retries=submission.max_retries,
+        soft_time_limit=soft,
+        time_limit=hard,
+        enqueued_at=now,
+        due_at=due_at,
+    )
+    return job, message

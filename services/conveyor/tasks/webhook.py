@@ -1,0 +1,62 @@
+"""`webhook.deliver`: a signed JSON POST, retried on transient failures only."""
+
+import time
+from typing import Any
+
+import httpx
+import orjson
+from pydantic import BaseModel, Field, HttpUrl
+
+from conveyor.core.catalog import JobContext, RetryPolicy, task
+from conveyor.core.errors import PermanentError, RetryableError
+from conveyor.core.queues import Queue
+from conveyor.core.signing import SIGNATURE_HEADER, sign
+
+# Statuses worth retrying besides 5xx: the receiver asked us to come back later.
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+
+class WebhookArgs(BaseModel):
+    """Arguments of `webhook.deliver`."""
+
+    url: HttpUrl = Field(..., description="Where to POST.")
+    payload: Any = Field(..., description="JSON body.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Extra request headers."
+    )
+
+
+@task(
+    name="webhook.deliver",
+    queue=Queue.DEFAULT,
+    args=WebhookArgs,
+    retry=RetryPolicy(max_retries=8, backoff_seconds=5.0, max_backoff_seconds=3600.0),
+)
+def deliver(ctx: JobContext, args: WebhookArgs) -> dict[str, Any]:
+    """POST `payload` as JSON with an HMAC-SHA256 signature and the job id as Idempotency-Key.
+
+    Retried on 5xx, 408/425/429, timeouts and connection errors; any other 4xx fails at once.
+    Every attempt sends the same Idempotency-Key, so a receiver can drop duplicates.
+    """
+    settings = ctx.settings.webhook
+    body = orjson.dumps(args.payload)
+    headers = {
+        **args.headers,
+        "Content-Type": "application/json",
+        "User-Agent": settings.user_agent,
+        "Idempotency-Key": ctx.job_id,
+        "Conveyor-Job-Id": ctx.job_id,
+        "Conveyor-Attempt": str(ctx.attempt),
+        SIGNATURE_HEADER: sign(settings.signing_secret.get_secret_value(), body, int(time.time())),
+    }
+    try:
+        with httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False) as client:
+            response = client.post(str(args.url), content=body, headers=headers)
+    except httpx.TransportError as exc:  # timeouts, refused connections, resets, DNS failures
+        raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+    status = response.status_code
+    if status >= 500 or status in RETRYABLE_STATUSES:
+        raise RetryableError(f"receiver answered {status}")
+    if status >= 300:
+        raise PermanentError(f"receiver answered {status}")
+    return {"status_code": status, "elapsed_ms": round(response.elapsed.total_seconds() * 1000, 1)}

@@ -1,0 +1,1 @@
+"""The Celery worker: one process per tier, running catalogued tasks."""

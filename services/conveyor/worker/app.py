@@ -1,0 +1,78 @@
+"""`create_celery`: the Celery application shared by workers and beat."""
+
+from celery import Celery
+from kombu import Queue as KombuQueue
+
+from conveyor.core.catalog import TaskCatalog, load_catalog
+from conveyor.core.queues import Queue
+from conveyor.core.redis import sync_client
+from conveyor.core.settings import Settings
+from conveyor.core.store import JobStore
+from conveyor.worker.delayed import DelayedJobsPromoter
+from conveyor.worker.lifecycle import ConveyorTask, JobRunner
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    """Celery settings: JSON only, acks-late, prefetch 1, no result backend."""
+    return {
+        "broker_url": settings.redis_url.get_secret_value(),
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.worker.visibility_timeout_seconds,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 15,
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # Results live in the job record; Celery's result backend would be a second copy.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # At-least-once: ack after the job ran; a dead child's message goes back to the queue.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": [KombuQueue(str(q), routing_key=str(q)) for q in Queue],
+        "task_default_queue": str(Queue.DEFAULT),
+        "task_create_missing_queues": False,
+        "worker_send_task_events": False,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Celery:
+    """The Celery app with every catalogued task bound to the job lifecycle.
+
+    Nothing connects here: redis-py and kombu connect lazily, after prefork.
+    """
+    catalog = catalog if catalog is not None else load_catalog(settings.task_modules)
+    app = Celery("conveyor", set_as_current=False)
+    app.conf.update(celery_config(settings))
+
+    store = JobStore(sync_client(settings), settings.key_prefix, settings.jobs.retention_seconds)
+    runner = JobRunner(store, catalog, settings)
+    bound_task = type("BoundConveyorTask", (ConveyorTask,), {"runner": runner})
+    for spec in catalog.values():
+        task_class = type(f"Task[{spec.name}]", (bound_task,), {"spec": spec, "name": spec.name})
+        app.register_task(task_class())
+
+    promoter = type(
+        "BoundDelayedJobsPromoter",
+        (DelayedJobsPromoter,),
+        {"store": store, "interval": settings.worker.delayed_poll_seconds},
+    )
+    app.steps["worker"].add(promoter)
+    return app
+
+
+def control_app(settings: Settings) -> Celery:
+    """A bare Celery client for remote control (revoke) from the API: no tasks, no store."""
+    app = Celery("conveyor-control", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
