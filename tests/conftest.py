@@ -1,0 +1,72 @@
+"""Shared fixtures: a private redis-server for the session, a fresh database per user."""
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import Platform, RedisServer, start_redis
+
+_databases = itertools.cycle(range(1, 64))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+def fresh_db(server: RedisServer) -> int:
+    db = next(_databases)
+    server.client(db).flushdb()
+    return db
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer) -> int:
+    """A flushed database number of the private server, for this test alone."""
+    return fresh_db(redis_server)
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def module_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def api_only(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]:
+    """The API alone (no workers), on a database of its own: messages stay queued."""
+    platform = Platform(redis_server, fresh_db(redis_server), module_logs)
+    platform.start_api()
+    yield platform
+    platform.stop()
+
+
+@pytest.fixture(scope="module")
+def platform(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]:
+    """The API and one worker per tier, on a database of their own."""
+    platform = Platform(
+        redis_server,
+        fresh_db(redis_server),
+        module_logs,
+        CONVEYOR_WORKER__HARD_TIMEOUT_GRACE_SECONDS="2",
+    )
+    try:
+        platform.start_api()
+        for queue in ("high", "default", "low"):
+            platform.start_worker(queue)
+    except BaseException:
+        platform.stop()
+        raise
+    yield platform
+    platform.stop()

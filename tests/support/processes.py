@@ -1,0 +1,239 @@
+"""Real processes for tests: redis-server, `conveyor api|worker|beat|dev`, stock Celery."""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.05):
+    """Poll until `predicate()` is truthy; returns its value or fails with `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server on a free port (never the shared one on 6379)."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db, decode_responses=True)
+
+
+def start_redis(data_dir: Path, *extra: str, port: int | None = None) -> RedisServer:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server must be installed (make test installs it)"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--databases",
+            "64",
+            *extra,
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = RedisServer(port, process, data_dir)
+
+    def ready() -> bool:
+        try:
+            return bool(server.client().ping())
+        except redis.ConnectionError:
+            assert process.poll() is None, "redis-server exited at start"
+            return False
+
+    wait_until(ready, 10, "redis-server to start")
+    return server
+
+
+class Service:
+    """A `conveyor ...` (or other) command run as a child in its own process group."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=REPO,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        def seen() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.log()[-3000:]}")
+            return text in self.log()
+
+        wait_until(seen, timeout, f"{text!r} in the {self.name} log", step=0.1)
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signum)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM, wait, then SIGKILL the whole group so no prefork child outlives a test."""
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        code = self.process.wait()
+        self._log.close()
+        return code
+
+
+def conveyor_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "conveyor", *args]
+
+
+def service_env(redis_url: str, **overrides: str) -> dict[str, str]:
+    """Environment of a child: this one, minus any CONVEYOR_*, plus the test's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(
+        {
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            "CONVEYOR_REDIS_URL": redis_url,
+            "CONVEYOR_TASK_MODULES": '["tests.support.tasks"]',
+            "CONVEYOR_WORKER__CONCURRENCY": "2",
+            "CONVEYOR_WORKER__DELAYED_POLL_SECONDS": "0.2",
+            "CONVEYOR_WEBHOOK__SIGNING_SECRET": "test-secret",
+            "CONVEYOR_API__WORKERS": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+class Platform:
+    """The API and workers of one test module, sharing one private Redis database."""
+
+    def __init__(self, redis_server: RedisServer, db: int, log_dir: Path, **env: str) -> None:
+        self.redis_url = redis_server.url(db)
+        self.redis = redis_server.client(db)
+        self.log_dir = log_dir
+        self.env_overrides = env
+        self.services: list[Service] = []
+        self.api_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.api_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return service_env(self.redis_url, **{**self.env_overrides, **extra})
+
+    def start_api(self) -> Service:
+        env = self.env(CONVEYOR_API__BIND=f"127.0.0.1:{self.api_port}")
+        api = Service("api", conveyor_argv("api"), env, self.log_dir)
+        self.services.append(api)
+
+        def ready() -> bool:
+            assert api.process.poll() is None, f"api exited:\n{api.log()[-3000:]}"
+            try:
+                return httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 30, "the API to become ready", step=0.1)
+        return api
+
+    def start_worker(self, queue: str, **extra: str) -> Service:
+        worker = Service(
+            f"worker-{queue}", conveyor_argv("worker", "--queue", queue), self.env(**extra),
+            self.log_dir,
+        )  # fmt: skip
+        self.services.append(worker)
+        worker.wait_for_log(" ready.", timeout=40)
+        return worker
+
+    def start(self, name: str, argv: list[str], **extra: str) -> Service:
+        service = Service(name, argv, self.env(**extra), self.log_dir)
+        self.services.append(service)
+        return service
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=10)
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+
+
+@contextlib.contextmanager
+def running(platform: Platform) -> Iterator[Platform]:
+    try:
+        yield platform
+    finally:
+        platform.stop()
+
+
+def wait_for_job(
+    client: httpx.Client, job_id: str, states: set[str], timeout: float = 30
+) -> dict[str, object]:
+    """Poll GET /v1/jobs/{id} until the job is in one of `states`."""
+
+    def reached() -> dict[str, object] | None:
+        job: dict[str, object] = client.get(f"/v1/jobs/{job_id}").json()
+        return job if job["state"] in states else None
+
+    result: dict[str, object] = wait_until(reached, timeout, f"job {job_id} to reach {states}")
+    return result
+
+
+TERMINAL = {"succeeded", "failed", "cancelled"}

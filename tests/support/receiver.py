@@ -1,0 +1,56 @@
+"""A real HTTP server in a thread that records requests and answers from a script."""
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """Answers each POST with the next status of `statuses` (the last one repeats)."""
+
+    statuses: list[int] = field(default_factory=lambda: [200])
+    delay_seconds: float = 0.0
+    requests: list[Received] = field(default_factory=list)
+    url: str = ""
+
+
+@contextmanager
+def receiver(statuses: list[int] | None = None, delay_seconds: float = 0.0) -> Iterator[Receiver]:
+    state = Receiver(statuses=list(statuses or [200]), delay_seconds=delay_seconds)
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            state.requests.append(Received(self.path, dict(self.headers.items()), body))
+            if state.delay_seconds:
+                stop.wait(state.delay_seconds)
+            status = state.statuses.pop(0) if len(state.statuses) > 1 else state.statuses[0]
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,204 @@
+"""The job API over real HTTP with no workers running: validation, atomic accept,
+idempotency, cancel before running, listing, the catalogue and the probes."""
+
+import base64
+import json
+import uuid
+
+import httpx
+import pytest
+
+from tests.support.processes import Platform
+
+
+@pytest.fixture
+def client(api_only: Platform) -> httpx.Client:
+    with api_only.http() as client:
+        yield client
+
+
+def submit(client: httpx.Client, **body: object) -> httpx.Response:
+    return client.post("/v1/jobs", json=body)
+
+
+def test_accept_writes_record_and_celery_message_together(
+    client: httpx.Client, api_only: Platform
+) -> None:
+    before = api_only.redis.llen("high")
+    response = submit(client, task="demo.echo", args={"payload": {"n": 1}}, priority="high")
+
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] == "queued"
+    assert job["queue"] == "high"
+    assert job["attempts"] == 0
+    assert api_only.redis.llen("high") == before + 1
+    message = json.loads(api_only.redis.lindex("high", 0))
+    assert message["headers"]["id"] == job["id"]
+    assert message["headers"]["task"] == "demo.echo"
+    assert message["headers"]["eta"] is None
+    assert message["content-type"] == "application/json"
+    args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert args == []
+    assert kwargs == {"payload": {"n": 1}}
+    assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "queued"
+
+
+def test_priority_defaults_to_the_tasks_queue(client: httpx.Client) -> None:
+    assert submit(client, task="demo.sleep", args={"seconds": 1}).json()["queue"] == "low"
+    assert (
+        submit(client, task="tests.count", args={"key": "k", "redis_url": "x"}).json()["queue"]
+        == "high"
+    )
+
+
+def test_invalid_args_name_the_field_and_enqueue_nothing(
+    client: httpx.Client, api_only: Platform
+) -> None:
+    before = api_only.redis.llen("low")
+    response = submit(client, task="demo.sleep", args={"seconds": -5})
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == 422
+    assert problem["type"] == "urn:conveyor:problem:validation-error"
+    assert [e["pointer"] for e in problem["errors"]] == ["#/args/seconds"]
+    assert "greater than or equal to 0" in problem["errors"][0]["detail"]
+    assert "Traceback" not in response.text
+    assert api_only.redis.llen("low") == before
+
+
+@pytest.mark.parametrize(
+    ("body", "pointer"),
+    [
+        ({"task": "demo.sleep", "args": {}}, "#/args/seconds"),
+        ({"task": "demo.echo", "priority": "urgent"}, "#/priority"),
+        ({"task": "demo.echo", "delay_seconds": -1}, "#/delay_seconds"),
+        ({"task": "demo.echo", "max_retries": 1000}, "#/max_retries"),
+        ({"task": "demo.echo", "colour": "red"}, "#/colour"),
+        ({"task": "demo.echo", "callback_url": "not a url"}, "#/callback_url"),
+        ({"args": {}}, "#/task"),
+    ],
+)
+def test_each_invalid_field_is_named(client: httpx.Client, body: dict, pointer: str) -> None:
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert pointer in [e["pointer"] for e in response.json()["errors"]]
+
+
+def test_unknown_task_lists_the_valid_ones(client: httpx.Client) -> None:
+    response = submit(client, task="no.such.task", args={})
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["type"] == "urn:conveyor:problem:unknown-task"
+    assert {"demo.echo", "demo.sleep", "webhook.deliver", "email.send", "tests.count"} <= set(
+        problem["valid_tasks"]
+    )
+    assert problem["errors"][0]["pointer"] == "#/task"
+
+
+def test_malformed_json_is_a_problem(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_idempotent_replay_returns_the_same_job(client: httpx.Client, api_only: Platform) -> None:
+    key = f"order-{uuid.uuid4()}"
+    first = submit(client, task="demo.echo", args={"payload": 1}, idempotency_key=key)
+    queued = api_only.redis.llen("default")
+    replay = client.post(
+        "/v1/jobs",
+        json={"task": "demo.echo", "args": {"payload": 1}},
+        headers={"Idempotency-Key": key},
+    )
+
+    assert first.status_code == 202
+    assert replay.status_code == 200
+    assert replay.json()["id"] == first.json()["id"]
+    assert replay.headers["location"] == first.headers["location"]
+    assert api_only.redis.llen("default") == queued, "a replay must not enqueue again"
+
+
+def test_idempotency_key_with_a_different_body_is_a_conflict(client: httpx.Client) -> None:
+    key = f"order-{uuid.uuid4()}"
+    assert submit(client, task="demo.echo", args={"payload": 1}, idempotency_key=key).is_success
+    response = submit(client, task="demo.echo", args={"payload": 2}, idempotency_key=key)
+    assert response.status_code == 409
+    assert response.json()["type"] == "urn:conveyor:problem:idempotency-conflict"
+
+
+def test_header_and_body_keys_must_agree(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/jobs",
+        json={"task": "demo.echo", "idempotency_key": "a"},
+        headers={"Idempotency-Key": "b"},
+    )
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "a" * 300])
+def test_unknown_job_is_404_not_pending(client: httpx.Client, job_id: str) -> None:
+    response = client.get(f"/v1/jobs/{job_id}")
+    assert response.status_code == 404
+    assert response.json()["type"] == "urn:conveyor:problem:job-not-found"
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 404
+
+
+def test_cancel_queued_job(client: httpx.Client) -> None:
+    job = submit(client, task="demo.echo").json()
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    # Idempotent.
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["state"] == "cancelled"
+
+
+def test_delayed_job_is_scheduled_in_redis_not_in_the_queue(
+    client: httpx.Client, api_only: Platform
+) -> None:
+    before = api_only.redis.llen("default")
+    job = submit(client, task="demo.echo", delay_seconds=3600).json()
+    assert job["state"] == "scheduled"
+    assert job["scheduled_for"] is not None
+    assert api_only.redis.llen("default") == before
+    assert api_only.redis.zscore("conveyor:delayed", job["id"]) is not None
+
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert api_only.redis.zscore("conveyor:delayed", job["id"]) is None
+    assert api_only.redis.hget("conveyor:delayed:messages", job["id"]) is None
+
+
+def test_delay_is_bounded(client: httpx.Client) -> None:
+    response = submit(client, task="demo.echo", delay_seconds=10**9)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["pointer"] == "#/delay_seconds"
+
+
+def test_catalogue_describes_every_task(client: httpx.Client) -> None:
+    tasks = {t["name"]: t for t in client.get("/v1/tasks").json()}
+    assert tasks["demo.sleep"]["queue"] == "low"
+    assert tasks["demo.sleep"]["args_schema"]["properties"]["seconds"]["maximum"] == 3600
+    assert tasks["webhook.deliver"]["retry"]["max_retries"] == 8
+    assert "RetryableError" in tasks["webhook.deliver"]["retry"]["retry_on"]
+    assert tasks["tests.count"]["description"].startswith("Count executions")
+
+
+def test_openapi_documents_each_tasks_arguments(client: httpx.Client) -> None:
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert components["Submit_demo_sleep"]["properties"]["task"]["const"] == "demo.sleep"
+    assert "SleepArgs" in components
+    assert "seconds" in components["SleepArgs"]["properties"]
+    assert "EmailArgs" in components
+    assert client.get("/docs").status_code == 200
+
+
+def test_probes(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ok"}
