@@ -73,7 +73,7 @@ def start_redis(data_dir: Path, *extra: str, port: int | None = None) -> RedisSe
             "--databases",
             "64",
             *extra,
-        ],  # fmt: skip
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -193,10 +193,8 @@ class Platform:
         return api
 
     def start_worker(self, queue: str, **extra: str) -> Service:
-        worker = Service(
-            f"worker-{queue}", conveyor_argv("worker", "--queue", queue), self.env(**extra),
-            self.log_dir,
-        )  # fmt: skip
+        argv = conveyor_argv("worker", "--queue", queue)
+        worker = Service(f"worker-{queue}", argv, self.env(**extra), self.log_dir)
         self.services.append(worker)
         worker.wait_for_log(" ready.", timeout=40)
         return worker
