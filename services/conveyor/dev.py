@@ -86,6 +86,7 @@ class Supervisor:
         """Launch `child` in its own process group and relay its output."""
         child.process = subprocess.Popen(
             child.argv,
+            # The one place the environment is read: children inherit it, plus overrides.
             env={**os.environ, **child.env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -197,8 +198,10 @@ def run_dev(settings: Settings, *, data_dir: Path, api_port: int) -> int:
     _wait_for_redis(redis_url, redis_process.poll if redis_process else lambda: None)
 
     # Modest defaults for a laptop, unless the environment says otherwise.
-    defaults = {"CONVEYOR_API__WORKERS": "1", "CONVEYOR_WORKER__CONCURRENCY": "2"}
-    env.update({k: v for k, v in defaults.items() if k not in os.environ})
+    if "workers" not in settings.api.model_fields_set:
+        env["CONVEYOR_API__WORKERS"] = "1"
+    if "concurrency" not in settings.worker.model_fields_set:
+        env["CONVEYOR_WORKER__CONCURRENCY"] = "2"
     conveyor = [sys.executable, "-m", "conveyor"]
     supervisor.start(Child("api", [*conveyor, "api"], env))
     for queue in Queue:

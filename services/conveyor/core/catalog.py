@@ -141,7 +141,7 @@ def task(
     return register
 
 
-class UnknownTaskError(LookupError):
+class UnknownTaskError(KeyError):
     """No task of that name is catalogued."""
 
 

@@ -1,0 +1,43 @@
+# The two commands of the README: `make dev` and `make test`. Everything they need is
+# installed from here (a virtualenv with the package, and Debian packages when missing).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := redis-server
+
+.PHONY: install system-deps dev test lint format clean
+
+system-deps:
+	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing from Debian"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: system-deps $(BIN)/.installed
+
+dev: install  ## Run Redis, the API, three worker tiers and beat on this machine.
+	$(BIN)/conveyor dev
+
+lint: install
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
+	$(BIN)/mypy
+
+test: lint  ## Lint, type-check and run the whole test suite (what CI runs).
+	$(BIN)/pytest
+
+format: install
+	$(BIN)/ruff check --fix services tests
+	$(BIN)/ruff format services tests
+
+clean:
+	rm -rf $(VENV) .conveyor .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,120 @@
+"""Beat: periodic runs become jobs; two beats elect one leader; the standby takes over."""
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conveyor.beat.schedule import load_schedule
+from conveyor.core.catalog import load_catalog
+from tests.conftest import fresh_db
+from tests.support.processes import Platform, RedisServer, conveyor_argv, wait_until
+
+SCHEDULE = """
+schedules:
+  - name: ping
+    task: demo.echo
+    args: {payload: tick}
+    interval_seconds: 1
+    priority: high
+"""
+
+
+def scheduled_jobs(platform: Platform) -> list[dict[str, str]]:
+    ids = platform.redis.zrange("conveyor:index:task:demo.echo", 0, -1)
+    return [platform.redis.hgetall(f"conveyor:job:{job_id}") for job_id in ids]
+
+
+@pytest.mark.slow
+def test_two_beats_one_leader_and_failover(
+    redis_server: RedisServer, log_dir: Path, tmp_path: Path
+) -> None:
+    schedule_file = tmp_path / "schedule.yaml"
+    schedule_file.write_text(SCHEDULE)
+    platform = Platform(
+        redis_server, fresh_db(redis_server), log_dir,
+        CONVEYOR_SCHEDULE_FILE=str(schedule_file),
+        CONVEYOR_BEAT__LOCK_TIMEOUT_SECONDS="3",
+        CONVEYOR_BEAT__MAX_INTERVAL_SECONDS="0.5",
+    )  # fmt: skip
+    try:
+        first = platform.start("beat-1", conveyor_argv("beat"))
+        first.wait_for_log("Acquired lock")
+        second = platform.start("beat-2", conveyor_argv("beat"))
+        second.wait_for_log("beat: Starting...")
+        time.sleep(5)
+
+        assert "scheduled run of ping" in first.log()
+        assert "Acquired lock" not in second.log()
+        assert "scheduled run of ping" not in second.log()
+        jobs = scheduled_jobs(platform)
+        ticks = [job["idempotency_key"] for job in jobs]
+        assert len(ticks) == len(set(ticks))
+        assert 4 <= len(jobs) <= 8, f"{len(jobs)} runs in ~5 s at one a second"
+        assert {job["queue"] for job in jobs} == {"high"}
+        assert {job["state"] for job in jobs} == {"queued"}
+        assert platform.redis.llen("high") == len(jobs)
+
+        killed_at = time.monotonic()
+        first.signal(signal.SIGKILL)
+        second.wait_for_log("Acquired lock", timeout=15)
+        takeover = time.monotonic() - killed_at
+        before = len(scheduled_jobs(platform))
+        wait_until(lambda: len(scheduled_jobs(platform)) >= before + 2, 10, "runs after failover")
+        assert takeover <= 3 + 2, f"standby took {takeover:.1f}s (lock timeout 3 s)"
+        ticks = [job["idempotency_key"] for job in scheduled_jobs(platform)]
+        assert len(ticks) == len(set(ticks))
+    finally:
+        platform.stop()
+
+
+@pytest.mark.slow
+def test_beat_promotes_delayed_jobs_without_workers(
+    redis_server: RedisServer, log_dir: Path
+) -> None:
+    platform = Platform(redis_server, fresh_db(redis_server), log_dir)
+    try:
+        platform.start_api()
+        beat = platform.start("beat", conveyor_argv("beat"))
+        beat.wait_for_log("Acquired lock")
+        with platform.http() as client:
+            job = client.post("/v1/jobs", json={"task": "demo.echo", "delay_seconds": 1}).json()
+        wait_until(lambda: platform.redis.llen("default") == 1, 10, "beat to promote the job")
+        assert platform.redis.hget(f"conveyor:job:{job['id']}", "state") == "queued"
+        assert platform.redis.zcard("conveyor:delayed") == 0
+    finally:
+        platform.stop()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "schedule.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_schedule_file_is_checked_against_the_catalogue(tmp_path: Path) -> None:
+    catalog = load_catalog([])
+    jobs = load_schedule(write(tmp_path, SCHEDULE), catalog)
+    assert [j.name for j in jobs] == ["ping"]
+    cron = "schedules: [{name: n, task: demo.echo, cron: '*/5 * * * *'}]"
+    assert load_schedule(write(tmp_path, cron), catalog)[0].cron == "*/5 * * * *"
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("schedules: [{name: a, task: nope, interval_seconds: 1}]", "unknown task"),
+        ("schedules: [{name: a, task: demo.sleep, args: {seconds: -1}, interval_seconds: 1}]",
+         "seconds"),
+        ("schedules: [{name: a, task: demo.echo}]", "exactly one"),
+        ("schedules: [{name: a, task: demo.echo, cron: '* * *'}]", "five fields"),
+        ("schedules: [{name: a, task: demo.echo, cron: '99 * * * *'}]", "99"),
+        ("schedules: [{name: a, task: demo.echo, interval_seconds: 1},"
+         " {name: a, task: demo.echo, interval_seconds: 2}]", "unique"),
+        ("schedules: [{name: a, task: demo.echo, interval_seconds: 1, colour: red}]", "colour"),
+    ],
+)  # fmt: skip
+def test_bad_schedule_files_are_refused(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        load_schedule(write(tmp_path, text), load_catalog([]))

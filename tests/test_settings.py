@@ -1,0 +1,46 @@
+"""Settings come from CONVEYOR_* variables only, nested with `__`."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conveyor.core.settings import LogFormat, Settings, SmtpSecurity
+from tests.support.processes import REPO
+
+
+def test_nested_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://r:6380/3")
+    monkeypatch.setenv("CONVEYOR_API__WORKERS", "7")
+    monkeypatch.setenv("CONVEYOR_WORKER__CONCURRENCY", "9")
+    monkeypatch.setenv("CONVEYOR_SMTP__SECURITY", "starttls")
+    monkeypatch.setenv("CONVEYOR_TASK_MODULES", '["team.tasks", "other.tasks"]')
+    monkeypatch.setenv("CONVEYOR_LOG_FORMAT", "json")
+    monkeypatch.setenv("CONVEYOR_JOBS__RETENTION_SECONDS", "3600")
+    settings = Settings()
+    assert settings.redis_url.get_secret_value() == "redis://r:6380/3"
+    assert settings.api.workers == 7
+    assert settings.worker.concurrency == 9
+    assert settings.smtp.security is SmtpSecurity.STARTTLS
+    assert settings.task_modules == ["team.tasks", "other.tasks"]
+    assert settings.log_format is LogFormat.JSON
+    assert settings.jobs.retention_seconds == 3600
+    assert "r:6380" not in repr(settings), "the Redis URL may hold a password"
+
+
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_API__WORKERS", "0")
+    with pytest.raises(ValueError, match="workers"):
+        Settings()
+
+
+def test_only_settings_reads_the_environment() -> None:
+    readers = []
+    for path in sorted((REPO / "services").rglob("*.py")):
+        text = path.read_text()
+        if re.search(r"os\.environ|os\.getenv|getenv\(", text):
+            readers.append(path.relative_to(REPO).as_posix())
+    # dev.py only hands its environment down to the processes it supervises.
+    assert readers == ["services/conveyor/dev.py"]
+    dev = Path(REPO / "services/conveyor/dev.py").read_text()
+    assert dev.count("os.environ") == 1
