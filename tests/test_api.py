@@ -3,12 +3,14 @@ idempotency, cancel before running, listing, the catalogue and the probes."""
 
 import base64
 import json
+import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.processes import Platform
+from tests.support.processes import Platform, RedisServer, free_port
 
 
 @pytest.fixture
@@ -202,3 +204,24 @@ def test_openapi_documents_each_tasks_arguments(client: httpx.Client) -> None:
 def test_probes(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ok"}
+
+
+def test_redis_unreachable_is_a_fast_503_with_retry_after(
+    redis_server: RedisServer, log_dir: Path
+) -> None:
+    dead = Platform(redis_server, 0, log_dir)
+    dead.redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    try:
+        dead.start_api(probe="/healthz")
+        with dead.http() as client:
+            started = time.monotonic()
+            response = client.post("/v1/jobs", json={"task": "demo.echo"})
+            elapsed = time.monotonic() - started
+            ready = client.get("/readyz")
+    finally:
+        dead.stop()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    assert response.json()["type"] == "urn:conveyor:problem:broker-unavailable"
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert ready.status_code == 503

@@ -86,7 +86,9 @@ def test_unknown_task_lookup() -> None:
 
 @pytest.mark.parametrize("retry_number", [1, 2, 5, 30])
 def test_backoff_grows_exponentially_with_bounded_jitter(retry_number: int) -> None:
-    policy = RetryPolicy(backoff_seconds=2, backoff_factor=3, max_backoff_seconds=100, jitter_min=0.5)
+    policy = RetryPolicy(
+        backoff_seconds=2, backoff_factor=3, max_backoff_seconds=100, jitter_min=0.5
+    )
     base = min(100, 2 * 3 ** (retry_number - 1))
     assert policy.delay_for(retry_number, 0.0) == pytest.approx(base * 0.5)
     assert policy.delay_for(retry_number, 0.999999) == pytest.approx(base, rel=1e-5)

@@ -44,7 +44,10 @@ def test_message_arrives_with_every_recipient_and_a_stable_message_id() -> None:
 
 
 def test_temporary_smtp_error_is_retryable() -> None:
-    with smtp_server("451 4.3.0 try again later") as box, pytest.raises(RetryableError, match="451"):
+    with (
+        smtp_server("451 4.3.0 try again later") as box,
+        pytest.raises(RetryableError, match="451"),
+    ):
         send(context(box.port), EmailArgs.model_validate(ARGS))
 
 

@@ -177,7 +177,7 @@ class Platform:
     def env(self, **extra: str) -> dict[str, str]:
         return service_env(self.redis_url, **{**self.env_overrides, **extra})
 
-    def start_api(self) -> Service:
+    def start_api(self, probe: str = "/readyz") -> Service:
         env = self.env(CONVEYOR_API__BIND=f"127.0.0.1:{self.api_port}")
         api = Service("api", conveyor_argv("api"), env, self.log_dir)
         self.services.append(api)
@@ -185,7 +185,7 @@ class Platform:
         def ready() -> bool:
             assert api.process.poll() is None, f"api exited:\n{api.log()[-3000:]}"
             try:
-                return httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200
+                return httpx.get(f"{self.base_url}{probe}", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 

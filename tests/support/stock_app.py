@@ -15,4 +15,7 @@ app.conf.update(
 def echo(self, payload=None):  # type: ignore[no-untyped-def]
     """Record what was received where the test can see it."""
     client = redis.Redis.from_url(self.app.conf.broker_url)
-    client.set(f"stock:{self.request.id}", json.dumps({"payload": payload, "retries": self.request.retries}))
+    client.set(
+        f"stock:{self.request.id}",
+        json.dumps({"payload": payload, "retries": self.request.retries}),
+    )
