@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from tests.support.processes import (
-    TERMINAL,
     REPO,
+    TERMINAL,
     conveyor_argv,
     free_port,
     service_env,

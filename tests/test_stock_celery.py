@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import Platform, RedisServer, wait_until
 from tests.conftest import fresh_db
+from tests.support.processes import Platform, RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
 

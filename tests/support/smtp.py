@@ -26,7 +26,7 @@ def smtp_server(reply: str = "250 OK") -> Iterator[Mailbox]:
     box = Mailbox(reply=reply)
 
     class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             if box.reply.startswith("250"):
                 box.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
             return box.reply
