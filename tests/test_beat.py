@@ -17,7 +17,7 @@ schedules:
     task: demo.echo
     args: {payload: tick}
     interval_seconds: 1
-    priority: high
+    queue: high
 """
 
 

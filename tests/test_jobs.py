@@ -32,7 +32,9 @@ def ts(value: object) -> float:
 
 
 @pytest.mark.parametrize("priority", ["high", "default", "low"])
-def test_each_tier_runs_a_job_to_success(client: httpx.Client, priority: str) -> None:
+def test_each_tier_runs_a_job_to_success(
+    client: httpx.Client, platform: Platform, priority: str
+) -> None:
     job = submit(client, task="demo.echo", args={"payload": {"tier": priority}}, priority=priority)
     done = wait_for_job(client, job["id"], TERMINAL)
     assert done["state"] == "succeeded"
@@ -41,6 +43,8 @@ def test_each_tier_runs_a_job_to_success(client: httpx.Client, priority: str) ->
     assert done["attempts"] == 1
     assert done["error"] is None
     assert ts(done["created_at"]) <= ts(done["started_at"]) <= ts(done["finished_at"])
+    # Finished records expire after the retention period (7 days by default).
+    assert 7 * 24 * 3600 - 60 < platform.redis.ttl(f"conveyor:job:{job['id']}") <= 7 * 24 * 3600
 
 
 def test_the_worker_that_ran_it_serves_its_tier(client: httpx.Client, platform: Platform) -> None:

@@ -8,7 +8,7 @@ cron: "0 3 * * *"          # minute hour day-of-month month day-of-week, UTC
 - name: ping
 task: demo.echo
 interval_seconds: 60
-priority: high            # optional; defaults to the task's queue
+queue: high               # optional; defaults to the task's queue
 """
 
 from pathlib import Path
@@ -32,7 +32,7 @@ class ScheduledJob(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     cron: str | None = Field(None, description="Five-field cron expression, in UTC.")
     interval_seconds: float | None = Field(None, gt=0)
-    priority: Queue | None = None
+    queue: Queue | None = Field(None, description="Queue tier; defaults to the task's own.")
 
     @field_validator("cron")
     @classmethod
@@ -94,7 +94,7 @@ def beat_schedule(jobs: list[ScheduledJob]) -> dict[str, dict[str, Any]]:
             "task": job.task,
             "schedule": job.celery_schedule(),
             "kwargs": job.args,
-            "options": {"queue": str(job.priority)} if job.priority else {},
+            "options": {"queue": str(job.queue)} if job.queue else {},
         }
         for job in jobs
     }
