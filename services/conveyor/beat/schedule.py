@@ -1,14 +1,16 @@
 """The schedule file (`CONVEYOR_SCHEDULE_FILE`): periodic jobs in YAML.
 
+Example (cron fields are minute, hour, day of month, month, day of week, in UTC)::
+
 schedules:
-- name: nightly-digest
-task: email.send
-args: {to: [ops@example.com], subject: Digest, text: "..."}
-cron: "0 3 * * *"          # minute hour day-of-month month day-of-week, UTC
-- name: ping
-task: demo.echo
-interval_seconds: 60
-queue: high               # optional; defaults to the task's queue
+  - name: nightly-digest
+    task: email.send
+    args: {to: [ops@example.com], subject: Digest, text: "..."}
+    cron: "0 3 * * *"
+  - name: ping
+    task: demo.echo
+    interval_seconds: 60
+    queue: high    # optional; defaults to the task's queue
 """
 
 from pathlib import Path
