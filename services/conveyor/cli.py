@@ -7,13 +7,28 @@ from typing import Annotated
 
 import typer
 
+from conveyor.core.durability import UnsafeRedisError, check_durability
 from conveyor.core.logs import configure_logging
 from conveyor.core.queues import Queue
+from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
 
 app = typer.Typer(
     help="Conveyor job platform.", no_args_is_help=True, pretty_exceptions_enable=False
 )
+
+
+def _startup(settings: Settings) -> None:
+    """Logging, then the Redis durability check (which may refuse to start)."""
+    configure_logging(settings)
+    client = sync_client(settings)
+    try:
+        check_durability(client, settings.redis_durability_check)
+    except UnsafeRedisError as exc:
+        typer.echo(f"refusing to start: {exc}", err=True)
+        raise typer.Exit(78) from exc  # EX_CONFIG
+    finally:
+        client.close()
 
 
 @app.command()
@@ -22,7 +37,7 @@ def api() -> None:
     from conveyor.api.server import ApiServer
 
     settings = Settings()
-    configure_logging(settings)
+    _startup(settings)
     ApiServer(settings).run()
 
 
@@ -32,12 +47,27 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Child processes (default: CONVEYOR_WORKER__CONCURRENCY).")
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Liveness probe: exit 1 unless this tier's consumer heartbeat is fresh."
+        ),
+    ] = False,
 ) -> None:
-    """Run a Celery worker for one queue tier."""
+    """Run a Celery worker for one queue tier (or, with --check, probe its liveness)."""
+    settings = Settings()
+    if check:
+        from conveyor.worker.liveness import check as check_heartbeat
+        from conveyor.worker.liveness import heartbeat_path
+
+        path = heartbeat_path(settings.worker.heartbeat_file, str(queue))
+        ok, reason = check_heartbeat(path, settings.worker.heartbeat_max_age_seconds)
+        typer.echo(reason, err=not ok)
+        raise typer.Exit(0 if ok else 1)
+
     from conveyor.worker.app import create_celery
 
-    settings = Settings()
-    configure_logging(settings)
+    _startup(settings)
     celery = create_celery(settings)
     node = celery.Worker(
         queues=[str(queue)],
@@ -59,7 +89,7 @@ def beat() -> None:
     from conveyor.beat.app import create_beat
 
     settings = Settings()
-    configure_logging(settings)
+    _startup(settings)
     celery, scheduler = create_beat(settings)
     celery.Beat(
         scheduler=scheduler,  # type: ignore[arg-type]  # a class is accepted, stubs say str
@@ -74,11 +104,17 @@ def dev(
         Path, typer.Option(help="Where the local Redis keeps its AOF and data.")
     ] = Path(".conveyor"),
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    appendfsync: Annotated[
+        str, typer.Option(help="AOF fsync policy of the local Redis: everysec or always.")
+    ] = "everysec",
 ) -> None:
     """Run everything locally: Redis, the API, one worker per tier and beat."""
     from conveyor.dev import run_dev
 
-    raise typer.Exit(run_dev(Settings(), data_dir=data_dir, api_port=port))
+    if appendfsync not in ("everysec", "always"):
+        raise typer.BadParameter("everysec or always", param_hint="--appendfsync")
+    settings = Settings()
+    raise typer.Exit(run_dev(settings, data_dir=data_dir, api_port=port, appendfsync=appendfsync))
 
 
 def main() -> None:

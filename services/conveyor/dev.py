@@ -55,8 +55,8 @@ def free_port() -> int:
         return port
 
 
-def redis_server_argv(data_dir: Path, port: int) -> list[str]:
-    """A durable local Redis: AOF every second, never evicting queued jobs."""
+def redis_server_argv(data_dir: Path, port: int, appendfsync: str = "everysec") -> list[str]:
+    """A durable local Redis: AOF (fsync every second or every write), never evicting jobs."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not on PATH: run `make dev`, or set CONVEYOR_REDIS_URL")
@@ -66,7 +66,7 @@ def redis_server_argv(data_dir: Path, port: int) -> list[str]:
         "--bind", "127.0.0.1",
         "--dir", str(data_dir.resolve()),
         "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        "--appendfsync", appendfsync,
         "--maxmemory-policy", "noeviction",
         "--save", "",
         "--protected-mode", "yes",
@@ -176,7 +176,9 @@ def _wait_for_redis(url: str, process: Callable[[], int | None], timeout: float 
             client.close()
 
 
-def run_dev(settings: Settings, *, data_dir: Path, api_port: int) -> int:
+def run_dev(
+    settings: Settings, *, data_dir: Path, api_port: int, appendfsync: str = "everysec"
+) -> int:
     """Run the platform until Ctrl-C/SIGTERM; returns the exit code."""
     supervisor = Supervisor()
     signal.signal(signal.SIGINT, supervisor.request_stop)
@@ -191,7 +193,7 @@ def run_dev(settings: Settings, *, data_dir: Path, api_port: int) -> int:
         redis_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         redis_url = f"redis://127.0.0.1:{port}/0"
-        supervisor.start(Child("redis", redis_server_argv(redis_dir, port)))
+        supervisor.start(Child("redis", redis_server_argv(redis_dir, port, appendfsync)))
         env["CONVEYOR_REDIS_URL"] = redis_url
         supervisor.say(f"Redis on 127.0.0.1:{port}, data in {redis_dir}")
     redis_process = supervisor.children[0].process if supervisor.children else None

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from conveyor import __version__
 from conveyor.api import problems
+from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.jobs import jobs_router
 from conveyor.api.meta import meta_router
 from conveyor.api.schemas import submission_model
@@ -40,5 +41,6 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     problems.install(app, list(catalog))
     body = submission_model(catalog, settings.jobs.max_delay_seconds)
     app.include_router(jobs_router(catalog, body))
+    app.include_router(dead_letters_router())
     app.include_router(meta_router())
     return app

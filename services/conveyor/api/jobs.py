@@ -19,7 +19,7 @@ from conveyor.core.submit import Submission, prepare
 
 _JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
     for status in (404, 409, 422, 503)
 }
@@ -29,7 +29,7 @@ State = Annotated[ApiState, Depends(api_state)]
 
 def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
     """The /v1/jobs routes; `submission_body` is the per-deployment request model."""
-    router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=_PROBLEMS)
+    router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES)
 
     @router.post(
         "",
@@ -103,7 +103,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
     @router.get("/{job_id}", response_model=Job, summary="Get a job")
     async def get_job(job_id: str, state: State) -> Job:
         """The job's state, progress, result or error, attempts and timestamps."""
-        return await _existing(state, job_id)
+        return await existing_job(state, job_id)
 
     @router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a job")
     async def cancel_job(
@@ -113,7 +113,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         job stops at its next progress report, or at once with `terminate=true` (its process
         is killed). Cancelling a cancelled job is a no-op; a finished one is a 409.
         """
-        await _existing(state, job_id)
+        await existing_job(state, job_id)
         outcome = await state.store.cancel(job_id, time.time())
         if not outcome.applied and outcome.previous_state is not JobState.CANCELLED:
             raise ProblemError(
@@ -124,7 +124,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
             )
         if outcome.applied and outcome.previous_state is JobState.RUNNING:
             await run_in_threadpool(_revoke, state, job_id, terminate)
-        job = await _existing(state, job_id)
+        job = await existing_job(state, job_id)
         if outcome.applied:
             await _enqueue_callback(state, job)
         return job
@@ -132,7 +132,8 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
     return router
 
 
-async def _existing(state: ApiState, job_id: str) -> Job:
+async def existing_job(state: ApiState, job_id: str) -> Job:
+    """The job, or a 404 problem."""
     job = await state.store.get(job_id) if _JOB_ID.match(job_id) else None
     if job is None:
         raise ProblemError(404, "Job not found", f"No job {job_id!r}.", slug="job-not-found")

@@ -27,8 +27,20 @@ def create_beat(
         redbeat_key_prefix=f"{prefix}:beat",
         redbeat_lock_key=f"{prefix}:beat:lock",
         redbeat_lock_timeout=settings.beat.lock_timeout_seconds,
+        redbeat_redis_options={
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+            "retry_period": 30,
+        },
     )
-    store = JobStore(sync_client(settings), prefix, settings.jobs.retention_seconds)
+    store = JobStore(
+        sync_client(settings),
+        prefix,
+        settings.jobs.retention_seconds,
+        settings.jobs.dead_letter_retention_seconds,
+    )
     scheduler = type(
         "BoundConveyorScheduler",
         (ConveyorScheduler,),

@@ -73,8 +73,9 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
             self.store.promote_due(time.time())
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
-                cutoff = time.time() - self.store.retention_seconds
+                now = time.time()
                 for key in self.store.index_keys():
-                    self.store.prune_index(key, cutoff)
+                    self.store.prune_index(key, now - self.store.retention_seconds)
+                self.store.prune_dead_letters(now - self.store.dead_letter_retention_seconds)
         except Exception:
             log.exception("beat housekeeping failed; retrying next tick")

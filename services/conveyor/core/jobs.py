@@ -57,6 +57,7 @@ class Job(BaseModel):
     result: Any = None
     error: JobError | None = None
     attempts: int = Field(0, description="How many times the job has started running.")
+    deaths: int = Field(0, description="How many times a worker died while running the job.")
     max_retries: int
     timeout_seconds: int | None = None
     idempotency_key: str | None = None
@@ -65,6 +66,9 @@ class Job(BaseModel):
     scheduled_for: datetime | None = Field(None, description="When a delayed job becomes due.")
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    dead_lettered_at: datetime | None = Field(
+        None, description="Set while the job is in the dead-letter set."
+    )
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> "Job":
@@ -79,6 +83,7 @@ class Job(BaseModel):
             result=orjson.loads(record["result"]) if "result" in record else None,
             error=_json_or_none(record.get("error")),
             attempts=int(record.get("attempts", "0")),
+            deaths=int(record.get("deaths") or "0"),
             max_retries=int(record["max_retries"]),
             timeout_seconds=_int_or_none(record.get("timeout_seconds")),
             idempotency_key=record.get("idempotency_key") or None,
@@ -87,6 +92,7 @@ class Job(BaseModel):
             scheduled_for=_timestamp_or_none(record.get("scheduled_for")),
             started_at=_timestamp_or_none(record.get("started_at")),
             finished_at=_timestamp_or_none(record.get("finished_at")),
+            dead_lettered_at=_timestamp_or_none(record.get("dead_lettered_at")),
         )
 
 

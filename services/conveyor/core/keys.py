@@ -43,3 +43,13 @@ class Keys:
     def delayed_messages(self) -> str:
         """Hash of job id to the Celery message to push when due."""
         return f"{self.prefix}:delayed:messages"
+
+    @property
+    def dead(self) -> str:
+        """Sorted set of dead-lettered job ids, scored by when they died (ms)."""
+        return f"{self.prefix}:dead"
+
+    @property
+    def dead_messages(self) -> str:
+        """Hash of dead-lettered job id to the message that replays it."""
+        return f"{self.prefix}:dead:messages"

@@ -31,11 +31,43 @@ class WorkerSettings(BaseModel):
         10, ge=1, description="How long after the soft limit the child is killed."
     )
     visibility_timeout_seconds: int = Field(
-        3600, ge=10, description="Unacked deliveries older than this are redelivered."
+        60,
+        ge=2,
+        description="A delivery whose lease is not renewed for this long is redelivered. "
+        "Running jobs renew their lease, so this bounds recovery after a worker dies, "
+        "not the length of a job.",
+    )
+    restore_interval_seconds: int = Field(
+        10, ge=1, description="How often workers look for expired deliveries to redeliver."
+    )
+    shutdown_timeout_seconds: float = Field(
+        25.0,
+        ge=0,
+        description="On SIGTERM, how long running jobs may finish before the rest are handed "
+        "back to the queue. Keep it below Kubernetes' terminationGracePeriodSeconds.",
+    )
+    max_worker_deaths: int = Field(
+        3, ge=1, description="A job whose worker dies under it this often is dead-lettered."
+    )
+    heartbeat_file: Path = Field(
+        Path("/tmp/conveyor-worker-heartbeat"),  # noqa: S108 - an emptyDir in the chart
+        description="Touched by a healthy consumer loop; read by `conveyor worker --check`.",
+    )
+    heartbeat_interval_seconds: float = Field(5.0, gt=0)
+    heartbeat_max_age_seconds: float = Field(
+        60.0, gt=0, description="`--check` fails when the heartbeat is older than this."
     )
     delayed_poll_seconds: float = Field(
         1.0, gt=0, description="How often the worker moves due delayed jobs onto their queue."
     )
+
+
+class DurabilityCheck(StrEnum):
+    """What to do when the Redis given could evict queued jobs."""
+
+    WARN = "warn"
+    REFUSE = "refuse"
+    OFF = "off"
 
 
 class BeatSettings(BaseModel):
@@ -85,7 +117,9 @@ class JobSettings(BaseModel):
     retention_seconds: int = Field(
         7 * 24 * 3600, ge=60, description="How long finished jobs and idempotency keys are kept."
     )
-    default_max_retries: int = Field(3, ge=0, le=100)
+    dead_letter_retention_seconds: int = Field(
+        14 * 24 * 3600, ge=60, description="How long dead-lettered jobs are kept for replay."
+    )
     max_delay_seconds: int = Field(
         30 * 24 * 3600, ge=0, description="Upper bound of delay_seconds."
     )
@@ -110,6 +144,11 @@ class Settings(BaseSettings):
         description="Broker and job store. A secret because it may carry a password.",
     )
     key_prefix: str = Field("conveyor", description="Prefix of every Redis key Conveyor owns.")
+    redis_durability_check: DurabilityCheck = Field(
+        DurabilityCheck.WARN,
+        description="At startup, check that Redis cannot evict jobs (maxmemory-policy) and "
+        "persists them (AOF); warn or refuse to start when it could lose them.",
+    )
     task_modules: list[str] = Field(
         default_factory=list, description="Extra modules whose @task functions are loaded."
     )

@@ -30,9 +30,13 @@ def _script_source(name: str) -> str:
 ACCEPT_LUA = _script_source("accept")
 TRANSITION_LUA = _script_source("transition")
 PROMOTE_LUA = _script_source("promote")
+START_LUA = _script_source("start")
+REPLAY_LUA = _script_source("replay")
+PURGE_LUA = _script_source("purge")
 
-# States from which a job may (re)start: a redelivery after a worker died finds it `running`.
-STARTABLE = (JobState.QUEUED, JobState.SCHEDULED, JobState.RETRYING, JobState.RUNNING)
+# Dead-letter operations go through Redis in batches of this many ids per script call.
+DEAD_LETTER_BATCH = 500
+
 CANCELLABLE = (JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, JobState.RETRYING)
 
 
@@ -92,6 +96,16 @@ class TransitionResult:
     applied: bool
     previous_state: JobState | None
     attempts: int
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """What start.lua decided: 'run', 'skip' or 'poison' (see the script)."""
+
+    verdict: str
+    previous_state: JobState | None
+    attempts: int
+    deaths: int
 
 
 @dataclass(frozen=True)
@@ -200,18 +214,34 @@ def _text(value: Any) -> str:
 class JobStore:
     """Blocking job store for workers and beat."""
 
-    def __init__(self, client: "redis.Redis", prefix: str, retention_seconds: int) -> None:
+    def __init__(
+        self,
+        client: "redis.Redis",
+        prefix: str,
+        retention_seconds: int,
+        dead_letter_retention_seconds: int = 14 * 24 * 3600,
+    ) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.retention_seconds = retention_seconds
+        self.dead_letter_retention_seconds = dead_letter_retention_seconds
         self._accept = client.register_script(ACCEPT_LUA)
         self._transition = client.register_script(TRANSITION_LUA)
         self._promote = client.register_script(PROMOTE_LUA)
+        self._start = client.register_script(START_LUA)
 
     def accept(self, job: NewJob, message: bytes) -> AcceptResult:
         """Record and enqueue a job atomically (see accept.lua)."""
         args = accept_args(self.keys.prefix, job, message, self.retention_seconds)
         return parse_accept(self._accept(args=args), job)
+
+    def start(self, job_id: str, now: float, max_deaths: int) -> StartResult:
+        """Begin a delivery (see start.lua)."""
+        verdict, state, attempts, deaths = self._start(
+            args=[self.keys.prefix, job_id, repr(now), max_deaths]
+        )
+        previous = JobState(_text(state)) if state else None
+        return StartResult(_text(verdict), previous, int(attempts), int(deaths))
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None when unknown or expired."""
@@ -229,6 +259,8 @@ class JobStore:
     ) -> TransitionResult:
         """Apply a state change if the job is in one of the `allowed` states."""
         expire = self.retention_seconds if new_state in TERMINAL_STATES else 0
+        if delayed[0] == "dead":
+            expire = self.dead_letter_retention_seconds
         args = transition_args(
             self.keys.prefix,
             job_id,
@@ -263,6 +295,17 @@ class JobStore:
             start += len(ids) - len(gone)
         return removed
 
+    def prune_dead_letters(self, older_than: float) -> int:
+        """Forget dead letters older than the dead-letter retention."""
+        ids = self.client.zrangebyscore(self.keys.dead, "-inf", _ms(older_than), start=0, num=5000)
+        if not ids:
+            return 0
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.dead, *ids)
+            pipe.hdel(self.keys.dead_messages, *ids)
+            pipe.execute()
+        return len(ids)
+
     def index_keys(self) -> list[str]:
         """Every index sorted set (found by pattern: the task set is open-ended)."""
         return [
@@ -279,6 +322,8 @@ class AsyncJobStore:
         self.retention_seconds = retention_seconds
         self._accept = client.register_script(ACCEPT_LUA)
         self._transition = client.register_script(TRANSITION_LUA)
+        self._replay = client.register_script(REPLAY_LUA)
+        self._purge = client.register_script(PURGE_LUA)
 
     async def accept(self, job: NewJob, message: bytes) -> AcceptResult:
         """Record and enqueue a job atomically (see accept.lua)."""
@@ -310,8 +355,12 @@ class AsyncJobStore:
         queue: Queue | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        index: str | None = None,
     ) -> Page:
-        """Jobs newest first, from the most selective index; other filters are checked per job."""
+        """Jobs newest first, from the most selective index; other filters are checked per job.
+
+        `index` lists another sorted set of job ids instead (the dead-letter set).
+        """
         filters: dict[str, str] = {}
         candidates: list[str] = []
         if state is not None:
@@ -323,7 +372,8 @@ class AsyncJobStore:
         if queue is not None:
             filters["queue"] = str(queue)
             candidates.append(self.keys.index_queue(queue))
-        index = await self._smallest(candidates) if candidates else self.keys.index_all
+        if index is None:
+            index = await self._smallest(candidates) if candidates else self.keys.index_all
 
         bound_score: str = "+inf"
         bound_id: str | None = None
@@ -375,6 +425,25 @@ class AsyncJobStore:
             bound_score, bound_id = str(int(last[0])), last[1]
         next_cursor = encode_cursor(*last) if more and last is not None else None
         return Page(jobs, next_cursor)
+
+    async def replay_dead_letters(self, job_ids: Sequence[str] | None = None) -> int:
+        """Put dead-lettered jobs back on their queues (all of them when `job_ids` is None)."""
+        return await self._dead_letter_batches(self._replay, [self.keys.prefix], job_ids)
+
+    async def purge_dead_letters(self, job_ids: Sequence[str] | None = None) -> int:
+        """Drop dead letters (all of them when `job_ids` is None)."""
+        head = [self.keys.prefix, self.retention_seconds]
+        return await self._dead_letter_batches(self._purge, head, job_ids)
+
+    async def _dead_letter_batches(
+        self, script: Any, head: list[Any], job_ids: Sequence[str] | None
+    ) -> int:
+        if job_ids is not None:
+            return int(await script(args=[*head, *job_ids])) if job_ids else 0
+        done = 0
+        while batch := await self.client.zrange(self.keys.dead, 0, DEAD_LETTER_BATCH - 1):
+            done += int(await script(args=[*head, *batch]))
+        return done
 
     async def _smallest(self, keys: list[str]) -> str:
         if len(keys) == 1:

@@ -1,5 +1,7 @@
 """`create_celery`: the Celery application shared by workers and beat."""
 
+from typing import TypeVar
+
 from celery import Celery
 from kombu import Queue as KombuQueue
 
@@ -9,7 +11,12 @@ from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
 from conveyor.core.store import JobStore
 from conveyor.worker.delayed import DelayedJobsPromoter
+from conveyor.worker.leases import LeaseRenewer
 from conveyor.worker.lifecycle import ConveyorTask, JobRunner
+from conveyor.worker.liveness import Heartbeat
+from conveyor.worker.shutdown import ShutdownDeadline
+
+T = TypeVar("T")
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -19,11 +26,18 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.worker.visibility_timeout_seconds,
-            "socket_timeout": 10,
+            # Sweep for expired deliveries every interval (kombu's default is 10 s x 10).
+            "unacked_restore_interval": settings.worker.restore_interval_seconds,
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 60,
+            # Never hang on a dead or silent connection: time out, reconnect.
+            "socket_timeout": 15,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
-            "health_check_interval": 15,
+            "health_check_interval": 10,
+            "retry_on_timeout": True,
         },
+        "broker_connection_max_retries": None,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -55,20 +69,39 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
     app = Celery("conveyor", set_as_current=False)
     app.conf.update(celery_config(settings))
 
-    store = JobStore(sync_client(settings), settings.key_prefix, settings.jobs.retention_seconds)
+    store = JobStore(
+        sync_client(settings),
+        settings.key_prefix,
+        settings.jobs.retention_seconds,
+        settings.jobs.dead_letter_retention_seconds,
+    )
     runner = JobRunner(store, catalog, settings)
     bound_task = type("BoundConveyorTask", (ConveyorTask,), {"runner": runner})
     for spec in catalog.values():
         task_class = type(f"Task[{spec.name}]", (bound_task,), {"spec": spec, "name": spec.name})
         app.register_task(task_class())
 
-    promoter = type(
-        "BoundDelayedJobsPromoter",
-        (DelayedJobsPromoter,),
-        {"store": store, "interval": settings.worker.delayed_poll_seconds},
+    worker = settings.worker
+    app.steps["worker"].update(
+        {
+            _bind(DelayedJobsPromoter, store=store, interval=worker.delayed_poll_seconds),
+            _bind(
+                LeaseRenewer, client=store.client, interval=worker.visibility_timeout_seconds / 4
+            ),
+            _bind(ShutdownDeadline, store=store, timeout=worker.shutdown_timeout_seconds),
+        }
     )
-    app.steps["worker"].add(promoter)
+    app.steps["consumer"].add(
+        _bind(
+            Heartbeat, base_path=worker.heartbeat_file, interval=worker.heartbeat_interval_seconds
+        )
+    )
     return app
+
+
+def _bind(step: type[T], **attributes: object) -> type[T]:
+    """A subclass of a bootstep carrying this app's objects (bootsteps are built by Celery)."""
+    return type(f"Bound{step.__name__}", (step,), attributes)
 
 
 def control_app(settings: Settings) -> Celery:

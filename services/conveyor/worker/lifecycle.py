@@ -8,12 +8,14 @@ signals cannot veto a task.
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import orjson
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from redis.exceptions import RedisError
 
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import JobContext, TaskCatalog, TaskSpec
@@ -22,7 +24,7 @@ from conveyor.core.jobs import JobError, JobState
 from conveyor.core.messages import MAX_RETRIES_HEADER, QUEUE_HEADER, build_message
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
-from conveyor.core.store import STARTABLE, JobStore
+from conveyor.core.store import JobStore
 from conveyor.core.submit import prepare
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,11 @@ PROGRESS_MIN_INTERVAL = 0.1
 
 
 class JobRunner:
-    """Runs one delivery of a job and records its outcome in the job store."""
+    """Runs one delivery of a job and records its outcome in the job store.
+
+    A broker error while recording raises `Reject(requeue=True)`: the message is never acked
+    for a job whose record was not written, so a Redis blip can delay a job, never lose it.
+    """
 
     def __init__(self, store: JobStore, catalog: TaskCatalog, settings: Settings) -> None:
         self.store = store
@@ -40,20 +46,24 @@ class JobRunner:
         self.settings = settings
 
     def run(self, spec: TaskSpec, request: Any, kwargs: Mapping[str, Any]) -> None:
-        """Run the job behind `request` unless it was cancelled or already finished."""
+        """Run the job behind `request` unless it was cancelled, finished or is poison."""
         job_id: str = request.id
-        started = self.store.transition(
-            job_id,
-            allowed=STARTABLE,
-            new_state=JobState.RUNNING,
-            count_attempt=True,
-            fields={"started_at": repr(time.time()), "progress": "", "finished_at": ""},
-        )
-        if not started.applied:
+        queue = Queue(getattr(request, QUEUE_HEADER, None) or spec.queue)
+        with _requeue_on_broker_error(job_id):
+            started = self.store.start(job_id, time.time(), self.settings.worker.max_worker_deaths)
+        if started.verdict == "skip":
             # Cancelled, finished by an earlier delivery, or expired: never run it (again).
             log.info("job %s not run: state is %s", job_id, started.previous_state or "unknown")
             return
-        queue = Queue(getattr(request, QUEUE_HEADER, None) or spec.queue)
+        if started.verdict == "poison":
+            error = JobError(
+                type="WorkerLost",
+                message=f"the worker died while running this job {started.deaths} times",
+            )
+            log.error("job %s dead-lettered: %s", job_id, error.message)
+            replay = self._message(spec, request, kwargs, queue, retries=0)
+            self._finish(job_id, JobState.FAILED, {"error": error.model_dump_json()}, replay)
+            return
         ctx = JobContext(
             job_id=job_id,
             task=spec.name,
@@ -71,14 +81,7 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - every task failure is recorded, none escapes
             self._failed(spec, request, kwargs, queue, exc)
             return
-        finished = self.store.transition(
-            job_id,
-            allowed=(JobState.RUNNING,),
-            new_state=JobState.SUCCEEDED,
-            fields={"result": encoded.decode(), "finished_at": repr(time.time()), "error": ""},
-        )
-        if finished.applied:
-            self.after_terminal(job_id)
+        self._finish(job_id, JobState.SUCCEEDED, {"result": encoded.decode(), "error": ""})
 
     def _failed(
         self,
@@ -92,22 +95,18 @@ class JobRunner:
         retries_done = int(request.retries or 0)
         max_retries = int(getattr(request, MAX_RETRIES_HEADER, spec.retry.max_retries))
         error = _error(exc)
-        if spec.retry.is_retryable(exc) and retries_done < max_retries:
-            now = time.time()
-            due_at = now + spec.retry.delay_for(retries_done + 1, random.random())  # noqa: S311 - jitter
-            soft, hard = (request.timelimit or (None, None))[::-1]
-            message = build_message(
-                job_id=job_id,
-                task=spec.name,
-                queue=queue,
-                kwargs=kwargs,
-                retries=retries_done + 1,
-                max_retries=max_retries,
-                soft_time_limit=soft,
-                time_limit=hard,
-                enqueued_at=now,
-                due_at=due_at,
-            )
+        if not spec.retry.is_retryable(exc):
+            self._finish(job_id, JobState.FAILED, {"error": error})
+            return
+        if retries_done >= max_retries:
+            log.warning("job %s dead-lettered after %d retries: %s", job_id, retries_done, exc)
+            replay = self._message(spec, request, kwargs, queue, retries=0)
+            self._finish(job_id, JobState.FAILED, {"error": error}, replay)
+            return
+        now = time.time()
+        due_at = now + spec.retry.delay_for(retries_done + 1, random.random())  # noqa: S311 - jitter
+        message = self._message(spec, request, kwargs, queue, retries_done + 1, due_at=due_at)
+        with _requeue_on_broker_error(job_id):
             self.store.transition(
                 job_id,
                 allowed=(JobState.RUNNING,),
@@ -115,20 +114,60 @@ class JobRunner:
                 delayed=("add", due_at, message),
                 fields={"error": error},
             )
-            log.info("job %s retry %d in %.1fs: %s", job_id, retries_done + 1, due_at - now, exc)
-            return
-        self.fail(job_id, error)
+        log.info("job %s retry %d in %.1fs: %s", job_id, retries_done + 1, due_at - now, exc)
 
     def fail(self, job_id: str, error: str) -> None:
         """Mark a running job failed (also used for hard time limits, from the main process)."""
-        finished = self.store.transition(
-            job_id,
-            allowed=(JobState.RUNNING,),
-            new_state=JobState.FAILED,
-            fields={"error": error, "finished_at": repr(time.time())},
-        )
+        self._finish(job_id, JobState.FAILED, {"error": error})
+
+    def _finish(
+        self,
+        job_id: str,
+        state: JobState,
+        fields: dict[str, str],
+        dead_message: bytes | None = None,
+    ) -> None:
+        now = time.time()
+        fields = {**fields, "finished_at": repr(now)}
+        delayed: tuple[str, float | None, bytes] = ("", None, b"")
+        if dead_message is not None:
+            delayed = ("dead", now, dead_message)
+            fields["dead_lettered_at"] = repr(now)
+        with _requeue_on_broker_error(job_id):
+            # QUEUED too: a job handed back at shutdown may still complete in its last moments;
+            # its result then stands and the handed-back copy is skipped.
+            finished = self.store.transition(
+                job_id,
+                allowed=(JobState.RUNNING, JobState.QUEUED),
+                new_state=state,
+                delayed=delayed,
+                fields=fields,
+            )
         if finished.applied:
             self.after_terminal(job_id)
+
+    def _message(
+        self,
+        spec: TaskSpec,
+        request: Any,
+        kwargs: Mapping[str, Any],
+        queue: Queue,
+        retries: int,
+        due_at: float | None = None,
+    ) -> bytes:
+        soft, hard = (request.timelimit or (None, None))[::-1]
+        return build_message(
+            job_id=request.id,
+            task=spec.name,
+            queue=queue,
+            kwargs=kwargs,
+            retries=retries,
+            max_retries=int(getattr(request, MAX_RETRIES_HEADER, spec.retry.max_retries)),
+            soft_time_limit=soft,
+            time_limit=hard,
+            enqueued_at=time.time(),
+            due_at=due_at,
+        )
 
     def after_terminal(self, job_id: str) -> None:
         """Enqueue the completion callback, if the job asked for one. Never raises."""
@@ -140,6 +179,15 @@ class JobRunner:
                 self.store.accept(new_job, message)
         except Exception:
             log.exception("could not enqueue the completion callback of job %s", job_id)
+
+
+@contextmanager
+def _requeue_on_broker_error(job_id: str) -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        log.warning("job %s: job store unreachable (%s); handing the message back", job_id, exc)
+        raise Reject(exc, requeue=True) from exc
 
 
 class ConveyorTask(Task[Any, None]):

@@ -2,8 +2,9 @@
 -- fields, state index, expiry and delayed-message bookkeeping.
 --
 -- ARGV: 1 prefix, 2 job id, 3 allowed states as '|a|b|', 4 new state, 5 expire after seconds
---       ('0' = keep), 6 '1' to count an attempt, 7 delayed op ('', 'add' or 'drop'),
---       8 due time (ms) for 'add', 9 message for 'add', 10.. field/value pairs to set.
+--       ('0' = keep), 6 '1' to count an attempt, 7 message op: '', 'add' (to the delayed set,
+--       due at ARGV 8 ms), 'drop' (from the delayed set) or 'dead' (into the dead-letter set,
+--       at ARGV 8 ms), 9 message for 'add' and 'dead', 10.. field/value pairs to set.
 -- Returns {1, previous state, attempts} on success, {0, current state or '', attempts} if refused.
 local prefix, id, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local expire, count_attempt, delayed_op = tonumber(ARGV[5]), ARGV[6], ARGV[7]
@@ -33,6 +34,9 @@ if delayed_op == 'add' then
 elseif delayed_op == 'drop' then
   redis.call('ZREM', prefix .. ':delayed', id)
   redis.call('HDEL', prefix .. ':delayed:messages', id)
+elseif delayed_op == 'dead' then
+  redis.call('ZADD', prefix .. ':dead', ARGV[8], id)
+  redis.call('HSET', prefix .. ':dead:messages', id, ARGV[9])
 end
 if expire > 0 then
   redis.call('EXPIRE', key, expire)

@@ -1,0 +1,75 @@
+"""/v1/dead-letters: jobs that died too often or ran out of retries, kept for replay."""
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from conveyor.api.jobs import PROBLEM_RESPONSES, State, existing_job
+from conveyor.api.problems import ProblemError
+from conveyor.api.schemas import JobPage
+from conveyor.core.jobs import Job
+from conveyor.core.store import InvalidCursorError
+
+_JOB_ID = re.compile(r"^[0-9a-f-]{36}$")
+
+
+class Count(BaseModel):
+    """How many dead letters an operation touched."""
+
+    count: int
+
+
+def dead_letters_router() -> APIRouter:
+    """Listing, replay and purge of dead letters."""
+    router = APIRouter(
+        prefix="/v1/dead-letters", tags=["dead letters"], responses=PROBLEM_RESPONSES
+    )
+
+    @router.get("", response_model=JobPage, summary="List dead letters")
+    async def list_dead_letters(
+        state: State,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=300)] = None,
+    ) -> JobPage:
+        """Dead-lettered jobs, most recent first."""
+        try:
+            page = await state.store.list_jobs(
+                limit=limit, cursor=cursor, index=state.store.keys.dead
+            )
+        except InvalidCursorError:
+            raise ProblemError(422, "Invalid cursor", slug="invalid-cursor") from None
+        return JobPage(items=page.jobs, next_cursor=page.next_cursor)
+
+    @router.post("/replay", response_model=Count, summary="Replay every dead letter")
+    async def replay_all(state: State) -> Count:
+        """Put every dead-lettered job back on its queue as a new attempt."""
+        return Count(count=await state.store.replay_dead_letters())
+
+    @router.post("/{job_id}/replay", response_model=Job, summary="Replay one dead letter")
+    async def replay_one(job_id: str, state: State) -> Job:
+        """Put one dead-lettered job back on its queue as a new attempt of the same job."""
+        await _dead(state, job_id)
+        await state.store.replay_dead_letters([job_id])
+        return await existing_job(state, job_id)
+
+    @router.delete("", response_model=Count, summary="Purge every dead letter")
+    async def purge_all(state: State) -> Count:
+        """Drop every dead letter; the jobs stay readable until their retention ends."""
+        return Count(count=await state.store.purge_dead_letters())
+
+    @router.delete("/{job_id}", response_model=Count, summary="Purge one dead letter")
+    async def purge_one(job_id: str, state: State) -> Count:
+        """Drop one dead letter."""
+        await _dead(state, job_id)
+        return Count(count=await state.store.purge_dead_letters([job_id]))
+
+    return router
+
+
+async def _dead(state: State, job_id: str) -> None:
+    if not _JOB_ID.match(job_id) or await state.redis.zscore(state.store.keys.dead, job_id) is None:
+        raise ProblemError(
+            404, "Dead letter not found", f"No dead letter {job_id!r}.", slug="job-not-found"
+        )

@@ -1,0 +1,14 @@
+-- Purge dead letters: they leave the dead-letter set and their records expire as finished
+-- jobs' do.
+--
+-- ARGV: 1 prefix, 2 retention seconds, 3.. job ids.
+-- Returns the number purged.
+local prefix, retention = ARGV[1], tonumber(ARGV[2])
+local purged = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  purged = purged + redis.call('ZREM', prefix .. ':dead', id)
+  redis.call('HDEL', prefix .. ':dead:messages', id)
+  redis.call('EXPIRE', job_key(prefix, id), retention)
+end
+return purged

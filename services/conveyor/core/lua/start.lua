@@ -1,0 +1,29 @@
+-- Start one delivery of a job: count the attempt, and count a worker death when the previous
+-- delivery never finished (the record still says running).
+--
+-- ARGV: 1 prefix, 2 job id, 3 now (seconds), 4 deaths at which the job is poison.
+-- Returns {verdict, previous state, attempts, deaths} where verdict is
+--   'run'     the job is now running: run it;
+--   'skip'    cancelled, finished or expired: do not run it, just ack the message;
+--   'poison'  its workers died under it too often: dead-letter it instead.
+local prefix, id, now, max_deaths = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local key = job_key(prefix, id)
+local current = redis.call('HMGET', key, 'state', 'attempts', 'deaths')
+local state = current[1]
+local attempts, deaths = tonumber(current[2] or '0'), tonumber(current[3] or '0')
+if not state then
+  return {'skip', '', 0, 0}
+end
+if state ~= 'queued' and state ~= 'scheduled' and state ~= 'retrying' and state ~= 'running' then
+  return {'skip', state, attempts, deaths}
+end
+if state == 'running' then
+  deaths = redis.call('HINCRBY', key, 'deaths', 1)
+  if deaths >= max_deaths then
+    return {'poison', state, attempts, deaths}
+  end
+end
+redis.call('HSET', key, 'state', 'running', 'started_at', now, 'progress', '', 'finished_at', '')
+attempts = redis.call('HINCRBY', key, 'attempts', 1)
+move_state_index(prefix, id, state, 'running')
+return {'run', state, attempts, deaths}
