@@ -41,3 +41,55 @@ def stubborn(ctx: JobContext, args: StubbornArgs) -> None:
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):  # swallowing is the point of this task
             time.sleep(0.1)
+
+
+class WorkArgs(BaseModel):
+    """Arguments of `tests.work`."""
+
+    redis_url: str
+    seconds: float = Field(0.0, ge=0, le=600)
+
+
+@task(name="tests.work", queue=Queue.DEFAULT, args=WorkArgs)
+def work(ctx: JobContext, args: WorkArgs) -> dict[str, int]:
+    """Count this execution in the `executions` hash, work for `seconds`, count completion."""
+    import time
+
+    import redis
+
+    client = redis.Redis.from_url(args.redis_url)
+    try:
+        executions = int(client.hincrby("executions", ctx.job_id, 1))
+        deadline = time.monotonic() + args.seconds
+        while (left := deadline - time.monotonic()) > 0:
+            ctx.progress(args.seconds - left, args.seconds)
+            time.sleep(min(0.2, left))
+        client.hincrby("completions", ctx.job_id, 1)
+        return {"executions": executions, "attempt": ctx.attempt}
+    finally:
+        client.close()
+
+
+class KillArgs(BaseModel):
+    """Arguments of `tests.kill_worker`."""
+
+    redis_url: str
+    flag: str = Field(..., description="While this Redis key exists, the job kills its process.")
+
+
+@task(name="tests.kill_worker", queue=Queue.DEFAULT, args=KillArgs)
+def kill_worker(ctx: JobContext, args: KillArgs) -> dict[str, int]:
+    """SIGKILL the process running the job while `flag` is set (a poison job), else succeed."""
+    import os
+    import signal
+
+    import redis
+
+    client = redis.Redis.from_url(args.redis_url)
+    try:
+        client.hincrby("executions", ctx.job_id, 1)
+        if client.exists(args.flag):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {"attempt": ctx.attempt}
+    finally:
+        client.close()
