@@ -44,6 +44,19 @@ class Keys:
         """Hash of job id to the Celery message to push when due."""
         return f"{self.prefix}:delayed:messages"
 
+    def inflight(self, consumer: str, queue: str) -> str:
+        """List of messages a consumer has taken from `queue` but not yet recorded."""
+        return f"{self.prefix}:inflight:{consumer}:{queue}"
+
+    @property
+    def inflight_pattern(self) -> str:
+        """SCAN pattern of every in-flight list."""
+        return f"{self.prefix}:inflight:*"
+
+    def consumer_alive(self, consumer: str) -> str:
+        """Liveness key a consumer refreshes (with a TTL) while it runs."""
+        return f"{self.prefix}:consumer:{consumer}"
+
     @property
     def dead(self) -> str:
         """Sorted set of dead-lettered job ids, scored by when they died (ms)."""

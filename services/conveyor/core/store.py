@@ -33,6 +33,7 @@ PROMOTE_LUA = _script_source("promote")
 START_LUA = _script_source("start")
 REPLAY_LUA = _script_source("replay")
 PURGE_LUA = _script_source("purge")
+RECOVER_INFLIGHT_LUA = _script_source("recover_inflight")
 
 # Dead-letter operations go through Redis in batches of this many ids per script call.
 DEAD_LETTER_BATCH = 500
@@ -229,6 +230,7 @@ class JobStore:
         self._transition = client.register_script(TRANSITION_LUA)
         self._promote = client.register_script(PROMOTE_LUA)
         self._start = client.register_script(START_LUA)
+        self._recover_inflight = client.register_script(RECOVER_INFLIGHT_LUA)
 
     def accept(self, job: NewJob, message: bytes) -> AcceptResult:
         """Record and enqueue a job atomically (see accept.lua)."""
@@ -294,6 +296,17 @@ class JobStore:
                 removed += len(gone)
             start += len(ids) - len(gone)
         return removed
+
+    def recover_inflight(self) -> int:
+        """Requeue the in-flight messages of consumers whose liveness key has expired."""
+        moved = 0
+        prefix = self.keys.inflight_pattern[:-1]
+        for key in self.client.scan_iter(match=self.keys.inflight_pattern, count=500):
+            name = _text(key)
+            consumer, _, queue = name[len(prefix) :].rpartition(":")
+            alive = self.keys.consumer_alive(consumer)
+            moved += max(0, int(self._recover_inflight(args=[name, alive, queue])))
+        return moved
 
     def prune_dead_letters(self, older_than: float) -> int:
         """Forget dead letters older than the dead-letter retention."""

@@ -6,6 +6,7 @@ from celery import Celery
 from kombu import Queue as KombuQueue
 
 from conveyor.core.catalog import TaskCatalog, load_catalog
+from conveyor.core.keys import Keys
 from conveyor.core.queues import Queue
 from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
@@ -15,6 +16,7 @@ from conveyor.worker.leases import LeaseRenewer
 from conveyor.worker.lifecycle import ConveyorTask, JobRunner
 from conveyor.worker.liveness import Heartbeat
 from conveyor.worker.shutdown import ShutdownDeadline
+from conveyor.worker.transport import bind_transport
 
 T = TypeVar("T")
 
@@ -24,8 +26,12 @@ def celery_config(settings: Settings) -> dict[str, object]:
     return {
         "broker_url": settings.redis_url.get_secret_value(),
         "broker_connection_retry_on_startup": True,
+        # kombu's Redis transport, consuming with BLMOVE so no message is lost (transport.py).
+        "broker_transport": bind_transport(Keys(settings.key_prefix)),
         "broker_transport_options": {
             "visibility_timeout": settings.worker.visibility_timeout_seconds,
+            # One list per queue: the tiers are Conveyor's priorities.
+            "priority_steps": [0],
             # Sweep for expired deliveries every interval (kombu's default is 10 s x 10).
             "unacked_restore_interval": settings.worker.restore_interval_seconds,
             "unacked_restore_throttle": 1,
@@ -85,9 +91,7 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
     app.steps["worker"].update(
         {
             _bind(DelayedJobsPromoter, store=store, interval=worker.delayed_poll_seconds),
-            _bind(
-                LeaseRenewer, client=store.client, interval=worker.visibility_timeout_seconds / 4
-            ),
+            _bind(LeaseRenewer, store=store, lease_seconds=worker.visibility_timeout_seconds),
             _bind(ShutdownDeadline, store=store, timeout=worker.shutdown_timeout_seconds),
         }
     )

@@ -1,9 +1,13 @@
-"""Bootstep that renews the lease of every delivery this worker holds.
+"""Bootstep that renews this worker's leases and recovers those of dead consumers.
 
 kombu's Redis transport redelivers a message whose entry in `unacked_index` is older than
 the visibility timeout. Refreshing that score while the job runs lets the timeout be short
 (a dead worker's jobs come back within a minute) without ever redelivering a live job,
 however long it runs (celery/celery#5935, #3802).
+
+The same loop keeps this consumer's liveness key alive (its in-flight list belongs to a live
+consumer) and moves the in-flight messages of consumers whose key expired back to their
+queues (see `transport.py`).
 """
 
 import logging
@@ -11,35 +15,53 @@ import threading
 import time
 from typing import Any, ClassVar
 
-import redis
 from celery import bootsteps
 from celery.worker import state
 from kombu.transport.redis import Channel
+
+from conveyor.core.store import JobStore
+from conveyor.worker.transport import consumer_id
 
 log = logging.getLogger(__name__)
 
 
 class LeaseRenewer(bootsteps.StartStopStep):
-    """Every `interval` seconds, ZADD XX the current time for each reserved delivery."""
+    """Four times a lease period: renew leases, keep alive, recover dead consumers."""
 
-    client: ClassVar["redis.Redis"]
-    interval: ClassVar[float]
+    store: ClassVar[JobStore]
+    lease_seconds: ClassVar[float]
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def interval(self) -> float:
+        """Seconds between rounds."""
+        return self.lease_seconds / 4
+
     def start(self, parent: Any) -> None:
-        """Start renewing with the worker."""
+        """Declare this consumer alive, then start renewing (before the consumer starts)."""
+        self.keep_alive()
         self._thread = threading.Thread(target=self._loop, name="conveyor-leases", daemon=True)
         self._thread.start()
 
     def stop(self, parent: Any) -> None:
-        """Stop renewing with the worker."""
+        """Stop renewing; the consumer has stopped, so hand back anything left in flight."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        try:
+            self.store.client.delete(self.store.keys.consumer_alive(consumer_id()))
+            self.store.recover_inflight()
+        except Exception:
+            log.exception("could not hand back in-flight messages at shutdown")
+
+    def keep_alive(self) -> None:
+        """Refresh this consumer's liveness key (it expires one lease period after a death)."""
+        key = self.store.keys.consumer_alive(consumer_id())
+        self.store.client.set(key, "1", ex=max(1, round(self.lease_seconds)))
 
     def renew(self) -> int:
         """Renew every reserved delivery's lease now; returns how many were renewed."""
@@ -51,13 +73,17 @@ class LeaseRenewer(bootsteps.StartStopStep):
         if not tags:
             return 0
         # XX: only refresh deliveries still unacked, never resurrect an acked one.
-        self.client.zadd(Channel.unacked_index_key, dict.fromkeys(tags, time.time()), xx=True)
+        self.store.client.zadd(Channel.unacked_index_key, dict.fromkeys(tags, time.time()), xx=True)
         return len(tags)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                self.keep_alive()
                 self.renew()
+                recovered = self.store.recover_inflight()
+                if recovered:
+                    log.warning("requeued %d in-flight message(s) of dead consumers", recovered)
             except Exception:
-                # A broker blip must not kill the worker; the next round renews again.
-                log.exception("could not renew delivery leases")
+                # A broker blip must not kill the worker; the next round tries again.
+                log.exception("could not renew leases")

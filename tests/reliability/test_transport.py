@@ -1,0 +1,53 @@
+"""The reliable-consume transport: pop and unacked record are never apart; a dead
+consumer's in-flight messages come back; a live consumer's are left alone."""
+
+import signal
+
+import pytest
+
+from tests.support.processes import TERMINAL, Platform, wait_for_job, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_consumed_messages_leave_no_inflight_residue(fast_platform: Platform) -> None:
+    fast_platform.start_api()
+    worker = fast_platform.start_worker("default")
+    redis = fast_platform.redis
+    with fast_platform.http() as client:
+        jobs = [client.post("/v1/jobs", json={"task": "demo.echo"}).json() for _ in range(20)]
+        for job in jobs:
+            assert wait_for_job(client, job["id"], TERMINAL)["state"] == "succeeded"
+        consumers = redis.keys("conveyor:consumer:*")
+        assert len(consumers) == 1
+        assert 0 < redis.ttl(consumers[0]) <= 3
+        inflight = redis.keys("conveyor:inflight:*")
+        assert all(redis.llen(key) == 0 for key in inflight)
+        assert redis.hlen("unacked") == 0
+    worker.signal(signal.SIGTERM)
+    assert worker.process.wait(15) == 0
+    assert redis.keys("conveyor:consumer:*") == [], "a clean stop retires its liveness key"
+
+
+def test_dead_consumers_inflight_messages_are_requeued(fast_platform: Platform) -> None:
+    fast_platform.start_api()
+    redis = fast_platform.redis
+    with fast_platform.http() as client:
+        lost = client.post("/v1/jobs", json={"task": "demo.echo", "args": {"payload": 1}}).json()
+        kept = client.post("/v1/jobs", json={"task": "demo.echo", "args": {"payload": 2}}).json()
+        # Two consumers took one message each and died before recording them as unacked;
+        # one of them still has a live liveness key.
+        redis.lmove("default", "conveyor:inflight:ghost:1:default", "RIGHT", "LEFT")
+        redis.lmove("default", "conveyor:inflight:ghost:2:default", "RIGHT", "LEFT")
+        redis.set("conveyor:consumer:ghost:2", "1", ex=60)
+        assert redis.llen("default") == 0
+
+        worker = fast_platform.start_worker("default")
+        assert wait_for_job(client, lost["id"], TERMINAL)["state"] == "succeeded"
+        assert redis.llen("conveyor:inflight:ghost:1:default") == 0
+        wait_until(lambda: "requeued 1 in-flight" in worker.log(), 10, "the recovery log line")
+        assert client.get(f"/v1/jobs/{kept['id']}").json()["state"] == "queued"
+        assert redis.llen("conveyor:inflight:ghost:2:default") == 1, "live consumer untouched"
+
+        redis.delete("conveyor:consumer:ghost:2")  # ...until it dies too
+        assert wait_for_job(client, kept["id"], TERMINAL)["state"] == "succeeded"
