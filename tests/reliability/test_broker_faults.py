@@ -203,3 +203,31 @@ def test_refuses_a_redis_that_could_evict_jobs(redis_server: RedisServer, log_di
         assert "REDIS MAY LOSE JOBS" in warn.services[0].log()
     finally:
         warn.stop()
+
+
+def test_api_answers_503_within_2s_when_redis_goes_silent(
+    redis_server: RedisServer, log_dir: Path
+) -> None:
+    db = fresh_db(redis_server)
+    proxy = BlackholeProxy(redis_server.port)
+    platform = Platform(redis_server, db, log_dir)
+    platform.redis_url = f"redis://127.0.0.1:{proxy.port}/{db}"
+    try:
+        platform.start_api()
+        with platform.http() as client:
+            assert submit_echo(client, 0).status_code == 202  # the pool holds a connection
+            proxy.freeze()
+            timings = []
+            for n in range(3):
+                started = time.monotonic()
+                response = submit_echo(client, n)
+                timings.append(time.monotonic() - started)
+                assert response.status_code == 503
+                assert response.headers["retry-after"] == "2"
+            proxy.thaw()
+            wait_until(lambda: submit_echo(client, 9).status_code == 202, 10, "recovery")
+    finally:
+        platform.stop()
+        proxy.close()
+    record_figure("api_503_when_redis_silent", worst_seconds=round(max(timings), 3))
+    assert max(timings) <= 2.0, timings

@@ -33,13 +33,13 @@ def sync_client(settings: Settings) -> "redis.Redis":
 def async_client(settings: Settings) -> "redis.asyncio.Redis":
     """An asyncio client (API) with tight timeouts: one retry, then the API answers 503.
 
-    Worst case, a silent (blackholed) Redis costs 2 x 0.75 s before the 503, within the
-    2-second bound clients are promised.
+    Worst case, a silent (blackholed) Redis costs two 0.6 s timeouts before the 503 (measured:
+    about 1.3 s), within the 2-second bound clients are promised.
     """
     from redis.asyncio.retry import Retry as AsyncRetry
 
     return redis.asyncio.Redis.from_url(
         settings.redis_url.get_secret_value(),
         retry=AsyncRetry(ExponentialBackoff(cap=0.1, base=0.05), retries=1),
-        **_options(socket_timeout=0.75, connect_timeout=0.5),
+        **_options(socket_timeout=0.6, connect_timeout=0.5),
     )
