@@ -11,52 +11,51 @@ queues (see `transport.py`).
 """
 
 import logging
-import threading
 import time
 from typing import Any, ClassVar
 
-from celery import bootsteps
 from celery.worker import state
 from kombu.transport.redis import Channel
 
 from conveyor.core.store import JobStore
+from conveyor.worker.periodic import PeriodicStep
 from conveyor.worker.transport import consumer_id
 
 log = logging.getLogger(__name__)
 
 
-class LeaseRenewer(bootsteps.StartStopStep):
-    """Four times a lease period: renew leases, keep alive, recover dead consumers."""
+class LeaseRenewer(PeriodicStep):
+    """Four times a lease period: keep alive, renew leases, recover dead consumers."""
 
     store: ClassVar[JobStore]
     lease_seconds: ClassVar[float]
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
     @property
-    def interval(self) -> float:
+    def interval(self) -> float:  # type: ignore[override]
         """Seconds between rounds."""
         return self.lease_seconds / 4
 
     def start(self, parent: Any) -> None:
-        """Declare this consumer alive, then start renewing (before the consumer starts)."""
+        """Declare this consumer alive, then start the loop (before the consumer starts)."""
         self.keep_alive()
-        self._thread = threading.Thread(target=self._loop, name="conveyor-leases", daemon=True)
-        self._thread.start()
+        super().start(parent)
 
     def stop(self, parent: Any) -> None:
-        """Stop renewing; the consumer has stopped, so hand back anything left in flight."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        """Stop; the consumer has stopped, so hand back anything left in flight."""
+        super().stop(parent)
         try:
             self.store.client.delete(self.store.keys.consumer_alive(consumer_id()))
             self.store.recover_inflight()
         except Exception:
             log.exception("could not hand back in-flight messages at shutdown")
+
+    def tick(self) -> None:
+        """Keep alive, renew, recover."""
+        self.keep_alive()
+        self.renew()
+        recovered = self.store.recover_inflight()
+        if recovered:
+            log.warning("requeued %d in-flight message(s) of dead consumers", recovered)
 
     def keep_alive(self) -> None:
         """Refresh this consumer's liveness key (it expires one lease period after a death)."""
@@ -75,15 +74,3 @@ class LeaseRenewer(bootsteps.StartStopStep):
         # XX: only refresh deliveries still unacked, never resurrect an acked one.
         self.store.client.zadd(Channel.unacked_index_key, dict.fromkeys(tags, time.time()), xx=True)
         return len(tags)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.keep_alive()
-                self.renew()
-                recovered = self.store.recover_inflight()
-                if recovered:
-                    log.warning("requeued %d in-flight message(s) of dead consumers", recovered)
-            except Exception:
-                # A broker blip must not kill the worker; the next round tries again.
-                log.exception("could not renew leases")
