@@ -2,6 +2,7 @@
 consumer's in-flight messages come back; a live consumer's are left alone."""
 
 import signal
+import time
 
 import pytest
 
@@ -18,15 +19,15 @@ def test_consumed_messages_leave_no_inflight_residue(fast_platform: Platform) ->
         jobs = [client.post("/v1/jobs", json={"task": "demo.echo"}).json() for _ in range(20)]
         for job in jobs:
             assert wait_for_job(client, job["id"], TERMINAL)["state"] == "succeeded"
-        consumers = redis.keys("conveyor:consumer:*")
-        assert len(consumers) == 1
-        assert 0 < redis.ttl(consumers[0]) <= 3
+        heartbeats = redis.zrange("conveyor:consumers:default", 0, -1, withscores=True)
+        assert len(heartbeats) == 1
+        assert time.time() - heartbeats[0][1] < 3
         inflight = redis.keys("conveyor:inflight:*")
         assert all(redis.llen(key) == 0 for key in inflight)
         assert redis.hlen("unacked") == 0
     worker.signal(signal.SIGTERM)
     assert worker.process.wait(15) == 0
-    assert redis.keys("conveyor:consumer:*") == [], "a clean stop retires its liveness key"
+    assert redis.zrange("conveyor:consumers:default", 0, -1) == [], "a clean stop retires it"
 
 
 def test_dead_consumers_inflight_messages_are_requeued(fast_platform: Platform) -> None:
@@ -36,10 +37,11 @@ def test_dead_consumers_inflight_messages_are_requeued(fast_platform: Platform) 
         lost = client.post("/v1/jobs", json={"task": "demo.echo", "args": {"payload": 1}}).json()
         kept = client.post("/v1/jobs", json={"task": "demo.echo", "args": {"payload": 2}}).json()
         # Two consumers took one message each and died before recording them as unacked;
-        # one of them still has a live liveness key.
+        # one of them still looks alive (its heartbeat is fresh).
         redis.lmove("default", "conveyor:inflight:ghost:1:default", "RIGHT", "LEFT")
         redis.lmove("default", "conveyor:inflight:ghost:2:default", "RIGHT", "LEFT")
-        redis.set("conveyor:consumer:ghost:2", "1", ex=60)
+        redis.zadd("conveyor:consumers:default", {"ghost:1": time.time() - 60})
+        redis.zadd("conveyor:consumers:default", {"ghost:2": time.time() + 60})
         assert redis.llen("default") == 0
 
         worker = fast_platform.start_worker("default")
@@ -49,5 +51,5 @@ def test_dead_consumers_inflight_messages_are_requeued(fast_platform: Platform) 
         assert client.get(f"/v1/jobs/{kept['id']}").json()["state"] == "queued"
         assert redis.llen("conveyor:inflight:ghost:2:default") == 1, "live consumer untouched"
 
-        redis.delete("conveyor:consumer:ghost:2")  # ...until it dies too
+        redis.zadd("conveyor:consumers:default", {"ghost:2": 0})  # ...until it dies too
         assert wait_for_job(client, kept["id"], TERMINAL)["state"] == "succeeded"

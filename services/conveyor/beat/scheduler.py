@@ -71,7 +71,9 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
     def _housekeeping(self) -> None:
         try:
             self.store.promote_due(time.time())
-            self.store.recover_inflight()
+            self.store.recover_inflight(
+                time.time(), self.settings.worker.visibility_timeout_seconds
+            )
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
                 now = time.time()

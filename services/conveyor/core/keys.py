@@ -48,14 +48,9 @@ class Keys:
         """List of messages a consumer has taken from `queue` but not yet recorded."""
         return f"{self.prefix}:inflight:{consumer}:{queue}"
 
-    @property
-    def inflight_pattern(self) -> str:
-        """SCAN pattern of every in-flight list."""
-        return f"{self.prefix}:inflight:*"
-
-    def consumer_alive(self, consumer: str) -> str:
-        """Liveness key a consumer refreshes (with a TTL) while it runs."""
-        return f"{self.prefix}:consumer:{consumer}"
+    def consumers(self, queue: str) -> str:
+        """Sorted set of a queue's consumers, scored by their last heartbeat (seconds)."""
+        return f"{self.prefix}:consumers:{queue}"
 
     @property
     def dead(self) -> str:

@@ -297,16 +297,26 @@ class JobStore:
             start += len(ids) - len(gone)
         return removed
 
-    def recover_inflight(self) -> int:
-        """Requeue the in-flight messages of consumers whose liveness key has expired."""
-        moved = 0
-        prefix = self.keys.inflight_pattern[:-1]
-        for key in self.client.scan_iter(match=self.keys.inflight_pattern, count=500):
-            name = _text(key)
-            consumer, _, queue = name[len(prefix) :].rpartition(":")
-            alive = self.keys.consumer_alive(consumer)
-            moved += max(0, int(self._recover_inflight(args=[name, alive, queue])))
-        return moved
+    def heartbeat(self, consumer: str, queues: Sequence[str], now: float) -> None:
+        """Record that `consumer` is alive and consuming `queues`."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zadd(self.keys.consumers(queue), {consumer: now})
+            pipe.execute()
+
+    def retire(self, consumer: str, queues: Sequence[str]) -> None:
+        """Mark `consumer` gone at once (a clean stop), so its in-flight lists are recovered."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zadd(self.keys.consumers(queue), {consumer: 0})
+            pipe.execute()
+
+    def recover_inflight(self, now: float, ttl_seconds: float) -> int:
+        """Requeue the in-flight messages of consumers silent for longer than `ttl_seconds`."""
+        return sum(
+            int(self._recover_inflight(args=[self.keys.prefix, str(queue), now, ttl_seconds]))
+            for queue in Queue
+        )
 
     def prune_dead_letters(self, older_than: float) -> int:
         """Forget dead letters older than the dead-letter retention."""

@@ -5,9 +5,10 @@ the visibility timeout. Refreshing that score while the job runs lets the timeou
 (a dead worker's jobs come back within a minute) without ever redelivering a live job,
 however long it runs (celery/celery#5935, #3802).
 
-The same loop keeps this consumer's liveness key alive (its in-flight list belongs to a live
-consumer) and moves the in-flight messages of consumers whose key expired back to their
-queues (see `transport.py`).
+The same loop records this consumer's heartbeat in its queues' consumer sets (its in-flight
+lists belong to a live consumer; the exporter counts live workers from them) and moves the
+in-flight messages of consumers silent for a lease period back to their queues
+(see `transport.py`).
 """
 
 import logging
@@ -35,8 +36,14 @@ class LeaseRenewer(PeriodicStep):
         """Seconds between rounds."""
         return self.lease_seconds / 4
 
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.queues: list[str] = []
+
     def start(self, parent: Any) -> None:
         """Declare this consumer alive, then start the loop (before the consumer starts)."""
+        amqp = parent.app.amqp
+        self.queues = sorted(amqp.queues.consume_from or amqp.queues)
         self.keep_alive()
         super().start(parent)
 
@@ -44,8 +51,8 @@ class LeaseRenewer(PeriodicStep):
         """Stop; the consumer has stopped, so hand back anything left in flight."""
         super().stop(parent)
         try:
-            self.store.client.delete(self.store.keys.consumer_alive(consumer_id()))
-            self.store.recover_inflight()
+            self.store.retire(consumer_id(), self.queues)
+            self.store.recover_inflight(time.time(), self.lease_seconds)
         except Exception:
             log.exception("could not hand back in-flight messages at shutdown")
 
@@ -53,14 +60,13 @@ class LeaseRenewer(PeriodicStep):
         """Keep alive, renew, recover."""
         self.keep_alive()
         self.renew()
-        recovered = self.store.recover_inflight()
+        recovered = self.store.recover_inflight(time.time(), self.lease_seconds)
         if recovered:
             log.warning("requeued %d in-flight message(s) of dead consumers", recovered)
 
     def keep_alive(self) -> None:
-        """Refresh this consumer's liveness key (it expires one lease period after a death)."""
-        key = self.store.keys.consumer_alive(consumer_id())
-        self.store.client.set(key, "1", ex=max(1, round(self.lease_seconds)))
+        """Record this consumer's heartbeat (it is dead to others one lease period later)."""
+        self.store.heartbeat(consumer_id(), self.queues, time.time())
 
     def renew(self) -> int:
         """Renew every reserved delivery's lease now; returns how many were renewed."""

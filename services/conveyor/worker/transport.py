@@ -8,7 +8,8 @@ Redis has already removed it. Here the pop is a BLMOVE into this consumer's own 
 list, and the message leaves that list in the same MULTI/EXEC that records it as unacked.
 At every moment the message is in the queue, in the in-flight list, or unacked; the
 in-flight list of a consumer that died is moved back to the queue by `recover_inflight`
-(run by every worker and by beat) once the consumer's liveness key has expired.
+(run by every worker and by beat) once its heartbeat in the queue's consumer set is older
+than a lease period.
 
 Requires Redis >= 6.2 (BLMOVE) and one Redis list per queue (priority steps `[0]`: Conveyor's
 tiers are its priorities).
@@ -29,7 +30,7 @@ from conveyor.core.keys import Keys
 
 
 def consumer_id() -> str:
-    """The identity of this process in in-flight and liveness key names."""
+    """The identity of this process in in-flight list names and consumer sets."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -1,14 +1,17 @@
--- Move the in-flight messages of a dead consumer back to the queue they came from.
+-- Move the in-flight messages of a queue's dead consumers back to the queue.
+-- A consumer is dead when its heartbeat in the queue's consumer set is older than the TTL.
 --
--- ARGV: 1 in-flight list key, 2 the consumer's liveness key, 3 source queue.
--- Returns the number of messages moved, or -1 if the consumer is alive (nothing done).
-local inflight, alive, source = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('EXISTS', alive) == 1 then
-  return -1
-end
+-- ARGV: 1 prefix, 2 queue, 3 now (seconds), 4 TTL (seconds).
+-- Returns the number of messages moved.
+local prefix, queue, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local consumers = prefix .. ':consumers:' .. queue
 local moved = 0
--- Oldest first, onto the end that is consumed next.
-while redis.call('LMOVE', inflight, source, 'RIGHT', 'RIGHT') do
-  moved = moved + 1
+for _, consumer in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now - ttl)) do
+  local inflight = prefix .. ':inflight:' .. consumer .. ':' .. queue
+  -- Oldest first, onto the end that is consumed next.
+  while redis.call('LMOVE', inflight, queue, 'RIGHT', 'RIGHT') do
+    moved = moved + 1
+  end
+  redis.call('ZREM', consumers, consumer)
 end
 return moved
