@@ -31,6 +31,13 @@ def _startup(settings: Settings) -> None:
         client.close()
 
 
+def _multiprocess_metrics(settings: Settings, role: str) -> None:
+    """Metrics of several processes (prefork, gunicorn) in a fresh directory of this role."""
+    from conveyor.telemetry.prometheus import enable_multiprocess
+
+    enable_multiprocess(settings.metrics.multiprocess_dir / f"{role}-{os.getpid()}")
+
+
 @app.command()
 def api() -> None:
     """Serve the HTTP API (gunicorn with uvicorn workers)."""
@@ -38,6 +45,7 @@ def api() -> None:
 
     settings = Settings()
     _startup(settings)
+    _multiprocess_metrics(settings, "api")
     ApiServer(settings).run()
 
 
@@ -68,6 +76,7 @@ def worker(
     from conveyor.worker.app import create_celery
 
     _startup(settings)
+    _multiprocess_metrics(settings, f"worker-{queue}")
     celery = create_celery(settings)
     node = celery.Worker(
         queues=[str(queue)],
@@ -87,15 +96,28 @@ def worker(
 def beat() -> None:
     """Run the periodic-job scheduler (one leader; extra replicas stand by)."""
     from conveyor.beat.app import create_beat
+    from conveyor.telemetry.prometheus import serve
 
     settings = Settings()
     _startup(settings)
     celery, scheduler = create_beat(settings)
+    # Served before the lock is taken, so a standby reports conveyor_beat_leader 0.
+    serve(settings.metrics.beat_port, scheduler.registry)
     celery.Beat(
         scheduler=scheduler,  # type: ignore[arg-type]  # a class is accepted, stubs say str
         max_interval=settings.beat.max_interval_seconds,  # type: ignore[arg-type]
         loglevel=settings.log_level.upper(),
     ).run()
+
+
+@app.command()
+def exporter() -> None:
+    """Serve broker and job-store metrics read from Redis (run one replica)."""
+    from conveyor.exporter.server import run_exporter
+
+    settings = Settings()
+    _startup(settings)
+    run_exporter(settings)
 
 
 @app.command()

@@ -205,11 +205,22 @@ def run_dev(
     if "concurrency" not in settings.worker.model_fields_set:
         env["CONVEYOR_WORKER__CONCURRENCY"] = "2"
     conveyor = [sys.executable, "-m", "conveyor"]
+    metrics = settings.metrics
+    env["CONVEYOR_METRICS__MULTIPROCESS_DIR"] = str((data_dir / "metrics").resolve())
     supervisor.start(Child("api", [*conveyor, "api"], env))
-    for queue in Queue:
-        supervisor.start(Child(str(queue), [*conveyor, "worker", "--queue", str(queue)], env))
+    for offset, queue in enumerate(Queue):
+        # One host, three workers: each tier gets its own metrics port.
+        tier_port = {"CONVEYOR_METRICS__WORKER_PORT": str(metrics.worker_port + 10 * offset)}
+        argv = [*conveyor, "worker", "--queue", str(queue)]
+        supervisor.start(Child(str(queue), argv, {**env, **tier_port}))
     supervisor.start(Child("beat", [*conveyor, "beat"], env))
+    supervisor.start(Child("exporter", [*conveyor, "exporter"], env))
     supervisor.say(f"API on http://127.0.0.1:{api_port} (docs at /docs); Ctrl-C stops everything")
+    supervisor.say(
+        f"metrics: API /metrics, workers :{metrics.worker_port}/:{metrics.worker_port + 10}/"
+        f":{metrics.worker_port + 20}, beat :{metrics.beat_port}, "
+        f"exporter :{metrics.exporter_port}"
+    )
 
     code = supervisor.wait()
     supervisor.say("stopping")

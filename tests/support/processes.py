@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import httpx
 import redis
 
 REPO = Path(__file__).resolve().parents[2]
+METRICS_DIR = Path(tempfile.gettempdir()) / "conveyor-test-metrics"
 
 
 def free_port() -> int:
@@ -156,6 +158,11 @@ def service_env(redis_url: str, **overrides: str) -> dict[str, str]:
             "CONVEYOR_WORKER__DELAYED_POLL_SECONDS": "0.2",
             "CONVEYOR_WEBHOOK__SIGNING_SECRET": "test-secret",
             "CONVEYOR_API__WORKERS": "1",
+            # Many workers and beats share this host: no fixed metrics ports unless a test
+            # asks for one.
+            "CONVEYOR_METRICS__WORKER_PORT": "0",
+            "CONVEYOR_METRICS__BEAT_PORT": "0",
+            "CONVEYOR_METRICS__MULTIPROCESS_DIR": str(METRICS_DIR),
         }
     )
     env.update(overrides)

@@ -4,23 +4,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from conveyor import __version__
 from conveyor.api import problems
 from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.jobs import jobs_router
 from conveyor.api.meta import meta_router
+from conveyor.api.metrics import MetricsMiddleware, metrics_router
 from conveyor.api.schemas import submission_model
 from conveyor.api.state import ApiState
 from conveyor.core.catalog import TaskCatalog, load_catalog
 from conveyor.core.redis import async_client
 from conveyor.core.settings import Settings
 from conveyor.core.store import AsyncJobStore
+from conveyor.telemetry.metrics import ApiMetrics
+from conveyor.telemetry.tracing import setup_tracing
 
 
 def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAPI:
     """The API for `settings`; connects to Redis lazily, on the first request."""
     catalog = catalog if catalog is not None else load_catalog(settings.task_modules)
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+    tracing = setup_tracing(settings, "conveyor-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -31,6 +38,8 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
             yield
         finally:
             await client.aclose()
+            if tracing is not None:
+                tracing.shutdown()
 
     app = FastAPI(
         title="Conveyor",
@@ -38,9 +47,18 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         description="Submit jobs, follow their progress, read their results, cancel them.",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     problems.install(app, list(catalog))
     body = submission_model(catalog, settings.jobs.max_delay_seconds)
     app.include_router(jobs_router(catalog, body))
     app.include_router(dead_letters_router())
     app.include_router(meta_router())
+    app.include_router(metrics_router(registry))
+    if tracing is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=tracing, excluded_urls="healthz,readyz,metrics"
+        )
     return app

@@ -4,8 +4,9 @@ import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from opentelemetry.trace import SpanKind
 
 from conveyor.api.problems import Problem, ProblemError
 from conveyor.api.schemas import IDEMPOTENCY_KEY_PATTERN, JobPage, SubmissionBase
@@ -16,6 +17,8 @@ from conveyor.core.jobs import Job, JobState
 from conveyor.core.queues import Queue
 from conveyor.core.store import InvalidCursorError
 from conveyor.core.submit import Submission, prepare
+from conveyor.telemetry.metrics import ApiMetrics
+from conveyor.telemetry.tracing import tracer
 
 _JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
@@ -41,6 +44,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
     async def submit_job(
         body: submission_body,
         response: Response,
+        http_request: Request,
         state: State,
         idempotency_key_header: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> Job:
@@ -64,12 +68,21 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
             idempotency_key=key,
             callback_url=str(request.callback_url) if request.callback_url else None,
         )
-        new_job, message = prepare(spec, submission, state.settings)
-        outcome = await state.store.accept(new_job, message)
+        metrics: ApiMetrics = http_request.app.state.metrics
+        with tracer().start_as_current_span("conveyor.enqueue", kind=SpanKind.PRODUCER) as span:
+            span.set_attribute("conveyor.task", task)
+            span.set_attribute("conveyor.queue", str(submission.queue))
+            new_job, message = prepare(spec, submission, state.settings)
+            started = time.perf_counter()
+            outcome = await state.store.accept(new_job, message)
+            metrics.accept_latency.observe(time.perf_counter() - started)
+            span.set_attribute("conveyor.job_id", outcome.job_id)
         response.headers["Location"] = f"/v1/jobs/{outcome.job_id}"
         if outcome.created:
+            metrics.submissions.labels("accepted").inc()
             return Job.from_record(dict(zip(*[iter(new_job.record_fields())] * 2, strict=True)))
         if outcome.request_hash != new_job.request_hash:
+            metrics.submissions.labels("conflict").inc()
             raise ProblemError(
                 409,
                 "Idempotency key reused",
@@ -79,6 +92,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         existing = await state.store.get(outcome.job_id)
         if existing is None:
             raise ProblemError(409, "Idempotency key refers to an expired job", slug="expired")
+        metrics.submissions.labels("duplicate").inc()
         response.status_code = 200
         return existing
 

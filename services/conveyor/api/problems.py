@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from conveyor.api.metrics import count_submission
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 BROKER_RETRY_AFTER_SECONDS = 2
 
@@ -95,6 +97,7 @@ def install(app: FastAPI, task_names: Sequence[str]) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        count_submission(request, "rejected")
         errors = exc.errors()
         unknown_task = any(
             e.get("type") in ("union_tag_invalid", "union_tag_not_found") for e in errors
@@ -119,6 +122,7 @@ def install(app: FastAPI, task_names: Sequence[str]) -> None:
         return problem_response(problem, request, dict(exc.headers or {}))
 
     async def on_redis(request: Request, exc: Exception) -> JSONResponse:
+        count_submission(request, "broker_error")
         problem = Problem(
             type="urn:conveyor:problem:broker-unavailable",
             title="Broker unavailable",

@@ -6,6 +6,12 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
 from conveyor.api.app import create_app
 from conveyor.core.settings import Settings
+from conveyor.telemetry.prometheus import mark_dead
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    """Retire a dead uvicorn worker's live gauges (multiprocess metrics)."""
+    mark_dead(worker.pid)
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]
@@ -30,6 +36,7 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
             "proc_name": "conveyor-api",
             # Kubernetes stops pods with SIGTERM; gunicorn then drains for graceful_timeout.
             "preload_app": False,
+            "child_exit": _child_exit,
         }
         for key, value in options.items():
             self.cfg.set(key, value)

@@ -1,6 +1,7 @@
 """`create_beat`: the Celery app and scheduler class beat runs with."""
 
 from celery import Celery
+from prometheus_client import CollectorRegistry
 
 from conveyor.beat.schedule import beat_schedule, load_schedule
 from conveyor.beat.scheduler import ConveyorScheduler
@@ -8,13 +9,17 @@ from conveyor.core.catalog import TaskCatalog, load_catalog
 from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
 from conveyor.core.store import JobStore
+from conveyor.telemetry.metrics import BeatMetrics
 from conveyor.worker.app import celery_config
 
 
 def create_beat(
     settings: Settings, catalog: TaskCatalog | None = None
 ) -> tuple[Celery, type[ConveyorScheduler]]:
-    """Beat's Celery app (schedule loaded from the schedule file) and its scheduler class."""
+    """Beat's Celery app (schedule loaded from the schedule file) and its scheduler class.
+
+    The scheduler class carries its metrics `registry` for the caller to serve.
+    """
     catalog = catalog if catalog is not None else load_catalog(settings.task_modules)
     jobs = load_schedule(settings.schedule_file, catalog) if settings.schedule_file else []
     app = Celery("conveyor-beat", set_as_current=False)
@@ -41,9 +46,15 @@ def create_beat(
         settings.jobs.retention_seconds,
         settings.jobs.dead_letter_retention_seconds,
     )
-    scheduler = type(
-        "BoundConveyorScheduler",
-        (ConveyorScheduler,),
-        {"store": store, "catalog": catalog, "settings": settings},
-    )
+    registry = CollectorRegistry()
+    metrics = BeatMetrics(registry)
+    metrics.leader.set(0)
+    attributes = {
+        "store": store,
+        "catalog": catalog,
+        "settings": settings,
+        "metrics": metrics,
+        "registry": registry,
+    }
+    scheduler = type("BoundConveyorScheduler", (ConveyorScheduler,), attributes)
     return app, scheduler

@@ -11,6 +11,7 @@ import time
 from datetime import datetime
 from typing import Any, ClassVar
 
+from prometheus_client import CollectorRegistry
 from redbeat import RedBeatScheduler  # type: ignore[import-untyped]
 
 from conveyor.core.catalog import TaskCatalog
@@ -18,6 +19,7 @@ from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
 from conveyor.core.store import JobStore
 from conveyor.core.submit import Submission, prepare
+from conveyor.telemetry.metrics import BeatMetrics
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
     store: ClassVar[JobStore]
     catalog: ClassVar[TaskCatalog]
     settings: ClassVar[Settings]
+    metrics: ClassVar[BeatMetrics]
+    registry: ClassVar[CollectorRegistry]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -59,14 +63,24 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         )
         job, message = prepare(spec, submission, self.settings)
         outcome = self.store.accept(job, message)
+        self.metrics.runs.labels(entry.name).inc()
+        self.metrics.last_run.labels(entry.name).set(time.time())
         log.info("scheduled run of %s: job %s", entry.name, outcome.job_id)
         return SubmittedRun(outcome.job_id)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One scheduler tick, then housekeeping; never sleeps past the promotion interval."""
         interval: float = super().tick(*args, **kwargs)
+        # Only the lock holder ticks: a standby blocks on the lock before its first tick.
+        self.metrics.leader.set(1)
+        self.metrics.last_tick.set(time.time())
         self._housekeeping()
         return min(interval, self.settings.worker.delayed_poll_seconds)
+
+    def close(self) -> None:
+        """Release the lock (RedBeat) and stop claiming leadership."""
+        self.metrics.leader.set(0)
+        super().close()
 
     def _housekeeping(self) -> None:
         try:

@@ -6,12 +6,17 @@ import sys
 import time
 
 from conveyor.core.settings import LogFormat, Settings
+from conveyor.telemetry.logcontext import ContextFilter
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line, with any `extra` fields merged in."""
 
-    _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+    _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+        "message",
+        "asctime",
+        "context",
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         """Serialize `record`."""
@@ -31,10 +36,13 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(settings: Settings) -> None:
     """Send the root logger to stderr in the configured format and level."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     if settings.log_format is LogFormat.JSON:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s%(context)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

@@ -37,6 +37,7 @@ def build_message(
     time_limit: float | None = None,
     enqueued_at: float,
     due_at: float | None = None,
+    trace_context: Mapping[str, str] | None = None,
 ) -> bytes:
     """Encode one task message the way kombu's Redis transport stores it in the queue list.
 
@@ -68,6 +69,8 @@ def build_message(
         DUE_AT_HEADER: due_at,
         MAX_RETRIES_HEADER: max_retries,
         QUEUE_HEADER: str(queue),
+        # W3C trace context (traceparent, tracestate): the worker's span joins the trace.
+        **(trace_context or {}),
     }
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),

@@ -21,8 +21,17 @@ def _options(socket_timeout: float, connect_timeout: float) -> dict[str, Any]:
     }
 
 
-def sync_client(settings: Settings) -> "redis.Redis":
-    """A blocking client (workers, beat); it retries a command through a short outage."""
+def sync_client(settings: Settings, *, quick: bool = False) -> "redis.Redis":
+    """A blocking client (workers, beat); it retries a command through a short outage.
+
+    `quick` is for a caller that must answer fast instead (the exporter, within a scrape).
+    """
+    if quick:
+        return redis.Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.05), retries=1),
+            **_options(socket_timeout=2.0, connect_timeout=1.0),
+        )
     return redis.Redis.from_url(
         settings.redis_url.get_secret_value(),
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),

@@ -6,7 +6,7 @@ Every variable is `CONVEYOR_<FIELD>`; nested groups use `__`, e.g. `CONVEYOR_API
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -125,6 +125,18 @@ class JobSettings(BaseModel):
     )
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus endpoints."""
+
+    multiprocess_dir: Path = Field(
+        Path("/tmp/conveyor-metrics"),  # noqa: S108 - an emptyDir in the chart
+        description="Scratch directory for multiprocess metrics (one subdirectory per service).",
+    )
+    worker_port: int = Field(9808, ge=0, le=65535, description="Worker /metrics port; 0: off.")
+    beat_port: int = Field(9809, ge=0, le=65535, description="Beat /metrics port; 0: off.")
+    exporter_port: int = Field(9810, ge=1, le=65535, description="`conveyor exporter` port.")
+
+
 class LogFormat(StrEnum):
     """Log line format."""
 
@@ -153,6 +165,16 @@ class Settings(BaseSettings):
         default_factory=list, description="Extra modules whose @task functions are loaded."
     )
     schedule_file: Path | None = Field(None, description="YAML file of periodic jobs for beat.")
+    otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "CONVEYOR_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        description="OTLP/HTTP endpoint for traces (the standard OTEL_* variables work); "
+        "tracing is off when unset. Other OTEL_* settings are read by the SDK.",
+    )
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
     api: ApiSettings = ApiSettings()
@@ -161,3 +183,4 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     webhook: WebhookSettings = WebhookSettings()
     jobs: JobSettings = JobSettings()
+    metrics: MetricsSettings = MetricsSettings()

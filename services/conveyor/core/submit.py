@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from opentelemetry import propagate
 
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.messages import build_message
@@ -76,6 +77,8 @@ def prepare(
         due_at=due_at,
         request_hash=submission.request_hash(),
     )
+    trace_context: dict[str, str] = {}
+    propagate.inject(trace_context)  # empty unless a span is active (tracing on)
     message = build_message(
         job_id=job_id,
         task=submission.task,
@@ -86,5 +89,6 @@ def prepare(
         time_limit=hard,
         enqueued_at=now,
         due_at=due_at,
+        trace_context=trace_context,
     )
     return job, message

@@ -4,6 +4,7 @@ from typing import TypeVar
 
 from celery import Celery
 from kombu import Queue as KombuQueue
+from prometheus_client import CollectorRegistry
 
 from conveyor.core.catalog import TaskCatalog, load_catalog
 from conveyor.core.keys import Keys
@@ -11,10 +12,13 @@ from conveyor.core.queues import Queue
 from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
 from conveyor.core.store import JobStore
+from conveyor.telemetry.metrics import WorkerMetrics
+from conveyor.worker import observability
 from conveyor.worker.delayed import DelayedJobsPromoter
 from conveyor.worker.leases import LeaseRenewer
 from conveyor.worker.lifecycle import ConveyorTask, JobRunner
 from conveyor.worker.liveness import Heartbeat
+from conveyor.worker.metrics import JobMetricsRecorder, MetricsServer
 from conveyor.worker.shutdown import ShutdownDeadline
 from conveyor.worker.transport import bind_transport
 
@@ -82,6 +86,10 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
         settings.jobs.dead_letter_retention_seconds,
     )
     runner = JobRunner(store, catalog, settings)
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    JobMetricsRecorder(metrics).connect()
+    observability.connect(settings)
     bound_task = type("BoundConveyorTask", (ConveyorTask,), {"runner": runner})
     for spec in catalog.values():
         task_class = type(f"Task[{spec.name}]", (bound_task,), {"spec": spec, "name": spec.name})
@@ -93,6 +101,12 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
             _bind(DelayedJobsPromoter, store=store, interval=worker.delayed_poll_seconds),
             _bind(LeaseRenewer, store=store, lease_seconds=worker.visibility_timeout_seconds),
             _bind(ShutdownDeadline, store=store, timeout=worker.shutdown_timeout_seconds),
+            _bind(
+                MetricsServer,
+                metrics=metrics,
+                registry=registry,
+                port=settings.metrics.worker_port,
+            ),
         }
     )
     app.steps["consumer"].add(

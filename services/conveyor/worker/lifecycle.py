@@ -15,17 +15,25 @@ from typing import Any, ClassVar
 import orjson
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from opentelemetry import propagate
 from redis.exceptions import RedisError
 
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import JobContext, TaskCatalog, TaskSpec
 from conveyor.core.errors import JobCancelledError
 from conveyor.core.jobs import JobError, JobState
-from conveyor.core.messages import MAX_RETRIES_HEADER, QUEUE_HEADER, build_message
+from conveyor.core.messages import (
+    DUE_AT_HEADER,
+    ENQUEUED_AT_HEADER,
+    MAX_RETRIES_HEADER,
+    QUEUE_HEADER,
+    build_message,
+)
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
 from conveyor.core.store import JobStore
 from conveyor.core.submit import prepare
+from conveyor.worker.events import job_finished, job_started
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +70,20 @@ class JobRunner:
             )
             log.error("job %s dead-lettered: %s", job_id, error.message)
             replay = self._message(spec, request, kwargs, queue, retries=0)
-            self._finish(job_id, JobState.FAILED, {"error": error.model_dump_json()}, replay)
+            never_ran = _Attempt(job_id, spec.name, queue, started_at=None)
+            self._finish(never_ran, JobState.FAILED, {"error": error.model_dump_json()}, replay,
+                         exception="WorkerLost")  # fmt: skip
             return
+        attempt = _Attempt(job_id, spec.name, queue, started_at=time.monotonic())
+        job_started.send(
+            sender=spec.name,
+            job_id=job_id,
+            task=spec.name,
+            queue=queue,
+            attempt=started.attempts,
+            wait_seconds=_queue_wait(request),
+            redelivered=started.previous_state is JobState.RUNNING,
+        )
         ctx = JobContext(
             job_id=job_id,
             task=spec.name,
@@ -77,31 +97,32 @@ class JobRunner:
             encoded = orjson.dumps(result)
         except JobCancelledError:
             log.info("job %s stopped: cancelled while running", job_id)
+            attempt.finished("cancelled")
             return
         except Exception as exc:  # noqa: BLE001 - every task failure is recorded, none escapes
-            self._failed(spec, request, kwargs, queue, exc)
+            self._failed(spec, request, kwargs, attempt, exc)
             return
-        self._finish(job_id, JobState.SUCCEEDED, {"result": encoded.decode(), "error": ""})
+        self._finish(attempt, JobState.SUCCEEDED, {"result": encoded.decode(), "error": ""})
 
     def _failed(
         self,
         spec: TaskSpec,
         request: Any,
         kwargs: Mapping[str, Any],
-        queue: Queue,
+        attempt: "_Attempt",
         exc: Exception,
     ) -> None:
-        job_id: str = request.id
+        job_id, queue = attempt.job_id, attempt.queue
         retries_done = int(request.retries or 0)
         max_retries = int(getattr(request, MAX_RETRIES_HEADER, spec.retry.max_retries))
-        error = _error(exc)
+        error, kind = _error(exc), _error_type(exc)
         if not spec.retry.is_retryable(exc):
-            self._finish(job_id, JobState.FAILED, {"error": error})
+            self._finish(attempt, JobState.FAILED, {"error": error}, exception=kind)
             return
         if retries_done >= max_retries:
             log.warning("job %s dead-lettered after %d retries: %s", job_id, retries_done, exc)
             replay = self._message(spec, request, kwargs, queue, retries=0)
-            self._finish(job_id, JobState.FAILED, {"error": error}, replay)
+            self._finish(attempt, JobState.FAILED, {"error": error}, replay, exception=kind)
             return
         now = time.time()
         due_at = now + spec.retry.delay_for(retries_done + 1, random.random())  # noqa: S311 - jitter
@@ -115,18 +136,22 @@ class JobRunner:
                 fields={"error": error},
             )
         log.info("job %s retry %d in %.1fs: %s", job_id, retries_done + 1, due_at - now, exc)
+        attempt.finished("retried", exception=kind)
 
-    def fail(self, job_id: str, error: str) -> None:
-        """Mark a running job failed (also used for hard time limits, from the main process)."""
-        self._finish(job_id, JobState.FAILED, {"error": error})
+    def fail_timed_out(self, job_id: str, task: str, queue: Queue, exc: BaseException) -> None:
+        """Mark a job failed by its hard time limit (from the main process: the child is gone)."""
+        attempt = _Attempt(job_id, task, queue, started_at=None)
+        self._finish(attempt, JobState.FAILED, {"error": _error(exc)}, exception=_error_type(exc))
 
     def _finish(
         self,
-        job_id: str,
+        attempt: "_Attempt",
         state: JobState,
         fields: dict[str, str],
         dead_message: bytes | None = None,
+        exception: str | None = None,
     ) -> None:
+        job_id = attempt.job_id
         now = time.time()
         fields = {**fields, "finished_at": repr(now)}
         delayed: tuple[str, float | None, bytes] = ("", None, b"")
@@ -143,6 +168,11 @@ class JobRunner:
                 delayed=delayed,
                 fields=fields,
             )
+        attempt.finished(
+            "succeeded" if state is JobState.SUCCEEDED else "failed",
+            exception=exception,
+            dead_lettered=dead_message is not None and finished.applied,
+        )
         if finished.applied:
             self.after_terminal(job_id)
 
@@ -156,6 +186,8 @@ class JobRunner:
         due_at: float | None = None,
     ) -> bytes:
         soft, hard = (request.timelimit or (None, None))[::-1]
+        trace_context: dict[str, str] = {}
+        propagate.inject(trace_context)  # a retry stays in the job's trace
         return build_message(
             job_id=request.id,
             task=spec.name,
@@ -167,6 +199,7 @@ class JobRunner:
             time_limit=hard,
             enqueued_at=time.time(),
             due_at=due_at,
+            trace_context=trace_context,
         )
 
     def after_terminal(self, job_id: str) -> None:
@@ -179,6 +212,44 @@ class JobRunner:
                 self.store.accept(new_job, message)
         except Exception:
             log.exception("could not enqueue the completion callback of job %s", job_id)
+
+
+class _Attempt:
+    """One delivery of a job, timed, announcing its end on `job_finished` exactly once."""
+
+    def __init__(self, job_id: str, task: str, queue: Queue, started_at: float | None) -> None:
+        self.job_id = job_id
+        self.task = task
+        self.queue = queue
+        self.started_at = started_at
+        self._done = False
+
+    def finished(
+        self, outcome: str, exception: str | None = None, dead_lettered: bool = False
+    ) -> None:
+        if self._done:
+            return
+        self._done = True
+        runtime = None if self.started_at is None else time.monotonic() - self.started_at
+        job_finished.send(
+            sender=self.task,
+            job_id=self.job_id,
+            task=self.task,
+            queue=self.queue,
+            outcome=outcome,
+            runtime_seconds=runtime,
+            exception=exception,
+            dead_lettered=dead_lettered,
+        )
+
+
+def _queue_wait(request: Any) -> float | None:
+    """Start time minus max(enqueue time, due time), from the headers the API sets."""
+    enqueued = getattr(request, ENQUEUED_AT_HEADER, None)
+    if enqueued is None:
+        return None
+    ready = max(float(enqueued), float(getattr(request, DUE_AT_HEADER, None) or 0.0))
+    return max(0.0, time.time() - ready)
 
 
 @contextmanager
@@ -206,7 +277,8 @@ class ConveyorTask(Task[Any, None]):
     ) -> None:
         """Reached for hard time limits (in the main process, the child is gone)."""
         if isinstance(exc, TimeLimitExceeded):
-            self.runner.fail(task_id, _error(exc))
+            queue = Queue(getattr(self.request, QUEUE_HEADER, None) or self.spec.queue)
+            self.runner.fail_timed_out(task_id, self.spec.name, queue, exc)
         else:
             log.error("job %s: unexpected failure outside the task body: %r", task_id, exc)
 
@@ -238,6 +310,9 @@ class _ProgressWriter:
             raise JobCancelledError(self.job_id)
 
 
+def _error_type(exc: BaseException) -> str:
+    return "TimeLimitExceeded" if isinstance(exc, SoftTimeLimitExceeded) else type(exc).__name__
+
+
 def _error(exc: BaseException) -> str:
-    kind = "TimeLimitExceeded" if isinstance(exc, SoftTimeLimitExceeded) else type(exc).__name__
-    return JobError(type=kind, message=str(exc)[:2000]).model_dump_json()
+    return JobError(type=_error_type(exc), message=str(exc)[:2000]).model_dump_json()

@@ -1,0 +1,1 @@
+"""Metrics, traces and log context: declared here, wired into each service by its factory."""

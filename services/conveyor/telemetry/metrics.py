@@ -1,0 +1,207 @@
+"""Every Prometheus metric Conveyor exports, declared once.
+
+Labels are bounded: queue, task (catalogued names), outcome, allow-listed exception type,
+route template, schedule name (from the schedule file), state. Never pod, host, pid or job id.
+Metric objects are built by the classes below (no import-time registration), so a process
+can switch prometheus-client to multiprocess mode first.
+"""
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Seconds; wide enough for a 5 ms echo and a 2-hour report.
+RUNTIME_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+    7200,
+)  # fmt: skip
+QUEUE_WAIT_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+)  # fmt: skip
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# Exception types that get their own label value; anything else is "Other".
+EXCEPTION_ALLOWLIST = frozenset(
+    {
+        "RetryableError",
+        "PermanentError",
+        "TimeLimitExceeded",
+        "WorkerLost",
+        "ValidationError",
+        "TypeError",
+        "ValueError",
+        "KeyError",
+        "ConnectionError",
+        "TimeoutError",
+        "OSError",
+    }
+)
+
+# What a job attempt ended as.
+OUTCOMES = ("succeeded", "failed", "retried", "cancelled")
+
+
+def exception_label(name: str | None) -> str:
+    """The exception type as a bounded label value."""
+    if name is None:
+        return "none"
+    return name if name in EXCEPTION_ALLOWLIST else "Other"
+
+
+class WorkerMetrics:
+    """Job metrics, recorded inside workers (prefork children write multiprocess files)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        job = ("queue", "task")
+        self.started = Counter(
+            "conveyor_jobs_started", "Job attempts that started running.", job, registry=registry
+        )
+        self.completed = Counter(
+            "conveyor_jobs_completed",
+            "Job attempts that ended, by outcome (succeeded, failed, retried, cancelled).",
+            (*job, "outcome"),
+            registry=registry,
+        )
+        self.failures = Counter(
+            "conveyor_job_failures",
+            "Failed or retried attempts by exception type (allow-listed, else Other).",
+            (*job, "exception"),
+            registry=registry,
+        )
+        self.retries = Counter(
+            "conveyor_job_retries", "Retries scheduled with backoff.", job, registry=registry
+        )
+        self.redeliveries = Counter(
+            "conveyor_job_redeliveries",
+            "Deliveries of a job whose previous delivery never finished (its worker died).",
+            job,
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "conveyor_jobs_dead_lettered",
+            "Jobs moved to the dead-letter set (worker deaths or exhausted retries).",
+            job,
+            registry=registry,
+        )
+        self.runtime = Histogram(
+            "conveyor_job_runtime_seconds",
+            "Run time of one attempt, for every outcome.",
+            (*job, "outcome"),
+            buckets=RUNTIME_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "conveyor_job_queue_wait_seconds",
+            "Start of an attempt minus max(enqueue time, due time).",
+            job,
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.active = Gauge(
+            "conveyor_worker_active_jobs",
+            "Jobs running now.",
+            ("queue",),
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.concurrency = Gauge(
+            "conveyor_worker_concurrency",
+            "Job slots (prefork children) of running workers.",
+            ("queue",),
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+
+
+class ApiMetrics:
+    """HTTP and submission metrics of the API processes."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.requests = Counter(
+            "conveyor_http_requests",
+            "HTTP requests by method, route template and status code.",
+            ("method", "route", "status"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "conveyor_http_request_duration_seconds",
+            "HTTP request latency by method and route template.",
+            ("method", "route"),
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.submissions = Counter(
+            "conveyor_api_submissions",
+            "Job submissions by outcome: accepted, duplicate, conflict, rejected, broker_error.",
+            ("outcome",),
+            registry=registry,
+        )
+        self.accept_latency = Histogram(
+            "conveyor_api_accept_duration_seconds",
+            "Time to record and enqueue one job (the accept script's round trip).",
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+
+
+class BeatMetrics:
+    """Scheduler metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.last_tick = Gauge(
+            "conveyor_beat_last_tick_timestamp_seconds",
+            "When this beat last ran a scheduler tick (only the leader ticks).",
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "conveyor_beat_leader",
+            "1 while this beat holds the scheduler lock, else 0.",
+            registry=registry,
+        )
+        self.last_run = Gauge(
+            "conveyor_beat_schedule_last_run_timestamp_seconds",
+            "When each periodic job was last submitted.",
+            ("schedule",),
+            registry=registry,
+        )
+        self.runs = Counter(
+            "conveyor_beat_runs",
+            "Periodic job submissions.",
+            ("schedule",),
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True)
+class ExporterMetric:
+    """A gauge the broker exporter computes at scrape time."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+EXPORTER_METRICS = (
+    ExporterMetric("conveyor_queue_length", "Messages waiting in the queue.", ("queue",)),
+    ExporterMetric(
+        "conveyor_queue_oldest_message_age_seconds",
+        "Age of the oldest waiting message (since enqueued, or since due when delayed).",
+        ("queue",),
+    ),
+    ExporterMetric("conveyor_workers", "Live workers consuming the queue.", ("queue",)),
+    ExporterMetric(
+        "conveyor_jobs", "Job records by state (finished ones until they expire).", ("state",)
+    ),
+    ExporterMetric("conveyor_unacked_deliveries", "Deliveries taken by workers, not yet acked."),
+    ExporterMetric(
+        "conveyor_unacked_oldest_age_seconds",
+        "Age of the oldest unacked delivery's lease (redelivered past the visibility timeout).",
+    ),
+    ExporterMetric("conveyor_visibility_timeout_seconds", "The workers' visibility timeout."),
+    ExporterMetric("conveyor_delayed_jobs", "Delayed jobs and retry backoffs waiting in Redis."),
+    ExporterMetric("conveyor_dead_letters", "Jobs in the dead-letter set."),
+    ExporterMetric("conveyor_exporter_up", "1 if the exporter could read Redis on this scrape."),
+    ExporterMetric(
+        "conveyor_exporter_scrape_duration_seconds", "Time spent reading Redis on this scrape."
+    ),
+)

@@ -1,0 +1,87 @@
+"""Worker metrics: recorded from job events (in the prefork children), served by the main
+process from the multiprocess directory.
+"""
+
+import logging
+from typing import Any, ClassVar
+
+from celery import bootsteps
+from prometheus_client import CollectorRegistry
+
+from conveyor.telemetry.metrics import WorkerMetrics, exception_label
+from conveyor.telemetry.prometheus import scrape_registry, serve
+from conveyor.worker.events import job_finished, job_started
+
+log = logging.getLogger(__name__)
+
+
+class JobMetricsRecorder:
+    """Receives `job_started`/`job_finished` and updates the worker metrics."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def connect(self) -> None:
+        """Subscribe to the job events (inherited by the children forked afterwards)."""
+        job_started.connect(self.on_started, weak=False)
+        job_finished.connect(self.on_finished, weak=False)
+
+    def on_started(
+        self,
+        sender: Any = None,
+        task: str = "",
+        queue: str = "",
+        wait_seconds: float | None = None,
+        redelivered: bool = False,
+        **_: Any,
+    ) -> None:
+        """An attempt started."""
+        m = self.metrics
+        m.started.labels(queue, task).inc()
+        m.active.labels(queue).inc()
+        if redelivered:
+            m.redeliveries.labels(queue, task).inc()
+        if wait_seconds is not None:
+            m.queue_wait.labels(queue, task).observe(wait_seconds)
+
+    def on_finished(
+        self,
+        sender: Any = None,
+        task: str = "",
+        queue: str = "",
+        outcome: str = "",
+        runtime_seconds: float | None = None,
+        exception: str | None = None,
+        dead_lettered: bool = False,
+        **_: Any,
+    ) -> None:
+        """An attempt ended (runtime is None when it did not run in this process)."""
+        m = self.metrics
+        m.completed.labels(queue, task, outcome).inc()
+        if exception is not None:
+            m.failures.labels(queue, task, exception_label(exception)).inc()
+        if outcome == "retried":
+            m.retries.labels(queue, task).inc()
+        if dead_lettered:
+            m.dead_lettered.labels(queue, task).inc()
+        if runtime_seconds is not None:
+            m.active.labels(queue).dec()
+            m.runtime.labels(queue, task, outcome).observe(runtime_seconds)
+
+
+class MetricsServer(bootsteps.StartStopStep):
+    """Worker step: publishes concurrency and serves /metrics from the main process."""
+
+    metrics: ClassVar[WorkerMetrics]
+    registry: ClassVar[CollectorRegistry]
+    port: ClassVar[int]
+
+    def start(self, parent: Any) -> None:
+        """Set the concurrency gauge and start the HTTP endpoint (a failure is only logged)."""
+        amqp = parent.app.amqp
+        for queue in amqp.queues.consume_from or amqp.queues:
+            self.metrics.concurrency.labels(queue).set(parent.concurrency)
+        try:
+            serve(self.port, scrape_registry(self.registry))
+        except OSError:
+            log.exception("cannot serve worker metrics on port %d", self.port)
