@@ -12,7 +12,6 @@ from tests.support.processes import (
     TERMINAL,
     Platform,
     RedisServer,
-    Service,
     conveyor_argv,
     free_port,
     wait_for_job,
@@ -77,16 +76,15 @@ def test_prometheus_sees_depth_failures_and_wait_times(
         + "".join(
             f"  - job_name: {name}\n    static_configs: [{{targets: ['{t}']}}]\n"
             for name, t in targets.items()
-        )  # fmt: skip
+        )
     )
-    prometheus: Service | None = None
     try:
         platform.start_api()
         platform.start_worker("high", CONVEYOR_METRICS__WORKER_PORT=str(ports["high"]))
         platform.start_worker("default", CONVEYOR_METRICS__WORKER_PORT=str(ports["default"]))
         platform.start("beat", conveyor_argv("beat")).wait_for_log("Acquired lock")
         platform.start("exporter", conveyor_argv("exporter"))
-        prometheus = platform.start("prometheus", [
+        platform.start("prometheus", [
             PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{prom_port}"])  # fmt: skip
         prom = Prom(f"http://127.0.0.1:{prom_port}")

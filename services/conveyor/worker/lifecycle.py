@@ -84,6 +84,7 @@ class JobRunner:
             wait_seconds=_queue_wait(request),
             redelivered=started.previous_state is JobState.RUNNING,
         )
+        log.info("job started (attempt %d)", started.attempts)
         ctx = JobContext(
             job_id=job_id,
             task=spec.name,
@@ -231,6 +232,8 @@ class _Attempt:
             return
         self._done = True
         runtime = None if self.started_at is None else time.monotonic() - self.started_at
+        if runtime is not None:  # logged while the job's log context is still bound
+            log.info("job %s in %.3fs", outcome, runtime)
         job_finished.send(
             sender=self.task,
             job_id=self.job_id,
