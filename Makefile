@@ -5,15 +5,19 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server
 
-.PHONY: install system-deps dev test lint format clean
+.PHONY: install system-deps dev test lint format artifacts clean
 
+# redis-server runs the platform; prometheus (with promtool) checks metrics, rules and
+# dashboards in the tests.
 system-deps:
 	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing from Debian"; \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			$$missing >/dev/null; \
 	fi
 
 $(BIN)/.installed: pyproject.toml
@@ -31,6 +35,9 @@ lint: install
 	$(BIN)/ruff check services tests
 	$(BIN)/ruff format --check services tests
 	$(BIN)/mypy
+
+artifacts: install  ## Regenerate observability/ dashboards, rule tests and metric catalogue.
+	$(BIN)/python -m conveyor.telemetry.artifacts
 
 test: lint  ## Lint, type-check and run the whole test suite (what CI runs).
 	$(BIN)/pytest
