@@ -45,3 +45,13 @@ def test_only_settings_reads_the_environment() -> None:
         ("services/conveyor/dev.py", "env={**os.environ, **child.env},"),
         ("services/conveyor/telemetry/prometheus.py", "os.environ[_ENV] = str(directory)"),
     ]
+
+
+def test_redis_password_from_its_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "rediss://redis.example:6380/2")
+    monkeypatch.setenv("CONVEYOR_REDIS_PASSWORD", "p@ss/word")
+    assert Settings().redis_dsn() == "rediss://:p%40ss%2Fword@redis.example:6380/2"
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://:inline@redis:6379/0")
+    assert Settings().redis_dsn() == "redis://:inline@redis:6379/0", "the URL's own wins"
+    monkeypatch.delenv("CONVEYOR_REDIS_PASSWORD")
+    assert Settings().redis_dsn() == "redis://:inline@redis:6379/0"

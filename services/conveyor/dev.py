@@ -186,7 +186,7 @@ def run_dev(
 
     env: dict[str, str] = {"CONVEYOR_API__BIND": f"127.0.0.1:{api_port}"}
     if "redis_url" in settings.model_fields_set:
-        redis_url = settings.redis_url.get_secret_value()
+        redis_url = settings.redis_dsn()
         supervisor.say("using the Redis at CONVEYOR_REDIS_URL")
     else:
         redis_dir = data_dir / "redis"

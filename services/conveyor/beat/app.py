@@ -28,7 +28,7 @@ def create_beat(
     app.conf.update(
         beat_schedule=beat_schedule(jobs),
         beat_max_loop_interval=settings.beat.max_interval_seconds,
-        redbeat_redis_url=settings.redis_url.get_secret_value(),
+        redbeat_redis_url=settings.redis_dsn(),
         redbeat_key_prefix=f"{prefix}:beat",
         redbeat_lock_key=f"{prefix}:beat:lock",
         redbeat_lock_timeout=settings.beat.lock_timeout_seconds,

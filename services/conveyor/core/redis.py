@@ -28,12 +28,12 @@ def sync_client(settings: Settings, *, quick: bool = False) -> "redis.Redis":
     """
     if quick:
         return redis.Redis.from_url(
-            settings.redis_url.get_secret_value(),
+            settings.redis_dsn(),
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.05), retries=1),
             **_options(socket_timeout=2.0, connect_timeout=1.0),
         )
     return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
+        settings.redis_dsn(),
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
         **_options(socket_timeout=10.0, connect_timeout=3.0),
     )
@@ -48,7 +48,7 @@ def async_client(settings: Settings) -> "redis.asyncio.Redis":
     from redis.asyncio.retry import Retry as AsyncRetry
 
     return redis.asyncio.Redis.from_url(
-        settings.redis_url.get_secret_value(),
+        settings.redis_dsn(),
         retry=AsyncRetry(ExponentialBackoff(cap=0.1, base=0.05), retries=1),
         **_options(socket_timeout=0.6, connect_timeout=0.5),
     )

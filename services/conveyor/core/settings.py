@@ -5,6 +5,7 @@ Every variable is `CONVEYOR_<FIELD>`; nested groups use `__`, e.g. `CONVEYOR_API
 
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -155,6 +156,11 @@ class Settings(BaseSettings):
         SecretStr("redis://localhost:6379/0"),
         description="Broker and job store. A secret because it may carry a password.",
     )
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Redis password, kept out of the URL (e.g. from a Kubernetes Secret); "
+        "used when the URL carries none.",
+    )
     key_prefix: str = Field("conveyor", description="Prefix of every Redis key Conveyor owns.")
     redis_durability_check: DurabilityCheck = Field(
         DurabilityCheck.WARN,
@@ -184,3 +190,17 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = WebhookSettings()
     jobs: JobSettings = JobSettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    def redis_dsn(self) -> str:
+        """The Redis URL every client connects with: `redis_url` plus `redis_password`."""
+        url = self.redis_url.get_secret_value()
+        if self.redis_password is None:
+            return url
+        parts = urlsplit(url)
+        if parts.password:
+            return url
+        password = quote(self.redis_password.get_secret_value(), safe="")
+        netloc = f"{parts.username or ''}:{password}@{parts.hostname}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))

@@ -28,7 +28,7 @@ T = TypeVar("T")
 def celery_config(settings: Settings) -> dict[str, object]:
     """Celery settings: JSON only, acks-late, prefetch 1, no result backend."""
     return {
-        "broker_url": settings.redis_url.get_secret_value(),
+        "broker_url": settings.redis_dsn(),
         "broker_connection_retry_on_startup": True,
         # kombu's Redis transport, consuming with BLMOVE so no message is lost (transport.py).
         "broker_transport": bind_transport(Keys(settings.key_prefix)),
