@@ -1,6 +1,7 @@
 """The `conveyor` command: one entry point for every role."""
 
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -92,6 +93,10 @@ def worker(
     raise typer.Exit(node.exitcode or 0)
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def beat() -> None:
     """Run the periodic-job scheduler (one leader; extra replicas stand by)."""
@@ -103,6 +108,9 @@ def beat() -> None:
     celery, scheduler = create_beat(settings)
     # Served before the lock is taken, so a standby reports conveyor_beat_leader 0.
     serve(settings.metrics.beat_port, scheduler.registry)
+    # As PID 1 in a container a signal without a handler is ignored: exit cleanly instead,
+    # which releases the leader lock at once for a standby to take.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     celery.Beat(
         scheduler=scheduler,  # type: ignore[arg-type]  # a class is accepted, stubs say str
         max_interval=settings.beat.max_interval_seconds,  # type: ignore[arg-type]
