@@ -106,6 +106,8 @@ def test_poison_job_is_dead_lettered_while_others_flow(fast_platform: Platform) 
         done = wait_for_job(client, poison["id"], TERMINAL)
         assert done["state"] == "succeeded"
         assert done["id"] == poison["id"]
+        assert done["error"] is None
+        assert done["dead_lettered_at"] is None
         assert done["attempts"] == 4
         assert client.get("/v1/dead-letters").json()["items"] == []
         assert client.post(f"/v1/dead-letters/{poison['id']}/replay").status_code == 404

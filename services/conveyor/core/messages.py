@@ -20,6 +20,9 @@ ENQUEUED_AT_HEADER = "conveyor_enqueued_at"
 DUE_AT_HEADER = "conveyor_due_at"
 MAX_RETRIES_HEADER = "conveyor_max_retries"
 QUEUE_HEADER = "conveyor_queue"
+# Which copy of the job's message this is: retries and replays send a new generation, and a
+# worker skips a message older than the record's (a stale copy restored after a crash).
+GENERATION_HEADER = "conveyor_generation"
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _ORIGIN = f"conveyor@{socket.gethostname()}"
@@ -33,6 +36,7 @@ def build_message(
     kwargs: Mapping[str, Any],
     retries: int = 0,
     max_retries: int,
+    generation: int = 0,
     soft_time_limit: float | None = None,
     time_limit: float | None = None,
     enqueued_at: float,
@@ -69,6 +73,7 @@ def build_message(
         DUE_AT_HEADER: due_at,
         MAX_RETRIES_HEADER: max_retries,
         QUEUE_HEADER: str(queue),
+        GENERATION_HEADER: generation,
         # W3C trace context (traceparent, tracestate): the worker's span joins the trace.
         **(trace_context or {}),
     }

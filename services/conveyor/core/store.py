@@ -237,10 +237,18 @@ class JobStore:
         args = accept_args(self.keys.prefix, job, message, self.retention_seconds)
         return parse_accept(self._accept(args=args), job)
 
-    def start(self, job_id: str, now: float, max_deaths: int) -> StartResult:
-        """Begin a delivery (see start.lua)."""
+    def start(
+        self, job_id: str, now: float, max_deaths: int, generation: int | None = None
+    ) -> StartResult:
+        """Begin a delivery of the message of `generation` (see start.lua)."""
         verdict, state, attempts, deaths = self._start(
-            args=[self.keys.prefix, job_id, repr(now), max_deaths]
+            args=[
+                self.keys.prefix,
+                job_id,
+                repr(now),
+                max_deaths,
+                "" if generation is None else generation,
+            ]
         )
         previous = JobState(_text(state)) if state else None
         return StartResult(_text(verdict), previous, int(attempts), int(deaths))
@@ -442,6 +450,8 @@ class AsyncJobStore:
                     break
             if expired:
                 await self.client.zrem(index, *expired)
+                if index == self.keys.dead:
+                    await self.client.hdel(self.keys.dead_messages, *expired)
             if (consumed == len(fresh) and len(rows) < batch) or last is None:
                 more = False
                 break

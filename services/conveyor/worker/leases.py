@@ -48,8 +48,20 @@ class LeaseRenewer(PeriodicStep):
         super().start(parent)
 
     def stop(self, parent: Any) -> None:
-        """Stop; the consumer has stopped, so hand back anything left in flight."""
+        """Stop; renew until running jobs end, then hand back anything left in flight.
+
+        Celery may stop this step before the pool has finished its jobs (bootstep order is
+        not guaranteed), so leases are kept alive here for as long as jobs still run.
+        """
         super().stop(parent)
+        deadline = time.monotonic() + self.lease_seconds * 10
+        while state.active_requests and time.monotonic() < deadline:
+            try:
+                self.keep_alive()
+                self.renew()
+            except Exception:
+                log.exception("could not renew leases during shutdown")
+            time.sleep(min(1.0, self.interval))
         try:
             self.store.retire(consumer_id(), self.queues)
             self.store.recover_inflight(time.time(), self.lease_seconds)

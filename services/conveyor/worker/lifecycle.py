@@ -25,6 +25,7 @@ from conveyor.core.jobs import JobError, JobState
 from conveyor.core.messages import (
     DUE_AT_HEADER,
     ENQUEUED_AT_HEADER,
+    GENERATION_HEADER,
     MAX_RETRIES_HEADER,
     QUEUE_HEADER,
     build_message,
@@ -57,8 +58,11 @@ class JobRunner:
         """Run the job behind `request` unless it was cancelled, finished or is poison."""
         job_id: str = request.id
         queue = Queue(getattr(request, QUEUE_HEADER, None) or spec.queue)
+        generation = _generation(request)
         with _requeue_on_broker_error(job_id):
-            started = self.store.start(job_id, time.time(), self.settings.worker.max_worker_deaths)
+            started = self.store.start(
+                job_id, time.time(), self.settings.worker.max_worker_deaths, generation
+            )
         if started.verdict == "skip":
             # Cancelled, finished by an earlier delivery, or expired: never run it (again).
             log.info("job %s not run: state is %s", job_id, started.previous_state or "unknown")
@@ -69,7 +73,7 @@ class JobRunner:
                 message=f"the worker died while running this job {started.deaths} times",
             )
             log.error("job %s dead-lettered: %s", job_id, error.message)
-            replay = self._message(spec, request, kwargs, queue, retries=0)
+            replay = self._message(spec, request, kwargs, queue, retries=0, next_generation=True)
             never_ran = _Attempt(job_id, spec.name, queue, started_at=None)
             self._finish(never_ran, JobState.FAILED, {"error": error.model_dump_json()}, replay,
                          exception="WorkerLost")  # fmt: skip
@@ -122,19 +126,21 @@ class JobRunner:
             return
         if retries_done >= max_retries:
             log.warning("job %s dead-lettered after %d retries: %s", job_id, retries_done, exc)
-            replay = self._message(spec, request, kwargs, queue, retries=0)
+            replay = self._message(spec, request, kwargs, queue, retries=0, next_generation=True)
             self._finish(attempt, JobState.FAILED, {"error": error}, replay, exception=kind)
             return
         now = time.time()
         due_at = now + spec.retry.delay_for(retries_done + 1, random.random())  # noqa: S311 - jitter
-        message = self._message(spec, request, kwargs, queue, retries_done + 1, due_at=due_at)
+        message = self._message(
+            spec, request, kwargs, queue, retries_done + 1, due_at=due_at, next_generation=True
+        )
         with _requeue_on_broker_error(job_id):
             self.store.transition(
                 job_id,
                 allowed=(JobState.RUNNING,),
                 new_state=JobState.RETRYING,
                 delayed=("add", due_at, message),
-                fields={"error": error},
+                fields={"error": error, "generation": str((_generation(request) or 0) + 1)},
             )
         log.info("job %s retry %d in %.1fs: %s", job_id, retries_done + 1, due_at - now, exc)
         attempt.finished("retried", exception=kind)
@@ -185,6 +191,7 @@ class JobRunner:
         queue: Queue,
         retries: int,
         due_at: float | None = None,
+        next_generation: bool = False,
     ) -> bytes:
         soft, hard = (request.timelimit or (None, None))[::-1]
         trace_context: dict[str, str] = {}
@@ -201,6 +208,7 @@ class JobRunner:
             enqueued_at=time.time(),
             due_at=due_at,
             trace_context=trace_context,
+            generation=(_generation(request) or 0) + (1 if next_generation else 0),
         )
 
     def after_terminal(self, job_id: str) -> None:
@@ -244,6 +252,12 @@ class _Attempt:
             exception=exception,
             dead_lettered=dead_lettered,
         )
+
+
+def _generation(request: Any) -> int | None:
+    """The message's generation header (None for a message from outside Conveyor)."""
+    value = getattr(request, GENERATION_HEADER, None)
+    return None if value is None else int(value)
 
 
 def _queue_wait(request: Any) -> float | None:

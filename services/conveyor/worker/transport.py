@@ -5,7 +5,8 @@
 Stock kombu takes a message with BRPOP and only then records it as unacked. A worker killed
 in between, or with BRPOP's reply still in its socket buffer, loses that message for good:
 Redis has already removed it. Here the pop is a BLMOVE into this consumer's own in-flight
-list, and the message leaves that list in the same MULTI/EXEC that records it as unacked.
+list, and `claim.lua` moves it from there to the unacked set in one step, only if it is still
+there (a consumer that looked dead and had its list requeued drops the delivery instead).
 At every moment the message is in the queue, in the in-flight list, or unacked; the
 in-flight list of a consumer that died is moved back to the queue by `recover_inflight`
 (run by every worker and by beat) once its heartbeat in the queue's consumer set is older
@@ -15,8 +16,11 @@ Requires Redis >= 6.2 (BLMOVE) and one Redis list per queue (priority steps `[0]
 tiers are its priorities).
 """
 
+import logging
 import os
+import secrets
 import socket
+from importlib import resources
 from queue import Empty
 from time import monotonic, time
 from typing import Any, ClassVar
@@ -28,32 +32,34 @@ from kombu.utils.json import dumps, loads
 
 from conveyor.core.keys import Keys
 
+log = logging.getLogger(__name__)
+
+_CLAIM_LUA = resources.files("conveyor.core.lua").joinpath("claim.lua").read_text()
+# A fresh token per process: in a container `conveyor` is PID 1 after every restart, and a
+# restarted consumer must not inherit (and keep "alive") its predecessor's in-flight list.
+_TOKEN = secrets.token_hex(4)
+_TOKEN_PID = os.getpid()
+
 
 def consumer_id() -> str:
     """The identity of this process in in-flight list names and consumer sets."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    global _TOKEN, _TOKEN_PID
+    if os.getpid() != _TOKEN_PID:
+        _TOKEN, _TOKEN_PID = secrets.token_hex(4), os.getpid()
+    return f"{socket.gethostname()}:{os.getpid()}:{_TOKEN}"
 
 
 class ReliableQoS(kombu_redis.QoS):
-    """Records a delivery as unacked and drops it from the in-flight list atomically."""
+    """kombu's QoS, except that a delivery claimed by `claim.lua` is already recorded."""
 
     channel: "ReliableChannel"
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        """Kombu's append, plus LREM from the in-flight list in the same transaction."""
-        pending = self.channel.take_inflight()
-        if pending is None:
-            super().append(message, delivery_tag)
+        """Track the delivery; write the unacked record unless the claim did."""
+        if self.channel.claimed_tag == delivery_tag:
+            virtual.QoS.append(self, message, delivery_tag)
             return
-        key, raw = pending
-        delivery = message.delivery_info
-        record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time()})
-            pipe.hset(self.unacked_key, delivery_tag, record)
-            pipe.lrem(key, 1, raw)
-            pipe.execute()
-        virtual.QoS.append(self, message, delivery_tag)
+        super().append(message, delivery_tag)
 
 
 class ReliableChannel(kombu_redis.Channel):
@@ -61,13 +67,10 @@ class ReliableChannel(kombu_redis.Channel):
 
     QoS = ReliableQoS
     keys: ClassVar[Keys]
+    claimed_tag: str | None = None
     _inflight_source: str | None = None
-    _inflight_pending: tuple[str, bytes] | None = None
-
-    def take_inflight(self) -> tuple[str, bytes] | None:
-        """The in-flight entry of the delivery being recorded, handed over once."""
-        pending, self._inflight_pending = self._inflight_pending, None
-        return pending
+    _inflight_suspect = False
+    _claim: Any = None
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if timeout is None:
@@ -76,20 +79,26 @@ class ReliableChannel(kombu_redis.Channel):
         if not queues:
             return
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        self._in_poll = self.client.connection
-        self._brpop_sent_at = monotonic()
         if len(keys) == 1 and not self.global_keyprefix:
-            source = self._inflight_source = keys[0]
+            source = keys[0]
+            if self._inflight_suspect:
+                self._hand_back(source)
+            self._inflight_source = source
+            self._in_poll = self.client.connection
+            self._brpop_sent_at = monotonic()
             destination = self.keys.inflight(consumer_id(), source)
             self.client.connection.send_command(
                 "BLMOVE", source, destination, "RIGHT", "LEFT", timeout or 0
             )
-        else:  # several lists: kombu's own BRPOP (not used by Conveyor's workers)
-            self._inflight_source = None
-            command = ["BRPOP", *keys, timeout or 0]
-            if self.global_keyprefix:
-                command = self.client._prefix_args(command)
-            self.client.connection.send_command(*command)
+            return
+        # Several lists: kombu's own BRPOP (not used by Conveyor's workers).
+        self._inflight_source = None
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        command = ["BRPOP", *keys, timeout or 0]
+        if self.global_keyprefix:
+            command = self.client._prefix_args(command)
+        self.client.connection.send_command(*command)
 
     def _brpop_read(self, **options: Any) -> bool:
         source = self._inflight_source
@@ -100,22 +109,55 @@ class ReliableChannel(kombu_redis.Channel):
             try:
                 item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
             except self.connection_errors:
+                # The reply may have been lost with a message already moved: hand back
+                # whatever is in our in-flight list before the next pop.
+                self._inflight_suspect = True
                 self.client.connection.disconnect()
                 raise
             if item is None:
                 raise Empty()
             self._queue_cycle.rotate(source)
-            key = self.keys.inflight(consumer_id(), source)
-            self._inflight_pending = (key, item)
-            self.connection._deliver(loads(bytes_to_str(item)), source)
-            if self.take_inflight() is not None:
-                # Delivered without an unacked record (a no-ack consumer): nothing to keep.
-                with self.conn_or_acquire() as client:
-                    client.lrem(key, 1, item)
+            try:
+                self._deliver_claimed(source, item)
+            except BaseException:
+                self._inflight_suspect = True
+                raise
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _deliver_claimed(self, source: str, item: bytes) -> None:
+        payload = loads(bytes_to_str(item))
+        properties = payload["properties"]
+        tag = properties["delivery_tag"]
+        info = properties["delivery_info"]
+        record = dumps([payload, info["exchange"], info["routing_key"]])
+        key = self.keys.inflight(consumer_id(), source)
+        with self.conn_or_acquire() as client:
+            if self._claim is None:
+                self._claim = client.register_script(_CLAIM_LUA)
+            claim_args = [key, item, self.unacked_key, self.unacked_index_key, tag, time(), record]
+            claimed = self._claim(args=claim_args, client=client)
+        if not claimed:
+            log.warning("delivery %s was requeued while this consumer looked dead; dropped", tag)
+            return
+        self.claimed_tag = tag
+        try:
+            self.connection._deliver(payload, source)
+        finally:
+            self.claimed_tag = None
+
+    def _hand_back(self, source: str) -> None:
+        """Move anything left in our own in-flight list back to the queue."""
+        key = self.keys.inflight(consumer_id(), source)
+        with self.conn_or_acquire() as client:
+            moved = 0
+            while client.lmove(key, source, "RIGHT", "RIGHT") is not None:
+                moved += 1
+        if moved:
+            log.warning("handed %d in-flight message(s) back to %s after an error", moved, source)
+        self._inflight_suspect = False
 
 
 class ReliableTransport(kombu_redis.Transport):

@@ -31,6 +31,8 @@ else
   redis.call('LPUSH', queue, message)
 end
 if idem ~= '' then
-  redis.call('SET', idem_key, id .. '\n' .. request_hash, 'EX', retention)
+  -- No expiry yet: the key must outlive a long delay or backlog. It expires with the record,
+  -- a retention period after the job finishes (transition.lua).
+  redis.call('SET', idem_key, id .. '\n' .. request_hash)
 end
 return {1, id}

@@ -7,8 +7,10 @@ local prefix, retention = ARGV[1], tonumber(ARGV[2])
 local purged = 0
 for i = 3, #ARGV do
   local id = ARGV[i]
-  purged = purged + redis.call('ZREM', prefix .. ':dead', id)
-  redis.call('HDEL', prefix .. ':dead:messages', id)
-  redis.call('EXPIRE', job_key(prefix, id), retention)
+  if redis.call('ZREM', prefix .. ':dead', id) == 1 then
+    purged = purged + 1
+    redis.call('HDEL', prefix .. ':dead:messages', id)
+    redis.call('EXPIRE', job_key(prefix, id), retention)
+  end
 end
 return purged

@@ -9,12 +9,20 @@ for i = 2, #ARGV do
   local id = ARGV[i]
   local message = redis.call('HGET', messages, id)
   local key = job_key(prefix, id)
-  local record = redis.call('HMGET', key, 'state', 'queue')
+  local record = redis.call('HMGET', key, 'state', 'queue', 'idempotency_key')
   redis.call('ZREM', dead, id)
   redis.call('HDEL', messages, id)
-  if message and record[1] then
-    redis.call('HSET', key, 'state', 'queued', 'deaths', '0', 'finished_at', '', 'progress', '')
+  if message and record[1] == 'failed' then
+    -- The stored message carries the next generation; older copies are skipped from now on.
+    redis.call('HINCRBY', key, 'generation', 1)
+    redis.call('HSET', key, 'state', 'queued', 'deaths', '0', 'finished_at', '', 'progress', '',
+               'error', '', 'dead_lettered_at', '')
     redis.call('PERSIST', key)
+    if record[3] and record[3] ~= '' then
+      redis.call('PERSIST', prefix .. ':idem:' .. record[3])
+    end
+    -- This run's completion callback is a new delivery, not a replay of the last one.
+    redis.call('DEL', prefix .. ':idem:callback:' .. id)
     move_state_index(prefix, id, record[1], 'queued')
     redis.call('LPUSH', record[2], message)
     replayed = replayed + 1

@@ -1,18 +1,23 @@
 -- Start one delivery of a job: count the attempt, and count a worker death when the previous
 -- delivery never finished (the record still says running).
 --
--- ARGV: 1 prefix, 2 job id, 3 now (seconds), 4 deaths at which the job is poison.
+-- ARGV: 1 prefix, 2 job id, 3 now (seconds), 4 deaths at which the job is poison,
+--       5 the message's generation ('' when it carries none).
 -- Returns {verdict, previous state, attempts, deaths} where verdict is
 --   'run'     the job is now running: run it;
---   'skip'    cancelled, finished or expired: do not run it, just ack the message;
+--   'skip'    cancelled, finished, expired, or a stale copy of an older generation:
+--             do not run it, just ack the message;
 --   'poison'  its workers died under it too often: dead-letter it instead.
 local prefix, id, now, max_deaths = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local key = job_key(prefix, id)
-local current = redis.call('HMGET', key, 'state', 'attempts', 'deaths')
+local current = redis.call('HMGET', key, 'state', 'attempts', 'deaths', 'generation')
 local state = current[1]
 local attempts, deaths = tonumber(current[2] or '0'), tonumber(current[3] or '0')
 if not state then
   return {'skip', '', 0, 0}
+end
+if ARGV[5] ~= '' and tonumber(ARGV[5]) < tonumber(current[4] or '0') then
+  return {'skip', state, attempts, deaths}
 end
 if state ~= 'queued' and state ~= 'scheduled' and state ~= 'retrying' and state ~= 'running' then
   return {'skip', state, attempts, deaths}

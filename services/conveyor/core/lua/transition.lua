@@ -40,5 +40,10 @@ elseif delayed_op == 'dead' then
 end
 if expire > 0 then
   redis.call('EXPIRE', key, expire)
+  -- The idempotency key lives as long as its job: from acceptance until the record expires.
+  local idem = redis.call('HGET', key, 'idempotency_key')
+  if idem and idem ~= '' then
+    redis.call('EXPIRE', prefix .. ':idem:' .. idem, expire)
+  end
 end
 return {1, state, attempts}

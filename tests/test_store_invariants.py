@@ -1,0 +1,85 @@
+"""Job-store invariants found in review, checked against a real Redis."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from conveyor.core.catalog import load_catalog
+from conveyor.core.jobs import JobState
+from conveyor.core.settings import Settings
+from conveyor.core.store import AsyncJobStore, JobStore
+from conveyor.core.submit import Submission, prepare
+from conveyor.worker.transport import _CLAIM_LUA, consumer_id
+from tests.support.processes import REPO, RedisServer
+
+
+@pytest.fixture
+def store(redis_server: RedisServer, redis_db: int) -> JobStore:
+    return JobStore(redis_server.client(redis_db), "conveyor", 3600, 7200)
+
+
+def accept(store: JobStore, **extra: object) -> str:
+    catalog = load_catalog([])
+    submission = Submission(task="demo.echo", args={}, queue=catalog["demo.echo"].queue,
+                            max_retries=3, **extra)  # type: ignore[arg-type]  # fmt: skip
+    job, message = prepare(catalog["demo.echo"], submission, Settings())
+    return store.accept(job, message).job_id
+
+
+def test_a_stale_copy_of_an_older_generation_is_skipped(store: JobStore) -> None:
+    job_id = accept(store)
+    assert store.start(job_id, time.time(), 3, generation=0).verdict == "run"
+    # The attempt fails and schedules retry generation 1; its worker dies before acking.
+    store.transition(job_id, allowed=(JobState.RUNNING,), new_state=JobState.RETRYING,
+                     fields={"generation": "1"})  # fmt: skip
+    assert store.start(job_id, time.time(), 3, generation=1).verdict == "run"
+    stale = store.start(job_id, time.time(), 3, generation=0)
+    assert stale.verdict == "skip", "the restored old message must not run beside the retry"
+    assert store.client.hget(f"conveyor:job:{job_id}", "deaths") in (None, "0")
+    assert store.start(job_id, time.time(), 3).verdict == "run", "no header: stock message"
+
+
+def test_idempotency_key_lives_until_the_job_ends_then_expires_with_it(store: JobStore) -> None:
+    job_id = accept(store, idempotency_key="order-1", delay_seconds=40 * 24 * 3600)
+    assert store.client.ttl("conveyor:idem:order-1") == -1, "must outlive a 40-day delay"
+    store.transition(job_id, allowed=(JobState.SCHEDULED,), new_state=JobState.CANCELLED)
+    assert 0 < store.client.ttl("conveyor:idem:order-1") <= 3600
+    assert 0 < store.client.ttl(f"conveyor:job:{job_id}") <= 3600
+
+
+async def test_purging_a_job_that_is_not_a_dead_letter_changes_nothing(
+    redis_server: RedisServer, redis_db: int, store: JobStore
+) -> None:
+    job_id = accept(store)
+    client = redis.asyncio.Redis(port=redis_server.port, db=redis_db, decode_responses=True)
+    try:
+        assert await AsyncJobStore(client, "conveyor", 3600).purge_dead_letters([job_id]) == 0
+    finally:
+        await client.aclose()
+    assert store.client.ttl(f"conveyor:job:{job_id}") == -1, "a live job must not get a TTL"
+
+
+def test_claim_only_succeeds_while_the_message_is_still_in_flight(store: JobStore) -> None:
+    client = store.client
+    claim = client.register_script(_CLAIM_LUA)
+    args = ["inflight:me", "msg", "unacked", "unacked_index", "tag-1", time.time(), "record"]
+    client.lpush("inflight:me", "msg")
+    assert claim(args=args) == 1
+    assert client.hget("unacked", "tag-1") == "record"
+    assert client.llen("inflight:me") == 0
+    # A sweeper already moved it back to the queue: the consumer must drop it.
+    client.hdel("unacked", "tag-1")
+    assert claim(args=args) == 0
+    assert client.hget("unacked", "tag-1") is None
+
+
+def test_consumer_ids_differ_between_processes_even_with_the_same_pid() -> None:
+    code = "from conveyor.worker.transport import consumer_id; print(consumer_id())"
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=REPO).stdout.strip() for _ in range(3)}  # fmt: skip
+    assert len(ids) == 3
+    _host, _pid, token = consumer_id().split(":")
+    assert len(token) == 8
