@@ -26,7 +26,15 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-install: system-deps $(BIN)/.installed
+# checkov has a large dependency tree of its own: it gets a virtualenv of its own.
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install -q "checkov>=3.2"
+	touch $@
+
+install: system-deps $(BIN)/.installed $(CHECKOV_VENV)/.installed
 
 dev: install  ## Run Redis, the API, three worker tiers and beat on this machine.
 	$(BIN)/conveyor dev

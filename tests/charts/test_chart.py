@@ -1,6 +1,7 @@
 """The Helm chart, rendered by the real Helm engine and checked offline: lint, Kubernetes
 schemas (strict, 1.29-1.33), the upstream CRD schemas, security, and consistency with the code."""
 
+import json
 import os
 import re
 import shutil
@@ -281,3 +282,72 @@ def test_kube_versions_are_known_to_the_validator() -> None:
         kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap",
                                       "metadata": {"name": "x"}}, version, strict=True)  # fmt: skip
     assert Path(kubernetes_validate.__file__).exists()
+
+
+def _checkov() -> str:
+    found = shutil.which("checkov") or str(REPO / ".venv-checkov" / "bin" / "checkov")
+    assert Path(found).exists(), "checkov is installed by `make test` (.venv-checkov)"
+    return found
+
+
+def test_checkov_finds_nothing_and_every_skip_has_a_reason(tmp_path: Path) -> None:
+    for scenario in SCENARIOS:
+        (tmp_path / f"{scenario}.yaml").write_text(yaml.safe_dump_all(render(scenario)))
+    result = subprocess.run(
+        [_checkov(), "-d", str(tmp_path), "--framework", "kubernetes", "--quiet", "--compact",
+         "-o", "json"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    failed = [(f["check_id"], f["resource"]) for r in reports
+              for f in r["results"]["failed_checks"]]  # fmt: skip
+    assert failed == []
+    assert sum(r["summary"]["passed"] for r in reports) > 1000
+    for doc in (d for s in SCENARIOS for d in render(s)):
+        annotations = (doc.get("metadata") or {}).get("annotations") or {}
+        for key, value in annotations.items():
+            if key.startswith("checkov.io/skip"):
+                check, _, reason = value.partition("=")
+                assert re.fullmatch(r"CKV_K8S_\d+", check), value
+                assert len(reason.split()) >= 5, f"{doc['metadata']['name']}: {value}"
+
+
+def test_skaffold_config_matches_the_schema_and_the_chart() -> None:
+    schema = json.loads((Path(__file__).parent / "schemas" / "skaffold-v4beta14.json").read_text())
+    config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+    jsonschema.validate(config, schema)
+    assert config["apiVersion"] == "skaffold/v4beta14"
+    releases = config["deploy"]["helm"]["releases"]
+    assert all((REPO / r["chartPath"]).is_dir() for r in releases)
+    profiles = {p["name"]: p for p in config["profiles"]}
+    assert {"dev", "prod-like"} <= set(profiles)
+    assert config["portForward"][0]["resourceName"].endswith("-api")
+
+
+@pytest.mark.parametrize("environment", ["dev", "staging", "prod"])
+def test_environment_values_render_and_validate(environment: str) -> None:
+    values = yaml.safe_load((REPO / "k8s" / environment / "values.yaml").read_text())
+    chart = helm_python.Chart.load(str(CHART))
+    out = chart.render(values, name="conveyor", namespace="conveyor")
+    docs = [d for p, t in out.items() if p.endswith(".yaml") for d in yaml.safe_load_all(t) if d]
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            crd_schemas.validate(doc)
+        else:
+            kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+    scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert (len(scaled) == 3) == (environment != "dev")
+
+
+def test_chart_readme_values_table_is_up_to_date() -> None:
+    from tests.charts import values_docs
+
+    assert values_docs.README.read_text() == values_docs.rendered(), (
+        "run: python -m tests.charts.values_docs --write"
+    )
+    documented = {key for key, _, _ in values_docs.rows()}
+    assert {
+        "keda.trigger",
+        "workers.low.autoscaling.minReplicas",
+        "redis.appendfsync",
+    } <= documented
