@@ -83,3 +83,29 @@ def test_consumer_ids_differ_between_processes_even_with_the_same_pid() -> None:
     assert len(ids) == 3
     _host, _pid, token = consumer_id().split(":")
     assert len(token) == 8
+
+
+async def test_replaying_twice_keeps_the_message_runnable(
+    redis_server: RedisServer, redis_db: int, store: JobStore
+) -> None:
+    """A replayed job gets the generation of the message that replays it, whatever it was."""
+    import json
+
+    job_id = accept(store)
+    client = redis.asyncio.Redis(port=redis_server.port, db=redis_db, decode_responses=True)
+    astore = AsyncJobStore(client, "conveyor", 3600)
+    try:
+        for stored_generation in (None, 1, 2):  # a message from before generations, then ours
+            store.start(job_id, time.time(), 3)
+            message = {"headers": {"id": job_id}, "properties": {}}
+            if stored_generation is not None:
+                message["headers"]["conveyor_generation"] = stored_generation
+            dead = ("dead", time.time(), json.dumps(message).encode())
+            store.transition(
+                job_id, allowed=(JobState.RUNNING,), new_state=JobState.FAILED, delayed=dead
+            )
+            assert await astore.replay_dead_letters([job_id]) == 1
+            started = store.start(job_id, time.time(), 3, generation=stored_generation)
+            assert started.verdict == "run", stored_generation
+    finally:
+        await client.aclose()

@@ -351,3 +351,28 @@ def test_chart_readme_values_table_is_up_to_date() -> None:
         "workers.low.autoscaling.minReplicas",
         "redis.appendfsync",
     } <= documented
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_container_environment_loads_into_settings(
+    scenario: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values, not just names: what the chart renders must parse (e.g. no 1.2096e+06)."""
+    docs = render(scenario)
+    config = {d["metadata"]["name"]: d for d in of_kind(docs, "ConfigMap")}
+    for workload, container in containers(docs):
+        if workload["kind"] == "StatefulSet" or not container.get("envFrom"):
+            continue  # Redis itself, and the helm test pod (a plain HTTP client)
+        env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            env.update(config[source["configMapRef"]["name"]]["data"])
+        for item in container.get("env", []):
+            env[item["name"]] = item.get("value", "from-a-secret")
+        for name in [n for n in os.environ if n.startswith(("CONVEYOR_", "OTEL_"))]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings()  # raises on any value the app cannot parse
+        assert settings.jobs.dead_letter_retention_seconds == 1209600
+        assert settings.redis_password is not None
+        assert settings.redis_dsn().startswith(("redis://:", "rediss://:"))

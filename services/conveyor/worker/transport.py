@@ -69,7 +69,9 @@ class ReliableChannel(kombu_redis.Channel):
     keys: ClassVar[Keys]
     claimed_tag: str | None = None
     _inflight_source: str | None = None
-    _inflight_suspect = False
+    # True for every new channel: after a reconnect Celery builds a fresh channel, and a
+    # message the old one had moved may still sit in this consumer's in-flight list.
+    _inflight_suspect = True
     _claim: Any = None
 
     def _brpop_start(self, timeout: float | None = None) -> None:

@@ -11,6 +11,10 @@ for i = 3, #ARGV do
     purged = purged + 1
     redis.call('HDEL', prefix .. ':dead:messages', id)
     redis.call('EXPIRE', job_key(prefix, id), retention)
+    local idem = redis.call('HGET', job_key(prefix, id), 'idempotency_key')
+    if idem and idem ~= '' then
+      redis.call('EXPIRE', prefix .. ':idem:' .. idem, retention)
+    end
   end
 end
 return purged

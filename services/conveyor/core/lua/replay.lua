@@ -13,8 +13,13 @@ for i = 2, #ARGV do
   redis.call('ZREM', dead, id)
   redis.call('HDEL', messages, id)
   if message and record[1] == 'failed' then
-    -- The stored message carries the next generation; older copies are skipped from now on.
-    redis.call('HINCRBY', key, 'generation', 1)
+    -- The record takes the stored message's generation (0 when it has none): that message
+    -- runs, and any older copy is skipped from now on.
+    local generation = cjson.decode(message)['headers']['conveyor_generation']
+    if type(generation) ~= 'number' then
+      generation = 0
+    end
+    redis.call('HSET', key, 'generation', generation)
     redis.call('HSET', key, 'state', 'queued', 'deaths', '0', 'finished_at', '', 'progress', '',
                'error', '', 'dead_lettered_at', '')
     redis.call('PERSIST', key)
