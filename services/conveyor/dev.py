@@ -204,6 +204,14 @@ def run_dev(
         env["CONVEYOR_API__WORKERS"] = "1"
     if "concurrency" not in settings.worker.model_fields_set:
         env["CONVEYOR_WORKER__CONCURRENCY"] = "2"
+    auth = settings.auth
+    if auth.keys_file is None and auth.keys is None and not auth.disabled:
+        # Local development only: the chart refuses this setting in production.
+        env["CONVEYOR_AUTH__DISABLED"] = "true"
+        supervisor.say("authentication is OFF (no CONVEYOR_AUTH__KEYS_FILE): local use only")
+    if "allowed_networks" not in settings.webhook.model_fields_set:
+        # Webhooks to receivers on this machine are the normal case when developing.
+        env["CONVEYOR_WEBHOOK__ALLOWED_NETWORKS"] = '["127.0.0.0/8", "::1/128"]'
     conveyor = [sys.executable, "-m", "conveyor"]
     metrics = settings.metrics
     env["CONVEYOR_METRICS__MULTIPROCESS_DIR"] = str((data_dir / "metrics").resolve())

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from tests.support.auth import ADMIN_KEY, KEYS_FILE
+
 REPO = Path(__file__).resolve().parents[2]
 METRICS_DIR = Path(tempfile.gettempdir()) / "conveyor-test-metrics"
 
@@ -158,6 +160,10 @@ def service_env(redis_url: str, **overrides: str) -> dict[str, str]:
             "CONVEYOR_WORKER__DELAYED_POLL_SECONDS": "0.2",
             "CONVEYOR_WEBHOOK__SIGNING_SECRET": "test-secret",
             "CONVEYOR_API__WORKERS": "1",
+            "CONVEYOR_AUTH__KEYS_FILE": str(KEYS_FILE),
+            "CONVEYOR_AUTH__RELOAD_INTERVAL_SECONDS": "0.2",
+            # Test receivers listen on loopback; the SSRF tests start services without this.
+            "CONVEYOR_WEBHOOK__ALLOWED_NETWORKS": '["127.0.0.0/8"]',
             # Many workers and beats share this host: no fixed metrics ports unless a test
             # asks for one.
             "CONVEYOR_METRICS__WORKER_PORT": "0",
@@ -211,8 +217,10 @@ class Platform:
         self.services.append(service)
         return service
 
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=10)
+    def http(self, key: str | None = ADMIN_KEY) -> httpx.Client:
+        """A client of the API, authenticated with `key` (the admin key by default)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, timeout=10, headers=headers)
 
     def stop(self) -> None:
         for service in reversed(self.services):

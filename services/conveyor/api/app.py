@@ -1,5 +1,7 @@
 """`create_app`: the FastAPI application."""
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -8,8 +10,10 @@ from prometheus_client import CollectorRegistry
 
 from conveyor import __version__
 from conveyor.api import problems
+from conveyor.api.auth import KeySource
 from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.jobs import jobs_router
+from conveyor.api.limits import RequestSizeLimitMiddleware
 from conveyor.api.meta import meta_router
 from conveyor.api.metrics import MetricsMiddleware, metrics_router
 from conveyor.api.schemas import submission_model
@@ -21,10 +25,18 @@ from conveyor.core.store import AsyncJobStore
 from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.telemetry.tracing import setup_tracing
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAPI:
     """The API for `settings`; connects to Redis lazily, on the first request."""
     catalog = catalog if catalog is not None else load_catalog(settings.task_modules)
+    keys = KeySource(settings.auth)  # fails fast when authentication has no keys
+    if settings.auth.disabled:
+        log.warning(
+            "AUTHENTICATION IS DISABLED (CONVEYOR_AUTH__DISABLED=true): every caller acts as "
+            "tenant 'default' with every scope. Never run this way outside local development."
+        )
     registry = CollectorRegistry()
     metrics = ApiMetrics(registry)
     tracing = setup_tracing(settings, "conveyor-api")
@@ -34,9 +46,11 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         client = async_client(settings)
         store = AsyncJobStore(client, settings.key_prefix, settings.jobs.retention_seconds)
         app.state.conveyor = ApiState(settings, catalog, client, store)
+        watcher = asyncio.create_task(keys.watch(), name="conveyor-keys-watch")
         try:
             yield
         finally:
+            watcher.cancel()
             await client.aclose()
             if tracing is not None:
                 tracing.shutdown()
@@ -48,6 +62,13 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    app.state.keys = keys
+    app.state.settings = settings
+    app.add_middleware(
+        RequestSizeLimitMiddleware,
+        max_body_bytes=settings.limits.max_body_bytes,
+        max_header_bytes=settings.limits.max_header_bytes,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     problems.install(app, list(catalog))
     body = submission_model(catalog, settings.jobs.max_delay_seconds)

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from conveyor.api.auth import Admin
 from conveyor.api.jobs import PROBLEM_RESPONSES, State, existing_job
 from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import JobPage
@@ -22,7 +23,7 @@ class Count(BaseModel):
 
 
 def dead_letters_router() -> APIRouter:
-    """Listing, replay and purge of dead letters."""
+    """Listing, replay and purge of dead letters (every tenant's: the admin scope only)."""
     router = APIRouter(
         prefix="/v1/dead-letters", tags=["dead letters"], responses=PROBLEM_RESPONSES
     )
@@ -30,8 +31,9 @@ def dead_letters_router() -> APIRouter:
     @router.get("", response_model=JobPage, summary="List dead letters")
     async def list_dead_letters(
         state: State,
+        _: Admin,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Query(max_length=300)] = None,
+        cursor: Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")] = None,
     ) -> JobPage:
         """Dead-lettered jobs, most recent first."""
         try:
@@ -43,24 +45,24 @@ def dead_letters_router() -> APIRouter:
         return JobPage(items=page.jobs, next_cursor=page.next_cursor)
 
     @router.post("/replay", response_model=Count, summary="Replay every dead letter")
-    async def replay_all(state: State) -> Count:
+    async def replay_all(state: State, _: Admin) -> Count:
         """Put every dead-lettered job back on its queue as a new attempt."""
         return Count(count=await state.store.replay_dead_letters())
 
     @router.post("/{job_id}/replay", response_model=Job, summary="Replay one dead letter")
-    async def replay_one(job_id: str, state: State) -> Job:
+    async def replay_one(job_id: str, state: State, principal: Admin) -> Job:
         """Put one dead-lettered job back on its queue as a new attempt of the same job."""
         await _dead(state, job_id)
         await state.store.replay_dead_letters([job_id])
-        return await existing_job(state, job_id)
+        return await existing_job(state, job_id, principal)
 
     @router.delete("", response_model=Count, summary="Purge every dead letter")
-    async def purge_all(state: State) -> Count:
+    async def purge_all(state: State, _: Admin) -> Count:
         """Drop every dead letter; the jobs stay readable until their retention ends."""
         return Count(count=await state.store.purge_dead_letters())
 
     @router.delete("/{job_id}", response_model=Count, summary="Purge one dead letter")
-    async def purge_one(job_id: str, state: State) -> Count:
+    async def purge_one(job_id: str, state: State, _: Admin) -> Count:
         """Drop one dead letter."""
         await _dead(state, job_id)
         return Count(count=await state.store.purge_dead_letters([job_id]))

@@ -7,15 +7,27 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from opentelemetry.trace import SpanKind
+from pydantic import AnyUrl
 
+from conveyor.api.auth import (
+    Reader,
+    Writer,
+    rate_limit_headers,
+    require,
+    tenant_limits,
+    too_many_requests,
+)
+from conveyor.api.limits import check_args_shape, require_json
 from conveyor.api.problems import Problem, ProblemError
 from conveyor.api.schemas import IDEMPOTENCY_KEY_PATTERN, JobPage, SubmissionBase
 from conveyor.api.state import ApiState, api_state
+from conveyor.core.apikeys import TENANT_PATTERN, Principal, Scope
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.jobs import Job, JobState
+from conveyor.core.netguard import NetGuard, UnsafeUrlError
 from conveyor.core.queues import Queue
-from conveyor.core.store import InvalidCursorError
+from conveyor.core.store import AcceptVerdict, InvalidCursorError, Limits
 from conveyor.core.submit import Submission, prepare
 from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.telemetry.tracing import tracer
@@ -24,10 +36,11 @@ _JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (404, 409, 422, 503)
+    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 431, 503)
 }
 
 State = Annotated[ApiState, Depends(api_state)]
+Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
 
 
 def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
@@ -36,6 +49,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
 
     @router.post(
         "",
+        dependencies=[Depends(require_json)],
         status_code=202,
         response_model=Job,
         summary="Submit a job",
@@ -46,19 +60,29 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         response: Response,
         http_request: Request,
         state: State,
-        idempotency_key_header: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        principal: Submitter,
+        idempotency_key_header: Annotated[
+            str | None, Header(alias="Idempotency-Key", max_length=200)
+        ] = None,
     ) -> Job:
         """Validate the arguments against the task's model, then record and enqueue the job
-        atomically. Answers 202 for a new job, 200 for a replay of the same idempotent request
-        and 409 when the idempotency key was used with a different body.
+        atomically. Answers 202 for a new job, 200 for a replay of the same idempotent request,
+        409 when the idempotency key was used with a different body, 429 past the tenant's rate
+        limit and 503 when the job's queue is full (both with Retry-After).
         """
         request: SubmissionBase = body
         key = _idempotency_key(request.idempotency_key, idempotency_key_header)
         task: str = getattr(request, "task")  # noqa: B009 - set by every union variant
         spec = state.catalog[task]
+        args_model = getattr(request, "args")  # noqa: B009
+        _check_urls(state, request, args_model)
+        args = args_model.model_dump(mode="json")
+        limits = state.settings.limits
+        check_args_shape(args, limits.max_args_depth, limits.max_string_length)
         submission = Submission(
+            tenant=principal.tenant,
             task=task,
-            args=getattr(request, "args").model_dump(mode="json"),  # noqa: B009
+            args=args,
             queue=request.priority or spec.queue,
             max_retries=(
                 request.max_retries if request.max_retries is not None else spec.retry.max_retries
@@ -73,13 +97,34 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
             span.set_attribute("conveyor.task", task)
             span.set_attribute("conveyor.queue", str(submission.queue))
             new_job, message = prepare(spec, submission, state.settings)
+            tenant = tenant_limits(http_request, principal.tenant)
+            accept_limits = Limits(
+                rate_per_second=tenant.rate_per_second,
+                burst=tenant.burst,
+                max_queue_depth=limits.max_queue_depth.for_queue(submission.queue),
+                max_delayed_jobs=limits.max_delayed_jobs,
+            )
             started = time.perf_counter()
-            outcome = await state.store.accept(new_job, message)
+            outcome = await state.store.accept(new_job, message, accept_limits)
             metrics.accept_latency.observe(time.perf_counter() - started)
             span.set_attribute("conveyor.job_id", outcome.job_id)
+        if outcome.verdict is AcceptVerdict.RATE_LIMITED:
+            metrics.submissions.labels("rate_limited").inc()
+            raise too_many_requests(tenant, outcome.retry_after_ms)
+        if outcome.verdict is AcceptVerdict.QUEUE_FULL:
+            metrics.submissions.labels("queue_full").inc()
+            raise ProblemError(
+                503,
+                "Queue full",
+                f"The {submission.queue} queue holds {outcome.depth} jobs, its limit; "
+                "nothing was accepted. Retry later.",
+                slug="queue-full",
+                headers={"Retry-After": str(limits.backpressure_retry_after_seconds)},
+            )
         response.headers["Location"] = f"/v1/jobs/{outcome.job_id}"
         if outcome.created:
             metrics.submissions.labels("accepted").inc()
+            response.headers.update(rate_limit_headers(tenant, outcome.tokens_left))
             return Job.from_record(dict(zip(*[iter(new_job.record_fields())] * 2, strict=True)))
         if outcome.request_hash != new_job.request_hash:
             metrics.submissions.labels("conflict").inc()
@@ -89,7 +134,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 f"Idempotency key {key!r} was used for a different request (job {outcome.job_id}).",
                 slug="idempotency-conflict",
             )
-        existing = await state.store.get(outcome.job_id)
+        existing = await state.store.get(outcome.job_id)  # the key is the tenant's own
         if existing is None:
             raise ProblemError(409, "Idempotency key refers to an expired job", slug="expired")
         metrics.submissions.labels("duplicate").inc()
@@ -99,35 +144,61 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
     @router.get("", response_model=JobPage, summary="List jobs")
     async def list_jobs(
         state: State,
+        principal: Reader,
         job_state: Annotated[JobState | None, Query(alias="state")] = None,
-        task: Annotated[str | None, Query(max_length=200)] = None,
+        task: Annotated[str | None, Query(max_length=200, pattern=r"^[\w.:-]+$")] = None,
         queue: Queue | None = None,
+        tenant: Annotated[
+            str | None,
+            Query(pattern=TENANT_PATTERN, description="Another tenant's jobs (admin only)."),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Query(max_length=300)] = None,
+        cursor: Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")] = None,
     ) -> JobPage:
-        """Jobs newest first, optionally filtered; follow `next_cursor` for the next page."""
+        """The caller's jobs, newest first, optionally filtered; follow `next_cursor` for the
+        next page. An admin key lists every tenant's jobs, or one tenant's with `tenant`.
+        """
+        if principal.can(Scope.ADMIN):
+            scope_tenant = tenant
+        elif tenant is not None and tenant != principal.tenant:
+            raise ProblemError(
+                403,
+                "Forbidden",
+                "Listing another tenant's jobs needs the admin scope.",
+                slug="forbidden",
+            )
+        else:
+            scope_tenant = principal.tenant
         try:
             page = await state.store.list_jobs(
-                state=job_state, task=task, queue=queue, limit=limit, cursor=cursor
+                tenant=scope_tenant,
+                state=job_state,
+                task=task,
+                queue=queue,
+                limit=limit,
+                cursor=cursor,
             )
         except InvalidCursorError:
             raise ProblemError(422, "Invalid cursor", slug="invalid-cursor") from None
         return JobPage(items=page.jobs, next_cursor=page.next_cursor)
 
     @router.get("/{job_id}", response_model=Job, summary="Get a job")
-    async def get_job(job_id: str, state: State) -> Job:
+    async def get_job(job_id: str, state: State, principal: Reader) -> Job:
         """The job's state, progress, result or error, attempts and timestamps."""
-        return await existing_job(state, job_id)
+        return await existing_job(state, job_id, principal)
 
     @router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a job")
     async def cancel_job(
-        job_id: str, state: State, terminate: Annotated[bool, Query()] = False
+        job_id: str,
+        state: State,
+        principal: Writer,
+        terminate: Annotated[bool, Query()] = False,
     ) -> Job:
         """Cancel a job that has not finished. A queued or scheduled job never runs; a running
         job stops at its next progress report, or at once with `terminate=true` (its process
         is killed). Cancelling a cancelled job is a no-op; a finished one is a 409.
         """
-        await existing_job(state, job_id)
+        await existing_job(state, job_id, principal)
         outcome = await state.store.cancel(job_id, time.time())
         if not outcome.applied and outcome.previous_state is not JobState.CANCELLED:
             raise ProblemError(
@@ -138,7 +209,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
             )
         if outcome.applied and outcome.previous_state is JobState.RUNNING:
             await run_in_threadpool(_revoke, state, job_id, terminate)
-        job = await existing_job(state, job_id)
+        job = await existing_job(state, job_id, principal)
         if outcome.applied:
             await _enqueue_callback(state, job)
         return job
@@ -146,9 +217,13 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
     return router
 
 
-async def existing_job(state: ApiState, job_id: str) -> Job:
-    """The job, or a 404 problem."""
+async def existing_job(state: ApiState, job_id: str, principal: Principal) -> Job:
+    """The job, or a 404 problem: also for another tenant's job, so that ids of other
+    tenants' jobs cannot even be confirmed to exist. Admins read every tenant's jobs.
+    """
     job = await state.store.get(job_id) if _JOB_ID.match(job_id) else None
+    if job is not None and job.tenant != principal.tenant and not principal.can(Scope.ADMIN):
+        job = None
     if job is None:
         raise ProblemError(404, "Job not found", f"No job {job_id!r}.", slug="job-not-found")
     return job
@@ -170,6 +245,33 @@ def _idempotency_key(from_body: str | None, from_header: str | None) -> str | No
             slug="validation-error",
         )
     return from_body or from_header
+
+
+def _check_urls(state: ApiState, request: SubmissionBase, args: Any) -> None:
+    """422 for a callback or argument URL that can never be reached: a scheme other than
+    http(s), or a literal non-public address. Names are resolved and checked again when the
+    request is made (the address behind a name can change).
+    """
+    guard = NetGuard(state.settings.webhook.allowed_networks)
+    urls: list[tuple[str, AnyUrl]] = []
+    if request.callback_url is not None:
+        urls.append(("#/callback_url", request.callback_url))
+    urls.extend(
+        (f"#/args/{name}", value)
+        for name, value in getattr(args, "__dict__", {}).items()
+        if isinstance(value, AnyUrl)
+    )
+    for pointer, url in urls:
+        try:
+            guard.check_literal(url.scheme, url.host or "")
+        except UnsafeUrlError as exc:
+            raise ProblemError(
+                422,
+                "Invalid request",
+                "A URL points where the platform does not send requests; see errors.",
+                slug="validation-error",
+                errors=[{"pointer": pointer, "detail": str(exc)}],
+            ) from None
 
 
 def _revoke(state: ApiState, job_id: str, terminate: bool) -> None:

@@ -4,7 +4,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from conveyor.api.jobs import State
+from conveyor.api.auth import Reader
+from conveyor.api.jobs import PROBLEM_RESPONSES, State
 from conveyor.api.schemas import Health, TaskInfo
 
 READINESS_TIMEOUT_SECONDS = 1.0
@@ -14,8 +15,14 @@ def meta_router() -> APIRouter:
     """Catalogue and probes."""
     router = APIRouter()
 
-    @router.get("/v1/tasks", response_model=list[TaskInfo], tags=["tasks"], summary="List tasks")
-    async def list_tasks(state: State) -> list[TaskInfo]:
+    @router.get(
+        "/v1/tasks",
+        response_model=list[TaskInfo],
+        tags=["tasks"],
+        summary="List tasks",
+        responses=PROBLEM_RESPONSES,
+    )
+    async def list_tasks(state: State, _: Reader) -> list[TaskInfo]:
         """Every task this deployment runs, with its argument schema, queue and retry policy."""
         return [
             TaskInfo(

@@ -1,5 +1,6 @@
 """RFC 9457 problem details: every error the API returns, with the offending field named."""
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,8 +10,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from conveyor.api.metrics import count_submission
+
+log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 BROKER_RETRY_AFTER_SECONDS = 2
@@ -119,7 +123,12 @@ def install(app: FastAPI, task_names: Sequence[str]) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         problem = Problem(title=str(exc.detail), status=exc.status_code)
-        return problem_response(problem, request, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods; a path served by several
+            # routes (GET and POST /v1/jobs) must list them all.
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
+        return problem_response(problem, request, headers)
 
     async def on_redis(request: Request, exc: Exception) -> JSONResponse:
         count_submission(request, "broker_error")
@@ -131,7 +140,28 @@ def install(app: FastAPI, task_names: Sequence[str]) -> None:
         )
         return problem_response(problem, request, {"Retry-After": str(BROKER_RETRY_AFTER_SECONDS)})
 
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the log; the client learns nothing about the internals.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        problem = Problem(
+            type="urn:conveyor:problem:internal-error",
+            title="Internal error",
+            status=500,
+            detail="The request failed on the server; it has been logged.",
+        )
+        return problem_response(problem, request)
+
     app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RedisError, on_redis)
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)

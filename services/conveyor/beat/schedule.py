@@ -11,6 +11,7 @@ schedules:
     task: demo.echo
     interval_seconds: 60
     queue: high    # optional; defaults to the task's queue
+    tenant: ops    # optional; the tenant that owns (and may read) the runs; default `system`
 """
 
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from celery.schedules import BaseSchedule, crontab, schedule
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from conveyor.core.apikeys import TenantName
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
 
@@ -35,6 +37,9 @@ class ScheduledJob(BaseModel):
     cron: str | None = Field(None, description="Five-field cron expression, in UTC.")
     interval_seconds: float | None = Field(None, gt=0)
     queue: Queue | None = Field(None, description="Queue tier; defaults to the task's own.")
+    tenant: TenantName | None = Field(
+        None, description="Tenant that owns the runs; defaults to `system`."
+    )
 
     @field_validator("cron")
     @classmethod
@@ -96,7 +101,10 @@ def beat_schedule(jobs: list[ScheduledJob]) -> dict[str, dict[str, Any]]:
             "task": job.task,
             "schedule": job.celery_schedule(),
             "kwargs": job.args,
-            "options": {"queue": str(job.queue)} if job.queue else {},
+            "options": {
+                **({"queue": str(job.queue)} if job.queue else {}),
+                **({"tenant": job.tenant} if job.tenant else {}),
+            },
         }
         for job in jobs
     }

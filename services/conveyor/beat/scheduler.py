@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from prometheus_client import CollectorRegistry
 from redbeat import RedBeatScheduler  # type: ignore[import-untyped]
 
+from conveyor.core.apikeys import SYSTEM_TENANT
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
@@ -55,6 +56,7 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         spec = self.catalog[entry.task]
         queue = entry.options.get("queue")
         submission = Submission(
+            tenant=entry.options.get("tenant") or SYSTEM_TENANT,
             task=spec.name,
             args=dict(entry.kwargs),
             queue=Queue(queue) if queue else spec.queue,

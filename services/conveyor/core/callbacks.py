@@ -17,6 +17,7 @@ def callback_submission(job: Job, catalog: TaskCatalog) -> Submission | None:
         return None
     spec = catalog[CALLBACK_TASK]
     return Submission(
+        tenant=job.tenant,
         task=spec.name,
         args={"url": job.callback_url, "payload": job.model_dump(mode="json")},
         queue=spec.queue,

@@ -49,6 +49,7 @@ class Job(BaseModel):
     """A job as the API returns it."""
 
     id: str
+    tenant: str = Field(..., description="The tenant that submitted the job.")
     task: str
     queue: Queue
     state: JobState
@@ -75,6 +76,7 @@ class Job(BaseModel):
         """Decode the Redis hash written by the job store's scripts."""
         return cls(
             id=record["id"],
+            tenant=record.get("tenant", ""),
             task=record["task"],
             queue=Queue(record["queue"]),
             state=JobState(record["state"]),

@@ -13,9 +13,17 @@ class Keys:
         """Hash holding one job record."""
         return f"{self.prefix}:job:{job_id}"
 
-    def idempotency(self, key: str) -> str:
-        """String mapping an idempotency key to the job id and request hash."""
-        return f"{self.prefix}:idem:{key}"
+    def idempotency(self, tenant: str, key: str) -> str:
+        """String mapping a tenant's idempotency key to the job id and request hash."""
+        return f"{self.prefix}:idem:{tenant}:{key}"
+
+    def index_tenant(self, tenant: str) -> str:
+        """Jobs of one tenant."""
+        return f"{self.prefix}:index:tenant:{tenant}"
+
+    def rate_limit(self, tenant: str) -> str:
+        """Hash holding a tenant's token bucket."""
+        return f"{self.prefix}:ratelimit:{tenant}"
 
     @property
     def index_all(self) -> str:

@@ -7,7 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, IPvAnyNetwork, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -110,6 +110,78 @@ class WebhookSettings(BaseModel):
     )
     timeout_seconds: float = Field(10.0, gt=0)
     user_agent: str = "Conveyor-Webhook/1"
+    allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Private networks webhooks and callbacks may reach anyway (CIDRs). By "
+        "default only public addresses are reached: loopback, private, link-local and "
+        "metadata addresses are refused after DNS resolution.",
+    )
+    max_redirects: int = Field(
+        3, ge=0, le=10, description="307/308 redirects followed, each target checked again."
+    )
+
+
+class AuthSettings(BaseModel):
+    """API keys: who may call the API, as which tenant, with which scopes."""
+
+    disabled: bool = Field(
+        False,
+        description="DEVELOPMENT ONLY: accept every request as tenant `default` with every "
+        "scope. `conveyor dev` sets it; the chart refuses it in production.",
+    )
+    keys_file: Path | None = Field(
+        None,
+        description="YAML file of hashed API keys (a mounted Secret); re-read when it changes.",
+    )
+    keys: SecretStr | None = Field(
+        None, description="The same document inline (a Secret-backed variable); read at start."
+    )
+    reload_interval_seconds: float = Field(
+        5.0, gt=0, description="How often the keys file is checked for changes."
+    )
+
+
+class QueueDepthLimits(BaseModel):
+    """Most messages waiting on each queue; past it, submissions are refused (0: no limit)."""
+
+    high: int = Field(100_000, ge=0)
+    default: int = Field(100_000, ge=0)
+    low: int = Field(1_000_000, ge=0)
+
+    def for_queue(self, queue: str) -> int:
+        """The limit of one queue."""
+        limit: int = getattr(self, queue)
+        return limit
+
+
+class LimitSettings(BaseModel):
+    """Rate limits, backpressure and request-size limits of the API."""
+
+    rate_per_second: float = Field(
+        200.0,
+        ge=0,
+        description="Requests per second per tenant (all API replicas together); 0: no limit. "
+        "The keys file can set a tenant's own.",
+    )
+    burst: int = Field(400, ge=1, description="Requests a tenant may make at once.")
+    max_queue_depth: QueueDepthLimits = QueueDepthLimits()
+    max_delayed_jobs: int = Field(
+        1_000_000,
+        ge=0,
+        description="Most delayed jobs waiting; past it, delayed submissions "
+        "are refused (0: no limit).",
+    )
+    backpressure_retry_after_seconds: int = Field(
+        5, ge=1, description="Retry-After of a submission refused because its queue is full."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body (413).")
+    max_header_bytes: int = Field(
+        16_384, ge=1024, description="Largest total of request headers (431)."
+    )
+    max_args_depth: int = Field(32, ge=1, description="Deepest nesting of a job's arguments.")
+    max_string_length: int = Field(
+        65_536, ge=1, description="Longest string anywhere in a job's arguments."
+    )
 
 
 class JobSettings(BaseModel):
@@ -188,6 +260,8 @@ class Settings(BaseSettings):
     beat: BeatSettings = BeatSettings()
     smtp: SmtpSettings = SmtpSettings()
     webhook: WebhookSettings = WebhookSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
     jobs: JobSettings = JobSettings()
     metrics: MetricsSettings = MetricsSettings()
 

@@ -9,6 +9,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib import resources
 from typing import Any
 
@@ -33,6 +34,7 @@ PROMOTE_LUA = _script_source("promote")
 START_LUA = _script_source("start")
 REPLAY_LUA = _script_source("replay")
 PURGE_LUA = _script_source("purge")
+RATELIMIT_LUA = _script_source("ratelimit")
 RECOVER_INFLIGHT_LUA = _script_source("recover_inflight")
 
 # Dead-letter operations go through Redis in batches of this many ids per script call.
@@ -46,6 +48,7 @@ class NewJob:
     """A validated submission, ready to be written by the accept script."""
 
     id: str
+    tenant: str
     task: str
     queue: Queue
     args: dict[str, Any]
@@ -66,6 +69,7 @@ class NewJob:
         """The job hash as a flat field/value list."""
         fields = {
             "id": self.id,
+            "tenant": self.tenant,
             "task": self.task,
             "queue": str(self.queue),
             "state": str(self.initial_state),
@@ -82,12 +86,43 @@ class NewJob:
 
 
 @dataclass(frozen=True)
-class AcceptResult:
-    """What the accept script did: created a job, or found the idempotency key's job."""
+class Limits:
+    """What accept.lua enforces besides atomicity: the tenant's bucket and queue depths."""
 
-    created: bool
-    job_id: str
-    request_hash: str
+    rate_per_second: float = 0.0
+    burst: int = 1
+    max_queue_depth: int = 0
+    max_delayed_jobs: int = 0
+
+
+class AcceptVerdict(StrEnum):
+    """How accept.lua answered."""
+
+    CREATED = "created"
+    EXISTING = "existing"
+    RATE_LIMITED = "rate_limited"
+    QUEUE_FULL = "queue_full"
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """What the accept script did: created a job, found the idempotency key's job, or refused.
+
+    `job_id`/`request_hash` are set for CREATED and EXISTING; `tokens_left` for CREATED;
+    `retry_after_ms` for RATE_LIMITED; `depth` for QUEUE_FULL.
+    """
+
+    verdict: AcceptVerdict
+    job_id: str = ""
+    request_hash: str = ""
+    tokens_left: int = 0
+    retry_after_ms: int = 0
+    depth: int = 0
+
+    @property
+    def created(self) -> bool:
+        """A new job was recorded and enqueued."""
+        return self.verdict is AcceptVerdict.CREATED
 
 
 @dataclass(frozen=True)
@@ -125,7 +160,9 @@ def _ms(timestamp: float) -> str:
     return str(int(timestamp * 1000))
 
 
-def accept_args(prefix: str, job: NewJob, message: bytes, retention_seconds: int) -> list[Any]:
+def accept_args(
+    prefix: str, job: NewJob, message: bytes, retention_seconds: int, limits: Limits
+) -> list[Any]:
     """ARGV for accept.lua."""
     return [
         prefix,
@@ -139,17 +176,28 @@ def accept_args(prefix: str, job: NewJob, message: bytes, retention_seconds: int
         job.task,
         str(job.initial_state),
         message,
+        job.tenant,
+        repr(float(limits.rate_per_second)),
+        limits.burst,
+        limits.max_queue_depth,
+        limits.max_delayed_jobs,
         *job.record_fields(),
     ]
 
 
 def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:
     """Decode accept.lua's reply."""
-    created, value = int(raw[0]), _text(raw[1])
-    if created:
-        return AcceptResult(True, value, job.request_hash)
-    existing_id, _, existing_hash = value.partition("\n")
-    return AcceptResult(False, existing_id, existing_hash)
+    code = int(raw[0])
+    if code == 1:
+        return AcceptResult(
+            AcceptVerdict.CREATED, _text(raw[1]), job.request_hash, tokens_left=int(raw[2])
+        )
+    if code == 0:
+        existing_id, _, existing_hash = _text(raw[1]).partition("\n")
+        return AcceptResult(AcceptVerdict.EXISTING, existing_id, existing_hash)
+    if code == 2:
+        return AcceptResult(AcceptVerdict.RATE_LIMITED, retry_after_ms=int(raw[1]))
+    return AcceptResult(AcceptVerdict.QUEUE_FULL, depth=int(raw[1]))
 
 
 def transition_args(
@@ -233,8 +281,12 @@ class JobStore:
         self._recover_inflight = client.register_script(RECOVER_INFLIGHT_LUA)
 
     def accept(self, job: NewJob, message: bytes) -> AcceptResult:
-        """Record and enqueue a job atomically (see accept.lua)."""
-        args = accept_args(self.keys.prefix, job, message, self.retention_seconds)
+        """Record and enqueue a job atomically (see accept.lua).
+
+        Used for the platform's own jobs (periodic runs, callbacks): no tenant limit applies,
+        since refusing them would lose them.
+        """
+        args = accept_args(self.keys.prefix, job, message, self.retention_seconds, Limits())
         return parse_accept(self._accept(args=args), job)
 
     def start(
@@ -355,11 +407,23 @@ class AsyncJobStore:
         self._transition = client.register_script(TRANSITION_LUA)
         self._replay = client.register_script(REPLAY_LUA)
         self._purge = client.register_script(PURGE_LUA)
+        self._ratelimit = client.register_script(RATELIMIT_LUA)
 
-    async def accept(self, job: NewJob, message: bytes) -> AcceptResult:
-        """Record and enqueue a job atomically (see accept.lua)."""
-        args = accept_args(self.keys.prefix, job, message, self.retention_seconds)
+    async def accept(
+        self, job: NewJob, message: bytes, limits: Limits | None = None
+    ) -> AcceptResult:
+        """Record and enqueue a job atomically, within `limits` (see accept.lua)."""
+        args = accept_args(
+            self.keys.prefix, job, message, self.retention_seconds, limits or Limits()
+        )
         return parse_accept(await self._accept(args=args), job)
+
+    async def take_token(self, tenant: str, rate: float, burst: int) -> tuple[bool, int, int]:
+        """One token from the tenant's bucket: (taken, whole tokens left, ms to the next)."""
+        taken, left, wait = await self._ratelimit(
+            args=[self.keys.prefix, tenant, repr(float(rate)), burst]
+        )
+        return bool(int(taken)), int(left), int(wait)
 
     async def get(self, job_id: str) -> Job | None:
         """The job, or None when unknown or expired."""
@@ -381,6 +445,7 @@ class AsyncJobStore:
     async def list_jobs(
         self,
         *,
+        tenant: str | None = None,
         state: JobState | None = None,
         task: str | None = None,
         queue: Queue | None = None,
@@ -390,10 +455,14 @@ class AsyncJobStore:
     ) -> Page:
         """Jobs newest first, from the most selective index; other filters are checked per job.
 
-        `index` lists another sorted set of job ids instead (the dead-letter set).
+        `tenant` None lists every tenant's jobs. `index` lists another sorted set of job ids
+        instead (the dead-letter set).
         """
         filters: dict[str, str] = {}
         candidates: list[str] = []
+        if tenant is not None:
+            filters["tenant"] = tenant
+            candidates.append(self.keys.index_tenant(tenant))
         if state is not None:
             filters["state"] = str(state)
             candidates.append(self.keys.index_state(state))

@@ -24,6 +24,7 @@ from conveyor.core.store import NewJob
 class Submission:
     """Everything a client may say about a job, with arguments already validated."""
 
+    tenant: str
     task: str
     args: dict[str, Any]
     queue: Queue
@@ -66,6 +67,7 @@ def prepare(
     soft, hard = time_limits(spec, submission.timeout_seconds, settings)
     job = NewJob(
         id=job_id,
+        tenant=submission.tenant,
         task=submission.task,
         queue=submission.queue,
         args=submission.args,

@@ -9,11 +9,14 @@ from pydantic import BaseModel, Field, HttpUrl
 
 from conveyor.core.catalog import JobContext, RetryPolicy, task
 from conveyor.core.errors import PermanentError, RetryableError
+from conveyor.core.netguard import NetGuard, UnsafeUrlError
 from conveyor.core.queues import Queue
 from conveyor.core.signing import SIGNATURE_HEADER, sign
 
 # Statuses worth retrying besides 5xx: the receiver asked us to come back later.
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
+# Redirects that keep the method and body; a webhook POST is never turned into a GET.
+FOLLOWED_REDIRECTS = frozenset({307, 308})
 
 
 class WebhookArgs(BaseModel):
@@ -49,14 +52,50 @@ def deliver(ctx: JobContext, args: WebhookArgs) -> dict[str, Any]:
         "Conveyor-Attempt": str(ctx.attempt),
         SIGNATURE_HEADER: sign(settings.signing_secret.get_secret_value(), body, int(time.time())),
     }
+    guard = NetGuard(settings.allowed_networks)
     try:
         with httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False) as client:
-            response = client.post(str(args.url), content=body, headers=headers)
-    except httpx.TransportError as exc:  # timeouts, refused connections, resets, DNS failures
+            response = post_guarded(
+                client, guard, str(args.url), body, headers, settings.max_redirects
+            )
+    except UnsafeUrlError as exc:
+        raise PermanentError(str(exc)) from exc
+    except (httpx.TransportError, OSError) as exc:  # timeouts, refusals, resets, DNS failures
         raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
     status = response.status_code
     if status >= 500 or status in RETRYABLE_STATUSES:
         raise RetryableError(f"receiver answered {status}")
     if status >= 300:
-        raise PermanentError(f"receiver answered {status}")
+        raise PermanentError(
+            f"receiver answered {status}; redirects other than 307/308 are not followed"
+        )
     return {"status_code": status, "elapsed_ms": round(response.elapsed.total_seconds() * 1000, 1)}
+
+
+def post_guarded(
+    client: httpx.Client,
+    guard: NetGuard,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    max_redirects: int,
+) -> httpx.Response:
+    """POST to `url` through `guard`: every hop's address is resolved and checked, and the
+    connection goes to that checked address, so neither a redirect nor a DNS answer that
+    changes after the check can reach a refused address.
+    """
+    target = httpx.URL(url)
+    for _ in range(max_redirects + 1):
+        guard.check_scheme(target.scheme)
+        host = target.host
+        port = target.port or (443 if target.scheme == "https" else 80)
+        address = guard.resolve(host, port)[0]
+        pinned = target.copy_with(host=str(address))
+        request_headers = {**headers, "Host": target.netloc.decode("ascii")}
+        extensions = {"sni_hostname": host} if target.scheme == "https" else {}
+        response = client.post(pinned, content=body, headers=request_headers, extensions=extensions)
+        location = response.headers.get("location")
+        if response.status_code not in FOLLOWED_REDIRECTS or not location:
+            return response
+        target = target.join(location)
+    raise PermanentError(f"more than {max_redirects} redirects")

@@ -132,7 +132,8 @@ class ApiMetrics:
         )
         self.submissions = Counter(
             "conveyor_api_submissions",
-            "Job submissions by outcome: accepted, duplicate, conflict, rejected, broker_error.",
+            "Job submissions by outcome: accepted, duplicate, conflict, rejected, rate_limited, "
+            "queue_full, broker_error.",
             ("outcome",),
             registry=registry,
         )

@@ -31,6 +31,7 @@ from conveyor.core.messages import (
     build_message,
 )
 from conveyor.core.queues import Queue
+from conveyor.core.sanitize import Sanitizer
 from conveyor.core.settings import Settings
 from conveyor.core.store import JobStore
 from conveyor.core.submit import prepare
@@ -53,6 +54,7 @@ class JobRunner:
         self.store = store
         self.catalog = catalog
         self.settings = settings
+        self.sanitizer = Sanitizer.for_settings(settings)
 
     def run(self, spec: TaskSpec, request: Any, kwargs: Mapping[str, Any]) -> None:
         """Run the job behind `request` unless it was cancelled, finished or is poison."""
@@ -120,7 +122,7 @@ class JobRunner:
         job_id, queue = attempt.job_id, attempt.queue
         retries_done = int(request.retries or 0)
         max_retries = int(getattr(request, MAX_RETRIES_HEADER, spec.retry.max_retries))
-        error, kind = _error(exc), _error_type(exc)
+        error, kind = self._error(exc), _error_type(exc)
         if not spec.retry.is_retryable(exc):
             self._finish(attempt, JobState.FAILED, {"error": error}, exception=kind)
             return
@@ -145,10 +147,17 @@ class JobRunner:
         log.info("job %s retry %d in %.1fs: %s", job_id, retries_done + 1, due_at - now, exc)
         attempt.finished("retried", exception=kind)
 
+    def _error(self, exc: BaseException) -> str:
+        """The error field clients read: type and sanitized message, never a traceback."""
+        message = self.sanitizer.text(str(exc))
+        return JobError(type=_error_type(exc), message=message).model_dump_json()
+
     def fail_timed_out(self, job_id: str, task: str, queue: Queue, exc: BaseException) -> None:
         """Mark a job failed by its hard time limit (from the main process: the child is gone)."""
         attempt = _Attempt(job_id, task, queue, started_at=None)
-        self._finish(attempt, JobState.FAILED, {"error": _error(exc)}, exception=_error_type(exc))
+        self._finish(
+            attempt, JobState.FAILED, {"error": self._error(exc)}, exception=_error_type(exc)
+        )
 
     def _finish(
         self,
@@ -329,7 +338,3 @@ class _ProgressWriter:
 
 def _error_type(exc: BaseException) -> str:
     return "TimeLimitExceeded" if isinstance(exc, SoftTimeLimitExceeded) else type(exc).__name__
-
-
-def _error(exc: BaseException) -> str:
-    return JobError(type=_error_type(exc), message=str(exc)[:2000]).model_dump_json()

@@ -22,3 +22,41 @@ local function move_state_index(prefix, id, old_state, new_state)
   redis.call('ZREM', state_index(prefix, old_state), id)
   redis.call('ZADD', state_index(prefix, new_state), score, id)
 end
+
+-- Idempotency keys are per tenant: two tenants may use the same key without meeting.
+local function idem_key(prefix, tenant, idem)
+  return prefix .. ':idem:' .. tenant .. ':' .. idem
+end
+
+-- Redis' own clock in ms, so every API replica's buckets agree on the time.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A token bucket refilled at `rate` tokens per second up to `burst`; takes one token if there
+-- is one. Returns taken (1/0), whole tokens left, and ms until the next token.
+-- A rate of 0 means no limit.
+local function take_token(bucket, rate, burst)
+  if rate <= 0 then
+    return 1, burst, 0
+  end
+  local now = now_ms()
+  local saved = redis.call('HMGET', bucket, 'tokens', 'at')
+  local tokens = tonumber(saved[1]) or burst
+  local at = tonumber(saved[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+  local taken = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+    taken = 1
+  end
+  redis.call('HSET', bucket, 'tokens', tostring(tokens), 'at', tostring(now))
+  -- A full bucket is the same as no bucket: let idle tenants' keys go.
+  redis.call('PEXPIRE', bucket, math.ceil(burst * 1000 / rate) + 1000)
+  local wait = 0
+  if tokens < 1 then
+    wait = math.ceil((1 - tokens) * 1000 / rate)
+  end
+  return taken, math.floor(tokens), wait
+end

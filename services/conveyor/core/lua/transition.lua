@@ -41,9 +41,9 @@ end
 if expire > 0 then
   redis.call('EXPIRE', key, expire)
   -- The idempotency key lives as long as its job: from acceptance until the record expires.
-  local idem = redis.call('HGET', key, 'idempotency_key')
-  if idem and idem ~= '' then
-    redis.call('EXPIRE', prefix .. ':idem:' .. idem, expire)
+  local idem = redis.call('HMGET', key, 'idempotency_key', 'tenant')
+  if idem[1] and idem[1] ~= '' then
+    redis.call('EXPIRE', idem_key(prefix, idem[2] or '', idem[1]), expire)
   end
 end
 return {1, state, attempts}

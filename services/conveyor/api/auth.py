@@ -1,0 +1,207 @@
+"""Authentication, scopes and per-tenant rate limits of API requests.
+
+Keys come from the keys file (re-read when it changes, so keys rotate without a restart) or an
+inline document. A presented key is hashed and looked up; the key itself is never logged nor
+echoed. Rate limits are token buckets in Redis shared by every API replica: submissions take
+their token inside accept.lua, other requests through `rate_limited` below.
+"""
+
+import asyncio
+import logging
+import math
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request, Response, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from conveyor.api.problems import ProblemError
+from conveyor.core.apikeys import (
+    DEVELOPMENT_PRINCIPAL,
+    KeyRing,
+    KeysDocument,
+    Principal,
+    Scope,
+    TenantLimits,
+    parse_keys,
+)
+from conveyor.core.settings import AuthSettings, Settings
+
+log = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="An API key, as an alternative header."
+)
+
+
+class MissingKeysError(RuntimeError):
+    """Authentication is on but no keys are configured."""
+
+
+class KeySource:
+    """The current key ring; `refresh` re-reads the keys file when it has changed."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self.settings = settings
+        self._stamp: tuple[int, int, int] | None = None
+        if settings.disabled:
+            self.ring = KeyRing(KeysDocument())
+        elif settings.keys_file is not None:
+            self.ring = KeyRing(parse_keys(settings.keys_file.read_text()))
+            self._stamp = _stamp(settings.keys_file)
+        elif settings.keys is not None:
+            self.ring = KeyRing(parse_keys(settings.keys.get_secret_value()))
+        else:
+            raise MissingKeysError(
+                "API keys are required: set CONVEYOR_AUTH__KEYS_FILE or CONVEYOR_AUTH__KEYS "
+                "(or CONVEYOR_AUTH__DISABLED=true for local development only)"
+            )
+
+    def refresh(self) -> bool:
+        """Reload the keys file if it changed; a broken file keeps the previous keys."""
+        path = self.settings.keys_file
+        if path is None:
+            return False
+        try:
+            stamp = _stamp(path)
+            if stamp == self._stamp:
+                return False
+            ring = KeyRing(parse_keys(path.read_text()))
+        except (OSError, ValueError) as exc:
+            # The message names the file and the fault, never a key: a ValidationError shows
+            # field values, but the file holds only hashes.
+            log.error("keys file %s not reloaded, keeping the previous keys: %s", path, exc)
+            return False
+        self.ring, self._stamp = ring, stamp
+        log.info("keys file %s reloaded: %d keys", path, len(ring))
+        return True
+
+    async def watch(self) -> None:
+        """Refresh every `reload_interval_seconds` until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_seconds)
+            self.refresh()
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    # A Kubernetes Secret volume swaps a symlink: stat follows it, so the inode changes.
+    info = os.stat(path)
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError(
+        401,
+        "Unauthorized",
+        detail,
+        slug="unauthorized",
+        headers={"WWW-Authenticate": 'Bearer realm="conveyor"'},
+    )
+
+
+async def authenticate(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    api_key: Annotated[str | None, Security(_api_key_header)],
+) -> Principal:
+    """The caller's principal from `Authorization: Bearer` or `X-API-Key`; 401 otherwise."""
+    source: KeySource = request.app.state.keys
+    if source.settings.disabled:
+        return DEVELOPMENT_PRINCIPAL
+    presented = bearer.credentials if bearer is not None else api_key
+    if not presented:
+        raise _unauthorized("Send an API key as `Authorization: Bearer <key>` or `X-API-Key`.")
+    principal = source.ring.authenticate(presented)
+    if principal is None:
+        raise _unauthorized("The API key is not valid.")
+    request.state.principal = principal
+    return principal
+
+
+def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """Dependency: the caller, who must hold `scope` (or `admin`); 403 otherwise."""
+
+    async def dependency(
+        principal: Annotated[Principal, Depends(authenticate)],
+    ) -> Principal:
+        if not principal.can(scope):
+            raise ProblemError(
+                403,
+                "Forbidden",
+                f"This operation needs the {scope!s} scope.",
+                slug="forbidden",
+            )
+        return principal
+
+    return dependency
+
+
+def tenant_limits(request: Request, tenant: str) -> TenantLimits:
+    """The tenant's own rate limit, or the deployment's."""
+    source: KeySource = request.app.state.keys
+    own = source.ring.tenants.get(tenant)
+    if own is not None:
+        return own
+    settings: Settings = request.app.state.settings
+    return TenantLimits(
+        rate_per_second=settings.limits.rate_per_second, burst=settings.limits.burst
+    )
+
+
+def rate_limit_headers(limits: TenantLimits, left: int) -> dict[str, str]:
+    """RateLimit-* headers (IETF draft): the bucket's size, what is left, seconds to refill."""
+    if limits.rate_per_second <= 0:
+        return {}
+    refill = math.ceil(max(0, limits.burst - left) / limits.rate_per_second)
+    window = math.ceil(limits.burst / limits.rate_per_second)
+    return {
+        "RateLimit-Limit": str(limits.burst),
+        "RateLimit-Remaining": str(max(0, left)),
+        "RateLimit-Reset": str(refill),
+        "RateLimit-Policy": f"{limits.burst};w={window}",
+    }
+
+
+def too_many_requests(limits: TenantLimits, wait_ms: int) -> ProblemError:
+    """The 429 for a tenant out of tokens."""
+    retry_after = max(1, math.ceil(wait_ms / 1000))
+    headers = {**rate_limit_headers(limits, 0), "Retry-After": str(retry_after)}
+    headers["RateLimit-Reset"] = str(retry_after)
+    return ProblemError(
+        429,
+        "Too many requests",
+        f"This tenant's rate limit is {limits.rate_per_second:g} requests per second "
+        f"(bursts of {limits.burst}); retry after {retry_after} s.",
+        slug="rate-limited",
+        headers=headers,
+    )
+
+
+def rate_limited(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """Dependency: `require(scope)`, then one token from the tenant's bucket (429 when empty)."""
+
+    async def dependency(
+        request: Request,
+        response: Response,
+        principal: Annotated[Principal, Depends(require(scope))],
+    ) -> Principal:
+        limits = tenant_limits(request, principal.tenant)
+        if limits.rate_per_second > 0:
+            store = request.app.state.conveyor.store
+            taken, left, wait_ms = await store.take_token(
+                principal.tenant, limits.rate_per_second, limits.burst
+            )
+            if not taken:
+                raise too_many_requests(limits, wait_ms)
+            response.headers.update(rate_limit_headers(limits, left))
+        return principal
+
+    return dependency
+
+
+Reader = Annotated[Principal, Depends(rate_limited(Scope.JOBS_READ))]
+Writer = Annotated[Principal, Depends(rate_limited(Scope.JOBS_WRITE))]
+Admin = Annotated[Principal, Depends(rate_limited(Scope.ADMIN))]
