@@ -19,7 +19,11 @@ from tests.support.receiver import receiver
 
 def context(timeout: float = 5.0) -> JobContext:
     settings = Settings(
-        webhook={"signing_secret": "s3cret", "timeout_seconds": timeout},  # type: ignore[arg-type]
+        webhook={  # type: ignore[arg-type]
+            "signing_secret": "s3cret",
+            "timeout_seconds": timeout,
+            "allowed_networks": ["127.0.0.0/8"],
+        },
     )
     return JobContext(
         job_id="job-1", task="webhook.deliver", queue=Queue.DEFAULT, attempt=2,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from conveyor.core.apikeys import Scope
 from conveyor.core.durability import UnsafeRedisError, check_durability
 from conveyor.core.logs import configure_logging
 from conveyor.core.queues import Queue
@@ -42,9 +43,15 @@ def _multiprocess_metrics(settings: Settings, role: str) -> None:
 @app.command()
 def api() -> None:
     """Serve the HTTP API (gunicorn with uvicorn workers)."""
+    from conveyor.api.auth import KeySource, MissingKeysError
     from conveyor.api.server import ApiServer
 
     settings = Settings()
+    try:
+        KeySource(settings.auth)  # the same check every API process makes, once, up front
+    except (MissingKeysError, OSError, ValueError) as exc:
+        typer.echo(f"refusing to start: {exc}", err=True)
+        raise typer.Exit(78) from exc  # EX_CONFIG
     _startup(settings)
     _multiprocess_metrics(settings, "api")
     ApiServer(settings).run()
@@ -145,6 +152,52 @@ def dev(
         raise typer.BadParameter("everysec or always", param_hint="--appendfsync")
     settings = Settings()
     raise typer.Exit(run_dev(settings, data_dir=data_dir, api_port=port, appendfsync=appendfsync))
+
+
+keys_app = typer.Typer(help="API keys: create them, hash them.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key acts for.")],
+    scope: Annotated[
+        list[Scope], typer.Option("--scope", "-s", help="jobs:read, jobs:write or admin.")
+    ],
+    key_id: Annotated[
+        str | None, typer.Option("--id", help="Name in logs (default: tenant and date).")
+    ] = None,
+) -> None:
+    """Print a new random key (shown once) and the entry to add to the keys file."""
+    import datetime
+    import re
+
+    import yaml
+
+    from conveyor.core.apikeys import TENANT_PATTERN, KeyEntry, generate_key, hash_key
+
+    if not re.match(TENANT_PATTERN, tenant):
+        raise typer.BadParameter(f"{tenant!r} is not {TENANT_PATTERN}", param_hint="--tenant")
+    key = generate_key()
+    entry = KeyEntry(
+        id=key_id or f"{tenant}-{datetime.datetime.now(datetime.UTC):%Y%m%d%H%M%S}",
+        tenant=tenant,
+        scopes=frozenset(scope),
+        sha256=hash_key(key),
+    )
+    document = {**entry.model_dump(mode="json"), "scopes": sorted(s.value for s in scope)}
+    typer.echo(f"key (store it now; it is not kept anywhere): {key}", err=True)
+    typer.echo(yaml.safe_dump([document], sort_keys=False), nl=False)
+
+
+@keys_app.command("hash")
+def keys_hash() -> None:
+    """Print the sha256 of a key read from standard input (to list an existing key)."""
+    import sys
+
+    from conveyor.core.apikeys import hash_key
+
+    typer.echo(hash_key(sys.stdin.readline().strip()))
 
 
 def main() -> None:

@@ -376,3 +376,47 @@ def test_every_container_environment_loads_into_settings(
         assert settings.jobs.dead_letter_retention_seconds == 1209600
         assert settings.redis_password is not None
         assert settings.redis_dsn().startswith(("redis://:", "rediss://:"))
+
+
+def _render_values(values: dict) -> list[dict]:
+    chart = helm_python.Chart.load(str(CHART))
+    out = chart.render(values, name="conveyor", namespace="jobs")
+    return [d for p, t in out.items() if p.endswith(".yaml") for d in yaml.safe_load_all(t) if d]
+
+
+def test_the_chart_refuses_disabled_auth_outside_development() -> None:
+    with pytest.raises(Exception, match="allowed only with environment=development"):
+        _render_values({"config": {"auth": {"disabled": True}}})
+    docs = _render_values({"environment": "development", "config": {"auth": {"disabled": True}}})
+    api = next(
+        d for d in of_kind(tuple(docs), "Deployment") if d["metadata"]["name"].endswith("-api")
+    )
+    env = {
+        e["name"]: e.get("value") for e in api["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["CONVEYOR_AUTH__DISABLED"] == "true"
+    assert "CONVEYOR_AUTH__KEYS_FILE" not in env
+
+
+def test_api_keys_are_a_mounted_secret_file_that_loads() -> None:
+    docs = render("full")
+    api = next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-api"))
+    pod = api["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["CONVEYOR_AUTH__KEYS_FILE"] == "/etc/conveyor/keys/keys.yaml"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "api-keys")
+    assert mount["mountPath"] == "/etc/conveyor/keys"
+    assert "subPath" not in mount  # a subPath mount never sees Secret updates
+    secret_name = next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"]
+    secret = next(d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == secret_name)
+    from conveyor.core.apikeys import KeyRing, parse_keys
+    from tests.support.auth import ADMIN_KEY, TEAM_A_KEY
+
+    ring = KeyRing(parse_keys(secret["stringData"]["keys.yaml"]))
+    assert ring.authenticate(ADMIN_KEY).tenant == "ops"  # type: ignore[union-attr]
+    assert ring.authenticate(TEAM_A_KEY).tenant == "team-a"  # type: ignore[union-attr]
+    assert ring.tenants["team-a"].burst == 100
+    # The pods do not roll on a key change: the API re-reads the file.
+    assert secret_name not in json.dumps(api["spec"]["template"]["metadata"]["annotations"])
+    test_pod = next(d for d in of_kind(docs, "Pod") if "test-submit" in d["metadata"]["name"])
+    assert test_pod["spec"]["volumes"][0]["secret"]["secretName"] == "conveyor-helm-test-key"

@@ -24,6 +24,40 @@ FREE_FORM = {
         "type": "array",
         "items": {"type": "object", "required": ["name", "task"]},
     },
+    "config.webhook.allowedNetworks": {
+        "type": "array",
+        "items": {"type": "string", "minLength": 3},
+    },
+    "config.auth.keys": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["id", "tenant", "scopes", "sha256"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "minLength": 1},
+                "tenant": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+                "scopes": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"enum": ["jobs:read", "jobs:write", "admin"]},
+                },
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+        },
+    },
+    "config.auth.tenants": {
+        "type": "object",
+        "additionalProperties": {
+            "type": "object",
+            "required": ["rate_per_second", "burst"],
+            "additionalProperties": False,
+            "properties": {
+                "rate_per_second": {"type": "number", "minimum": 0},
+                "burst": {"type": "integer", "minimum": 1},
+            },
+        },
+    },
     "api.ingress.annotations": {"type": "object", "additionalProperties": {"type": "string"}},
     "monitoring.labels": {"type": "object", "additionalProperties": {"type": "string"}},
     "networkPolicy.apiFrom": {"type": "array", "items": {"type": "object"}},

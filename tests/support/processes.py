@@ -162,6 +162,8 @@ def service_env(redis_url: str, **overrides: str) -> dict[str, str]:
             "CONVEYOR_API__WORKERS": "1",
             "CONVEYOR_AUTH__KEYS_FILE": str(KEYS_FILE),
             "CONVEYOR_AUTH__RELOAD_INTERVAL_SECONDS": "0.2",
+            # Load tests submit thousands of jobs at once; the limit tests set their own.
+            "CONVEYOR_LIMITS__RATE_PER_SECOND": "0",
             # Test receivers listen on loopback; the SSRF tests start services without this.
             "CONVEYOR_WEBHOOK__ALLOWED_NETWORKS": '["127.0.0.0/8"]',
             # Many workers and beats share this host: no fixed metrics ports unless a test

@@ -93,3 +93,15 @@ def kill_worker(ctx: JobContext, args: KillArgs) -> dict[str, int]:
         return {"attempt": ctx.attempt}
     finally:
         client.close()
+
+
+class LeakArgs(BaseModel):
+    """Arguments of `tests.leak`."""
+
+    message: str
+
+
+@task(name="tests.leak", queue=Queue.HIGH, args=LeakArgs)
+def leak(ctx: JobContext, args: LeakArgs) -> None:
+    """Fails with `message`, which may hold secrets, as a careless library's error would."""
+    raise RuntimeError(args.message)

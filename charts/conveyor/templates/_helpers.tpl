@@ -181,3 +181,9 @@ checkov.io/skip3: "CKV_K8S_15=IfNotPresent with immutable tags or digests; image
 checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ctx | sha256sum }}
 checksum/secrets: {{ include (print $ctx.Template.BasePath "/secrets.yaml") $ctx | sha256sum }}
 {{- end -}}
+
+{{/* The Secret holding the API keys file: the user's, or the chart's own. */}}
+{{- define "conveyor.apiKeysSecretName" -}}
+{{- $ctx := index . 0 -}}
+{{- default (include "conveyor.componentName" (list $ctx "api-keys")) $ctx.Values.config.auth.existingSecret -}}
+{{- end -}}

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, HttpUrl
 
 from conveyor.core.catalog import JobContext, RetryPolicy, task
 from conveyor.core.errors import PermanentError, RetryableError
-from conveyor.core.netguard import NetGuard, UnsafeUrlError
+from conveyor.core.netguard import IPAddress, NetGuard, UnsafeUrlError
 from conveyor.core.queues import Queue
 from conveyor.core.signing import SIGNATURE_HEADER, sign
 
@@ -89,13 +89,32 @@ def post_guarded(
         guard.check_scheme(target.scheme)
         host = target.host
         port = target.port or (443 if target.scheme == "https" else 80)
-        address = guard.resolve(host, port)[0]
-        pinned = target.copy_with(host=str(address))
         request_headers = {**headers, "Host": target.netloc.decode("ascii")}
         extensions = {"sni_hostname": host} if target.scheme == "https" else {}
-        response = client.post(pinned, content=body, headers=request_headers, extensions=extensions)
+        response = _post_first_reachable(
+            client, target, guard.resolve(host, port), body, request_headers, extensions
+        )
         location = response.headers.get("location")
         if response.status_code not in FOLLOWED_REDIRECTS or not location:
             return response
         target = target.join(location)
     raise PermanentError(f"more than {max_redirects} redirects")
+
+
+def _post_first_reachable(
+    client: httpx.Client,
+    target: httpx.URL,
+    addresses: list[IPAddress],
+    body: bytes,
+    headers: dict[str, str],
+    extensions: dict[str, Any],
+) -> httpx.Response:
+    # Like a browser: try each checked address in turn (say, ::1 then 127.0.0.1).
+    for index, address in enumerate(addresses):
+        pinned = target.copy_with(host=str(address))
+        try:
+            return client.post(pinned, content=body, headers=headers, extensions=extensions)
+        except httpx.ConnectError:
+            if index == len(addresses) - 1:
+                raise
+    raise OSError(f"{target.host} has no address")
