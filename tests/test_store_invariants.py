@@ -1,5 +1,6 @@
 """Job-store invariants found in review, checked against a real Redis."""
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -23,7 +24,8 @@ def store(redis_server: RedisServer, redis_db: int) -> JobStore:
 
 def accept(store: JobStore, **extra: object) -> str:
     catalog = load_catalog([])
-    submission = Submission(task="demo.echo", args={}, queue=catalog["demo.echo"].queue,
+    spec = catalog["demo.echo"]
+    submission = Submission(tenant="t1", task=spec.name, args={}, queue=spec.queue,
                             max_retries=3, **extra)  # type: ignore[arg-type]  # fmt: skip
     job, message = prepare(catalog["demo.echo"], submission, Settings())
     return store.accept(job, message).job_id
@@ -44,10 +46,33 @@ def test_a_stale_copy_of_an_older_generation_is_skipped(store: JobStore) -> None
 
 def test_idempotency_key_lives_until_the_job_ends_then_expires_with_it(store: JobStore) -> None:
     job_id = accept(store, idempotency_key="order-1", delay_seconds=40 * 24 * 3600)
-    assert store.client.ttl("conveyor:idem:order-1") == -1, "must outlive a 40-day delay"
+    assert store.client.ttl("conveyor:idem:t1:order-1") == -1, "must outlive a 40-day delay"
     store.transition(job_id, allowed=(JobState.SCHEDULED,), new_state=JobState.CANCELLED)
-    assert 0 < store.client.ttl("conveyor:idem:order-1") <= 3600
+    assert 0 < store.client.ttl("conveyor:idem:t1:order-1") <= 3600
     assert 0 < store.client.ttl(f"conveyor:job:{job_id}") <= 3600
+    assert 0 < store.client.ttl(f"conveyor:events:{job_id}") <= 3600  # the event stream too
+
+
+def test_replaying_a_dead_letter_keeps_its_tenants_idempotency_key(
+    redis_server: RedisServer, redis_db: int, store: JobStore
+) -> None:
+    job_id = accept(store, idempotency_key="order-2")
+    store.start(job_id, time.time(), 3)
+    store.transition(job_id, allowed=(JobState.RUNNING,), new_state=JobState.FAILED,
+                     delayed=("dead", time.time(), b'{"headers": {}}'))  # fmt: skip
+    assert store.client.ttl("conveyor:idem:t1:order-2") > 0
+    client = redis.asyncio.Redis(port=redis_server.port, db=redis_db, decode_responses=True)
+
+    async def replay() -> int:
+        try:
+            return await AsyncJobStore(client, "conveyor", 3600).replay_dead_letters([job_id])
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(replay()) == 1
+    assert store.client.ttl("conveyor:idem:t1:order-2") == -1, "a live job keeps its key"
+    states = [e[1]["state"] for e in store.client.xrange(f"conveyor:events:{job_id}")]
+    assert states == ["running", "failed", "queued"]
 
 
 async def test_purging_a_job_that_is_not_a_dead_letter_changes_nothing(

@@ -200,6 +200,16 @@ def keys_hash() -> None:
     typer.echo(hash_key(sys.stdin.readline().strip()))
 
 
+def _client_commands() -> None:
+    from conveyor.client.cli import jobs_app, tasks
+
+    app.add_typer(jobs_app, name="jobs")
+    app.command("tasks")(tasks)
+
+
+_client_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -209,6 +209,8 @@ def run_dev(
         # Local development only: the chart refuses this setting in production.
         env["CONVEYOR_AUTH__DISABLED"] = "true"
         supervisor.say("authentication is OFF (no CONVEYOR_AUTH__KEYS_FILE): local use only")
+    if "send_task_events" not in settings.worker.model_fields_set:
+        env["CONVEYOR_WORKER__SEND_TASK_EVENTS"] = "true"  # so Flower can be attached
     if "allowed_networks" not in settings.webhook.model_fields_set:
         # Webhooks to receivers on this machine are the normal case when developing.
         env["CONVEYOR_WEBHOOK__ALLOWED_NETWORKS"] = '["127.0.0.0/8", "::1/128"]'

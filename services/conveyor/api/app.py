@@ -12,6 +12,7 @@ from conveyor import __version__
 from conveyor.api import problems
 from conveyor.api.auth import KeySource
 from conveyor.api.dead_letters import dead_letters_router
+from conveyor.api.events import BLOCK_SECONDS, events_router
 from conveyor.api.jobs import jobs_router
 from conveyor.api.limits import RequestSizeLimitMiddleware
 from conveyor.api.meta import meta_router
@@ -19,7 +20,7 @@ from conveyor.api.metrics import MetricsMiddleware, metrics_router
 from conveyor.api.schemas import submission_model
 from conveyor.api.state import ApiState
 from conveyor.core.catalog import TaskCatalog, load_catalog
-from conveyor.core.redis import async_client
+from conveyor.core.redis import async_client, stream_client
 from conveyor.core.settings import Settings
 from conveyor.core.store import AsyncJobStore
 from conveyor.telemetry.metrics import ApiMetrics
@@ -44,14 +45,16 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(settings)
+        streams = stream_client(settings, BLOCK_SECONDS)
         store = AsyncJobStore(client, settings.key_prefix, settings.jobs.retention_seconds)
-        app.state.conveyor = ApiState(settings, catalog, client, store)
+        app.state.conveyor = ApiState(settings, catalog, client, store, streams)
         watcher = asyncio.create_task(keys.watch(), name="conveyor-keys-watch")
         try:
             yield
         finally:
             watcher.cancel()
             await client.aclose()
+            await streams.aclose()
             if tracing is not None:
                 tracing.shutdown()
 
@@ -73,6 +76,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     problems.install(app, list(catalog))
     body = submission_model(catalog, settings.jobs.max_delay_seconds)
     app.include_router(jobs_router(catalog, body))
+    app.include_router(events_router())
     app.include_router(dead_letters_router())
     app.include_router(meta_router())
     app.include_router(metrics_router(registry))

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import redis.asyncio
 from fastapi import Request
+from redis.asyncio import Redis as AsyncRedis
 
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.settings import Settings
@@ -18,6 +19,7 @@ class ApiState:
     catalog: TaskCatalog
     redis: "redis.asyncio.Redis"
     store: AsyncJobStore
+    streams: AsyncRedis  # blocking reads of job events, on connections of their own
 
 
 def api_state(request: Request) -> ApiState:

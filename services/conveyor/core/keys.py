@@ -17,6 +17,10 @@ class Keys:
         """String mapping a tenant's idempotency key to the job id and request hash."""
         return f"{self.prefix}:idem:{tenant}:{key}"
 
+    def events(self, job_id: str) -> str:
+        """Stream of a job's state and progress changes (ids are the SSE event ids)."""
+        return f"{self.prefix}:events:{job_id}"
+
     def index_tenant(self, tenant: str) -> str:
         """Jobs of one tenant."""
         return f"{self.prefix}:index:tenant:{tenant}"

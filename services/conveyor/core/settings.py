@@ -19,6 +19,12 @@ class ApiSettings(BaseModel):
     timeout_seconds: int = Field(30, ge=1, description="Kill a worker silent for this long.")
     graceful_timeout_seconds: int = Field(20, ge=1, description="Time to finish requests on stop.")
     keepalive_seconds: int = Field(5, ge=1, description="HTTP keep-alive timeout.")
+    events_max_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Longest a job-event stream stays open; the client then reconnects with "
+        "Last-Event-ID and loses nothing.",
+    )
 
 
 class WorkerSettings(BaseModel):
@@ -60,6 +66,11 @@ class WorkerSettings(BaseModel):
     )
     delayed_poll_seconds: float = Field(
         1.0, gt=0, description="How often the worker moves due delayed jobs onto their queue."
+    )
+    send_task_events: bool = Field(
+        False,
+        description="Emit Celery task events (received, started, succeeded, ...) so Flower "
+        "attached to the same Redis shows the tiers' tasks. Costs a Redis PUBLISH per event.",
     )
 
 

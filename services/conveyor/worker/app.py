@@ -63,7 +63,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_queues": [KombuQueue(str(q), routing_key=str(q)) for q in Queue],
         "task_default_queue": str(Queue.DEFAULT),
         "task_create_missing_queues": False,
-        "worker_send_task_events": False,
+        # Celery task events, for Flower; Conveyor's own job events need none of them.
+        "worker_send_task_events": settings.worker.send_task_events,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
         "timezone": "UTC",

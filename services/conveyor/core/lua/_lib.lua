@@ -60,3 +60,17 @@ local function take_token(bucket, rate, burst)
   end
   return taken, math.floor(tokens), wait
 end
+
+-- Each job's changes (state, progress) as a Redis stream, read by GET /v1/jobs/{id}/events.
+-- Its entries' ids are the SSE event ids, so a client resumes with Last-Event-ID. It lives as
+-- long as the job record: no expiry until the job finishes, then the same retention.
+local function events_key(prefix, id)
+  return prefix .. ':events:' .. id
+end
+
+-- `kind` is 'state' for a change of state, 'progress' for a progress report.
+local function emit(prefix, id, state, kind)
+  local record = redis.call('HMGET', job_key(prefix, id), 'progress', 'attempts')
+  redis.call('XADD', events_key(prefix, id), 'MAXLEN', '~', 1000, '*', 'kind', kind,
+             'state', state, 'progress', record[1] or '', 'attempts', record[2] or '0')
+end

@@ -21,6 +21,7 @@ for _, id in ipairs(due) do
     if state == 'scheduled' then
       redis.call('HSET', job_key(prefix, id), 'state', 'queued')
       move_state_index(prefix, id, state, 'queued')
+      emit(prefix, id, 'queued', 'state')
     end
   end
 end

@@ -11,6 +11,7 @@ for i = 3, #ARGV do
     purged = purged + 1
     redis.call('HDEL', prefix .. ':dead:messages', id)
     redis.call('EXPIRE', job_key(prefix, id), retention)
+    redis.call('EXPIRE', events_key(prefix, id), retention)
     local idem = redis.call('HMGET', job_key(prefix, id), 'idempotency_key', 'tenant')
     if idem[1] and idem[1] ~= '' then
       redis.call('EXPIRE', idem_key(prefix, idem[2] or '', idem[1]), retention)

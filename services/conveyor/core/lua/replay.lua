@@ -9,7 +9,7 @@ for i = 2, #ARGV do
   local id = ARGV[i]
   local message = redis.call('HGET', messages, id)
   local key = job_key(prefix, id)
-  local record = redis.call('HMGET', key, 'state', 'queue', 'idempotency_key')
+  local record = redis.call('HMGET', key, 'state', 'queue', 'idempotency_key', 'tenant')
   redis.call('ZREM', dead, id)
   redis.call('HDEL', messages, id)
   if message and record[1] == 'failed' then
@@ -23,13 +23,15 @@ for i = 2, #ARGV do
     redis.call('HSET', key, 'state', 'queued', 'deaths', '0', 'finished_at', '', 'progress', '',
                'error', '', 'dead_lettered_at', '')
     redis.call('PERSIST', key)
+    local tenant = record[4] or ''
     if record[3] and record[3] ~= '' then
-      redis.call('PERSIST', prefix .. ':idem:' .. record[3])
+      redis.call('PERSIST', idem_key(prefix, tenant, record[3]))
     end
     -- This run's completion callback is a new delivery, not a replay of the last one.
-    redis.call('DEL', prefix .. ':idem:callback:' .. id)
+    redis.call('DEL', idem_key(prefix, tenant, 'callback:' .. id))
     move_state_index(prefix, id, record[1], 'queued')
     redis.call('LPUSH', record[2], message)
+    emit(prefix, id, 'queued', 'state')
     replayed = replayed + 1
   end
 end

@@ -31,4 +31,5 @@ end
 redis.call('HSET', key, 'state', 'running', 'started_at', now, 'progress', '', 'finished_at', '')
 attempts = redis.call('HINCRBY', key, 'attempts', 1)
 move_state_index(prefix, id, state, 'running')
+emit(prefix, id, 'running', 'state')
 return {'run', state, attempts, deaths}

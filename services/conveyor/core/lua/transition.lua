@@ -27,6 +27,7 @@ if count_attempt == '1' then
   attempts = redis.call('HINCRBY', key, 'attempts', 1)
 end
 move_state_index(prefix, id, state, new_state)
+emit(prefix, id, new_state, state == new_state and 'progress' or 'state')
 
 if delayed_op == 'add' then
   redis.call('ZADD', prefix .. ':delayed', ARGV[8], id)
@@ -40,6 +41,7 @@ elseif delayed_op == 'dead' then
 end
 if expire > 0 then
   redis.call('EXPIRE', key, expire)
+  redis.call('EXPIRE', events_key(prefix, id), expire)
   -- The idempotency key lives as long as its job: from acceptance until the record expires.
   local idem = redis.call('HMGET', key, 'idempotency_key', 'tenant')
   if idem[1] and idem[1] ~= '' then

@@ -1,0 +1,137 @@
+"""GET /v1/jobs/{id}/events: a job's state and progress changes as Server-Sent Events.
+
+The workers' scripts append every change to a Redis stream per job (`emit` in _lib.lua); the
+stream entry ids are the event ids, so a client that reconnects with `Last-Event-ID` gets
+exactly the events it missed. Events:
+
+- `job`: the whole job resource. First on a fresh connection (a snapshot), and last, when the
+  job reaches a terminal state (with its result or error); the stream then ends.
+- `state`: `{state, attempts, progress}` when the state changes.
+- `progress`: the same shape, when only the progress changed.
+"""
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+import redis.asyncio
+from fastapi import APIRouter, Depends, Header
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from conveyor.api.auth import Reader
+from conveyor.api.jobs import PROBLEM_RESPONSES, State, existing_job
+from conveyor.api.state import ApiState
+from conveyor.core.jobs import Job, JobState
+from conveyor.core.store import decode_record
+
+EVENT_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
+# Each blocking read waits at most this long, so a closed stream is noticed within it.
+BLOCK_SECONDS = 5.0
+# The scripts keep about this many events per job (XADD MAXLEN ~ in _lib.lua).
+STREAM_MAXLEN = 1000
+
+
+async def _followed_job(job_id: str, state: State, principal: Reader) -> Job:
+    # A dependency, so an unknown (or another tenant's) job is a 404 before the stream starts.
+    return await existing_job(state, job_id, principal)
+
+
+def events_router() -> APIRouter:
+    """The event-stream route."""
+    router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES)
+
+    @router.get(
+        "/{job_id}/events",
+        response_class=EventSourceResponse,
+        summary="Follow a job's events (SSE)",
+    )
+    async def job_events(
+        job: Annotated[Job, Depends(_followed_job)],
+        state: State,
+        last_event_id: Annotated[
+            str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID_PATTERN)
+        ] = None,
+    ) -> AsyncIterator[ServerSentEvent]:
+        """Stream the job's changes until it reaches a terminal state: first the job itself
+        (`job`), then `state` and `progress` events, then the final `job`. Reconnect with
+        `Last-Event-ID` to resume without losing events. A stream stays open at most
+        `CONVEYOR_API__EVENTS_MAX_SECONDS`; reconnecting then resumes it.
+        """
+        async for event in follow(state, job.id, last_event_id):
+            yield event
+
+    return router
+
+
+async def follow(
+    state: ApiState, job_id: str, last_event_id: str | None
+) -> AsyncIterator[ServerSentEvent]:
+    """The events of `job_id` after `last_event_id` (a snapshot first when there is none, or
+    when the stream no longer holds the events after it).
+    """
+    client: redis.asyncio.Redis = state.streams
+    key = state.store.keys.events(job_id)
+    deadline = time.monotonic() + state.settings.api.events_max_seconds
+    cursor = last_event_id
+    if cursor is None or await _lost_events(client, key, cursor):
+        job, cursor = await _snapshot(state, key, job_id)
+        if job is None:
+            return
+        yield ServerSentEvent(event="job", id=cursor, data=job.model_dump(mode="json"))
+        if job.state.is_terminal:
+            return
+    while time.monotonic() < deadline:
+        block_ms = int(min(BLOCK_SECONDS, max(0.01, deadline - time.monotonic())) * 1000)
+        reply: Any = await client.xread({key: cursor}, block=block_ms, count=100)
+        if not reply:
+            if not await client.exists(state.store.keys.job(job_id)):
+                return  # expired or purged while we waited
+            continue
+        for entry_id, fields in reply[0][1]:
+            cursor = entry_id
+            entry_state = JobState(fields["state"])
+            if entry_state.is_terminal:
+                final = await state.store.get(job_id)
+                if final is not None:
+                    yield ServerSentEvent(
+                        event="job", id=entry_id, data=final.model_dump(mode="json")
+                    )
+                return
+            kind = "progress" if fields.get("kind") == "progress" else "state"
+            yield ServerSentEvent(event=kind, id=entry_id, data=_change(fields))
+
+
+def _change(fields: dict[str, str]) -> dict[str, Any]:
+    progress = fields.get("progress")
+    return {
+        "state": fields["state"],
+        "attempts": int(fields.get("attempts") or 0),
+        "progress": orjson.loads(progress) if progress else None,
+    }
+
+
+async def _snapshot(state: ApiState, key: str, job_id: str) -> tuple[Job | None, str]:
+    # One MULTI: the record and the stream's last id agree, so no change falls between them.
+    async with state.streams.pipeline(transaction=True) as pipe:
+        pipe.hgetall(state.store.keys.job(job_id))
+        pipe.xrevrange(key, count=1)
+        record, last = await pipe.execute()
+    return decode_record(record), (last[0][0] if last else "0-0")
+
+
+async def _lost_events(client: redis.asyncio.Redis, key: str, last_event_id: str) -> bool:
+    """Whether events after `last_event_id` may have been trimmed from the stream, so that a
+    snapshot must come first (a needless snapshot is harmless; a silent gap is not).
+    """
+    first: Any = await client.xrange(key, count=1)
+    if not first or _id(first[0][0]) <= _id(last_event_id):
+        return False
+    if last_event_id == "0-0":  # the client saw a snapshot of a job with no events yet
+        return bool(await client.xlen(key) >= STREAM_MAXLEN)
+    return True
+
+
+def _id(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq)

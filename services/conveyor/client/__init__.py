@@ -1,0 +1,52 @@
+"""The Python client of the Conveyor API, sync (`Client`) and asyncio (`AsyncClient`).
+
+from conveyor.client import Client
+
+with Client("https://jobs.example.com", api_key="cvk_...") as conveyor:
+    job = conveyor.submit("demo.sleep", {"seconds": 3}, priority="high")
+    done = conveyor.wait(job.id, timeout=60)
+    print(done.state, done.result)
+"""
+
+from conveyor.client._base import JobEvent
+from conveyor.client.async_client import AsyncClient
+from conveyor.client.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    ConveyorError,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+    TransportError,
+    Unauthorized,
+    ValidationFailed,
+    WaitTimeout,
+)
+from conveyor.client.sync_client import Client
+from conveyor.core.jobs import Job, JobState
+
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "Conflict",
+    "ConveyorError",
+    "Forbidden",
+    "Job",
+    "JobEvent",
+    "JobState",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ServerError",
+    "ServiceUnavailable",
+    "TransportError",
+    "Unauthorized",
+    "ValidationFailed",
+    "WaitTimeout",
+]

@@ -1,0 +1,137 @@
+"""What the sync and async clients share: requests, retry decisions, decoding."""
+
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from conveyor import __version__
+from conveyor.client.errors import WaitTimeout, retry_after
+from conveyor.core.jobs import Job
+
+RETRIED_STATUSES = frozenset({429, 503})
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One Server-Sent Event of a job: `job` (the whole job), `state` or `progress`."""
+
+    id: str
+    event: str
+    data: dict[str, Any]
+
+    @property
+    def state(self) -> str:
+        """The job's state at this event."""
+        state: str = self.data["state"]
+        return state
+
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        """The job's progress at this event ({current, total, message}), if any."""
+        progress: dict[str, Any] | None = self.data.get("progress")
+        return progress
+
+    @property
+    def is_terminal(self) -> bool:
+        """The job finished: this is the last event, and `job()` has its result or error."""
+        return self.event == "job" and self.state in TERMINAL
+
+    def job(self) -> Job:
+        """The job carried by a `job` event."""
+        return Job.model_validate(self.data)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of 429/503 (honouring Retry-After) and of connection failures."""
+
+    max_retries: int = 5
+    backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 30.0
+
+    def delay(self, attempt: int, response: httpx.Response | None) -> float:
+        """Seconds before retry `attempt` (1-based): Retry-After, or backoff with jitter."""
+        if response is not None:
+            hinted = retry_after(response)
+            if hinted is not None:
+                return min(hinted, self.max_backoff_seconds)
+        backoff = min(self.max_backoff_seconds, self.backoff_seconds * 2.0 ** (attempt - 1))
+        return backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter
+
+
+@dataclass(frozen=True)
+class Options:
+    """Connection settings common to both clients."""
+
+    base_url: str
+    api_key: str | None = None
+    timeout: float = 10.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def headers(self) -> dict[str, str]:
+        """Headers of every request."""
+        headers = {"User-Agent": f"conveyor-client/{__version__}", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+
+def submission_body(
+    task: str,
+    args: Mapping[str, Any] | None,
+    *,
+    priority: str | None,
+    idempotency_key: str | None,
+    delay_seconds: float | None,
+    max_retries: int | None,
+    timeout_seconds: int | None,
+    callback_url: str | None,
+) -> dict[str, Any]:
+    """The POST /v1/jobs body. Every submission carries an idempotency key (a random one
+    unless given), so retrying it after a lost response can never create a second job.
+    """
+    body: dict[str, Any] = {
+        "task": task,
+        "args": dict(args or {}),
+        "idempotency_key": idempotency_key or f"client-{uuid.uuid4()}",
+    }
+    optional = {
+        "priority": priority,
+        "delay_seconds": delay_seconds,
+        "max_retries": max_retries,
+        "timeout_seconds": timeout_seconds,
+        "callback_url": callback_url,
+    }
+    body.update({name: value for name, value in optional.items() if value is not None})
+    return body
+
+
+def list_params(
+    state: str | None, task: str | None, queue: str | None, tenant: str | None, limit: int
+) -> dict[str, Any]:
+    """Query parameters of GET /v1/jobs."""
+    params = {"state": state, "task": task, "queue": queue, "tenant": tenant, "limit": limit}
+    return {name: value for name, value in params.items() if value is not None}
+
+
+# The API sends a keep-alive comment every 15 s: a silence this long means a dead connection.
+STREAM_READ_TIMEOUT = 45.0
+
+
+def stream_timeout(timeout: float, deadline: float | None, job_id: str) -> httpx.Timeout:
+    """Timeouts of one event-stream connection: reads end by `deadline` (raising WaitTimeout
+    once it has passed), so waiting honours its timeout even on a quiet job.
+    """
+    read = STREAM_READ_TIMEOUT
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(job_id)
+        read = min(read, left)
+    return httpx.Timeout(timeout, read=read)

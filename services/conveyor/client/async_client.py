@@ -1,0 +1,211 @@
+"""`AsyncClient`: the asyncio Python client of the Conveyor API (same methods as `Client`)."""
+
+import asyncio
+import builtins
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from conveyor.client._base import (
+    RETRIED_STATUSES,
+    JobEvent,
+    Options,
+    RetryPolicy,
+    list_params,
+    stream_timeout,
+    submission_body,
+)
+from conveyor.client.errors import ConveyorError, NotFound, TransportError, WaitTimeout, error_for
+from conveyor.core.jobs import Job
+
+
+class AsyncClient:
+    """Submit, read, list, cancel and wait for jobs.
+
+    Every request is safe to retry (submissions carry an idempotency key), so 429 and 503
+    answers are retried after their Retry-After, and connection failures with backoff, up to
+    `max_retries` times; other errors raise a typed `ApiError`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        max_retries: int = 5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.options = Options(base_url, api_key, timeout, RetryPolicy(max_retries=max_retries))
+        self._http = httpx.AsyncClient(
+            base_url=base_url, headers=self.options.headers(), timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def submit(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        priority: str | None = None,
+        idempotency_key: str | None = None,
+        delay_seconds: float | None = None,
+        max_retries: int | None = None,
+        timeout_seconds: int | None = None,
+        callback_url: str | None = None,
+    ) -> Job:
+        """Submit a job; returns it as accepted (or as it is, for a replayed idempotency key)."""
+        body = submission_body(
+            task,
+            args,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            delay_seconds=delay_seconds,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            callback_url=callback_url,
+        )
+        return Job.model_validate((await self._request("POST", "/v1/jobs", json=body)).json())
+
+    async def get(self, job_id: str) -> Job:
+        """The job now."""
+        return Job.model_validate((await self._request("GET", f"/v1/jobs/{job_id}")).json())
+
+    async def list(
+        self,
+        *,
+        state: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        tenant: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[Job]:
+        """Jobs newest first, fetching page after page as the iteration goes."""
+        params = list_params(state, task, queue, tenant, page_size)
+        while True:
+            page = (await self._request("GET", "/v1/jobs", params=params)).json()
+            for item in page["items"]:
+                yield Job.model_validate(item)
+            if not page.get("next_cursor"):
+                return
+            params = {**params, "cursor": page["next_cursor"]}
+
+    async def cancel(self, job_id: str, *, terminate: bool = False) -> Job:
+        """Cancel a job that has not finished (`terminate` kills a running one at once)."""
+        params = {"terminate": "true"} if terminate else {}
+        response = await self._request("POST", f"/v1/jobs/{job_id}/cancel", params=params)
+        return Job.model_validate(response.json())
+
+    async def tasks(self) -> builtins.list[dict[str, Any]]:
+        """The task catalogue, with each task's argument schema."""
+        tasks: builtins.list[dict[str, Any]] = (await self._request("GET", "/v1/tasks")).json()
+        return tasks
+
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> AsyncIterator[JobEvent]:
+        """The job's events until it finishes: a `job` snapshot, `state` and `progress`
+        changes, and a final `job`. A dropped connection is resumed where it left off.
+        """
+        return self._events(job_id, last_event_id, deadline=None)
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_event: Callable[[JobEvent], Awaitable[None] | None] | None = None,
+        poll_interval: float = 1.0,
+    ) -> Job:
+        """Block until the job finishes; returns it with its result or error.
+
+        Follows the event stream (calling `on_event` for each event) and falls back to
+        polling when the stream is unavailable (a proxy that buffers it, an older server).
+        Raises WaitTimeout after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            async for event in self._events(job_id, None, deadline):
+                if on_event is not None:
+                    outcome = on_event(event)
+                    if outcome is not None:
+                        await outcome
+                if event.is_terminal:
+                    return event.job()
+        except (NotFound, WaitTimeout):
+            raise
+        except ConveyorError:
+            pass  # the stream failed: poll instead
+        while True:
+            job = await self.get(job_id)
+            if job.state.is_terminal:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(job_id)
+            await asyncio.sleep(poll_interval)
+
+    async def _events(
+        self, job_id: str, last_event_id: str | None, deadline: float | None
+    ) -> AsyncIterator[JobEvent]:
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            try:
+                async with aconnect_sse(
+                    self._http,
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    headers=headers,
+                    timeout=stream_timeout(self.options.timeout, deadline, job_id),
+                ) as source:
+                    if source.response.status_code != 200:
+                        await source.response.aread()
+                        raise error_for(source.response)
+                    async for sse in source.aiter_sse():
+                        if not sse.data:
+                            continue  # a keep-alive comment, not an event
+                        event = JobEvent(sse.id, sse.event, sse.json())
+                        last_event_id, failures = event.id, 0
+                        yield event
+                        if event.is_terminal:
+                            return
+                        stream_timeout(self.options.timeout, deadline, job_id)
+            except (httpx.TransportError, SSEError) as exc:
+                stream_timeout(self.options.timeout, deadline, job_id)  # past it: WaitTimeout
+                failures += 1
+                if failures > self.options.retry.max_retries:
+                    raise TransportError(f"event stream of job {job_id}: {exc}") from exc
+                await asyncio.sleep(self.options.retry.delay(failures, None))
+            # The server closes streams after a while: reconnecting resumes them.
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        policy = self.options.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt > policy.max_retries:
+                    raise TransportError(f"{method} {path}: {exc}") from exc
+                await asyncio.sleep(policy.delay(attempt, None))
+                continue
+            if response.status_code in RETRIED_STATUSES and attempt <= policy.max_retries:
+                await asyncio.sleep(policy.delay(attempt, response))
+                continue
+            if response.is_error:
+                raise error_for(response)
+            return response

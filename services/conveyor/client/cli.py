@@ -1,0 +1,318 @@
+"""`conveyor jobs ...` and `conveyor tasks`: the API from a terminal.
+
+The server and key come from `--url`/`--api-key` or CONVEYOR_URL/CONVEYOR_API_KEY. The exit
+code of a command that waits tells the job's fate: 0 succeeded, 1 failed, 3 cancelled,
+4 the wait timed out; 5 is an API or connection error, 2 a usage error.
+"""
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from conveyor.client._base import JobEvent
+from conveyor.client.errors import ApiError, ConveyorError, WaitTimeout
+from conveyor.client.sync_client import Client
+from conveyor.core.jobs import Job, JobState
+from conveyor.core.queues import Queue
+
+EXIT_FAILED, EXIT_CANCELLED, EXIT_TIMEOUT, EXIT_ERROR = 1, 3, 4, 5
+STATE_EXIT = {
+    JobState.SUCCEEDED: 0,
+    JobState.FAILED: EXIT_FAILED,
+    JobState.CANCELLED: EXIT_CANCELLED,
+}
+
+
+class Output(StrEnum):
+    """How results are printed."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+Url = Annotated[
+    str, typer.Option("--url", envvar="CONVEYOR_URL", help="API base URL.", show_default=True)
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="CONVEYOR_API_KEY", help="API key.", show_default=False),
+]
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text, or json for scripts.")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+jobs_app = typer.Typer(help="Submit, follow, list and cancel jobs.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+def _client(url: str, api_key: str | None) -> Client:
+    return Client(url, api_key)
+
+
+def _fail(exc: ConveyorError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(EXIT_ERROR)
+
+
+def _load_args(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        if raw == "@-":
+            text = sys.stdin.read()
+        elif raw.startswith("@"):
+            text = Path(raw[1:]).read_text()
+        else:
+            text = raw
+        value = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--args") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter("the arguments must be a JSON object", param_hint="--args")
+    return value
+
+
+def _print_job(job: Job, output: Output) -> None:
+    if output is Output.JSON:
+        out.print_json(job.model_dump_json())
+        return
+    table = Table.grid(padding=(0, 2))
+    for name, value in (
+        ("id", job.id),
+        ("task", job.task),
+        ("queue", str(job.queue)),
+        ("state", _styled_state(job.state)),
+        ("attempts", str(job.attempts)),
+        ("created", job.created_at.isoformat()),
+        ("finished", job.finished_at.isoformat() if job.finished_at else "-"),
+    ):
+        table.add_row(f"[bold]{name}[/bold]", value)
+    if job.progress is not None:
+        progress = job.progress
+        total = f"/{progress.total:g}" if progress.total is not None else ""
+        table.add_row(
+            "[bold]progress[/bold]", f"{progress.current:g}{total} {progress.message or ''}"
+        )
+    if job.error is not None:
+        table.add_row("[bold]error[/bold]", f"[red]{job.error.type}: {job.error.message}[/red]")
+    out.print(table)
+    if job.result is not None:
+        out.print_json(json.dumps(job.result))
+
+
+def _styled_state(state: JobState) -> str:
+    colour = {JobState.SUCCEEDED: "green", JobState.FAILED: "red", JobState.CANCELLED: "yellow"}
+    return f"[{colour.get(state, 'cyan')}]{state}[/]"
+
+
+def _follow(client: Client, job_id: str, timeout: float | None, output: Output) -> int:
+    """Wait for the job (a live progress bar on a terminal), print it, return the exit code."""
+    show_bar = output is Output.TEXT and err.is_terminal
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not show_bar,
+        transient=True,
+    )
+    bar = progress.add_task("queued", total=None, counts="")
+
+    def on_event(event: JobEvent) -> None:
+        state = event.state
+        current = event.progress or {}
+        message = current.get("message")
+        done, total = current.get("current", 0), current.get("total")
+        progress.update(
+            bar,
+            description=f"{state}{': ' + message if message else ''}",
+            completed=done,
+            total=total,
+            counts=f"{done:g}/{total:g}" if total is not None else "",
+        )
+
+    try:
+        with progress:
+            job = client.wait(job_id, timeout=timeout, on_event=on_event)
+    except WaitTimeout as exc:
+        err.print(f"[yellow]{exc}[/yellow]")
+        return EXIT_TIMEOUT
+    _print_job(job, output)
+    return STATE_EXIT.get(job.state, EXIT_ERROR)
+
+
+@jobs_app.command("submit")
+def submit(
+    task: Annotated[str, typer.Argument(help="Task name (see `conveyor tasks`).")],
+    args: Annotated[
+        str | None,
+        typer.Option("--args", "-a", help="Arguments: a JSON object, @file.json or @- (stdin)."),
+    ] = None,
+    priority: Annotated[Queue | None, typer.Option(help="high, default or low.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Replays return the same job.")
+    ] = None,
+    delay: Annotated[
+        float | None, typer.Option(help="Run no earlier than this many seconds.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Follow the job until it finishes.")
+    ] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this.")] = None,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    output: OutputOption = Output.TEXT,
+) -> None:
+    """Submit a job; with --wait, show its progress and exit with its outcome."""
+    arguments = _load_args(args)
+    with _client(url, api_key) as client:
+        try:
+            job = client.submit(
+                task,
+                arguments,
+                priority=str(priority) if priority else None,
+                idempotency_key=idempotency_key,
+                delay_seconds=delay,
+            )
+            if not wait:
+                _print_job(job, output)
+                return
+            if output is Output.TEXT:
+                err.print(f"submitted [bold]{job.id}[/bold] ({job.task} on {job.queue})")
+            code = _follow(client, job.id, timeout, output)
+        except ConveyorError as exc:
+            raise _fail(exc) from None
+    raise typer.Exit(code)
+
+
+@jobs_app.command("get")
+def get(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    output: OutputOption = Output.TEXT,
+) -> None:
+    """Show a job: state, progress, result or error."""
+    with _client(url, api_key) as client:
+        try:
+            _print_job(client.get(job_id), output)
+        except ConveyorError as exc:
+            raise _fail(exc) from None
+
+
+@jobs_app.command("watch")
+def watch(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    output: OutputOption = Output.TEXT,
+) -> None:
+    """Follow a job to its end with a live progress bar; exit with its outcome."""
+    with _client(url, api_key) as client:
+        try:
+            code = _follow(client, job_id, timeout, output)
+        except ConveyorError as exc:
+            raise _fail(exc) from None
+    raise typer.Exit(code)
+
+
+@jobs_app.command("list")
+def list_jobs(
+    state: Annotated[JobState | None, typer.Option(help="Only jobs in this state.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only jobs of this task.")] = None,
+    queue: Annotated[Queue | None, typer.Option(help="Only jobs on this queue.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Another tenant's jobs (admin keys).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most jobs to show.")] = 20,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    output: OutputOption = Output.TEXT,
+) -> None:
+    """List jobs, newest first (pages are fetched as needed)."""
+    jobs: list[Job] = []
+    with _client(url, api_key) as client:
+        try:
+            for job in client.list(
+                state=str(state) if state else None,
+                task=task,
+                queue=str(queue) if queue else None,
+                tenant=tenant,
+                page_size=min(limit, 500),
+            ):
+                jobs.append(job)
+                if len(jobs) >= limit:
+                    break
+        except ConveyorError as exc:
+            raise _fail(exc) from None
+    if output is Output.JSON:
+        out.print_json(json.dumps([job.model_dump(mode="json") for job in jobs]))
+        return
+    table = Table("id", "task", "queue", "state", "attempts", "created")
+    for job in jobs:
+        table.add_row(job.id, job.task, str(job.queue), _styled_state(job.state),
+                      str(job.attempts), job.created_at.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+    out.print(table)
+
+
+@jobs_app.command("cancel")
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    terminate: Annotated[bool, typer.Option(help="Kill a running job at once.")] = False,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    output: OutputOption = Output.TEXT,
+) -> None:
+    """Cancel a job that has not finished."""
+    with _client(url, api_key) as client:
+        try:
+            _print_job(client.cancel(job_id, terminate=terminate), output)
+        except ConveyorError as exc:
+            raise _fail(exc) from None
+
+
+def tasks(
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    output: OutputOption = Output.TEXT,
+) -> None:
+    """Print the task catalogue with each task's argument schema."""
+    with _client(url, api_key) as client:
+        try:
+            catalogue = client.tasks()
+        except ConveyorError as exc:
+            raise _fail(exc) from None
+    if output is Output.JSON:
+        out.print_json(json.dumps(catalogue))
+        return
+    for info in catalogue:
+        out.rule(f"[bold]{info['name']}[/bold]  [dim]queue {info['queue']}[/dim]", align="left")
+        if info.get("description"):
+            out.print(info["description"])
+        schema = info["args_schema"]
+        required = set(schema.get("required", []))
+        table = Table("argument", "type", "required", "description", box=None, pad_edge=False)
+        for name, field in schema.get("properties", {}).items():
+            table.add_row(name, _type_of(field), "yes" if name in required else "",
+                          field.get("description", ""))  # fmt: skip
+        out.print(table)
+
+
+def _type_of(field: dict[str, Any]) -> str:
+    if "type" in field:
+        return str(field["type"]) + (f" ({field['format']})" if "format" in field else "")
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in field:
+            return " | ".join(_type_of(option) for option in field[key])
+    return "object" if "$ref" in field else "any"
+
+
+__all__ = ["ApiError", "jobs_app", "tasks"]

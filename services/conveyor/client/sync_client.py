@@ -1,0 +1,209 @@
+"""`Client`: the blocking Python client of the Conveyor API."""
+
+import builtins
+import time
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from httpx_sse import SSEError, connect_sse
+
+from conveyor.client._base import (
+    RETRIED_STATUSES,
+    JobEvent,
+    Options,
+    RetryPolicy,
+    list_params,
+    stream_timeout,
+    submission_body,
+)
+from conveyor.client.errors import ConveyorError, NotFound, TransportError, WaitTimeout, error_for
+from conveyor.core.jobs import Job
+
+
+class Client:
+    """Submit, read, list, cancel and wait for jobs.
+
+    Every request is safe to retry (submissions carry an idempotency key), so 429 and 503
+    answers are retried after their Retry-After, and connection failures with backoff, up to
+    `max_retries` times; other errors raise a typed `ApiError`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        max_retries: int = 5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.options = Options(base_url, api_key, timeout, RetryPolicy(max_retries=max_retries))
+        self._http = httpx.Client(
+            base_url=base_url, headers=self.options.headers(), timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def submit(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        priority: str | None = None,
+        idempotency_key: str | None = None,
+        delay_seconds: float | None = None,
+        max_retries: int | None = None,
+        timeout_seconds: int | None = None,
+        callback_url: str | None = None,
+    ) -> Job:
+        """Submit a job; returns it as accepted (or as it is, for a replayed idempotency key)."""
+        body = submission_body(
+            task,
+            args,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            delay_seconds=delay_seconds,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            callback_url=callback_url,
+        )
+        return Job.model_validate(self._request("POST", "/v1/jobs", json=body).json())
+
+    def get(self, job_id: str) -> Job:
+        """The job now."""
+        return Job.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        tenant: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Job]:
+        """Jobs newest first, fetching page after page as the iteration goes."""
+        params = list_params(state, task, queue, tenant, page_size)
+        while True:
+            page = self._request("GET", "/v1/jobs", params=params).json()
+            for item in page["items"]:
+                yield Job.model_validate(item)
+            if not page.get("next_cursor"):
+                return
+            params = {**params, "cursor": page["next_cursor"]}
+
+    def cancel(self, job_id: str, *, terminate: bool = False) -> Job:
+        """Cancel a job that has not finished (`terminate` kills a running one at once)."""
+        params = {"terminate": "true"} if terminate else {}
+        return Job.model_validate(
+            self._request("POST", f"/v1/jobs/{job_id}/cancel", params=params).json()
+        )
+
+    def tasks(self) -> builtins.list[dict[str, Any]]:
+        """The task catalogue, with each task's argument schema."""
+        tasks: builtins.list[dict[str, Any]] = self._request("GET", "/v1/tasks").json()
+        return tasks
+
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[JobEvent]:
+        """The job's events until it finishes: a `job` snapshot, `state` and `progress`
+        changes, and a final `job`. A dropped connection is resumed where it left off.
+        """
+        return self._events(job_id, last_event_id, deadline=None)
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_event: Callable[[JobEvent], None] | None = None,
+        poll_interval: float = 1.0,
+    ) -> Job:
+        """Block until the job finishes; returns it with its result or error.
+
+        Follows the event stream (calling `on_event` for each event) and falls back to
+        polling when the stream is unavailable (a proxy that buffers it, an older server).
+        Raises WaitTimeout after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for event in self._events(job_id, None, deadline):
+                if on_event is not None:
+                    on_event(event)
+                if event.is_terminal:
+                    return event.job()
+        except (NotFound, WaitTimeout):
+            raise
+        except ConveyorError:
+            pass  # the stream failed: poll instead
+        while True:
+            job = self.get(job_id)
+            if job.state.is_terminal:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(job_id)
+            time.sleep(poll_interval)
+
+    def _events(
+        self, job_id: str, last_event_id: str | None, deadline: float | None
+    ) -> Iterator[JobEvent]:
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            try:
+                with connect_sse(
+                    self._http,
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    headers=headers,
+                    timeout=stream_timeout(self.options.timeout, deadline, job_id),
+                ) as source:
+                    if source.response.status_code != 200:
+                        source.response.read()
+                        raise error_for(source.response)
+                    for sse in source.iter_sse():
+                        if not sse.data:
+                            continue  # a keep-alive comment, not an event
+                        event = JobEvent(sse.id, sse.event, sse.json())
+                        last_event_id, failures = event.id, 0
+                        yield event
+                        if event.is_terminal:
+                            return
+                        stream_timeout(self.options.timeout, deadline, job_id)
+            except (httpx.TransportError, SSEError) as exc:
+                stream_timeout(self.options.timeout, deadline, job_id)  # past it: WaitTimeout
+                failures += 1
+                if failures > self.options.retry.max_retries:
+                    raise TransportError(f"event stream of job {job_id}: {exc}") from exc
+                time.sleep(self.options.retry.delay(failures, None))
+            # The server closes streams after a while: reconnecting resumes them.
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        policy = self.options.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt > policy.max_retries:
+                    raise TransportError(f"{method} {path}: {exc}") from exc
+                time.sleep(policy.delay(attempt, None))
+                continue
+            if response.status_code in RETRIED_STATUSES and attempt <= policy.max_retries:
+                time.sleep(policy.delay(attempt, response))
+                continue
+            if response.is_error:
+                raise error_for(response)
+            return response

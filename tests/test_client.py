@@ -1,0 +1,238 @@
+"""`conveyor.client` against a live API and workers: every method, typed errors, retries,
+the event stream (order, resumption) and `wait()` with its polling fallback."""
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conveyor.client import (
+    AsyncClient,
+    Client,
+    Conflict,
+    Forbidden,
+    JobEvent,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    TransportError,
+    Unauthorized,
+    ValidationFailed,
+    WaitTimeout,
+)
+from tests.conftest import fresh_db
+from tests.support.auth import ADMIN_KEY, TEAM_A_READER_KEY, TEST_KEYS, keys_document
+from tests.support.processes import Platform, RedisServer, free_port
+
+
+@pytest.fixture(scope="module")
+def live(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]:
+    """API (event streams closed after 1 s, so clients must resume) and two tiers."""
+    platform = Platform(
+        redis_server, fresh_db(redis_server), module_logs, CONVEYOR_API__EVENTS_MAX_SECONDS="1"
+    )
+    try:
+        platform.start_api()
+        platform.start_worker("low")
+        platform.start_worker("default")
+    except BaseException:
+        platform.stop()
+        raise
+    yield platform
+    platform.stop()
+
+
+@pytest.fixture
+def client(live: Platform) -> Iterator[Client]:
+    with Client(live.base_url, ADMIN_KEY) as client:
+        yield client
+
+
+def test_submit_get_cancel_and_tasks(client: Client) -> None:
+    job = client.submit("demo.echo", {"payload": {"n": 1}}, delay_seconds=3600, priority="high")
+    assert (job.task, str(job.queue), str(job.state)) == ("demo.echo", "high", "scheduled")
+    assert job.idempotency_key is not None  # the client keys every submission
+    assert client.get(job.id).id == job.id
+    cancelled = client.cancel(job.id)
+    assert str(cancelled.state) == "cancelled"
+    names = {task["name"] for task in client.tasks()}
+    assert {"demo.sleep", "webhook.deliver"} <= names
+
+
+def test_an_idempotent_submission_returns_the_same_job(client: Client) -> None:
+    first = client.submit(
+        "demo.echo", {"payload": 1}, idempotency_key="client-test-1", delay_seconds=60
+    )
+    again = client.submit(
+        "demo.echo", {"payload": 1}, idempotency_key="client-test-1", delay_seconds=60
+    )
+    assert again.id == first.id
+    with pytest.raises(Conflict) as conflict:
+        client.submit(
+            "demo.echo", {"payload": 2}, idempotency_key="client-test-1", delay_seconds=60
+        )
+    assert conflict.value.status == 409
+
+
+def test_list_iterates_every_page(client: Client) -> None:
+    ids = [client.submit("demo.echo", {"payload": i}, delay_seconds=7200, priority="low").id
+           for i in range(5)]  # fmt: skip
+    listed = [job.id for job in client.list(state="scheduled", queue="low", page_size=2)]
+    assert listed[:5] == list(reversed(ids))  # newest first, across three pages
+
+
+def test_errors_are_typed(live: Platform, client: Client) -> None:
+    with pytest.raises(ValidationFailed) as invalid:
+        client.submit("demo.sleep", {"seconds": -1})
+    assert invalid.value.errors[0]["pointer"] == "#/args/seconds"
+    with pytest.raises(ValidationFailed, match="task must be one of"):
+        client.submit("no.such.task")
+    with pytest.raises(NotFound):
+        client.get("00000000-0000-4000-8000-000000000000")
+    with pytest.raises(NotFound):
+        client.wait("00000000-0000-4000-8000-000000000000", timeout=5)
+    with Client(live.base_url, "cvk_wrong") as anonymous, pytest.raises(Unauthorized):
+        anonymous.get("00000000-0000-4000-8000-000000000000")
+    with Client(live.base_url, TEAM_A_READER_KEY) as reader, pytest.raises(Forbidden):
+        reader.submit("demo.echo")
+
+
+def test_connection_failures_are_retried_then_raised() -> None:
+    started = time.monotonic()
+    dead = Client(f"http://127.0.0.1:{free_port()}", ADMIN_KEY, max_retries=2)
+    with dead, pytest.raises(TransportError):
+        dead.get("00000000-0000-4000-8000-000000000000")
+    assert time.monotonic() - started >= 0.5  # two backoffs of at least 0.25 s and 0.5 s
+
+
+def test_wait_follows_every_progress_step_in_order(client: Client) -> None:
+    job = client.submit("demo.sleep", {"seconds": 3})
+    events: list[JobEvent] = []
+    done = client.wait(job.id, timeout=60, on_event=events.append)
+    assert str(done.state) == "succeeded"
+    assert done.result == {"slept": 3.0}
+    assert events[0].event == "job"
+    assert events[-1].is_terminal
+    ids = [tuple(map(int, e.id.split("-"))) for e in events if e.id != "0-0"]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    steps = [e.progress["current"] for e in events if e.event == "progress" and e.progress]
+    assert steps == sorted(steps)
+    assert steps[-1] == 3.0
+
+
+def test_the_stream_resumes_from_last_event_id_without_loss(live: Platform, client: Client) -> None:
+    job = client.submit("demo.sleep", {"seconds": 3})
+    client.wait(job.id, timeout=60)
+    stored = [entry_id for entry_id, _ in live.redis.xrange(f"conveyor:events:{job.id}")]
+    assert len(stored) >= 4  # running, progress x3, succeeded
+    # Resume after each event in turn: the rest arrives, exactly, in order.
+    for index, last in enumerate(stored[:-1]):
+        resumed = [e.id for e in client.events(job.id, last_event_id=last)]
+        assert resumed == stored[index + 1 :], (last, resumed)
+
+
+def test_events_survive_dropped_connections(live: Platform, client: Client) -> None:
+    # The API closes each stream after 1 s: a 4 s job needs several reconnections.
+    before = _event_streams_opened(live)
+    job = client.submit("demo.sleep", {"seconds": 4})
+    seen = [e.id for e in client.events(job.id)]
+    stored = [entry_id for entry_id, _ in live.redis.xrange(f"conveyor:events:{job.id}")]
+    after_snapshot = seen[1:]
+    assert after_snapshot == stored[len(stored) - len(after_snapshot) :]
+    assert seen[-1] == stored[-1]
+    assert _event_streams_opened(live) - before >= 3
+
+
+def _event_streams_opened(live: Platform) -> float:
+    page = httpx.get(f"{live.base_url}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+        if sample.name == "conveyor_http_requests_total"
+        and sample.labels.get("route") == "/v1/jobs/{job_id}/events"
+    )
+
+
+def test_wait_falls_back_to_polling_when_streams_are_blocked(live: Platform) -> None:
+    class NoStreams(httpx.HTTPTransport):
+        """A proxy that refuses event streams (as some buffering proxies effectively do)."""
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/events"):
+                return httpx.Response(502, request=request)
+            return super().handle_request(request)
+
+    with Client(live.base_url, ADMIN_KEY, transport=NoStreams(), max_retries=1) as client:
+        job = client.submit("demo.sleep", {"seconds": 1})
+        done = client.wait(job.id, timeout=30, poll_interval=0.2)
+    assert str(done.state) == "succeeded"
+
+
+def test_wait_times_out(client: Client) -> None:
+    job = client.submit("demo.echo", delay_seconds=3600)
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout):
+        client.wait(job.id, timeout=1.5)
+    assert 1.4 < time.monotonic() - started < 10
+
+
+def test_the_async_client_does_the_same(live: Platform) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(live.base_url, ADMIN_KEY) as client:
+            job = await client.submit("demo.sleep", {"seconds": 2})
+            events: list[JobEvent] = []
+            done = await client.wait(job.id, timeout=60, on_event=events.append)
+            assert str(done.state) == "succeeded"
+            assert events[0].event == "job"
+            assert events[-1].is_terminal
+            listed = [j.id async for j in client.list(task="demo.sleep", page_size=1)]
+            assert job.id in listed
+            with pytest.raises(NotFound):
+                await client.get("00000000-0000-4000-8000-000000000000")
+
+    asyncio.run(scenario())
+
+
+def test_429_and_503_are_retried_after_retry_after(
+    redis_server: RedisServer, module_logs: Path, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(
+        keys_document(TEST_KEYS, tenants={"tests": {"rate_per_second": 1, "burst": 1}})
+    )
+    platform = Platform(
+        redis_server, fresh_db(redis_server), module_logs,
+        CONVEYOR_AUTH__KEYS_FILE=str(keys_file), CONVEYOR_LIMITS__MAX_QUEUE_DEPTH__HIGH="1",
+        CONVEYOR_LIMITS__BACKPRESSURE_RETRY_AFTER_SECONDS="1",
+    )  # fmt: skip
+    platform.start_api()
+    try:
+        with Client(platform.base_url, ADMIN_KEY, max_retries=3) as client:
+            client.submit("demo.echo", priority="low")
+            started = time.monotonic()
+            client.submit("demo.echo", priority="low")  # 429, Retry-After: 1, then accepted
+            assert time.monotonic() - started >= 0.9
+            time.sleep(1.1)
+            client.submit("demo.echo", priority="high")  # fills the high queue
+        with Client(platform.base_url, ADMIN_KEY, max_retries=1) as client:
+            time.sleep(1.1)
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailable) as full:
+                client.submit("demo.echo", priority="high")
+            assert full.value.retry_after == 1.0
+            assert full.value.type == "urn:conveyor:problem:queue-full"
+            assert time.monotonic() - started >= 0.9  # one retry after Retry-After
+        with Client(platform.base_url, ADMIN_KEY, max_retries=0) as client:
+            time.sleep(1.1)  # one token again
+            client.submit("demo.echo", priority="low")
+            with pytest.raises(RateLimited) as limited:
+                client.submit("demo.echo", priority="low")
+            assert limited.value.retry_after == 1.0
+    finally:
+        platform.stop()
