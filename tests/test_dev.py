@@ -51,6 +51,8 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = service_env("unused")
     del env["CONVEYOR_REDIS_URL"]  # dev starts a Redis of its own
+    del env["CONVEYOR_AUTH__KEYS_FILE"]  # locally, dev runs without API keys
+    del env["CONVEYOR_WEBHOOK__ALLOWED_NETWORKS"]  # dev allows loopback itself
     log = (tmp_path / "dev.log").open("wb")
     dev = subprocess.Popen(
         conveyor_argv("dev", "--port", str(port), "--data-dir", str(tmp_path / "data")),
@@ -89,6 +91,8 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         for name in ("redis", "api", "high", "default", "low", "beat"):
             assert f"{name:>8} | " in text
         assert "stopped" in text
+        assert "authentication is OFF" in text
+        assert "AUTHENTICATION IS DISABLED" in text  # the API's own warning
         assert list((tmp_path / "data" / "redis").rglob("*.aof*")), "Redis must run with AOF"
     finally:
         if dev.poll() is None:

@@ -172,6 +172,8 @@ def test_every_environment_variable_is_a_settings_field(scenario: str) -> None:
     for workload, container in containers(docs):
         if "redis" in workload["metadata"]["name"] and workload["kind"] == "StatefulSet":
             continue  # Redis's own container, not Conveyor
+        if workload["metadata"]["name"].endswith("-flower"):
+            continue  # Flower's own container, configured with its own variables
         names = {e["name"] for e in container.get("env", [])}
         for source in container.get("envFrom", []):
             names |= set(config[source["configMapRef"]["name"]]["data"])
@@ -420,3 +422,23 @@ def test_api_keys_are_a_mounted_secret_file_that_loads() -> None:
     assert secret_name not in json.dumps(api["spec"]["template"]["metadata"]["annotations"])
     test_pod = next(d for d in of_kind(docs, "Pod") if "test-submit" in d["metadata"]["name"])
     assert test_pod["spec"]["volumes"][0]["secret"]["secretName"] == "conveyor-helm-test-key"
+
+
+def test_flower_is_optional_behind_basic_auth_and_a_network_policy() -> None:
+    assert not [d for d in render("default") if d["metadata"]["name"].endswith("-flower")]
+    docs = render("full")
+    flower = next(
+        d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-flower")
+    )
+    env = {e["name"]: e for e in flower["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]["key"] == "basic-auth"
+    assert env["CELERY_BROKER_URL"]["value"].startswith("redis://:$(REDIS_PASSWORD)@")
+    assert list(env).index("REDIS_PASSWORD") < list(env).index("CELERY_BROKER_URL")
+    policy = next(
+        d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-flower")
+    )
+    assert policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]
+    config = next(d for d in of_kind(docs, "ConfigMap") if "CONVEYOR_REDIS_URL" in d["data"])
+    assert config["data"]["CONVEYOR_WORKER__SEND_TASK_EVENTS"] == "true"
+    with pytest.raises(Exception, match="sendTaskEvents"):
+        _render_values({"flower": {"enabled": True}})

@@ -1,0 +1,126 @@
+"""`conveyor jobs` and `conveyor tasks` against a live platform: under a pseudo-terminal the
+progress bar is drawn live; exit codes reflect the job's end; `--output json` is for scripts."""
+
+import json
+import os
+import re
+import pty
+import select
+import subprocess
+import time
+
+from tests.support.auth import ADMIN_KEY
+from tests.support.processes import REPO, Platform, conveyor_argv
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def cli_env(platform: Platform) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(
+        PYTHONPATH=str(REPO), CONVEYOR_URL=platform.base_url, CONVEYOR_API_KEY=ADMIN_KEY,
+        TERM="xterm-256color", COLUMNS="120", LINES="40",
+    )  # fmt: skip
+    return env
+
+
+def run_in_pty(platform: Platform, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """Run `conveyor *args` on a pseudo-terminal; returns the exit code and all it drew."""
+    main, child = pty.openpty()
+    process = subprocess.Popen(
+        conveyor_argv(*args), stdin=child, stdout=child, stderr=child,
+        env=cli_env(platform), cwd=REPO, close_fds=True,
+    )  # fmt: skip
+    os.close(child)
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the child closed its side
+                break
+            if not chunk:
+                break
+            output.extend(chunk)
+        elif process.poll() is not None:
+            break
+    os.close(main)
+    code = process.wait(10)
+    return code, ANSI.sub("", output.decode(errors="replace"))
+
+
+def run(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        conveyor_argv(*args), env=cli_env(platform), cwd=REPO,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_submit_wait_draws_a_live_progress_bar(platform: Platform) -> None:
+    code, screen = run_in_pty(
+        platform, "jobs", "submit", "demo.sleep", "--args", '{"seconds": 3}', "--wait"
+    )
+    assert code == 0, screen
+    assert "━" in screen  # rich's bar, redrawn as progress arrives
+    assert "running: 1s left" in screen or "running: 2s left" in screen, screen
+    assert "succeeded" in screen
+    assert '"slept": 3.0' in screen
+
+
+def test_exit_codes_follow_the_jobs_end(platform: Platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    args_file = tmp_path / "args.json"
+    args_file.write_text('{"mode": "permanent", "message": "boom"}')
+    code, screen = run_in_pty(
+        platform, "jobs", "submit", "demo.fail", "--args", f"@{args_file}", "--wait"
+    )
+    assert code == 1, screen
+    assert "boom" in screen
+
+    with platform.http() as client:
+        job = client.post("/v1/jobs", json={"task": "demo.echo", "delay_seconds": 3600}).json()
+        timed_out = run(platform, "jobs", "watch", job["id"], "--timeout", "1")
+        assert timed_out.returncode == 4, timed_out.stderr
+        main, child = pty.openpty()
+        watcher = subprocess.Popen(
+            conveyor_argv("jobs", "watch", job["id"]), stdin=child, stdout=child, stderr=child,
+            env=cli_env(platform), cwd=REPO,
+        )  # fmt: skip
+        os.close(child)
+        time.sleep(2)  # let it attach to the stream
+        client.post(f"/v1/jobs/{job['id']}/cancel")
+        assert watcher.wait(30) == 3
+        os.close(main)
+
+
+def test_json_output_and_the_catalogue(platform: Platform) -> None:
+    submitted = run(platform, "jobs", "submit", "demo.echo", "--args", '{"payload": [1, 2]}',
+                    "--priority", "high", "--wait", "-o", "json")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    assert (job["state"], job["result"], job["queue"]) == ("succeeded", {"payload": [1, 2]}, "high")
+
+    got = json.loads(run(platform, "jobs", "get", job["id"], "-o", "json").stdout)
+    assert got["id"] == job["id"]
+    listed = json.loads(run(platform, "jobs", "list", "--queue", "high", "-o", "json").stdout)
+    assert job["id"] in [j["id"] for j in listed]
+
+    catalogue = json.loads(run(platform, "tasks", "-o", "json").stdout)
+    sleep = next(t for t in catalogue if t["name"] == "demo.sleep")
+    assert "seconds" in sleep["args_schema"]["properties"]
+    text = run(platform, "tasks").stdout
+    assert "demo.sleep" in text
+    assert "seconds" in text
+
+
+def test_errors_exit_5_with_the_problem(platform: Platform) -> None:
+    invalid = run(platform, "jobs", "submit", "demo.sleep", "--args", '{"seconds": -1}')
+    assert invalid.returncode == 5
+    assert "#/args/seconds" in invalid.stderr
+    missing = run(platform, "jobs", "get", "00000000-0000-4000-8000-000000000000")
+    assert missing.returncode == 5
+    assert "404" in missing.stderr
+    bad_args = run(platform, "jobs", "submit", "demo.echo", "--args", "[1]")
+    assert bad_args.returncode == 2
