@@ -3,15 +3,14 @@ progress bar is drawn live; exit codes reflect the job's end; `--output json` is
 
 import json
 import os
-import re
 import pty
+import re
 import select
 import subprocess
 import time
 
 from tests.support.auth import ADMIN_KEY
 from tests.support.processes import REPO, Platform, conveyor_argv
-
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
