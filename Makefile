@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps dev test lint format artifacts clean
+.PHONY: install system-deps dev test lint format artifacts clean bench
 
 # redis-server runs the platform; prometheus (with promtool) checks metrics, rules and
 # dashboards in the tests.
@@ -39,9 +39,20 @@ install: system-deps $(BIN)/.installed
 dev: install  ## Run Redis, the API, three worker tiers and beat on this machine.
 	$(BIN)/conveyor dev
 
+# The benchmarks print figures (bench/README.md has the method and the latest table); they
+# are not tests. wrk, from Debian, is the load generator.
+bench: install  ## Run every benchmark (about 25 minutes on 2 cores).
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python -m bench.accept
+	$(BIN)/python -m bench.workers
+	$(BIN)/python -m bench.isolation
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.growth
+
 lint: install
-	$(BIN)/ruff check services tests
-	$(BIN)/ruff format --check services tests
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
 	$(BIN)/mypy
 
 artifacts: install  ## Regenerate observability/ dashboards, rule tests and metric catalogue.
@@ -51,8 +62,8 @@ test: lint $(CHECKOV_VENV)/.installed  ## Lint, type-check and run the whole tes
 	$(BIN)/pytest
 
 format: install
-	$(BIN)/ruff check --fix services tests
-	$(BIN)/ruff format services tests
+	$(BIN)/ruff check --fix services tests bench
+	$(BIN)/ruff format services tests bench
 
 clean:
 	rm -rf $(VENV) .conveyor .pytest_cache .mypy_cache .ruff_cache

@@ -57,14 +57,13 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
     )
     async def submit_job(
         body: submission_body,
-        response: Response,
         http_request: Request,
         state: State,
         principal: Submitter,
         idempotency_key_header: Annotated[
             str | None, Header(alias="Idempotency-Key", max_length=200)
         ] = None,
-    ) -> Job:
+    ) -> Response:
         """Validate the arguments against the task's model, then record and enqueue the job
         atomically. Answers 202 for a new job, 200 for a replay of the same idempotent request,
         409 when the idempotency key was used with a different body, 429 past the tenant's rate
@@ -121,11 +120,12 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 slug="queue-full",
                 headers={"Retry-After": str(limits.backpressure_retry_after_seconds)},
             )
-        response.headers["Location"] = f"/v1/jobs/{outcome.job_id}"
+        location = {"Location": f"/v1/jobs/{outcome.job_id}"}
         if outcome.created:
             metrics.submissions.labels("accepted").inc()
-            response.headers.update(rate_limit_headers(tenant, outcome.tokens_left))
-            return Job.from_record(dict(zip(*[iter(new_job.record_fields())] * 2, strict=True)))
+            created = Job.from_record(dict(zip(*[iter(new_job.record_fields())] * 2, strict=True)))
+            headers = {**location, **rate_limit_headers(tenant, outcome.tokens_left)}
+            return job_response(created, 202, headers)
         if outcome.request_hash != new_job.request_hash:
             metrics.submissions.labels("conflict").inc()
             raise ProblemError(
@@ -138,8 +138,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         if existing is None:
             raise ProblemError(409, "Idempotency key refers to an expired job", slug="expired")
         metrics.submissions.labels("duplicate").inc()
-        response.status_code = 200
-        return existing
+        return job_response(existing, 200, location)
 
     @router.get("", response_model=JobPage, summary="List jobs")
     async def list_jobs(
@@ -245,6 +244,11 @@ def _idempotency_key(from_body: str | None, from_header: str | None) -> str | No
             slug="validation-error",
         )
     return from_body or from_header
+
+
+def job_response(job: Job, status: int, headers: dict[str, str]) -> Response:
+    """The job as JSON, serialized once (FastAPI would validate the model again first)."""
+    return Response(job.model_dump_json(), status, headers, media_type="application/json")
 
 
 def _check_urls(state: ApiState, request: SubmissionBase, args: Any) -> None:

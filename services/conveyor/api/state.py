@@ -22,7 +22,9 @@ class ApiState:
     streams: AsyncRedis  # blocking reads of job events, on connections of their own
 
 
-def api_state(request: Request) -> ApiState:
-    """FastAPI dependency: the process's ApiState."""
+async def api_state(request: Request) -> ApiState:
+    """FastAPI dependency: the process's ApiState (async: a sync dependency would cost a
+    thread-pool hop on every request).
+    """
     state: ApiState = request.app.state.conveyor
     return state

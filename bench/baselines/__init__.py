@@ -1,0 +1,1 @@
+"""The tutorial-style FastAPI + Celery services Conveyor is compared against."""

@@ -1,0 +1,26 @@
+"""Baseline (a): the tutorial style. An `async def` endpoint calls `send_task`, whose kombu
+publish blocks the event loop. Run: uvicorn bench.baselines.tutorial_async:app
+"""
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from bench.baselines.celery_app import app as celery_app
+
+app = FastAPI()
+
+
+class Submission(BaseModel):
+    """The same body Conveyor takes for demo.echo."""
+
+    task: str
+    args: dict[str, Any] = {}
+
+
+@app.post("/v1/jobs", status_code=202)
+async def submit(body: Submission) -> dict[str, str]:
+    """Publish the task and answer with its id."""
+    result = celery_app.send_task(body.task, kwargs=body.args, queue="default")
+    return {"id": result.id}

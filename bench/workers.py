@@ -1,0 +1,122 @@
+"""Benchmark 2: drain N pre-queued no-op jobs per tier with `conveyor worker` (production
+settings: acks-late, prefetch 1, leases, metrics on, tracing set up with no endpoint) and with
+a bare Celery worker with the same Celery settings, on the same kind of private Redis, the same
+messages and the same concurrency. Prints jobs/s and the ratio.
+
+    python -m bench.workers [--jobs 20000] [--concurrency 4] [--runs 3]
+"""
+
+import argparse
+import time
+
+from bench.harness import PYTHON, Proc, conveyor_env, median, redis_server, rss_mb, table
+from bench.seed import accept_jobs
+from conveyor.core.queues import Queue
+from conveyor.core.store import JobStore
+
+
+def drain(kind: str, queue: Queue, jobs: int, concurrency: int) -> tuple[float, dict[str, float]]:
+    """Seconds from the first job taken to the queue empty and every delivery acked."""
+    with redis_server() as server:
+        client = server.client()
+        store = JobStore(server.client(), "conveyor", 3600)
+        messages = accept_jobs(store, jobs, queue)
+        if kind == "bare":
+            client.delete(str(queue), "conveyor:index:all")  # the same messages, no records
+            for start in range(0, len(messages), 5000):
+                client.lpush(str(queue), *messages[start : start + 5000])
+            argv = [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "bench.baselines.celery_app",
+                "worker",
+                "-Q",
+                str(queue),
+                "-c",
+                str(concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "-O",
+                "fair",
+                "--loglevel",
+                "WARNING",
+            ]
+            env = conveyor_env(server.url, BENCH_BROKER_URL=server.url)
+        else:
+            argv = [
+                PYTHON,
+                "-m",
+                "conveyor",
+                "worker",
+                "--queue",
+                str(queue),
+                "--concurrency",
+                str(concurrency),
+            ]
+            env = conveyor_env(server.url)
+        assert client.llen(str(queue)) == jobs
+        worker = Proc(f"{kind}-worker", argv, env)
+        try:
+            while client.llen(str(queue)) == jobs:
+                time.sleep(0.005)
+            started = time.monotonic()
+            while client.llen(str(queue)) or client.hlen("unacked"):
+                time.sleep(0.01)
+            elapsed = time.monotonic() - started
+            pids = worker.pids()
+            memory = {"main": rss_mb(pids[0]), "child": max(rss_mb(p) for p in pids[1:])}
+        finally:
+            worker.stop()
+        if kind == "conveyor":
+            done = client.zcard("conveyor:index:state:succeeded")
+            assert done == jobs, f"{done} of {jobs} jobs recorded as succeeded"
+    return elapsed, memory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--tiers", nargs="+", default=[str(q) for q in Queue])
+    options = parser.parse_args()
+    rows = []
+    for tier in options.tiers:
+        rates: dict[str, list[float]] = {"conveyor": [], "bare": []}
+        memory: dict[str, dict[str, float]] = {}
+        for _ in range(options.runs):
+            for kind in ("conveyor", "bare"):
+                seconds, memory[kind] = drain(kind, Queue(tier), options.jobs, options.concurrency)
+                rates[kind].append(options.jobs / seconds)
+        conveyor, bare = median(rates["conveyor"]), median(rates["bare"])
+        rows.append(
+            [
+                tier,
+                options.jobs,
+                f"{conveyor:,.0f}",
+                f"{bare:,.0f}",
+                f"{conveyor / bare:.2f}",
+                f"{memory['conveyor']['main']:.0f} / {memory['conveyor']['child']:.0f}",
+                f"{memory['bare']['main']:.0f} / {memory['bare']['child']:.0f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "tier",
+                "jobs",
+                "conveyor jobs/s",
+                "bare Celery jobs/s",
+                "ratio",
+                "conveyor RSS MB main/child",
+                "bare RSS MB main/child",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
