@@ -1,6 +1,7 @@
 """`conveyor dev`: one command brings up Redis, the API, three worker tiers and beat, and
 SIGTERM takes every one of them down again."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -95,7 +96,13 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         assert "AUTHENTICATION IS DISABLED" in text  # the API's own warning
         assert list((tmp_path / "data" / "redis").rglob("*.aof*")), "Redis must run with AOF"
     finally:
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGKILL)
+        if dev.poll() is None:  # the test failed: still leave nothing behind
+            stragglers = descendants(dev.pid)
+            dev.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                dev.wait(30)
+            for pid in [dev.pid, *stragglers]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
             dev.wait()
         log.close()

@@ -220,7 +220,8 @@ def run_dev(
     supervisor.start(Child("api", [*conveyor, "api"], env))
     for offset, queue in enumerate(Queue):
         # One host, three workers: each tier gets its own metrics port.
-        tier_port = {"CONVEYOR_METRICS__WORKER_PORT": str(metrics.worker_port + 10 * offset)}
+        port = metrics.worker_port + 10 * offset if metrics.worker_port else 0  # 0: off
+        tier_port = {"CONVEYOR_METRICS__WORKER_PORT": str(port)}
         argv = [*conveyor, "worker", "--queue", str(queue)]
         supervisor.start(Child(str(queue), argv, {**env, **tier_port}))
     supervisor.start(Child("beat", [*conveyor, "beat"], env))

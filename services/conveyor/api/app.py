@@ -4,13 +4,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from conveyor import __version__
 from conveyor.api import problems
-from conveyor.api.auth import KeySource
+from conveyor.api.auth import KeySource, security_schemes
 from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.events import BLOCK_SECONDS, events_router
 from conveyor.api.jobs import jobs_router
@@ -80,6 +81,14 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app.include_router(dead_letters_router())
     app.include_router(meta_router())
     app.include_router(metrics_router(registry))
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = security_schemes(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     if tracing is not None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

@@ -17,7 +17,7 @@ from conveyor.api.auth import (
     tenant_limits,
     too_many_requests,
 )
-from conveyor.api.limits import check_args_shape, require_json
+from conveyor.api.limits import check_args_shape
 from conveyor.api.problems import Problem, ProblemError
 from conveyor.api.schemas import IDEMPOTENCY_KEY_PATTERN, JobPage, SubmissionBase
 from conveyor.api.state import ApiState, api_state
@@ -40,7 +40,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 State = Annotated[ApiState, Depends(api_state)]
-Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
+Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE, json_body=True))]
 
 
 def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
@@ -49,7 +49,6 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
 
     @router.post(
         "",
-        dependencies=[Depends(require_json)],
         status_code=202,
         response_model=Job,
         summary="Submit a job",
@@ -123,7 +122,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         location = {"Location": f"/v1/jobs/{outcome.job_id}"}
         if outcome.created:
             metrics.submissions.labels("accepted").inc()
-            created = Job.from_record(dict(zip(*[iter(new_job.record_fields())] * 2, strict=True)))
+            created = Job.from_record(new_job.record())
             headers = {**location, **rate_limit_headers(tenant, outcome.tokens_left)}
             return job_response(created, 202, headers)
         if outcome.request_hash != new_job.request_hash:

@@ -106,8 +106,8 @@ async def _refuse(
     await send({"type": "http.response.body", "body": body})
 
 
-async def require_json(request: Request) -> None:
-    """Dependency: a body sent with a content type other than JSON is a 415."""
+def require_json(request: Request) -> None:
+    """A body sent with a content type other than JSON is a 415."""
     content_type = request.headers.get("content-type")
     if content_type is None:
         return  # like FastAPI itself: a body without a type is read as JSON

@@ -7,7 +7,8 @@
 --       6 creation score (ms), 7 due time (ms; '0' = run now), 8 queue, 9 task, 10 state,
 --       11 Celery message, 12 tenant, 13 rate (tokens/s; '0' = unlimited), 14 burst,
 --       15 max queue depth ('0' = unlimited), 16 max delayed jobs ('0' = unlimited),
---       17.. record field/value pairs.
+--       17 the record's fields as a JSON object of strings (one argument, not forty: packing
+--       arguments was a fifth of the API's CPU per submission).
 -- Returns {1, job id, tokens left} when created, {0, "<job id>\n<request hash>"} for a known
 -- idempotency key, {2, ms until a token} when rate limited, {3, depth} when the queue (or the
 -- delayed set) is full.
@@ -47,7 +48,12 @@ if taken == 0 then
 end
 
 local key = job_key(prefix, id)
-redis.call('HSET', key, unpack(ARGV, 17))
+local flat = {}
+for field, value in pairs(cjson.decode(ARGV[17])) do
+  flat[#flat + 1] = field
+  flat[#flat + 1] = value
+end
+redis.call('HSET', key, unpack(flat))
 redis.call('ZADD', prefix .. ':index:all', score, id)
 redis.call('ZADD', prefix .. ':index:tenant:' .. tenant, score, id)
 redis.call('ZADD', state_index(prefix, state), score, id)
