@@ -21,13 +21,13 @@ from bench.harness import (
 )
 
 BODY = json.dumps({"task": "demo.echo", "args": {"payload": {"order": 42}}})
-TARGETS = ("conveyor", "tutorial_async", "tutorial_sync")
+TARGETS = ("conveyor", "tutorial_async", "tutorial_sync", "conveyor+idempotency-key")
 
 
 def measure(target: str, connections: int, seconds: int) -> tuple[LoadResult, dict[str, float]]:
     """One load run against a fresh Redis; also Redis calls per accepted job."""
     with redis_server() as server:
-        if target == "conveyor":
+        if target.startswith("conveyor"):
             proc, base = start_conveyor_api(server.url)
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
         else:
@@ -35,7 +35,8 @@ def measure(target: str, connections: int, seconds: int) -> tuple[LoadResult, di
             headers = {"Content-Type": "application/json"}
         try:
             before = server.command_calls()
-            result = wrk(f"{base}/v1/jobs", connections, seconds, BODY, headers)
+            keyed = target.endswith("idempotency-key")
+            result = wrk(f"{base}/v1/jobs", connections, seconds, BODY, headers, keyed)
             after = server.command_calls()
             accepted = server.client().llen("default")
         finally:
@@ -80,7 +81,7 @@ def main() -> None:
     print()
     for connections in options.connections:
         conveyor = medians[("conveyor", connections)]
-        for baseline in TARGETS[1:]:
+        for baseline in TARGETS[1:3]:
             ratio = conveyor / medians[(baseline, connections)]
             print(f"{connections} conns: conveyor / {baseline} = {ratio:.1f}x")
     print()

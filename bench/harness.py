@@ -236,14 +236,34 @@ class LoadResult:
     requests: int
 
 
-def wrk(url: str, connections: int, seconds: int, body: str, headers: dict[str, str]) -> LoadResult:
-    """POST `body` to `url` with wrk (2 threads) and parse its latency distribution."""
+def wrk(
+    url: str,
+    connections: int,
+    seconds: int,
+    body: str,
+    headers: dict[str, str],
+    unique_idempotency_keys: bool = False,
+) -> LoadResult:
+    """POST `body` to `url` with wrk (2 threads) and parse its latency distribution; with
+    `unique_idempotency_keys` every request carries an Idempotency-Key of its own."""
     binary = shutil.which("wrk")
     if binary is None:
         raise SystemExit("wrk is required (apt-get install wrk)")
     script = WORK / "post.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = [[{body}]]"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    if unique_idempotency_keys:
+        lines += [
+            "local threads = 0",
+            # Each wrk thread has a Lua state of its own: number them so keys never collide.
+            "setup = function(thread) threads = threads + 1; thread:set('tid', threads) end",
+            "counter = 0",
+            "request = function()",
+            "  counter = counter + 1",
+            '  wrk.headers["Idempotency-Key"] = "b-" .. tid .. "-" .. counter',
+            "  return wrk.format()",
+            "end",
+        ]
     script.write_text("\n".join(lines) + "\n")
     out = subprocess.run(
         [binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],

@@ -410,3 +410,17 @@ def test_the_api_refuses_to_start_without_keys(redis_server: RedisServer) -> Non
     )
     assert result.returncode == 78
     assert "API keys are required" in result.stderr
+
+
+def test_event_streams_follow_the_tenant_rules(api: Platform) -> None:
+    with api.http(TEAM_A_KEY) as team_a, api.http(TEAM_B_KEY) as team_b:
+        job = team_a.post("/v1/jobs", json=ECHO).json()
+        problem(team_b.get(f"/v1/jobs/{job['id']}/events"), 404)
+        with api.http(key=None) as anonymous:
+            problem(anonymous.get(f"/v1/jobs/{job['id']}/events"), 401)
+        with team_a.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            assert next(lines) == "event: job"
+            assert json.loads(next(lines).removeprefix("data: "))["id"] == job["id"]

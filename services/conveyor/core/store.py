@@ -133,6 +133,7 @@ class TransitionResult:
     applied: bool
     previous_state: JobState | None
     attempts: int
+    has_callback: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,10 @@ def transition_args(
 def parse_transition(raw: Sequence[Any]) -> TransitionResult:
     """Decode transition.lua's reply."""
     state = _text(raw[1])
-    return TransitionResult(bool(int(raw[0])), JobState(state) if state else None, int(raw[2]))
+    callback = len(raw) > 3 and bool(_text(raw[3]))
+    return TransitionResult(
+        bool(int(raw[0])), JobState(state) if state else None, int(raw[2]), callback
+    )
 
 
 def decode_record(raw: dict[Any, Any]) -> Job | None:

@@ -189,7 +189,7 @@ class JobRunner:
             exception=exception,
             dead_lettered=dead_message is not None and finished.applied,
         )
-        if finished.applied:
+        if finished.applied and finished.has_callback:
             self.after_terminal(job_id)
 
     def _message(

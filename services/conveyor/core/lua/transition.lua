@@ -5,7 +5,8 @@
 --       ('0' = keep), 6 '1' to count an attempt, 7 message op: '', 'add' (to the delayed set,
 --       due at ARGV 8 ms), 'drop' (from the delayed set) or 'dead' (into the dead-letter set,
 --       at ARGV 8 ms), 9 message for 'add' and 'dead', 10.. field/value pairs to set.
--- Returns {1, previous state, attempts} on success, {0, current state or '', attempts} if refused.
+-- Returns {1, previous state, attempts, callback url or ''} on success, {0, current state or '',
+-- attempts} if refused.
 local prefix, id, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local expire, count_attempt, delayed_op = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 
@@ -48,4 +49,5 @@ if expire > 0 then
     redis.call('EXPIRE', idem_key(prefix, idem[2] or '', idem[1]), expire)
   end
 end
-return {1, state, attempts}
+-- The callback URL tells the worker whether a completion callback is due, without another read.
+return {1, state, attempts, redis.call('HGET', key, 'callback_url') or ''}
