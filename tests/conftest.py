@@ -52,21 +52,30 @@ def api_only(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]
     platform.stop()
 
 
-@pytest.fixture(scope="module")
-def platform(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]:
-    """The API and one worker per tier, on a database of their own."""
-    platform = Platform(
-        redis_server,
-        fresh_db(redis_server),
-        module_logs,
-        CONVEYOR_WORKER__HARD_TIMEOUT_GRACE_SECONDS="2",
-    )
+def started_platform(
+    redis_server: RedisServer,
+    log_dir: Path,
+    queues: tuple[str, ...] = ("high", "default", "low"),
+    **env: str,
+) -> Platform:
+    """The API and a worker per queue in `queues`, on a fresh database; stopped again if
+    any of them fails to start."""
+    platform = Platform(redis_server, fresh_db(redis_server), log_dir, **env)
     try:
         platform.start_api()
-        for queue in ("high", "default", "low"):
+        for queue in queues:
             platform.start_worker(queue)
     except BaseException:
         platform.stop()
         raise
+    return platform
+
+
+@pytest.fixture(scope="module")
+def platform(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]:
+    """The API and one worker per tier, on a database of their own."""
+    platform = started_platform(
+        redis_server, module_logs, CONVEYOR_WORKER__HARD_TIMEOUT_GRACE_SECONDS="2"
+    )
     yield platform
     platform.stop()

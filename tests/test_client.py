@@ -24,7 +24,7 @@ from conveyor.client import (
     ValidationFailed,
     WaitTimeout,
 )
-from tests.conftest import fresh_db
+from tests.conftest import fresh_db, started_platform
 from tests.support.auth import ADMIN_KEY, TEAM_A_READER_KEY, TEST_KEYS, keys_document
 from tests.support.processes import Platform, RedisServer, free_port
 
@@ -32,16 +32,9 @@ from tests.support.processes import Platform, RedisServer, free_port
 @pytest.fixture(scope="module")
 def live(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]:
     """API (event streams closed after 1 s, so clients must resume) and two tiers."""
-    platform = Platform(
-        redis_server, fresh_db(redis_server), module_logs, CONVEYOR_API__EVENTS_MAX_SECONDS="1"
+    platform = started_platform(
+        redis_server, module_logs, ("low", "default"), CONVEYOR_API__EVENTS_MAX_SECONDS="1"
     )
-    try:
-        platform.start_api()
-        platform.start_worker("low")
-        platform.start_worker("default")
-    except BaseException:
-        platform.stop()
-        raise
     yield platform
     platform.stop()
 

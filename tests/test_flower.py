@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import fresh_db
+from tests.conftest import started_platform
 from tests.support.processes import (
     TERMINAL,
     Platform,
@@ -22,16 +22,7 @@ from tests.support.processes import (
 
 @pytest.fixture(scope="module")
 def evented(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]:
-    platform = Platform(
-        redis_server, fresh_db(redis_server), module_logs, CONVEYOR_WORKER__SEND_TASK_EVENTS="true"
-    )
-    try:
-        platform.start_api()
-        for queue in ("high", "default", "low"):
-            platform.start_worker(queue)
-    except BaseException:
-        platform.stop()
-        raise
+    platform = started_platform(redis_server, module_logs, CONVEYOR_WORKER__SEND_TASK_EVENTS="true")
     yield platform
     platform.stop()
 

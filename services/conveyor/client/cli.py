@@ -7,6 +7,8 @@ code of a command that waits tells the job's fate: 0 succeeded, 1 failed, 3 canc
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from conveyor.client._base import JobEvent
-from conveyor.client.errors import ApiError, ConveyorError, WaitTimeout
+from conveyor.client.errors import ConveyorError, WaitTimeout
 from conveyor.client.sync_client import Client
 from conveyor.core.jobs import Job, JobState
 from conveyor.core.queues import Queue
@@ -52,13 +54,15 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _client(url: str, api_key: str | None) -> Client:
-    return Client(url, api_key)
-
-
-def _fail(exc: ConveyorError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(EXIT_ERROR)
+@contextmanager
+def _session(url: str, api_key: str | None) -> Iterator[Client]:
+    """A client whose API and connection errors end the command with exit code 5."""
+    with Client(url, api_key) as client:
+        try:
+            yield client
+        except ConveyorError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(EXIT_ERROR) from None
 
 
 def _load_args(raw: str | None) -> dict[str, Any]:
@@ -174,23 +178,20 @@ def submit(
 ) -> None:
     """Submit a job; with --wait, show its progress and exit with its outcome."""
     arguments = _load_args(args)
-    with _client(url, api_key) as client:
-        try:
-            job = client.submit(
-                task,
-                arguments,
-                priority=str(priority) if priority else None,
-                idempotency_key=idempotency_key,
-                delay_seconds=delay,
-            )
-            if not wait:
-                _print_job(job, output)
-                return
-            if output is Output.TEXT:
-                err.print(f"submitted [bold]{job.id}[/bold] ({job.task} on {job.queue})")
-            code = _follow(client, job.id, timeout, output)
-        except ConveyorError as exc:
-            raise _fail(exc) from None
+    with _session(url, api_key) as client:
+        job = client.submit(
+            task,
+            arguments,
+            priority=str(priority) if priority else None,
+            idempotency_key=idempotency_key,
+            delay_seconds=delay,
+        )
+        if not wait:
+            _print_job(job, output)
+            return
+        if output is Output.TEXT:
+            err.print(f"submitted [bold]{job.id}[/bold] ({job.task} on {job.queue})")
+        code = _follow(client, job.id, timeout, output)
     raise typer.Exit(code)
 
 
@@ -202,11 +203,8 @@ def get(
     output: OutputOption = Output.TEXT,
 ) -> None:
     """Show a job: state, progress, result or error."""
-    with _client(url, api_key) as client:
-        try:
-            _print_job(client.get(job_id), output)
-        except ConveyorError as exc:
-            raise _fail(exc) from None
+    with _session(url, api_key) as client:
+        _print_job(client.get(job_id), output)
 
 
 @jobs_app.command("watch")
@@ -218,11 +216,8 @@ def watch(
     output: OutputOption = Output.TEXT,
 ) -> None:
     """Follow a job to its end with a live progress bar; exit with its outcome."""
-    with _client(url, api_key) as client:
-        try:
-            code = _follow(client, job_id, timeout, output)
-        except ConveyorError as exc:
-            raise _fail(exc) from None
+    with _session(url, api_key) as client:
+        code = _follow(client, job_id, timeout, output)
     raise typer.Exit(code)
 
 
@@ -239,20 +234,17 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first (pages are fetched as needed)."""
     jobs: list[Job] = []
-    with _client(url, api_key) as client:
-        try:
-            for job in client.list(
-                state=str(state) if state else None,
-                task=task,
-                queue=str(queue) if queue else None,
-                tenant=tenant,
-                page_size=min(limit, 500),
-            ):
-                jobs.append(job)
-                if len(jobs) >= limit:
-                    break
-        except ConveyorError as exc:
-            raise _fail(exc) from None
+    with _session(url, api_key) as client:
+        for job in client.list(
+            state=str(state) if state else None,
+            task=task,
+            queue=str(queue) if queue else None,
+            tenant=tenant,
+            page_size=min(limit, 500),
+        ):
+            jobs.append(job)
+            if len(jobs) >= limit:
+                break
     if output is Output.JSON:
         out.print_json(json.dumps([job.model_dump(mode="json") for job in jobs]))
         return
@@ -272,11 +264,8 @@ def cancel(
     output: OutputOption = Output.TEXT,
 ) -> None:
     """Cancel a job that has not finished."""
-    with _client(url, api_key) as client:
-        try:
-            _print_job(client.cancel(job_id, terminate=terminate), output)
-        except ConveyorError as exc:
-            raise _fail(exc) from None
+    with _session(url, api_key) as client:
+        _print_job(client.cancel(job_id, terminate=terminate), output)
 
 
 def tasks(
@@ -285,11 +274,8 @@ def tasks(
     output: OutputOption = Output.TEXT,
 ) -> None:
     """Print the task catalogue with each task's argument schema."""
-    with _client(url, api_key) as client:
-        try:
-            catalogue = client.tasks()
-        except ConveyorError as exc:
-            raise _fail(exc) from None
+    with _session(url, api_key) as client:
+        catalogue = client.tasks()
     if output is Output.JSON:
         out.print_json(json.dumps(catalogue))
         return
@@ -315,4 +301,4 @@ def _type_of(field: dict[str, Any]) -> str:
     return "object" if "$ref" in field else "any"
 
 
-__all__ = ["ApiError", "jobs_app", "tasks"]
+__all__ = ["jobs_app", "tasks"]
