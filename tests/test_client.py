@@ -127,6 +127,13 @@ def test_the_stream_resumes_from_last_event_id_without_loss(live: Platform, clie
     for index, last in enumerate(stored[:-1]):
         resumed = [e.id for e in client.events(job.id, last_event_id=last)]
         assert resumed == stored[index + 1 :], (last, resumed)
+    # Resuming after the last event ends at once with the finished job (an EventSource
+    # reconnecting after the end must not wait out the stream and come back forever).
+    started = time.monotonic()
+    (final,) = client.events(job.id, last_event_id=stored[-1])
+    assert final.is_terminal
+    assert final.job().result == {"slept": 3.0}
+    assert time.monotonic() - started < 5
 
 
 def test_events_survive_dropped_connections(live: Platform, client: Client) -> None:

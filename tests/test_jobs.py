@@ -8,7 +8,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from conveyor.core.signing import verify
+from conveyor.core.signing import tenant_secret, verify
 from tests.support.processes import TERMINAL, Platform, wait_for_job, wait_until
 from tests.support.receiver import receiver
 
@@ -178,8 +178,12 @@ def test_completion_callback_is_a_signed_post_of_the_job(client: httpx.Client) -
     assert payload["id"] == job["id"]
     assert payload["state"] == "succeeded"
     assert payload["result"] == {"payload": "x"}
-    assert verify("test-secret", request.headers["Conveyor-Signature"], request.body)
-    assert not verify("other-secret", request.headers["Conveyor-Signature"], request.body)
+    # The callback belongs to the job's tenant ("tests", the admin key's) and is signed with
+    # that tenant's key.
+    signature = request.headers["Conveyor-Signature"]
+    assert verify(tenant_secret("test-secret", "tests"), signature, request.body)
+    assert not verify(tenant_secret("test-secret", "team-a"), signature, request.body)
+    assert not verify("test-secret", signature, request.body)
     callbacks = client.get("/v1/jobs", params={"task": "webhook.deliver"}).json()["items"]
     assert any(c["idempotency_key"] == f"callback:{job['id']}" for c in callbacks)
 

@@ -308,8 +308,10 @@ def test_rate_limit_is_shared_by_api_processes(
                 assert response.headers["ratelimit-remaining"] == "0"
             accepted = [r for r in responses if r.status_code == 202]
             assert [r.headers["ratelimit-remaining"] for r in accepted] == ["4", "3", "2", "1", "0"]
-            # Reads draw from the same bucket; another tenant is not affected.
+            # Reads and invalid submissions draw from the same bucket; another tenant is not
+            # affected.
             problem(a1.get("/v1/jobs"), 429)
+            problem(a2.post("/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": -1}}), 429)
             assert b.post("/v1/jobs", json=ECHO).status_code == 202
             assert b.get("/v1/jobs").status_code == 200
     finally:
@@ -424,3 +426,49 @@ def test_event_streams_follow_the_tenant_rules(api: Platform) -> None:
             lines = stream.iter_lines()
             assert next(lines) == "event: job"
             assert json.loads(next(lines).removeprefix("data: "))["id"] == job["id"]
+
+
+def test_event_streams_are_capped_per_process(redis_server: RedisServer, module_logs: Path) -> None:
+    platform = Platform(redis_server, fresh_db(redis_server), module_logs,
+                        CONVEYOR_API__MAX_EVENT_STREAMS="1")  # fmt: skip
+    platform.start_api()
+    try:
+        with platform.http() as client:
+            job = client.post("/v1/jobs", json=ECHO).json()
+            with client.stream("GET", f"/v1/jobs/{job['id']}/events") as first:
+                assert first.status_code == 200
+                lines = first.iter_lines()  # kept: a dropped iterator closes the stream
+                assert next(lines) == "event: job"
+                second = client.get(f"/v1/jobs/{job['id']}/events")
+                assert problem(second, 503)["type"] == "urn:conveyor:problem:streams-exhausted"
+                assert second.headers["retry-after"]
+    finally:
+        platform.stop()
+
+
+@pytest.mark.parametrize(
+    ("message", "secret"),
+    [
+        ('{"password": "hunter2"}', "hunter2"),
+        ("{'api_key': 'k-12345'}", "k-12345"),
+        ("DB_PASSWORD=s3cr3t-v4lue", "s3cr3t-v4lue"),
+        ("AWS_SECRET_ACCESS_KEY=AKIAEXAMPLE", "AKIAEXAMPLE"),
+        ("redis://:p@ss@10.0.0.5:6379/0", "p@ss"),
+        ("Authorization: Bearer abcdefghijkl", "abcdefghijkl"),
+        ("token=xyz987", "xyz987"),
+    ],
+)
+def test_the_sanitizer_masks_common_secret_shapes(message: str, secret: str) -> None:
+    from conveyor.core.sanitize import Sanitizer
+
+    assert secret not in Sanitizer().text(message)
+    assert Sanitizer().text("tokenizer failed on word 3") == "tokenizer failed on word 3"
+
+
+def test_the_system_tenant_cannot_have_keys() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        parse_keys(
+            keys_document(
+                [("cvk_x-00000000000000000000000000000000000000000", "s", "system", ["admin"])]
+            )
+        )

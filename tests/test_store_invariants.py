@@ -71,6 +71,7 @@ def test_replaying_a_dead_letter_keeps_its_tenants_idempotency_key(
 
     assert asyncio.run(replay()) == 1
     assert store.client.ttl("conveyor:idem:t1:order-2") == -1, "a live job keeps its key"
+    assert store.client.ttl(f"conveyor:events:{job_id}") == -1, "and its event history"
     states = [e[1]["state"] for e in store.client.xrange(f"conveyor:events:{job_id}")]
     assert states == ["running", "failed", "queued"]
 

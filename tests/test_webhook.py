@@ -11,7 +11,7 @@ from conveyor.core.catalog import JobContext
 from conveyor.core.errors import PermanentError, RetryableError
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
-from conveyor.core.signing import sign, verify
+from conveyor.core.signing import sign, tenant_secret, verify
 from conveyor.tasks.webhook import WebhookArgs, deliver
 from tests.support.processes import TERMINAL, Platform, wait_for_job
 from tests.support.receiver import receiver
@@ -27,7 +27,7 @@ def context(timeout: float = 5.0) -> JobContext:
     )
     return JobContext(
         job_id="job-1", task="webhook.deliver", queue=Queue.DEFAULT, attempt=2,
-        progress=lambda *a, **k: None, settings=settings,
+        progress=lambda *a, **k: None, settings=settings, tenant="team-a",
     )  # fmt: skip
 
 
@@ -43,7 +43,12 @@ def test_delivery_is_signed_and_carries_the_job_id() -> None:
     assert request.headers["Conveyor-Attempt"] == "2"
     assert request.headers["X-Team"] == "ops"
     assert request.headers["Content-Type"] == "application/json"
-    assert verify("s3cret", request.headers["Conveyor-Signature"], request.body)
+    # Signed with the tenant's own key, not the deployment's secret nor another tenant's key.
+    signature = request.headers["Conveyor-Signature"]
+    assert request.headers["Conveyor-Tenant"] == "team-a"
+    assert verify(tenant_secret("s3cret", "team-a"), signature, request.body)
+    assert not verify(tenant_secret("s3cret", "team-b"), signature, request.body)
+    assert not verify("s3cret", signature, request.body)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429, 408])

@@ -174,10 +174,19 @@ def keys_create(
 
     import yaml
 
-    from conveyor.core.apikeys import TENANT_PATTERN, KeyEntry, generate_key, hash_key
+    from conveyor.core.apikeys import (
+        SYSTEM_TENANT,
+        TENANT_PATTERN,
+        KeyEntry,
+        generate_key,
+        hash_key,
+    )
 
-    if not re.match(TENANT_PATTERN, tenant):
-        raise typer.BadParameter(f"{tenant!r} is not {TENANT_PATTERN}", param_hint="--tenant")
+    if not re.match(TENANT_PATTERN, tenant) or tenant == SYSTEM_TENANT:
+        raise typer.BadParameter(
+            f"{tenant!r} is not {TENANT_PATTERN}, or is the reserved {SYSTEM_TENANT!r}",
+            param_hint="--tenant",
+        )
     key = generate_key()
     entry = KeyEntry(
         id=key_id or f"{tenant}-{datetime.datetime.now(datetime.UTC):%Y%m%d%H%M%S}",
@@ -188,6 +197,19 @@ def keys_create(
     document = {**entry.model_dump(mode="json"), "scopes": sorted(s.value for s in scope)}
     typer.echo(f"key (store it now; it is not kept anywhere): {key}", err=True)
     typer.echo(yaml.safe_dump([document], sort_keys=False), nl=False)
+
+
+@keys_app.command("webhook-secret")
+def keys_webhook_secret(
+    tenant: Annotated[str, typer.Option(help="Tenant whose receivers verify the signatures.")],
+) -> None:
+    """Print the key a tenant's receivers verify Conveyor-Signature with (derived from
+    CONVEYOR_WEBHOOK__SIGNING_SECRET: each tenant's webhooks are signed with its own key).
+    """
+    from conveyor.core.signing import tenant_secret
+
+    settings = Settings()
+    typer.echo(tenant_secret(settings.webhook.signing_secret.get_secret_value(), tenant))
 
 
 @keys_app.command("hash")

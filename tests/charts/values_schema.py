@@ -36,7 +36,11 @@ FREE_FORM = {
             "additionalProperties": False,
             "properties": {
                 "id": {"type": "string", "minLength": 1},
-                "tenant": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+                "tenant": {
+                    "type": "string",
+                    "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$",
+                    "not": {"const": "system"},
+                },
                 "scopes": {
                     "type": "array",
                     "minItems": 1,

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from conveyor import __version__
 from conveyor.api import problems
-from conveyor.api.auth import KeySource, security_schemes
+from conveyor.api.auth import KeySource, charge_rejected, security_schemes
 from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.events import BLOCK_SECONDS, events_router
 from conveyor.api.jobs import jobs_router
@@ -46,7 +46,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(settings)
-        streams = stream_client(settings, BLOCK_SECONDS)
+        streams = stream_client(settings, BLOCK_SECONDS, settings.api.max_event_streams + 8)
         store = AsyncJobStore(client, settings.key_prefix, settings.jobs.retention_seconds)
         app.state.conveyor = ApiState(settings, catalog, client, store, streams)
         watcher = asyncio.create_task(keys.watch(), name="conveyor-keys-watch")
@@ -74,7 +74,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         max_header_bytes=settings.limits.max_header_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    problems.install(app, list(catalog))
+    problems.install(app, list(catalog), charge_rejected)
     body = submission_model(catalog, settings.jobs.max_delay_seconds)
     app.include_router(jobs_router(catalog, body))
     app.include_router(events_router())

@@ -231,6 +231,24 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+async def charge_rejected(request: Request) -> ProblemError | None:
+    """Take a token for an authenticated request refused before it reached the accept script
+    (an invalid body), so invalid requests count against the rate limit too. Returns the
+    429 to answer instead when the bucket is empty.
+    """
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        return None
+    limits = tenant_limits(request, principal.tenant)
+    if limits.rate_per_second <= 0:
+        return None
+    store = request.app.state.conveyor.store
+    taken, _, wait_ms = await store.take_token(
+        principal.tenant, limits.rate_per_second, limits.burst
+    )
+    return None if taken else too_many_requests(limits, wait_ms)
+
+
 Reader = Annotated[Principal, Depends(rate_limited(Scope.JOBS_READ))]
 Writer = Annotated[Principal, Depends(rate_limited(Scope.JOBS_WRITE))]
 Admin = Annotated[Principal, Depends(rate_limited(Scope.ADMIN))]

@@ -21,6 +21,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from conveyor.api.auth import Reader
 from conveyor.api.jobs import PROBLEM_RESPONSES, State, existing_job
+from conveyor.api.problems import ProblemError
 from conveyor.api.state import ApiState
 from conveyor.core.jobs import Job, JobState
 from conveyor.core.store import decode_record
@@ -33,8 +34,18 @@ STREAM_MAXLEN = 1000
 
 
 async def _followed_job(job_id: str, state: State, principal: Reader) -> Job:
-    # A dependency, so an unknown (or another tenant's) job is a 404 before the stream starts.
-    return await existing_job(state, job_id, principal)
+    # A dependency, so an unknown (or another tenant's) job is a 404, and a full process a
+    # 503, before the stream starts.
+    job = await existing_job(state, job_id, principal)
+    if state.open_streams >= state.settings.api.max_event_streams:
+        raise ProblemError(
+            503,
+            "Too many event streams",
+            "This API process serves its maximum of event streams; retry, or poll the job.",
+            slug="streams-exhausted",
+            headers={"Retry-After": "5"},
+        )
+    return job
 
 
 def events_router() -> APIRouter:
@@ -58,8 +69,12 @@ def events_router() -> APIRouter:
         `Last-Event-ID` to resume without losing events. A stream stays open at most
         `CONVEYOR_API__EVENTS_MAX_SECONDS`; reconnecting then resumes it.
         """
-        async for event in follow(state, job.id, last_event_id):
-            yield event
+        state.open_streams += 1
+        try:
+            async for event in follow(state, job.id, last_event_id):
+                yield event
+        finally:
+            state.open_streams -= 1
 
     return router
 
@@ -74,6 +89,17 @@ async def follow(
     key = state.store.keys.events(job_id)
     deadline = time.monotonic() + state.settings.api.events_max_seconds
     cursor = last_event_id
+    if cursor is not None and not await _lost_events(client, key, cursor):
+        # Resuming a finished job with nothing left to send: end with the job itself, or a
+        # reconnecting EventSource would wait out every stream and reconnect forever.
+        done = await state.store.get(job_id)
+        if (
+            done is not None
+            and done.state.is_terminal
+            and not await client.xrange(key, min=f"({cursor}", count=1)
+        ):
+            yield ServerSentEvent(event="job", id=cursor, data=done.model_dump(mode="json"))
+            return
     if cursor is None or await _lost_events(client, key, cursor):
         job, cursor = await _snapshot(state, key, job_id)
         if job is None:

@@ -1,7 +1,7 @@
 """RFC 9457 problem details: every error the API returns, with the offending field named."""
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -92,8 +92,14 @@ def field_errors(errors: Sequence[Any], task_names: Sequence[str] = ()) -> list[
     return result
 
 
-def install(app: FastAPI, task_names: Sequence[str]) -> None:
-    """Route every error through problem+json."""
+def install(
+    app: FastAPI,
+    task_names: Sequence[str],
+    charge: Callable[[Request], Awaitable["ProblemError | None"]] | None = None,
+) -> None:
+    """Route every error through problem+json. `charge` is awaited for a request whose body
+    failed validation; it may answer with another problem instead (the rate limit).
+    """
 
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)
@@ -102,6 +108,10 @@ def install(app: FastAPI, task_names: Sequence[str]) -> None:
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         count_submission(request, "rejected")
+        if charge is not None:
+            refusal = await charge(request)
+            if refusal is not None:
+                return problem_response(refusal.problem.model_copy(), request, refusal.headers)
         errors = exc.errors()
         unknown_task = any(
             e.get("type") in ("union_tag_invalid", "union_tag_not_found") for e in errors

@@ -20,6 +20,7 @@ class ApiState:
     redis: "redis.asyncio.Redis"
     store: AsyncJobStore
     streams: AsyncRedis  # blocking reads of job events, on connections of their own
+    open_streams: int = 0
 
 
 async def api_state(request: Request) -> ApiState:

@@ -19,7 +19,14 @@ from enum import StrEnum
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 KEY_PREFIX = "cvk_"
@@ -46,6 +53,13 @@ class KeyEntry(BaseModel):
     tenant: TenantName
     scopes: frozenset[Scope] = Field(..., min_length=1)
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("tenant")
+    @classmethod
+    def _not_reserved(cls, tenant: str) -> str:
+        if tenant == SYSTEM_TENANT:
+            raise ValueError(f"{SYSTEM_TENANT!r} is reserved for the platform's own jobs")
+        return tenant
 
 
 class TenantLimits(BaseModel):

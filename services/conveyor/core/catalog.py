@@ -84,6 +84,7 @@ class JobContext:
     attempt: int
     progress: ProgressReporter
     settings: Settings
+    tenant: str = ""
 
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)

@@ -23,6 +23,7 @@ QUEUE_HEADER = "conveyor_queue"
 # Which copy of the job's message this is: retries and replays send a new generation, and a
 # worker skips a message older than the record's (a stale copy restored after a crash).
 GENERATION_HEADER = "conveyor_generation"
+TENANT_HEADER = "conveyor_tenant"
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _ORIGIN = f"conveyor@{socket.gethostname()}"
@@ -42,6 +43,7 @@ def build_message(
     enqueued_at: float,
     due_at: float | None = None,
     trace_context: Mapping[str, str] | None = None,
+    tenant: str = "",
 ) -> bytes:
     """Encode one task message the way kombu's Redis transport stores it in the queue list.
 
@@ -74,6 +76,7 @@ def build_message(
         MAX_RETRIES_HEADER: max_retries,
         QUEUE_HEADER: str(queue),
         GENERATION_HEADER: generation,
+        TENANT_HEADER: tenant,
         # W3C trace context (traceparent, tracestate): the worker's span joins the trace.
         **(trace_context or {}),
     }

@@ -30,9 +30,12 @@ class NetGuard:
 
     def check_address(self, address: IPAddress, host: str) -> None:
         """Raise UnsafeUrlError unless `address` is public or allow-listed."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         if any(address in network for network in self.allowed_networks):
+            return
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            # ::ffff:a.b.c.d, ::a.b.c.d, 6to4 and NAT64 reach the IPv4 address inside.
+            self.check_address(embedded, host)
             return
         if not address.is_global or address.is_multicast:
             raise UnsafeUrlError(
@@ -72,6 +75,23 @@ class NetGuard:
         for address in addresses:
             self.check_address(address, host)
         return addresses
+
+
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, NAT64), if any."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _COMPATIBLE or any(address in network for network in _NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def _literal(host: str) -> IPAddress | None:

@@ -39,15 +39,19 @@ def sync_client(settings: Settings, *, quick: bool = False) -> "redis.Redis":
     )
 
 
-def stream_client(settings: Settings, block_seconds: float) -> "redis.asyncio.Redis":
+def stream_client(
+    settings: Settings, block_seconds: float, max_connections: int
+) -> "redis.asyncio.Redis":
     """An asyncio client for blocking stream reads (job events): its socket timeout outlasts
-    a `block_seconds` XREAD, so only a silent Redis, not a quiet job, times it out.
+    a `block_seconds` XREAD, so only a silent Redis, not a quiet job, times it out. The API
+    caps its streams below `max_connections`.
     """
     from redis.asyncio.retry import Retry as AsyncRetry
 
     return redis.asyncio.Redis.from_url(
         settings.redis_dsn(),
         retry=AsyncRetry(ExponentialBackoff(cap=0.1, base=0.05), retries=1),
+        max_connections=max_connections,
         **_options(socket_timeout=block_seconds + 2.0, connect_timeout=0.5),
     )
 

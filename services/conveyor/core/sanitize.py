@@ -14,10 +14,13 @@ from conveyor.core.settings import Settings
 MASK = "***"
 MAX_MESSAGE_LENGTH = 2000
 
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+# Credentials run to the last @ before the host: a password may contain @ itself.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s]*@")
+# Names may be prefixed (DB_PASSWORD, AWS_SECRET_ACCESS_KEY) and quoted ({"password": ...}).
 _SECRET_PAIRS = re.compile(
-    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization)"
-    r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+    r"(?i)(?<![a-z0-9])((?:[a-z0-9]+[_-])*"
+    r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization)"
+    r"(?:[_-][a-z0-9]+)*[\"']?)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&}]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[a-z0-9._~+/=-]{8,}")
 _API_KEYS = re.compile(r"\bcvk_[A-Za-z0-9_-]{20,}")

@@ -19,6 +19,12 @@ class ApiSettings(BaseModel):
     timeout_seconds: int = Field(30, ge=1, description="Kill a worker silent for this long.")
     graceful_timeout_seconds: int = Field(20, ge=1, description="Time to finish requests on stop.")
     keepalive_seconds: int = Field(5, ge=1, description="HTTP keep-alive timeout.")
+    max_event_streams: int = Field(
+        200,
+        ge=1,
+        description="Event streams one API process serves at once (each holds a Redis "
+        "connection); past it, a new stream is refused with 503 and Retry-After.",
+    )
     events_max_seconds: float = Field(
         300.0,
         gt=0,

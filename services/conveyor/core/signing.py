@@ -2,6 +2,11 @@
 
 Header format (as Stripe's): `Conveyor-Signature: t=<unix seconds>,v1=<hex digest>` where the
 digest is HMAC-SHA256(secret, "<t>.<raw body>"). The timestamp lets receivers reject replays.
+
+Each tenant has a signing key of its own, derived from the deployment's secret
+(`tenant_secret`; `conveyor keys webhook-secret --tenant T` prints it). A job's webhooks and
+callbacks are signed with its tenant's key, so one tenant cannot make Conveyor sign a payload
+that another tenant's receiver would accept.
 """
 
 import hashlib
@@ -9,6 +14,12 @@ import hmac
 import time
 
 SIGNATURE_HEADER = "Conveyor-Signature"
+
+
+def tenant_secret(deployment_secret: str, tenant: str) -> str:
+    """The signing key of `tenant`'s webhooks: HMAC-SHA256(deployment secret, tenant)."""
+    message = f"conveyor-webhook-tenant:{tenant}".encode()
+    return hmac.new(deployment_secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:

@@ -92,5 +92,6 @@ def prepare(
         enqueued_at=now,
         due_at=due_at,
         trace_context=trace_context,
+        tenant=submission.tenant,
     )
     return job, message

@@ -11,7 +11,7 @@ from conveyor.core.catalog import JobContext, RetryPolicy, task
 from conveyor.core.errors import PermanentError, RetryableError
 from conveyor.core.netguard import IPAddress, NetGuard, UnsafeUrlError
 from conveyor.core.queues import Queue
-from conveyor.core.signing import SIGNATURE_HEADER, sign
+from conveyor.core.signing import SIGNATURE_HEADER, sign, tenant_secret
 
 # Statuses worth retrying besides 5xx: the receiver asked us to come back later.
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -43,6 +43,7 @@ def deliver(ctx: JobContext, args: WebhookArgs) -> dict[str, Any]:
     """
     settings = ctx.settings.webhook
     body = orjson.dumps(args.payload)
+    secret = tenant_secret(settings.signing_secret.get_secret_value(), ctx.tenant)
     headers = {
         **args.headers,
         "Content-Type": "application/json",
@@ -50,7 +51,8 @@ def deliver(ctx: JobContext, args: WebhookArgs) -> dict[str, Any]:
         "Idempotency-Key": ctx.job_id,
         "Conveyor-Job-Id": ctx.job_id,
         "Conveyor-Attempt": str(ctx.attempt),
-        SIGNATURE_HEADER: sign(settings.signing_secret.get_secret_value(), body, int(time.time())),
+        "Conveyor-Tenant": ctx.tenant,
+        SIGNATURE_HEADER: sign(secret, body, int(time.time())),
     }
     guard = NetGuard(settings.allowed_networks)
     try:
@@ -112,9 +114,17 @@ def _post_first_reachable(
     # Like a browser: try each checked address in turn (say, ::1 then 127.0.0.1).
     for index, address in enumerate(addresses):
         pinned = target.copy_with(host=str(address))
+        request = client.build_request(
+            "POST", pinned, content=body, headers=headers, extensions=extensions
+        )
         try:
-            return client.post(pinned, content=body, headers=headers, extensions=extensions)
+            # The receiver's body is never read: only its status matters, and a hostile
+            # receiver could otherwise send gigabytes into the worker's memory.
+            response = client.send(request, stream=True)
         except httpx.ConnectError:
             if index == len(addresses) - 1:
                 raise
+            continue
+        response.close()
+        return response
     raise OSError(f"{target.host} has no address")

@@ -28,6 +28,7 @@ from conveyor.core.messages import (
     GENERATION_HEADER,
     MAX_RETRIES_HEADER,
     QUEUE_HEADER,
+    TENANT_HEADER,
     build_message,
 )
 from conveyor.core.queues import Queue
@@ -93,6 +94,7 @@ class JobRunner:
         log.info("job started (attempt %d)", started.attempts)
         ctx = JobContext(
             job_id=job_id,
+            tenant=getattr(request, TENANT_HEADER, None) or "",
             task=spec.name,
             queue=queue,
             attempt=started.attempts,
@@ -218,6 +220,7 @@ class JobRunner:
             due_at=due_at,
             trace_context=trace_context,
             generation=(_generation(request) or 0) + (1 if next_generation else 0),
+            tenant=getattr(request, TENANT_HEADER, None) or "",
         )
 
     def after_terminal(self, job_id: str) -> None:

@@ -18,8 +18,14 @@ local queue, task, state, message = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local tenant, rate, burst = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14])
 local max_depth, max_delayed = tonumber(ARGV[15]), tonumber(ARGV[16])
 
--- A replay of an accepted request answers with its job even when limits would refuse a new one:
--- a client retrying after a lost response must learn that its job exists.
+-- Every request takes a token, replays included.
+local taken, left, wait = take_token(prefix .. ':ratelimit:' .. tenant, rate, burst)
+if taken == 0 then
+  return {2, wait}
+end
+
+-- A replay of an accepted request answers with its job even when the queue is full: a client
+-- retrying after a lost response must learn that its job exists.
 local ikey = idem_key(prefix, tenant, idem)
 if idem ~= '' then
   local existing = redis.call('GET', ikey)
@@ -40,11 +46,6 @@ elseif max_depth > 0 then
   if depth >= max_depth then
     return {3, depth}
   end
-end
-
-local taken, left, wait = take_token(prefix .. ':ratelimit:' .. tenant, rate, burst)
-if taken == 0 then
-  return {2, wait}
 end
 
 local key = job_key(prefix, id)

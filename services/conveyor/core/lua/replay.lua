@@ -23,6 +23,7 @@ for i = 2, #ARGV do
     redis.call('HSET', key, 'state', 'queued', 'deaths', '0', 'finished_at', '', 'progress', '',
                'error', '', 'dead_lettered_at', '')
     redis.call('PERSIST', key)
+    redis.call('PERSIST', events_key(prefix, id))
     local tenant = record[4] or ''
     if record[3] and record[3] ~= '' then
       redis.call('PERSIST', idem_key(prefix, tenant, record[3]))
