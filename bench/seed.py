@@ -3,7 +3,7 @@
 from conveyor.core.catalog import load_catalog
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
-from conveyor.core.store import JobStore, Limits, accept_args
+from conveyor.core.store import ACCEPT, JobStore, Limits, accept_args
 from conveyor.core.submit import Submission, prepare
 
 BATCH = 1000
@@ -16,6 +16,7 @@ def accept_jobs(
     catalog, settings = load_catalog([]), Settings()
     spec = catalog[task]
     messages: list[bytes] = []
+    store.client.script_load(ACCEPT.source)  # pipelined EVALSHAs cannot load it themselves
     for start in range(0, count, BATCH):
         with store.client.pipeline(transaction=False) as pipe:
             for _ in range(min(BATCH, count - start)):
@@ -23,8 +24,6 @@ def accept_jobs(
                                         queue=queue, max_retries=0)  # fmt: skip
                 job, message = prepare(spec, submission, settings)
                 messages.append(message)
-                store._accept(
-                    args=accept_args("conveyor", job, message, 3600, Limits()), client=pipe
-                )
+                pipe.evalsha(ACCEPT.sha, 0, *accept_args("conveyor", job, message, 3600, Limits()))
             pipe.execute()
     return messages

@@ -122,7 +122,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         location = {"Location": f"/v1/jobs/{outcome.job_id}"}
         if outcome.created:
             metrics.submissions.labels("accepted").inc()
-            created = Job.from_record(new_job.record())
+            created = Job.from_record(new_job.record)
             headers = {**location, **rate_limit_headers(tenant, outcome.tokens_left)}
             return job_response(created, 202, headers)
         if outcome.request_hash != new_job.request_hash:

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -30,14 +31,44 @@ def _script_source(name: str) -> str:
     return _LIB + "\n" + resources.files("conveyor.core.lua").joinpath(f"{name}.lua").read_text()
 
 
-ACCEPT_LUA = _script_source("accept")
-TRANSITION_LUA = _script_source("transition")
-PROMOTE_LUA = _script_source("promote")
-START_LUA = _script_source("start")
-REPLAY_LUA = _script_source("replay")
-PURGE_LUA = _script_source("purge")
-RATELIMIT_LUA = _script_source("ratelimit")
-RECOVER_INFLIGHT_LUA = _script_source("recover_inflight")
+class Lua:
+    """A Lua script called with EVALSHA, loaded on the first NOSCRIPT; `run` on a blocking
+    client, `run_async` on an asyncio one.
+
+    redis-py's `Script` does the same, but its per-call checks cost a fifth of the API's CPU on
+    the accept path and a quarter of a worker main process's per delivery (measured with
+    py-spy). Conveyor's scripts take no KEYS: everything is in ARGV.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def run(self, client: "redis.Redis", args: Sequence[Any]) -> Any:
+        """Run the script with `args` as ARGV."""
+        try:
+            return client.evalsha(self.sha, 0, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, 0, *args)
+
+    async def run_async(self, client: "redis.asyncio.Redis", args: Sequence[Any]) -> Any:
+        """Run the script with `args` as ARGV, on an asyncio client."""
+        try:
+            return await client.evalsha(self.sha, 0, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, 0, *args)
+
+
+ACCEPT = Lua(_script_source("accept"))
+TRANSITION = Lua(_script_source("transition"))
+PROMOTE = Lua(_script_source("promote"))
+START = Lua(_script_source("start"))
+REPLAY = Lua(_script_source("replay"))
+PURGE = Lua(_script_source("purge"))
+RATELIMIT = Lua(_script_source("ratelimit"))
+RECOVER_INFLIGHT = Lua(_script_source("recover_inflight"))
 
 # Dead-letter operations go through Redis in batches of this many ids per script call.
 DEAD_LETTER_BATCH = 500
@@ -67,8 +98,9 @@ class NewJob:
         """Scheduled when it has a due time, otherwise queued."""
         return JobState.SCHEDULED if self.due_at is not None else JobState.QUEUED
 
+    @cached_property
     def record(self) -> dict[str, str]:
-        """The job hash's fields."""
+        """The job hash's fields, built once: the accept script and the response use both."""
         return {
             "id": self.id,
             "tenant": self.tenant,
@@ -183,7 +215,7 @@ def accept_args(
         limits.burst,
         limits.max_queue_depth,
         limits.max_delayed_jobs,
-        orjson.dumps(job.record()),
+        orjson.dumps(job.record),
     ]
 
 
@@ -279,11 +311,6 @@ class JobStore:
         self.keys = Keys(prefix)
         self.retention_seconds = retention_seconds
         self.dead_letter_retention_seconds = dead_letter_retention_seconds
-        self._accept = client.register_script(ACCEPT_LUA)
-        self._transition = Lua(TRANSITION_LUA)  # every job: twice
-        self._promote = client.register_script(PROMOTE_LUA)
-        self._start = Lua(START_LUA)
-        self._recover_inflight = client.register_script(RECOVER_INFLIGHT_LUA)
 
     def accept(self, job: NewJob, message: bytes) -> AcceptResult:
         """Record and enqueue a job atomically (see accept.lua).
@@ -292,13 +319,13 @@ class JobStore:
         since refusing them would lose them.
         """
         args = accept_args(self.keys.prefix, job, message, self.retention_seconds, Limits())
-        return parse_accept(self._accept(args=args), job)
+        return parse_accept(ACCEPT.run(self.client, args), job)
 
     def start(
         self, job_id: str, now: float, max_deaths: int, generation: int | None = None
     ) -> StartResult:
         """Begin a delivery of the message of `generation` (see start.lua)."""
-        verdict, state, attempts, deaths = self._start(
+        verdict, state, attempts, deaths = START.run(
             self.client,
             [
                 self.keys.prefix,
@@ -339,11 +366,11 @@ class JobStore:
             delayed=delayed,
             fields=fields,
         )
-        return parse_transition(self._transition(self.client, args))
+        return parse_transition(TRANSITION.run(self.client, args))
 
     def promote_due(self, now: float, limit: int = 500) -> int:
         """Push delayed messages whose due time has come onto their queues."""
-        return int(self._promote(args=[self.keys.prefix, _ms(now), limit]))
+        return int(PROMOTE.run(self.client, [self.keys.prefix, _ms(now), limit]))
 
     def prune_index(self, key: str, older_than: float, budget: int = 5000) -> int:
         """Drop ids of expired jobs from one index, oldest first; returns how many went."""
@@ -380,7 +407,7 @@ class JobStore:
     def recover_inflight(self, now: float, ttl_seconds: float) -> int:
         """Requeue the in-flight messages of consumers silent for longer than `ttl_seconds`."""
         return sum(
-            int(self._recover_inflight(args=[self.keys.prefix, str(queue), now, ttl_seconds]))
+            int(RECOVER_INFLIGHT.run(self.client, [self.keys.prefix, str(queue), now, ttl_seconds]))
             for queue in Queue
         )
 
@@ -402,47 +429,6 @@ class JobStore:
         ]
 
 
-class Lua:
-    """A Lua script called with EVALSHA on any blocking client, loaded on first NOSCRIPT.
-
-    redis-py's `Script` does the same, but its per-call checks cost a quarter of a worker main
-    process's CPU per delivery (measured with py-spy).
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-
-    def __call__(self, client: "redis.Redis", args: Sequence[Any]) -> Any:
-        """Run the script with `args` as ARGV (Conveyor's scripts take no KEYS)."""
-        try:
-            return client.evalsha(self.sha, 0, *args)
-        except NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, 0, *args)
-
-
-class AsyncLua:
-    """A Lua script called with EVALSHA, loaded on first NOSCRIPT.
-
-    redis-py's `AsyncScript` does the same, but its per-call checks cost a fifth of the API's
-    CPU on the accept path (measured with py-spy); this is the hot path.
-    """
-
-    def __init__(self, client: "redis.asyncio.Redis", source: str) -> None:
-        self.client = client
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-
-    async def __call__(self, args: Sequence[Any]) -> Any:
-        """Run the script with `args` as ARGV (Conveyor's scripts take no KEYS)."""
-        try:
-            return await self.client.evalsha(self.sha, 0, *args)
-        except NoScriptError:
-            await self.client.script_load(self.source)
-            return await self.client.evalsha(self.sha, 0, *args)
-
-
 class AsyncJobStore:
     """Asynchronous job store for the API."""
 
@@ -450,11 +436,6 @@ class AsyncJobStore:
         self.client = client
         self.keys = Keys(prefix)
         self.retention_seconds = retention_seconds
-        self._accept_script = AsyncLua(client, ACCEPT_LUA)
-        self._ratelimit_script = AsyncLua(client, RATELIMIT_LUA)
-        self._transition = client.register_script(TRANSITION_LUA)
-        self._replay = client.register_script(REPLAY_LUA)
-        self._purge = client.register_script(PURGE_LUA)
 
     async def accept(
         self, job: NewJob, message: bytes, limits: Limits | None = None
@@ -463,12 +444,12 @@ class AsyncJobStore:
         args = accept_args(
             self.keys.prefix, job, message, self.retention_seconds, limits or Limits()
         )
-        return parse_accept(await self._accept_script(args), job)
+        return parse_accept(await ACCEPT.run_async(self.client, args), job)
 
     async def take_token(self, tenant: str, rate: float, burst: int) -> tuple[bool, int, int]:
         """One token from the tenant's bucket: (taken, whole tokens left, ms to the next)."""
-        taken, left, wait = await self._ratelimit_script(
-            [self.keys.prefix, tenant, repr(float(rate)), burst]
+        taken, left, wait = await RATELIMIT.run_async(
+            self.client, [self.keys.prefix, tenant, repr(float(rate)), burst]
         )
         return bool(int(taken)), int(left), int(wait)
 
@@ -487,7 +468,7 @@ class AsyncJobStore:
             delayed=("drop", None, b""),
             fields={"finished_at": repr(now), "error": ""},
         )
-        return parse_transition(await self._transition(args=args))
+        return parse_transition(await TRANSITION.run_async(self.client, args))
 
     async def list_jobs(
         self,
@@ -577,21 +558,21 @@ class AsyncJobStore:
 
     async def replay_dead_letters(self, job_ids: Sequence[str] | None = None) -> int:
         """Put dead-lettered jobs back on their queues (all of them when `job_ids` is None)."""
-        return await self._dead_letter_batches(self._replay, [self.keys.prefix], job_ids)
+        return await self._dead_letter_batches(REPLAY, [self.keys.prefix], job_ids)
 
     async def purge_dead_letters(self, job_ids: Sequence[str] | None = None) -> int:
         """Drop dead letters (all of them when `job_ids` is None)."""
         head = [self.keys.prefix, self.retention_seconds]
-        return await self._dead_letter_batches(self._purge, head, job_ids)
+        return await self._dead_letter_batches(PURGE, head, job_ids)
 
     async def _dead_letter_batches(
-        self, script: Any, head: list[Any], job_ids: Sequence[str] | None
+        self, script: Lua, head: list[Any], job_ids: Sequence[str] | None
     ) -> int:
         if job_ids is not None:
-            return int(await script(args=[*head, *job_ids])) if job_ids else 0
+            return int(await script.run_async(self.client, [*head, *job_ids])) if job_ids else 0
         done = 0
         while batch := await self.client.zrange(self.keys.dead, 0, DEAD_LETTER_BATCH - 1):
-            done += int(await script(args=[*head, *batch]))
+            done += int(await script.run_async(self.client, [*head, *batch]))
         return done
 
     async def _smallest(self, keys: list[str]) -> str:

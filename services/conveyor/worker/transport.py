@@ -36,7 +36,7 @@ from conveyor.core.store import Lua
 log = logging.getLogger(__name__)
 
 _CLAIM_LUA = resources.files("conveyor.core.lua").joinpath("claim.lua").read_text()
-_CLAIM = Lua(_CLAIM_LUA)
+_CLAIM = Lua(_CLAIM_LUA)  # claim.lua reads keys from ARGV; it needs none of _lib
 # A fresh token per process: in a container `conveyor` is PID 1 after every restart, and a
 # restarted consumer must not inherit (and keep "alive") its predecessor's in-flight list.
 _TOKEN = secrets.token_hex(4)
@@ -143,7 +143,7 @@ class ReliableChannel(kombu_redis.Channel):
             # call, a tenth of the main process's CPU per delivery (measured with py-spy).
             self._claim_client = self._create_client(asynchronous=False)
         claim_args = [key, item, self.unacked_key, self.unacked_index_key, tag, time(), record]
-        claimed = _CLAIM(self._claim_client, claim_args)
+        claimed = _CLAIM.run(self._claim_client, claim_args)
         if not claimed:
             log.warning("delivery %s was requeued while this consumer looked dead; dropped", tag)
             return
