@@ -88,8 +88,8 @@ async def follow(
     client: redis.asyncio.Redis = state.streams
     key = state.store.keys.events(job_id)
     deadline = time.monotonic() + state.settings.api.events_max_seconds
-    cursor = last_event_id
-    if cursor is not None and not await _lost_events(client, key, cursor):
+    if last_event_id is not None and not await _lost_events(client, key, last_event_id):
+        cursor = last_event_id
         # Resuming a finished job with nothing left to send: end with the job itself, or a
         # reconnecting EventSource would wait out every stream and reconnect forever.
         done = await state.store.get(job_id)
@@ -100,7 +100,7 @@ async def follow(
         ):
             yield ServerSentEvent(event="job", id=cursor, data=done.model_dump(mode="json"))
             return
-    if cursor is None or await _lost_events(client, key, cursor):
+    else:
         job, cursor = await _snapshot(state, key, job_id)
         if job is None:
             return
