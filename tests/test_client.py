@@ -29,11 +29,18 @@ from tests.support.auth import ADMIN_KEY, TEAM_A_READER_KEY, TEST_KEYS, keys_doc
 from tests.support.processes import Platform, RedisServer, free_port
 
 
+API_METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def live(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]:
     """API (event streams closed after 1 s, so clients must resume) and two tiers."""
     platform = started_platform(
-        redis_server, module_logs, ("low", "default"), CONVEYOR_API__EVENTS_MAX_SECONDS="1"
+        redis_server,
+        module_logs,
+        ("low", "default"),
+        CONVEYOR_API__EVENTS_MAX_SECONDS="1",
+        CONVEYOR_METRICS__API_PORT=str(API_METRICS_PORT),
     )
     yield platform
     platform.stop()
@@ -149,7 +156,7 @@ def test_events_survive_dropped_connections(live: Platform, client: Client) -> N
 
 
 def _event_streams_opened(live: Platform) -> float:
-    page = httpx.get(f"{live.base_url}/metrics", timeout=5).text
+    page = httpx.get(f"http://127.0.0.1:{API_METRICS_PORT}/metrics", timeout=5).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(page)

@@ -170,6 +170,7 @@ def service_env(redis_url: str, **overrides: str) -> dict[str, str]:
             # asks for one.
             "CONVEYOR_METRICS__WORKER_PORT": "0",
             "CONVEYOR_METRICS__BEAT_PORT": "0",
+            "CONVEYOR_METRICS__API_PORT": "0",
             "CONVEYOR_METRICS__MULTIPROCESS_DIR": str(METRICS_DIR),
         }
     )

@@ -17,7 +17,7 @@ from conveyor.api.events import BLOCK_SECONDS, events_router
 from conveyor.api.jobs import jobs_router
 from conveyor.api.limits import RequestSizeLimitMiddleware
 from conveyor.api.meta import meta_router
-from conveyor.api.metrics import MetricsMiddleware, metrics_router
+from conveyor.api.metrics import MetricsMiddleware
 from conveyor.api.schemas import submission_model
 from conveyor.api.state import ApiState
 from conveyor.core.catalog import TaskCatalog, load_catalog
@@ -80,7 +80,6 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app.include_router(events_router())
     app.include_router(dead_letters_router())
     app.include_router(meta_router())
-    app.include_router(metrics_router(registry))
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -93,6 +92,6 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=tracing, excluded_urls="healthz,readyz,metrics"
+            app, tracer_provider=tracing, excluded_urls="healthz,readyz"
         )
     return app

@@ -1,14 +1,16 @@
-"""API metrics: an ASGI middleware timing every request by route template, and /metrics."""
+"""API metrics: an ASGI middleware timing every request by route template.
+
+Every API process records into the multiprocess directory; the gunicorn master serves the
+aggregate on its own port (`api/server.py`), so /metrics is not a route of the app.
+"""
 
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.telemetry.metrics import ApiMetrics
-from conveyor.telemetry.prometheus import scrape_registry
 
 
 class MetricsMiddleware:
@@ -40,18 +42,6 @@ class MetricsMiddleware:
             method = scope["method"]
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
-
-
-def metrics_router(registry: CollectorRegistry) -> APIRouter:
-    """GET /metrics: every API process's metrics (aggregated in multiprocess mode)."""
-    router = APIRouter()
-    served = scrape_registry(registry)
-
-    @router.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(served), media_type=CONTENT_TYPE_LATEST)
-
-    return router
 
 
 def count_submission(request: Request, outcome: str) -> None:

@@ -3,15 +3,28 @@
 from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from prometheus_client import CollectorRegistry
 
 from conveyor.api.app import create_app
 from conveyor.core.settings import Settings
-from conveyor.telemetry.prometheus import mark_dead
+from conveyor.telemetry.prometheus import mark_dead, scrape_registry, serve
 
 
 def _child_exit(server: Any, worker: Any) -> None:
     """Retire a dead uvicorn worker's live gauges (multiprocess metrics)."""
     mark_dead(worker.pid)
+
+
+def _serve_metrics(port: int) -> Any:
+    """Gunicorn's `when_ready` hook: the master serves every worker's metrics on `port`,
+    apart from client traffic (scrapes never queue behind requests, and network policies
+    can admit Prometheus without admitting clients).
+    """
+
+    def when_ready(server: Any) -> None:
+        serve(port, scrape_registry(CollectorRegistry()))
+
+    return when_ready
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]
@@ -37,6 +50,7 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
             # Kubernetes stops pods with SIGTERM; gunicorn then drains for graceful_timeout.
             "preload_app": False,
             "child_exit": _child_exit,
+            "when_ready": _serve_metrics(self.settings.metrics.api_port),
         }
         for key, value in options.items():
             self.cfg.set(key, value)

@@ -40,6 +40,8 @@ def create_beat(
             "retry_period": 30,
         },
     )
+    if tls := settings.redis_tls_options():
+        app.conf.redbeat_redis_use_ssl = tls
     store = JobStore(
         sync_client(settings),
         prefix,

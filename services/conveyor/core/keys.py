@@ -60,6 +60,12 @@ class Keys:
         """List of messages a consumer has taken from `queue` but not yet recorded."""
         return f"{self.prefix}:inflight:{consumer}:{queue}"
 
+    def running(self, queue: str) -> str:
+        """Sorted set of a queue's running job ids (scored by start, Redis time in seconds):
+        kept by the job scripts, read in O(1) as part of the tier's demand.
+        """
+        return f"{self.prefix}:running:{queue}"
+
     def consumers(self, queue: str) -> str:
         """Sorted set of a queue's consumers, scored by their last heartbeat (seconds)."""
         return f"{self.prefix}:consumers:{queue}"

@@ -10,8 +10,9 @@ from redis.retry import Retry
 from conveyor.core.settings import Settings
 
 
-def _options(socket_timeout: float, connect_timeout: float) -> dict[str, Any]:
+def _options(settings: Settings, socket_timeout: float, connect_timeout: float) -> dict[str, Any]:
     return {
+        **settings.redis_tls_options(),
         "decode_responses": True,
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
@@ -30,12 +31,12 @@ def sync_client(settings: Settings, *, quick: bool = False) -> "redis.Redis":
         return redis.Redis.from_url(
             settings.redis_dsn(),
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.05), retries=1),
-            **_options(socket_timeout=2.0, connect_timeout=1.0),
+            **_options(settings, socket_timeout=2.0, connect_timeout=1.0),
         )
     return redis.Redis.from_url(
         settings.redis_dsn(),
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
-        **_options(socket_timeout=10.0, connect_timeout=3.0),
+        **_options(settings, socket_timeout=10.0, connect_timeout=3.0),
     )
 
 
@@ -52,7 +53,7 @@ def stream_client(
         settings.redis_dsn(),
         retry=AsyncRetry(ExponentialBackoff(cap=0.1, base=0.05), retries=1),
         max_connections=max_connections,
-        **_options(socket_timeout=block_seconds + 2.0, connect_timeout=0.5),
+        **_options(settings, socket_timeout=block_seconds + 2.0, connect_timeout=0.5),
     )
 
 
@@ -67,5 +68,5 @@ def async_client(settings: Settings) -> "redis.asyncio.Redis":
     return redis.asyncio.Redis.from_url(
         settings.redis_dsn(),
         retry=AsyncRetry(ExponentialBackoff(cap=0.1, base=0.05), retries=1),
-        **_options(socket_timeout=0.6, connect_timeout=0.5),
+        **_options(settings, socket_timeout=0.6, connect_timeout=0.5),
     )

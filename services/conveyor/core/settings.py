@@ -225,6 +225,13 @@ class MetricsSettings(BaseModel):
     worker_port: int = Field(9808, ge=0, le=65535, description="Worker /metrics port; 0: off.")
     beat_port: int = Field(9809, ge=0, le=65535, description="Beat /metrics port; 0: off.")
     exporter_port: int = Field(9810, ge=1, le=65535, description="`conveyor exporter` port.")
+    api_port: int = Field(
+        9811,
+        ge=0,
+        le=65535,
+        description="API /metrics port, served by the gunicorn master apart from client "
+        "traffic (network policies can admit scrapers without admitting clients); 0: off.",
+    )
 
 
 class LogFormat(StrEnum):
@@ -249,6 +256,16 @@ class Settings(BaseSettings):
         None,
         description="Redis password, kept out of the URL (e.g. from a Kubernetes Secret); "
         "used when the URL carries none.",
+    )
+    redis_username: str | None = Field(
+        None,
+        description="Redis ACL user (Redis 6+), kept out of the URL like the password; used "
+        "when the URL carries none.",
+    )
+    redis_ca_file: Path | None = Field(
+        None,
+        description="PEM bundle of the CAs that sign the Redis server's certificate (for "
+        "rediss:// with a private CA, e.g. a managed Redis); the system CAs when unset.",
     )
     key_prefix: str = Field("conveyor", description="Prefix of every Redis key Conveyor owns.")
     redis_durability_check: DurabilityCheck = Field(
@@ -283,15 +300,29 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
 
     def redis_dsn(self) -> str:
-        """The Redis URL every client connects with: `redis_url` plus `redis_password`."""
+        """The Redis URL every client connects with: `redis_url` plus `redis_username` and
+        `redis_password` where the URL has none of its own.
+        """
         url = self.redis_url.get_secret_value()
-        if self.redis_password is None:
-            return url
         parts = urlsplit(url)
-        if parts.password:
+        username = parts.username or self.redis_username
+        password: str | None = parts.password
+        if password is None and self.redis_password is not None:
+            password = quote(self.redis_password.get_secret_value(), safe="")
+        if username == parts.username and password == parts.password:
             return url
-        password = quote(self.redis_password.get_secret_value(), safe="")
-        netloc = f"{parts.username or ''}:{password}@{parts.hostname}"
+        user = quote(username, safe="") if username and not parts.username else username or ""
+        netloc = f"{user}:{password}@" if password is not None else f"{user}@"
+        netloc += parts.hostname or ""
         if parts.port:
             netloc += f":{parts.port}"
         return urlunsplit(parts._replace(netloc=netloc))
+
+    def redis_tls_options(self) -> dict[str, str]:
+        """TLS options for redis-py, kombu and RedBeat (all take `ssl_ca_certs`): empty
+        unless the URL is rediss:// and a CA bundle is set. Certificates are verified either
+        way (redis-py's default for rediss://).
+        """
+        if self.redis_ca_file is None or not self.redis_dsn().startswith("rediss://"):
+            return {}
+        return {"ssl_cert_reqs": "required", "ssl_ca_certs": str(self.redis_ca_file)}

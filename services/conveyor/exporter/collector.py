@@ -3,11 +3,15 @@
 Every figure comes from O(1) or O(log n) commands (LLEN, LINDEX at the tail, ZCARD, ZCOUNT,
 HLEN, ZRANGE 0 0), so the scrape costs the same with ten or ten million queued jobs. Nothing
 is broadcast to workers (no `celery inspect`), and nothing depends on Celery events.
+
+A tier's demand (waiting + running jobs) is also read on its own by `read_demand`, for the
+autoscaler's `/scaling/<queue>` endpoint.
 """
 
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -31,6 +35,34 @@ _SEP = "\x06\x16"
 def queue_keys(queue: str) -> list[str]:
     """The list and kombu's priority sub-lists of a queue (Conveyor only fills the first)."""
     return [queue if step == 0 else f"{queue}{_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+@dataclass(frozen=True)
+class Demand:
+    """A tier's demand for worker slots: jobs waiting on its queue plus jobs running."""
+
+    queue: str
+    waiting: int
+    running: int
+
+    @property
+    def demand(self) -> int:
+        """Slots the tier needs now."""
+        return self.waiting + self.running
+
+    def as_json(self) -> bytes:
+        """The `/scaling/<queue>` body (KEDA's metrics-api trigger reads `demand`)."""
+        return orjson.dumps({**asdict(self), "demand": self.demand})
+
+
+def read_demand(client: "redis.Redis", keys: Keys, queue: str) -> Demand:
+    """One pipelined round trip of O(1) reads; raises RedisError rather than guess a zero."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in queue_keys(queue):
+            pipe.llen(key)
+        pipe.zcard(keys.running(queue))
+        *lengths, running = pipe.execute()
+    return Demand(queue, sum(int(n) for n in lengths), int(running))
 
 
 class BrokerCollector(Collector):
@@ -76,6 +108,7 @@ class BrokerCollector(Collector):
                 for key in queue_keys(queue):
                     pipe.llen(key)
                 pipe.lindex(queue, -1)  # the tail is consumed next: the oldest message
+                pipe.zcard(self.keys.running(queue))
                 pipe.zcount(self.keys.consumers(queue), now - self.consumer_ttl, "+inf")
             for state in states:
                 pipe.zcard(self.keys.index_state(state))
@@ -90,6 +123,9 @@ class BrokerCollector(Collector):
             families["conveyor_queue_length"].add_metric([queue], length)
             age = _message_age(next(it), now)
             families["conveyor_queue_oldest_message_age_seconds"].add_metric([queue], age)
+            running = int(next(it))
+            families["conveyor_queue_running"].add_metric([queue], running)
+            families["conveyor_queue_demand"].add_metric([queue], length + running)
             families["conveyor_workers"].add_metric([queue], int(next(it)))
         for state in states:
             families["conveyor_jobs"].add_metric([state], int(next(it)))

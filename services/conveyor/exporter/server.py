@@ -1,30 +1,58 @@
-"""Serving the broker collector."""
+"""Serving the broker collector and each tier's scaling signal."""
 
+import logging
 import signal
 import threading
 from typing import Any
 
+import orjson
+import redis
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
 
 from conveyor.core.keys import Keys
+from conveyor.core.queues import Queue
 from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
-from conveyor.exporter.collector import BrokerCollector
-from conveyor.telemetry.prometheus import serve
+from conveyor.exporter.collector import BrokerCollector, read_demand
+from conveyor.telemetry.prometheus import Response, Route, serve
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
 
 
-def create_registry(settings: Settings) -> CollectorRegistry:
+def create_registry(settings: Settings, client: "redis.Redis") -> CollectorRegistry:
     """A registry holding the broker collector for `settings`' Redis."""
     registry = CollectorRegistry()
     lease = settings.worker.visibility_timeout_seconds
-    client = sync_client(settings, quick=True)
-    collector = BrokerCollector(client, Keys(settings.key_prefix), lease, lease)
-    registry.register(collector)
+    registry.register(BrokerCollector(client, Keys(settings.key_prefix), lease, lease))
     return registry
 
 
+def scaling_route(client: "redis.Redis", keys: Keys) -> Route:
+    """`GET /scaling/<queue>`: the tier's demand as JSON, for KEDA's metrics-api trigger.
+
+    A Redis failure is a 503, never a zero: KEDA then counts a failed poll and, after its
+    failure threshold, applies the ScaledObject's fallback replicas instead of scaling in.
+    """
+
+    def route(queue: str) -> Response:
+        if queue not in {str(q) for q in Queue}:
+            return 404, JSON, orjson.dumps({"error": f"unknown queue {queue!r}"})
+        try:
+            return 200, JSON, read_demand(client, keys, queue).as_json()
+        except RedisError as exc:
+            log.warning("scaling signal of %s unavailable: %s", queue, exc)
+            return 503, JSON, orjson.dumps({"error": "Redis unavailable"})
+
+    return route
+
+
 def run_exporter(settings: Settings) -> None:
-    """Serve /metrics on `metrics.exporter_port` until SIGTERM or SIGINT."""
+    """Serve /metrics and /scaling/<queue> on `metrics.exporter_port` until SIGTERM or
+    SIGINT.
+    """
     stop = threading.Event()
 
     def on_signal(*_: Any) -> None:
@@ -32,5 +60,7 @@ def run_exporter(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serve(settings.metrics.exporter_port, create_registry(settings))
+    client = sync_client(settings, quick=True)
+    routes = {"/scaling/": scaling_route(client, Keys(settings.key_prefix))}
+    serve(settings.metrics.exporter_port, create_registry(settings, client), routes=routes)
     stop.wait()

@@ -189,6 +189,16 @@ EXPORTER_METRICS = (
         "Age of the oldest waiting message (since enqueued, or since due when delayed).",
         ("queue",),
     ),
+    ExporterMetric(
+        "conveyor_queue_running",
+        "Jobs of the queue whose record says running (a dead worker's count until redelivery).",
+        ("queue",),
+    ),
+    ExporterMetric(
+        "conveyor_queue_demand",
+        "Waiting plus running jobs of the queue: the tier's autoscaling signal.",
+        ("queue",),
+    ),
     ExporterMetric("conveyor_workers", "Live workers consuming the queue.", ("queue",)),
     ExporterMetric(
         "conveyor_jobs", "Job records by state (finished ones until they expire).", ("state",)

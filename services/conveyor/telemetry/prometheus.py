@@ -9,12 +9,21 @@ scrape, so a killed child's `livesum` gauges disappear instead of lingering.
 import contextlib
 import os
 import shutil
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server, values
+from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess, values
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+# A route answers (status, content type, body) for the part of the path after its prefix.
+Response = tuple[int, str, bytes]
+Route = Callable[[str], Response]
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Set by enable_multiprocess; inherited by forked children (prefork, gunicorn workers).
@@ -76,10 +85,46 @@ def scrape_registry(local: CollectorRegistry) -> CollectorRegistry:
     return registry
 
 
-def serve(port: int, registry: CollectorRegistry, host: str = "0.0.0.0") -> None:  # noqa: S104
-    """Serve `/metrics` from a background thread (port 0: not at all)."""
-    if port:
-        start_http_server(port, addr=host, registry=registry)
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per probe or scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(
+    port: int,
+    registry: CollectorRegistry,
+    host: str = "0.0.0.0",  # noqa: S104 - a pod's own port, scraped from outside
+    routes: Mapping[str, Route] | None = None,
+) -> ThreadingWSGIServer | None:
+    """Serve `/metrics`, and `routes` by path prefix (probes, the scaling signal), from a
+    background thread; port 0: not at all. Returns the server (its port when 0 was asked of
+    the OS is `server.server_port`).
+    """
+    if not port:
+        return None
+    metrics_app = make_wsgi_app(registry)
+    table = dict(routes or {})
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path: str = environ.get("PATH_INFO", "")
+        for prefix, route in table.items():
+            if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+                try:
+                    status, content_type, body = route(path.removeprefix(prefix))
+                except Exception:  # noqa: BLE001 - a failing route answers 500, never kills the server
+                    status, content_type, body = 500, "text/plain", b"internal error\n"
+                phrase = HTTPStatus(status).phrase
+                headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+                start_response(f"{status} {phrase}", headers)
+                return [body]
+        result: Iterable[bytes] = metrics_app(environ, start_response)
+        return result
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="conveyor-http", daemon=True).start()
+    return server
 
 
 def mark_dead(pid: int) -> None:

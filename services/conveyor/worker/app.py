@@ -17,7 +17,7 @@ from conveyor.worker import observability
 from conveyor.worker.delayed import DelayedJobsPromoter
 from conveyor.worker.leases import LeaseRenewer
 from conveyor.worker.lifecycle import ConveyorTask, JobRunner
-from conveyor.worker.liveness import Heartbeat
+from conveyor.worker.liveness import Heartbeat, WorkerHealth
 from conveyor.worker.metrics import JobMetricsRecorder, MetricsServer
 from conveyor.worker.shutdown import ShutdownDeadline
 from conveyor.worker.transport import bind_transport
@@ -29,6 +29,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
     """Celery settings: JSON only, acks-late, prefetch 1, no result backend."""
     return {
         "broker_url": settings.redis_dsn(),
+        # A private CA for rediss:// (kombu passes these to redis-py's SSL connection).
+        "broker_use_ssl": settings.redis_tls_options() or None,
         "broker_connection_retry_on_startup": True,
         # kombu's Redis transport, consuming with BLMOVE so no message is lost (transport.py).
         "broker_transport": bind_transport(Keys(settings.key_prefix)),
@@ -97,22 +99,32 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
         app.register_task(task_class())
 
     worker = settings.worker
+    health = WorkerHealth(worker.heartbeat_max_age_seconds)
     app.steps["worker"].update(
         {
             _bind(DelayedJobsPromoter, store=store, interval=worker.delayed_poll_seconds),
             _bind(LeaseRenewer, store=store, lease_seconds=worker.visibility_timeout_seconds),
-            _bind(ShutdownDeadline, store=store, timeout=worker.shutdown_timeout_seconds),
+            _bind(
+                ShutdownDeadline,
+                store=store,
+                timeout=worker.shutdown_timeout_seconds,
+                health=health,
+            ),
             _bind(
                 MetricsServer,
                 metrics=metrics,
                 registry=registry,
                 port=settings.metrics.worker_port,
+                health=health,
             ),
         }
     )
     app.steps["consumer"].add(
         _bind(
-            Heartbeat, base_path=worker.heartbeat_file, interval=worker.heartbeat_interval_seconds
+            Heartbeat,
+            base_path=worker.heartbeat_file,
+            interval=worker.heartbeat_interval_seconds,
+            health=health,
         )
     )
     return app

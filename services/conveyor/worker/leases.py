@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any, ClassVar
 
+from celery.signals import worker_shutdown
 from celery.worker import state
 from kombu.transport.redis import Channel
 
@@ -38,6 +39,7 @@ class LeaseRenewer(PeriodicStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
+        self.worker = parent
         self.queues: list[str] = []
 
     def start(self, parent: Any) -> None:
@@ -45,23 +47,24 @@ class LeaseRenewer(PeriodicStep):
         amqp = parent.app.amqp
         self.queues = sorted(amqp.queues.consume_from or amqp.queues)
         self.keep_alive()
+        worker_shutdown.connect(self._after_pool_drained, weak=False)
         super().start(parent)
 
     def stop(self, parent: Any) -> None:
-        """Stop; renew until running jobs end, then hand back anything left in flight.
+        """Keep the loop running: leases of the jobs still draining must be renewed.
 
-        Celery may stop this step before the pool has finished its jobs (bootstep order is
-        not guaranteed), so leases are kept alive here for as long as jobs still run.
+        Celery stops this step before the pool has finished its jobs, from the main thread,
+        which must go on to read the jobs' results: blocking here until they end would
+        deadlock the drain (every shutdown then waited out its whole timeout). The loop
+        stops on `worker_shutdown`, sent once the pool has drained.
         """
-        super().stop(parent)
-        deadline = time.monotonic() + self.lease_seconds * 10
-        while state.active_requests and time.monotonic() < deadline:
-            try:
-                self.keep_alive()
-                self.renew()
-            except Exception:
-                log.exception("could not renew leases during shutdown")
-            time.sleep(min(1.0, self.interval))
+
+    def _after_pool_drained(self, sender: Any = None, **_: Any) -> None:
+        """Stop renewing, retire this consumer and hand back anything left in flight."""
+        if sender is not self.worker:
+            return
+        worker_shutdown.disconnect(self._after_pool_drained)
+        super().stop(self.worker)
         try:
             self.store.retire(consumer_id(), self.queues)
             self.store.recover_inflight(time.time(), self.lease_seconds)

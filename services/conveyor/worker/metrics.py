@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from conveyor.telemetry.metrics import WorkerMetrics, exception_label
 from conveyor.telemetry.prometheus import scrape_registry, serve
 from conveyor.worker.events import job_finished, job_started
+from conveyor.worker.liveness import WorkerHealth
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,14 @@ class JobMetricsRecorder:
 
 
 class MetricsServer(bootsteps.StartStopStep):
-    """Worker step: publishes concurrency and serves /metrics from the main process."""
+    """Worker step: publishes concurrency and serves /metrics, /livez and /readyz from the
+    main process.
+    """
 
     metrics: ClassVar[WorkerMetrics]
     registry: ClassVar[CollectorRegistry]
     port: ClassVar[int]
+    health: ClassVar[WorkerHealth]
 
     def start(self, parent: Any) -> None:
         """Set the concurrency gauge and start the HTTP endpoint (a failure is only logged)."""
@@ -82,6 +86,6 @@ class MetricsServer(bootsteps.StartStopStep):
         for queue in amqp.queues.consume_from or amqp.queues:
             self.metrics.concurrency.labels(queue).set(parent.concurrency)
         try:
-            serve(self.port, scrape_registry(self.registry))
+            serve(self.port, scrape_registry(self.registry), routes=self.health.routes())
         except OSError:
             log.exception("cannot serve worker metrics on port %d", self.port)

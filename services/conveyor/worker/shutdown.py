@@ -17,6 +17,7 @@ from celery.worker import state
 
 from conveyor.core.jobs import JobState
 from conveyor.core.store import JobStore
+from conveyor.worker.liveness import WorkerHealth
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class ShutdownDeadline(bootsteps.StartStopStep):
 
     store: ClassVar[JobStore]
     timeout: ClassVar[float]
+    health: ClassVar[WorkerHealth]
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -45,6 +47,7 @@ class ShutdownDeadline(bootsteps.StartStopStep):
         if sender != self.worker.hostname or self._started.is_set():
             return
         self._started.set()
+        self.health.draining()
         threading.Thread(target=self._enforce, name="conveyor-shutdown", daemon=True).start()
 
     def _enforce(self) -> None:

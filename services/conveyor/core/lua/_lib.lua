@@ -10,10 +10,26 @@ local function state_index(prefix, state)
   return prefix .. ':index:state:' .. state
 end
 
--- Move `id` from one state index to another, keeping its creation-time score.
+-- A queue's running jobs (ids), so a tier's demand is O(1) to read (ZCARD) for autoscaling.
+local function running_set(prefix, queue)
+  return prefix .. ':running:' .. queue
+end
+
+-- Move `id` from one state index to another, keeping its creation-time score, and keep the
+-- job's queue's running set in step with its state.
 local function move_state_index(prefix, id, old_state, new_state)
   if old_state == new_state then
     return
+  end
+  if old_state == 'running' or new_state == 'running' then
+    local queue = redis.call('HGET', job_key(prefix, id), 'queue')
+    if queue then
+      if new_state == 'running' then
+        redis.call('ZADD', running_set(prefix, queue), redis.call('TIME')[1], id)
+      else
+        redis.call('ZREM', running_set(prefix, queue), id)
+      end
+    end
   end
   local score = redis.call('ZSCORE', prefix .. ':index:all', id)
   if not score then
