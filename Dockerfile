@@ -27,7 +27,7 @@ RUN groupadd --system --gid 10001 conveyor \
 COPY --from=build /opt/conveyor /opt/conveyor
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000 9808 9809 9810
+EXPOSE 8000 9808 9809 9810 9811
 # Exec form: `conveyor` itself is PID 1, so SIGTERM reaches gunicorn, Celery and beat with no
 # shell in between (each installs its own handler). Kubernetes probes replace HEALTHCHECK.
 ENTRYPOINT ["conveyor"]

@@ -41,7 +41,7 @@ dev: install  ## Run Redis, the API, three worker tiers and beat on this machine
 
 # The benchmarks print figures (bench/README.md has the method and the latest table); they
 # are not tests. wrk, from Debian, is the load generator.
-bench: install  ## Run every benchmark (about 25 minutes on 2 cores).
+bench: install  ## Run every benchmark (about 26 minutes on 2 cores).
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m bench.accept
@@ -49,6 +49,7 @@ bench: install  ## Run every benchmark (about 25 minutes on 2 cores).
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.growth
+	$(BIN)/python -m bench.probes
 
 lint: install
 	$(BIN)/ruff check services tests bench
