@@ -28,7 +28,6 @@ from tests.conftest import fresh_db, started_platform
 from tests.support.auth import ADMIN_KEY, TEAM_A_READER_KEY, TEST_KEYS, keys_document
 from tests.support.processes import Platform, RedisServer, free_port
 
-
 API_METRICS_PORT = free_port()
 
 

@@ -128,7 +128,8 @@ def test_worker_probes_over_http_and_draining_is_live_but_not_ready(
         wait_until(lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 503, 10,
                    "readiness to drop on SIGTERM")  # fmt: skip
         live = httpx.get(f"{base}/livez", timeout=5)
-        assert live.status_code == 200 and "draining" in live.text
+        assert live.status_code == 200
+        assert "draining" in live.text
         assert wait_for_job(client, job["id"], {"succeeded"}, timeout=20)["attempts"] == 1
     assert worker.process.wait(20) == 0
 

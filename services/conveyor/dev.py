@@ -228,8 +228,8 @@ def run_dev(
     supervisor.start(Child("exporter", [*conveyor, "exporter"], env))
     supervisor.say(f"API on http://127.0.0.1:{api_port} (docs at /docs); Ctrl-C stops everything")
     supervisor.say(
-        f"metrics: API :{metrics.api_port}, workers :{metrics.worker_port}/:{metrics.worker_port + 10}/"
-        f":{metrics.worker_port + 20}, beat :{metrics.beat_port}, "
+        f"metrics: API :{metrics.api_port}, workers :{metrics.worker_port}/"
+        f":{metrics.worker_port + 10}/:{metrics.worker_port + 20}, beat :{metrics.beat_port}, "
         f"exporter :{metrics.exporter_port}"
     )
 

@@ -17,7 +17,7 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "conveyor"
 SCHEMA = CHART / "values.schema.json"
 
 # Paths whose content is free-form Kubernetes or user data.
-FREE_FORM = {
+FREE_FORM: dict[str, dict[str, Any]] = {
     "imagePullSecrets": {"type": "array", "items": {"type": "object"}},
     "config.taskModules": {"type": "array", "items": {"type": "string", "minLength": 1}},
     "config.schedules": {
@@ -62,13 +62,53 @@ FREE_FORM = {
             },
         },
     },
-    "api.ingress.annotations": {"type": "object", "additionalProperties": {"type": "string"}},
     "monitoring.labels": {"type": "object", "additionalProperties": {"type": "string"}},
     "networkPolicy.apiFrom": {"type": "array", "items": {"type": "object"}},
     "networkPolicy.metricsFrom": {"type": "array", "items": {"type": "object"}},
-    "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"}},
-    "tolerations": {"type": "array", "items": {"type": "object"}},
+    "networkPolicy.flowerFrom": {"type": "array", "items": {"type": "object"}},
+    "networkPolicy.egress.extra": {"type": "array", "items": {"type": "object"}},
+    "keda.operatorPodLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "podLabels": {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        # The chart's own pod labels: selectors and NetworkPolicies rely on them.
+        "propertyNames": {"not": {"pattern": "^(app\\.kubernetes\\.io/|helm\\.sh/)"}},
+    },
+    "extraEnv": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]*$"}},
+        },
+    },
+    "envFrom": {
+        "type": "array",
+        "items": {"type": "object", "minProperties": 1, "maxProperties": 2},
+    },
+    "extraVolumes": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+    "extraVolumeMounts": {
+        "type": "array",
+        "items": {"type": "object", "required": ["name", "mountPath"]},
+    },
 }
+# Free-form values by their last key, wherever they are (per-component scheduling, annotations).
+FREE_FORM_LEAF: dict[str, dict[str, Any]] = {
+    "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"}},
+    "affinity": {"type": "object"},
+    "tolerations": {"type": "array", "items": {"type": "object"}},
+    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    "podAnnotations": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+# networkPolicy.egress peer lists: NetworkPolicyPeer objects.
+PEERS: dict[str, Any] = {"type": "array", "items": {"type": "object", "minProperties": 1}}
+# An int-or-string of a rollout (3 or "25%").
+INT_OR_PERCENT: dict[str, Any] = {
+    "type": ["integer", "string"],
+    "minimum": 0,
+    "pattern": "^[0-9]+%$",
+}
+DIGEST: dict[str, Any] = {"pattern": "^(sha256:[a-f0-9]{64})?$"}
 RESOURCES = {
     "type": "object",
     "additionalProperties": False,
@@ -77,7 +117,12 @@ RESOURCES = {
 CONSTRAINTS: dict[str, dict[str, Any]] = {
     "environment": {"enum": ["production", "development"]},
     "image.pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
-    "image.digest": {"pattern": "^(sha256:[a-f0-9]{64})?$"},
+    "image.digest": DIGEST,
+    "redis.image.digest": DIGEST,
+    "flower.image.digest": DIGEST,
+    "global.imageRegistry": {
+        "pattern": "^([a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9._-]+)*)?$"
+    },
     "config.logLevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
     "config.logFormat": {"enum": ["json", "text"]},
     "config.redisDurabilityCheck": {"enum": ["warn", "refuse", "off"]},
@@ -86,7 +131,28 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "config.retentionSeconds": {"minimum": 60},
     "api.service.type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
     "api.workers": {"minimum": 1},
-    "keda.trigger": {"enum": ["redis", "prometheus"]},
+    "api.replicas": {"minimum": 1},
+    "api.autoscaling.minReplicas": {"minimum": 1},
+    "api.autoscaling.maxReplicas": {"minimum": 1},
+    "api.preStopSleepSeconds": {"minimum": 1},
+    "api.terminationGracePeriodSeconds": {"minimum": 7},
+    "api.pdb.maxUnavailable": {"minimum": 1},
+    "api.rollingUpdate.maxSurge": INT_OR_PERCENT,
+    "api.rollingUpdate.maxUnavailable": INT_OR_PERCENT,
+    "keda.trigger": {"enum": ["metrics-api", "prometheus"]},
+    "keda.fallback.failureThreshold": {"minimum": 1},
+    "keda.fallback.behavior": {
+        "enum": [
+            "",
+            "static",
+            "currentReplicas",
+            "currentReplicasIfHigher",
+            "currentReplicasIfLower",
+        ],
+    },
+    "keda.namespace": {"pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},
+    "externalRedis.tls.caSecretKey": {"minLength": 1},
+    "config.smtp.port": {"minimum": 1, "maximum": 65535},
     "redis.appendfsync": {"enum": ["everysec", "always"]},
     "externalRedis.port": {"minimum": 1, "maximum": 65535},
     "externalRedis.db": {"minimum": 0},
@@ -99,17 +165,29 @@ TIER = {
     "terminationGracePeriodSeconds": {"minimum": 1},
     "autoscaling.minReplicas": {"minimum": 0},
     "autoscaling.maxReplicas": {"minimum": 1},
-    "autoscaling.listLength": {"minimum": 1},
+    "autoscaling.fallbackReplicas": {"minimum": 1},
+    "autoscaling.pollingInterval": {"minimum": 1},
+    "autoscaling.cpu.targetCPUUtilizationPercentage": {"minimum": 1},
+    "pdb.maxUnavailable": {"minimum": 1},
+    "defaultTimeoutSeconds": {"minimum": 1},
     "autoscaling.cooldownPeriod": {"minimum": 0},
     "autoscaling.scaleDownStabilizationSeconds": {"minimum": 0, "maximum": 3600},
 }
 
 
 def _node(value: Any, path: str) -> dict[str, Any]:
+    leaf = path.rsplit(".", 1)[-1]
     if path in FREE_FORM:
         return dict(FREE_FORM[path])
+    if leaf in FREE_FORM_LEAF:
+        return dict(FREE_FORM_LEAF[leaf])
+    if path.startswith("networkPolicy.egress.") and leaf.endswith("To"):
+        return dict(PEERS)
     if path.endswith("resources"):
         return dict(RESOURCES)
+    if leaf == "enabled" and value == "auto":
+        # A feature flag that can follow the cluster: true, false, or auto (.Capabilities).
+        return {"enum": [True, False, "auto"]}
     if isinstance(value, dict):
         return {
             "type": "object",

@@ -30,7 +30,16 @@ def recorded_series() -> set[str]:
 
 
 def metric_names(expr: str) -> set[str]:
-    return set(re.findall(r"\b(conveyor_[a-z_]+|[a-z_]+:conveyor_[a-z_:0-9]+)\b", expr))
+    names = set(re.findall(r"\b(conveyor_[a-z_]+|[a-z_]+:conveyor_[a-z_:0-9]+)\b", expr))
+    return names - set(artifacts.SCOPE_LABELS)  # conveyor_release is a label
+
+
+def variables(expr: str, namespace: str = "jobs", release: str = "conveyor") -> str:
+    """A dashboard query with Grafana's variables replaced as Grafana would."""
+    for name, value in (("$__rate_interval", "5m"), ("$namespace", namespace),
+                        ("$release", release), ("$queue", ".*"), ("$task", ".*")):  # fmt: skip
+        expr = expr.replace(name, value)
+    return expr
 
 
 def test_generated_files_are_up_to_date() -> None:
@@ -77,8 +86,8 @@ def test_rules_use_only_exported_or_recorded_metrics() -> None:
 def test_dashboard_queries_parse(dashboard: object, tmp_path: Path) -> None:
     queries = dashboard.queries()  # type: ignore[attr-defined]
     assert queries
-    concrete = [q.replace("$__rate_interval", "5m").replace("$queue", ".*").replace("$task", ".*")
-                for q in queries]  # fmt: skip
+    concrete = [variables(q) for q in queries]
+    assert not [q for q in concrete if "$" in q]
     rules = {
         "groups": [
             {
@@ -93,6 +102,37 @@ def test_dashboard_queries_parse(dashboard: object, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(rules))
     result = promtool("check", "rules", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda d: d.uid)
+def test_every_dashboard_selector_is_scoped_by_namespace_and_release(dashboard: object) -> None:
+    model = dashboard.model()  # type: ignore[attr-defined]
+    listed = [v["name"] for v in model["templating"]["list"]]
+    assert listed[:3] == ["datasource", "namespace", "release"]
+    for expr in dashboard.queries():  # type: ignore[attr-defined]
+        found = re.findall(r"\b(conveyor_[a-z_]+)(\{[^}]*\})?", expr)
+        assert found, expr
+        for name, matchers in found:
+            assert 'namespace="$namespace",conveyor_release="$release"' in matchers, (name, expr)
+    # The chart appends "-" and an 8-character hash; Grafana allows 40 characters.
+    assert len(model["uid"]) <= 40 - 9
+
+
+def test_rule_aggregations_keep_the_scope_and_only_the_chart_copy_names_a_release() -> None:
+    text = artifacts.RULES.read_text()
+    assert "__CONVEYOR_" not in text
+    assert "@" not in text
+    exprs = [r["expr"] for g in yaml.safe_load(text)["groups"] for r in g["rules"]]
+    for expr in exprs:
+        assert not re.search(r"\b(sum|max|min|avg|count)\s*\(", expr), f"no by clause: {expr}"
+        for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            labels = {label.strip() for label in clause.split(",")}
+            assert "namespace" in labels, expr
+            if "horizontalpodautoscaler" not in expr:  # kube-state-metrics: no release label
+                assert "conveyor_release" in labels, expr
+    copy = artifacts.CHART_RULES.read_text()
+    assert copy.count(artifacts.SCOPE_PLACEHOLDER) > len(exprs)
+    assert artifacts.HPA_PLACEHOLDER in copy
 
 
 @pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda d: d.uid)

@@ -1,13 +1,21 @@
 """Grafana dashboards as code: `python -m conveyor.telemetry.artifacts` writes them to
-observability/dashboards/, and a test keeps those files, and the chart's copies, in sync.
+observability/dashboards/ (and the Helm chart's copies), and a test keeps them in sync.
+
+Every dashboard has `namespace` and `release` variables, and every selector of every panel
+query carries SCOPE, so one Grafana shows any release without mixing two. The chart gives each
+release's copy its own uid and title (templates/monitoring.yaml).
 """
 
 from dataclasses import dataclass, field
 from typing import Any
 
 RATE = "$__rate_interval"
-QUEUE = 'queue=~"$queue"'
-TASK = 'task=~"$task"'
+SCOPE = 'namespace="$namespace",conveyor_release="$release"'
+QUEUE = f'{SCOPE},queue=~"$queue"'
+TASK = f'{SCOPE},task=~"$task"'
+# The series the namespace and release variables list: the exporter reports it once per
+# release, whatever the release runs.
+ANCHOR = "conveyor_exporter_up"
 
 
 @dataclass
@@ -24,7 +32,7 @@ class Panel:
 
 @dataclass
 class Dashboard:
-    """A dashboard: panels laid out two to a row, with queue/task variables."""
+    """A dashboard: panels laid out two to a row, with scope and queue/task variables."""
 
     uid: str
     title: str
@@ -41,6 +49,7 @@ class Dashboard:
                 x, y = 0, y + height
             panels.append(_panel_model(index, panel, x, y, height))
             x += panel.width
+        variables = [_datasource(), _namespace(), _release(), *map(_variable, self.variables)]
         return {
             "uid": self.uid,
             "title": self.title,
@@ -52,7 +61,7 @@ class Dashboard:
             "editable": False,
             "refresh": "30s",
             "time": {"from": "now-3h", "to": "now"},
-            "templating": {"list": [_datasource(), *(_variable(v) for v in self.variables)]},
+            "templating": {"list": variables},
             "panels": panels,
         }
 
@@ -71,13 +80,38 @@ def _datasource() -> dict[str, Any]:
     }
 
 
+def _query_variable(name: str, label: str, query: str) -> dict[str, Any]:
+    """A single-valued variable listing `query`'s values (Grafana's label_values)."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "query": {"query": query, "refId": name},
+        "includeAll": False,
+        "multi": False,
+        "current": {},
+        "refresh": 2,
+        "sort": 1,
+    }
+
+
+def _namespace() -> dict[str, Any]:
+    return _query_variable("namespace", "Namespace", f"label_values({ANCHOR}, namespace)")
+
+
+def _release() -> dict[str, Any]:
+    query = f'label_values({ANCHOR}{{namespace="$namespace"}}, conveyor_release)'
+    return _query_variable("release", "Release", query)
+
+
 def _variable(name: str) -> dict[str, Any]:
     source = {"queue": "conveyor_queue_length", "task": "conveyor_jobs_started_total"}[name]
     return {
         "name": name,
         "type": "query",
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "query": {"query": f"label_values({source}, {name})", "refId": name},
+        "query": {"query": f"label_values({source}{{{SCOPE}}}, {name})", "refId": name},
         "includeAll": True,
         "multi": True,
         "allValue": ".*",
@@ -133,18 +167,23 @@ OVERVIEW = Dashboard(
         Panel("Oldest waiting message",
               [(f"max by (queue) (conveyor_queue_oldest_message_age_seconds{{{QUEUE}}})",
                 "{{queue}}")], "s"),
+        Panel("Demand: waiting + running",
+              [(f"sum by (queue) (conveyor_queue_demand{{{QUEUE}}})", "demand {{queue}}"),
+               (f"sum by (queue) (conveyor_queue_running{{{QUEUE}}})", "running {{queue}}")],
+              description="The tiers' autoscaling signal: jobs waiting plus jobs running."),
         Panel("Time to drain at the current rate",
               [(f"sum by (queue) (conveyor_queue_length{{{QUEUE}}}) / "
                 f"(sum by (queue) (rate(conveyor_jobs_completed_total{{{QUEUE}}}[5m])) > 0)",
                 "{{queue}}")], "s",
               description="Backlog divided by the finishing rate; empty when nothing finishes."),
         Panel("Delayed jobs and dead letters",
-              [("sum(conveyor_delayed_jobs)", "delayed"),
-               ("sum(conveyor_dead_letters)", "dead letters")]),
-        Panel("Job records by state", [("sum by (state) (conveyor_jobs)", "{{state}}")],
+              [(f"sum(conveyor_delayed_jobs{{{SCOPE}}})", "delayed"),
+               (f"sum(conveyor_dead_letters{{{SCOPE}}})", "dead letters")]),
+        Panel("Job records by state",
+              [(f"sum by (state) (conveyor_jobs{{{SCOPE}}})", "{{state}}")],
               description="Finished records count until their retention expires."),
-        Panel("Exporter scrape time", [("max(conveyor_exporter_scrape_duration_seconds)",
-                                        "scrape")], "s",
+        Panel("Exporter scrape time",
+              [(f"max(conveyor_exporter_scrape_duration_seconds{{{SCOPE}}})", "scrape")], "s",
               description="One pipelined Redis round trip; flat whatever the queue length."),
     ],
 )
@@ -162,10 +201,12 @@ WORKERS = Dashboard(
                 f"sum by (queue) (conveyor_worker_concurrency{{{QUEUE}}})", "{{queue}}")],
               "percentunit"),
         Panel("Live workers", [(f"sum by (queue) (conveyor_workers{{{QUEUE}}})", "{{queue}}")]),
-        Panel("Unacked deliveries", [("sum(conveyor_unacked_deliveries)", "unacked")]),
+        Panel("Unacked deliveries",
+              [(f"sum(conveyor_unacked_deliveries{{{SCOPE}}})", "unacked")]),
         Panel("Oldest lease vs visibility timeout",
-              [("max(conveyor_unacked_oldest_age_seconds)", "oldest lease"),
-               ("max(conveyor_visibility_timeout_seconds)", "visibility timeout")], "s",
+              [(f"max(conveyor_unacked_oldest_age_seconds{{{SCOPE}}})", "oldest lease"),
+               (f"max(conveyor_visibility_timeout_seconds{{{SCOPE}}})", "visibility timeout")],
+              "s",
               description="Running jobs renew their lease; one near the timeout is about to be "
                           "redelivered (its worker died, or renewals fail)."),
         Panel("Redeliveries and dead letters per second",
@@ -214,22 +255,24 @@ API = Dashboard(
     "Requests by route and status, latency, submissions by outcome, accept latency.",
     [
         Panel("Requests per second",
-              [(f"sum by (route, status) (rate(conveyor_http_requests_total[{RATE}]))",
+              [(f"sum by (route, status) (rate(conveyor_http_requests_total{{{SCOPE}}}[{RATE}]))",
                 "{{route}} {{status}}")], "reqps"),
         Panel("Latency p95 by route",
               [(f"histogram_quantile(0.95, sum by (route, le) "
-                f"(rate(conveyor_http_request_duration_seconds_bucket[{RATE}])))", "{{route}}")],
-              "s"),
+                f"(rate(conveyor_http_request_duration_seconds_bucket{{{SCOPE}}}[{RATE}])))",
+                "{{route}}")], "s"),
         Panel("Submissions by outcome",
-              [(f"sum by (outcome) (rate(conveyor_api_submissions_total[{RATE}]))",
+              [(f"sum by (outcome) (rate(conveyor_api_submissions_total{{{SCOPE}}}[{RATE}]))",
                 "{{outcome}}")], "reqps"),
         Panel("Accept latency (record + enqueue)",
               [(f"histogram_quantile({q}, sum by (le) "
-                f"(rate(conveyor_api_accept_duration_seconds_bucket[{RATE}])))", f"p{int(q*100)}")
+                f"(rate(conveyor_api_accept_duration_seconds_bucket{{{SCOPE}}}[{RATE}])))",
+                f"p{int(q*100)}")
                for q in (0.5, 0.99)], "s"),
         Panel("5xx ratio",
-              [(f'sum(rate(conveyor_http_requests_total{{status=~"5.."}}[{RATE}])) / '
-                f"sum(rate(conveyor_http_requests_total[{RATE}]))", "5xx")], "percentunit"),
+              [(f'sum(rate(conveyor_http_requests_total{{{SCOPE},status=~"5.."}}[{RATE}])) / '
+                f"sum(rate(conveyor_http_requests_total{{{SCOPE}}}[{RATE}]))", "5xx")],
+              "percentunit"),
     ],
     variables=(),
 )
@@ -239,17 +282,19 @@ BEAT = Dashboard(
     "Conveyor / Beat",
     "Leader, ticks and periodic job submissions.",
     [
-        Panel("Leaders", [("sum(conveyor_beat_leader)", "leaders")], kind="stat", width=8,
-              description="Exactly 1 is healthy."),
-        Panel("Since the last tick", [("time() - max(conveyor_beat_last_tick_timestamp_seconds)",
-                                       "seconds")], "s", kind="stat", width=8),
-        Panel("Dead letters", [("sum(conveyor_dead_letters)", "dead letters")], kind="stat",
-              width=8),
+        Panel("Leaders", [(f"sum(conveyor_beat_leader{{{SCOPE}}})", "leaders")], kind="stat",
+              width=8, description="Exactly 1 is healthy."),
+        Panel("Since the last tick",
+              [(f"time() - max(conveyor_beat_last_tick_timestamp_seconds{{{SCOPE}}})",
+                "seconds")], "s", kind="stat", width=8),
+        Panel("Dead letters", [(f"sum(conveyor_dead_letters{{{SCOPE}}})", "dead letters")],
+              kind="stat", width=8),
         Panel("Submissions per schedule",
-              [(f"sum by (schedule) (increase(conveyor_beat_runs_total[{RATE}]))",
+              [(f"sum by (schedule) (increase(conveyor_beat_runs_total{{{SCOPE}}}[{RATE}]))",
                 "{{schedule}}")]),
         Panel("Since each schedule's last run",
-              [("time() - max by (schedule) (conveyor_beat_schedule_last_run_timestamp_seconds)",
+              [(f"time() - max by (schedule) "
+                f"(conveyor_beat_schedule_last_run_timestamp_seconds{{{SCOPE}}})",
                 "{{schedule}}")], "s"),
     ],
     variables=(),
