@@ -32,7 +32,8 @@ from bench.harness import (
 )
 from bench.seed import accept_jobs
 from conveyor.core.queues import Queue
-from conveyor.core.store import JobStore
+from conveyor.core.settings import Settings
+from conveyor.jobstore.store import JobStore
 
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
 
@@ -75,7 +76,7 @@ def exporter_scrapes(queued: list[int]) -> tuple[list[list[object]], float]:
     rows, rss = [], 0.0
     with redis_server(appendonly=False) as server:
         client = server.client()
-        store = JobStore(server.client(), "conveyor", 3600)
+        store = JobStore(server.client(), Settings())
         message = accept_jobs(store, 1, Queue.DEFAULT)[0]
         port = free_port()
         exporter = Proc(
@@ -104,7 +105,7 @@ def listing(stored: int) -> list[list[object]]:
     rows = []
     with redis_server(appendonly=False) as server:
         client = server.client()
-        store = JobStore(server.client(), "conveyor", 3600)
+        store = JobStore(server.client(), Settings())
         accept_jobs(store, stored, Queue.DEFAULT)
         # Finish them all: the records and the state index, as transition.lua leaves them.
         ids = client.zrange("conveyor:index:all", 0, -1, withscores=True)

@@ -21,7 +21,8 @@ from bench.harness import (
 )
 from bench.seed import accept_jobs
 from conveyor.core.queues import Queue
-from conveyor.core.store import JobStore
+from conveyor.core.settings import Settings
+from conveyor.jobstore.store import JobStore
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--flood", type=int, default=10_000)
     options = parser.parse_args()
     with redis_server() as server:
-        store = JobStore(server.client(), "conveyor", 3600)
+        store = JobStore(server.client(), Settings())
         accept_jobs(store, options.flood, Queue.LOW, task="demo.sleep", args={"seconds": 0.2})
         api, base = start_conveyor_api(server.url)
         workers = [

@@ -3,8 +3,11 @@
 from conveyor.core.catalog import load_catalog
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
-from conveyor.core.store import ACCEPT, JobStore, Limits, accept_args
-from conveyor.core.submit import Submission, prepare
+from conveyor.jobstore._calls import accept_args
+from conveyor.jobstore.results import Limits
+from conveyor.jobstore.scripts import ACCEPT
+from conveyor.jobstore.store import JobStore
+from conveyor.jobstore.submission import Submission, prepare
 
 BATCH = 1000
 
@@ -20,10 +23,10 @@ def accept_jobs(
     for start in range(0, count, BATCH):
         with store.client.pipeline(transaction=False) as pipe:
             for _ in range(min(BATCH, count - start)):
-                submission = Submission(tenant="bench", task=task, args=args or {"payload": 1},
-                                        queue=queue, max_retries=0)  # fmt: skip
-                job, message = prepare(spec, submission, settings)
+                submission = Submission.of(spec, tenant="bench", args=args or {"payload": 1},
+                                           priority=queue, max_retries=0)  # fmt: skip
+                job, message = prepare(spec, submission, settings.worker)
                 messages.append(message)
-                pipe.evalsha(ACCEPT.sha, 0, *accept_args("conveyor", job, message, 3600, Limits()))
+                pipe.evalsha(ACCEPT.sha, 0, *accept_args("conveyor", job, message, Limits()))
             pipe.execute()
     return messages

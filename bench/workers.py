@@ -12,14 +12,15 @@ import time
 from bench.harness import PYTHON, Proc, conveyor_env, median, redis_server, rss_mb, table
 from bench.seed import accept_jobs
 from conveyor.core.queues import Queue
-from conveyor.core.store import JobStore
+from conveyor.core.settings import Settings
+from conveyor.jobstore.store import JobStore
 
 
 def drain(kind: str, queue: Queue, jobs: int, concurrency: int) -> tuple[float, dict[str, float]]:
     """Seconds from the first job taken to the queue empty and every delivery acked."""
     with redis_server() as server:
         client = server.client()
-        store = JobStore(server.client(), "conveyor", 3600)
+        store = JobStore(server.client(), Settings())
         messages = accept_jobs(store, jobs, queue)
         if kind == "bare":
             client.delete(str(queue), "conveyor:index:all")  # the same messages, no records

@@ -108,18 +108,19 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 def beat() -> None:
     """Run the periodic-job scheduler (one leader; extra replicas stand by)."""
     from conveyor.beat.app import create_beat
+    from conveyor.beat.scheduler import ConveyorScheduler
     from conveyor.telemetry.prometheus import serve
 
     settings = Settings()
     _startup(settings)
-    celery, scheduler = create_beat(settings)
+    celery, services = create_beat(settings)
     # Served before the lock is taken, so a standby reports conveyor_beat_leader 0.
-    serve(settings.metrics.beat_port, scheduler.registry)
+    serve(settings.metrics.beat_port, services.registry)
     # As PID 1 in a container a signal without a handler is ignored: exit cleanly instead,
     # which releases the leader lock at once for a standby to take.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     celery.Beat(
-        scheduler=scheduler,  # type: ignore[arg-type]  # a class is accepted, stubs say str
+        scheduler=ConveyorScheduler,  # type: ignore[arg-type]  # a class is accepted, stubs say str
         max_interval=settings.beat.max_interval_seconds,  # type: ignore[arg-type]
         loglevel=settings.log_level.upper(),
     ).run()

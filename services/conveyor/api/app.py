@@ -23,7 +23,7 @@ from conveyor.api.state import ApiState
 from conveyor.core.catalog import TaskCatalog, load_catalog
 from conveyor.core.redis import async_client, stream_client
 from conveyor.core.settings import Settings
-from conveyor.core.store import AsyncJobStore
+from conveyor.jobstore.aio import AsyncJobStore
 from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.telemetry.tracing import setup_tracing
 
@@ -47,7 +47,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(settings)
         streams = stream_client(settings, BLOCK_SECONDS, settings.api.max_event_streams + 8)
-        store = AsyncJobStore(client, settings.key_prefix, settings.jobs.retention_seconds)
+        store = AsyncJobStore(client, settings)
         app.state.conveyor = ApiState(settings, catalog, client, store, streams)
         watcher = asyncio.create_task(keys.watch(), name="conveyor-keys-watch")
         try:

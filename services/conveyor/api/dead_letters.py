@@ -10,8 +10,8 @@ from conveyor.api.auth import Admin
 from conveyor.api.jobs import PROBLEM_RESPONSES, State, existing_job
 from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import JobPage
-from conveyor.core.jobs import Job
-from conveyor.core.store import InvalidCursorError
+from conveyor.jobstore.model import Job
+from conveyor.jobstore.results import InvalidCursorError
 
 _JOB_ID = re.compile(r"^[0-9a-f-]{36}$")
 
@@ -37,9 +37,7 @@ def dead_letters_router() -> APIRouter:
     ) -> JobPage:
         """Dead-lettered jobs, most recent first."""
         try:
-            page = await state.store.list_jobs(
-                limit=limit, cursor=cursor, index=state.store.keys.dead
-            )
+            page = await state.store.list_jobs(limit=limit, cursor=cursor, dead_letters=True)
         except InvalidCursorError:
             raise ProblemError(422, "Invalid cursor", slug="invalid-cursor") from None
         return JobPage(items=page.jobs, next_cursor=page.next_cursor)
@@ -47,25 +45,25 @@ def dead_letters_router() -> APIRouter:
     @router.post("/replay", response_model=Count, summary="Replay every dead letter")
     async def replay_all(state: State, _: Admin) -> Count:
         """Put every dead-lettered job back on its queue as a new attempt."""
-        return Count(count=await state.store.replay_dead_letters())
+        return Count(count=await state.store.replay())
 
     @router.post("/{job_id}/replay", response_model=Job, summary="Replay one dead letter")
     async def replay_one(job_id: str, state: State, principal: Admin) -> Job:
         """Put one dead-lettered job back on its queue as a new attempt of the same job."""
         await _dead(state, job_id)
-        await state.store.replay_dead_letters([job_id])
+        await state.store.replay([job_id])
         return await existing_job(state, job_id, principal)
 
     @router.delete("", response_model=Count, summary="Purge every dead letter")
     async def purge_all(state: State, _: Admin) -> Count:
         """Drop every dead letter; the jobs stay readable until their retention ends."""
-        return Count(count=await state.store.purge_dead_letters())
+        return Count(count=await state.store.purge())
 
     @router.delete("/{job_id}", response_model=Count, summary="Purge one dead letter")
     async def purge_one(job_id: str, state: State, _: Admin) -> Count:
         """Drop one dead letter."""
         await _dead(state, job_id)
-        return Count(count=await state.store.purge_dead_letters([job_id]))
+        return Count(count=await state.store.purge([job_id]))
 
     return router
 

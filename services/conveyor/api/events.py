@@ -23,8 +23,7 @@ from conveyor.api.auth import Reader
 from conveyor.api.jobs import PROBLEM_RESPONSES, State, existing_job
 from conveyor.api.problems import ProblemError
 from conveyor.api.state import ApiState
-from conveyor.core.jobs import Job, JobState
-from conveyor.core.store import decode_record
+from conveyor.jobstore.model import Job, JobState, decode_record
 
 EVENT_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
 # Each blocking read waits at most this long, so a closed stream is noticed within it.

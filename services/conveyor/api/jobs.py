@@ -24,11 +24,11 @@ from conveyor.api.state import ApiState, api_state
 from conveyor.core.apikeys import TENANT_PATTERN, Principal, Scope
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import TaskCatalog
-from conveyor.core.jobs import Job, JobState
 from conveyor.core.netguard import NetGuard, UnsafeUrlError
 from conveyor.core.queues import Queue
-from conveyor.core.store import AcceptVerdict, InvalidCursorError, Limits
-from conveyor.core.submit import Submission, prepare
+from conveyor.jobstore.model import Job, JobState
+from conveyor.jobstore.results import AcceptVerdict, InvalidCursorError, Limits
+from conveyor.jobstore.submission import Submission
 from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.telemetry.tracing import tracer
 
@@ -77,14 +77,12 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         args = args_model.model_dump(mode="json")
         limits = state.settings.limits
         check_args_shape(args, limits.max_args_depth, limits.max_string_length)
-        submission = Submission(
+        submission = Submission.of(
+            spec,
             tenant=principal.tenant,
-            task=task,
             args=args,
-            queue=request.priority or spec.queue,
-            max_retries=(
-                request.max_retries if request.max_retries is not None else spec.retry.max_retries
-            ),
+            priority=request.priority,
+            max_retries=request.max_retries,
             timeout_seconds=request.timeout_seconds,
             delay_seconds=request.delay_seconds,
             idempotency_key=key,
@@ -94,7 +92,6 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         with tracer().start_as_current_span("conveyor.enqueue", kind=SpanKind.PRODUCER) as span:
             span.set_attribute("conveyor.task", task)
             span.set_attribute("conveyor.queue", str(submission.queue))
-            new_job, message = prepare(spec, submission, state.settings)
             tenant = tenant_limits(http_request, principal.tenant)
             accept_limits = Limits(
                 rate_per_second=tenant.rate_per_second,
@@ -103,7 +100,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 max_delayed_jobs=limits.max_delayed_jobs,
             )
             started = time.perf_counter()
-            outcome = await state.store.accept(new_job, message, accept_limits)
+            outcome = await state.store.submit(spec, submission, accept_limits)
             metrics.accept_latency.observe(time.perf_counter() - started)
             span.set_attribute("conveyor.job_id", outcome.job_id)
         if outcome.verdict is AcceptVerdict.RATE_LIMITED:
@@ -120,12 +117,11 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 headers={"Retry-After": str(limits.backpressure_retry_after_seconds)},
             )
         location = {"Location": f"/v1/jobs/{outcome.job_id}"}
-        if outcome.created:
+        if outcome.job is not None:
             metrics.submissions.labels("accepted").inc()
-            created = Job.from_record(new_job.record)
             headers = {**location, **rate_limit_headers(tenant, outcome.tokens_left)}
-            return job_response(created, 202, headers)
-        if outcome.request_hash != new_job.request_hash:
+            return job_response(outcome.job, 202, headers)
+        if outcome.verdict is AcceptVerdict.CONFLICT:
             metrics.submissions.labels("conflict").inc()
             raise ProblemError(
                 409,
@@ -197,7 +193,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         is killed). Cancelling a cancelled job is a no-op; a finished one is a 409.
         """
         await existing_job(state, job_id, principal)
-        outcome = await state.store.cancel(job_id, time.time())
+        outcome = await state.store.cancel(job_id)
         if not outcome.applied and outcome.previous_state is not JobState.CANCELLED:
             raise ProblemError(
                 409,
@@ -279,7 +275,7 @@ def _check_urls(state: ApiState, request: SubmissionBase, args: Any) -> None:
 
 def _revoke(state: ApiState, job_id: str, terminate: bool) -> None:
     # Imported here: only cancelling a running job needs a Celery client in the API process.
-    from conveyor.worker.app import control_app
+    from conveyor.celery_config import control_app
 
     app = control_app(state.settings)
     with app.connection_for_write() as connection:
@@ -287,7 +283,6 @@ def _revoke(state: ApiState, job_id: str, terminate: bool) -> None:
 
 
 async def _enqueue_callback(state: ApiState, job: Job) -> None:
-    submission = callback_submission(job, state.catalog)
-    if submission is not None:
-        new_job, message = prepare(state.catalog[submission.task], submission, state.settings)
-        await state.store.accept(new_job, message)
+    callback = callback_submission(job, state.catalog)
+    if callback is not None:
+        await state.store.submit(*callback)

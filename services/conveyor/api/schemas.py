@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model
 
 from conveyor.core.catalog import TaskCatalog
-from conveyor.core.jobs import Job
 from conveyor.core.queues import Queue
+from conveyor.jobstore.model import Job
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 

@@ -8,7 +8,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.settings import Settings
-from conveyor.core.store import AsyncJobStore
+from conveyor.jobstore.aio import AsyncJobStore
 
 
 @dataclass

@@ -1,36 +1,36 @@
-"""`create_beat`: the Celery app and scheduler class beat runs with."""
+"""`create_beat`: the Celery app beat runs with, carrying its services."""
 
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
 from conveyor.beat.schedule import beat_schedule, load_schedule
-from conveyor.beat.scheduler import ConveyorScheduler
+from conveyor.beat.scheduler import BeatServices
+from conveyor.celery_config import celery_config
 from conveyor.core.catalog import TaskCatalog, load_catalog
 from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
-from conveyor.core.store import JobStore
+from conveyor.jobstore.keys import KeySpace
+from conveyor.jobstore.store import JobStore
 from conveyor.telemetry.metrics import BeatMetrics
-from conveyor.worker.app import celery_config
 
 
 def create_beat(
     settings: Settings, catalog: TaskCatalog | None = None
-) -> tuple[Celery, type[ConveyorScheduler]]:
-    """Beat's Celery app (schedule loaded from the schedule file) and its scheduler class.
-
-    The scheduler class carries its metrics `registry` for the caller to serve.
+) -> tuple[Celery, BeatServices]:
+    """Beat's Celery app (schedule loaded from the schedule file) and its services, which
+    `ConveyorScheduler` finds through the app (the caller serves their metrics registry).
     """
     catalog = catalog if catalog is not None else load_catalog(settings.task_modules)
     jobs = load_schedule(settings.schedule_file, catalog) if settings.schedule_file else []
     app = Celery("conveyor-beat", set_as_current=False)
     app.conf.update(celery_config(settings))
-    prefix = settings.key_prefix
+    keys = KeySpace(settings.key_prefix)
     app.conf.update(
         beat_schedule=beat_schedule(jobs),
         beat_max_loop_interval=settings.beat.max_interval_seconds,
         redbeat_redis_url=settings.redis_dsn(),
-        redbeat_key_prefix=f"{prefix}:beat",
-        redbeat_lock_key=f"{prefix}:beat:lock",
+        redbeat_key_prefix=keys.beat,
+        redbeat_lock_key=f"{keys.beat}:lock",
         redbeat_lock_timeout=settings.beat.lock_timeout_seconds,
         redbeat_redis_options={
             "socket_timeout": 5,
@@ -42,21 +42,14 @@ def create_beat(
     )
     if tls := settings.redis_tls_options():
         app.conf.redbeat_redis_use_ssl = tls
-    store = JobStore(
-        sync_client(settings),
-        prefix,
-        settings.jobs.retention_seconds,
-        settings.jobs.dead_letter_retention_seconds,
-    )
     registry = CollectorRegistry()
-    metrics = BeatMetrics(registry)
-    metrics.leader.set(0)
-    attributes = {
-        "store": store,
-        "catalog": catalog,
-        "settings": settings,
-        "metrics": metrics,
-        "registry": registry,
-    }
-    scheduler = type("BoundConveyorScheduler", (ConveyorScheduler,), attributes)
-    return app, scheduler
+    services = BeatServices(
+        settings=settings,
+        catalog=catalog,
+        store=JobStore(sync_client(settings), settings),
+        metrics=BeatMetrics(registry),
+        registry=registry,
+    )
+    services.metrics.leader.set(0)
+    services.attach(app)
+    return app, services

@@ -8,9 +8,11 @@ of jobs whose records have expired.
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
+from celery import Celery
 from prometheus_client import CollectorRegistry
 from redbeat import RedBeatScheduler  # type: ignore[import-untyped]
 
@@ -18,8 +20,8 @@ from conveyor.core.apikeys import SYSTEM_TENANT
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
-from conveyor.core.store import JobStore
-from conveyor.core.submit import Submission, prepare
+from conveyor.jobstore.store import JobStore
+from conveyor.jobstore.submission import Submission
 from conveyor.telemetry.metrics import BeatMetrics
 
 log = logging.getLogger(__name__)
@@ -34,18 +36,43 @@ class SubmittedRun:
         self.id = job_id
 
 
+_ATTRIBUTE = "conveyor_services"
+
+
+@dataclass(frozen=True)
+class BeatServices:
+    """What the scheduler works with, reachable from beat's Celery app."""
+
+    settings: Settings
+    catalog: TaskCatalog
+    store: JobStore
+    metrics: BeatMetrics
+    registry: CollectorRegistry
+
+    def attach(self, app: Celery) -> None:
+        """Make these the services of `app`."""
+        setattr(app, _ATTRIBUTE, self)
+
+
+def services_of(app: Celery) -> BeatServices:
+    """The services of a Conveyor beat app."""
+    services = getattr(app, _ATTRIBUTE, None)
+    if not isinstance(services, BeatServices):
+        raise RuntimeError("not a Conveyor beat app (create it with create_beat)")
+    return services
+
+
 class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
-    """RedBeat with submissions through the job store; `create_beat` subclasses it."""
+    """RedBeat with submissions through the job store (its services come from the app)."""
 
-    store: ClassVar[JobStore]
-    catalog: ClassVar[TaskCatalog]
-    settings: ClassVar[Settings]
-    metrics: ClassVar[BeatMetrics]
-    registry: ClassVar[CollectorRegistry]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
+        services = services_of(app)
+        self.store = services.store
+        self.catalog = services.catalog
+        self.settings = services.settings
+        self.metrics = services.metrics
         self._next_prune = 0.0
+        super().__init__(app, *args, **kwargs)
 
     def apply_async(
         self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
@@ -55,16 +82,14 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         entry = self.reserve(entry) if advance else entry
         spec = self.catalog[entry.task]
         queue = entry.options.get("queue")
-        submission = Submission(
+        submission = Submission.of(
+            spec,
             tenant=entry.options.get("tenant") or SYSTEM_TENANT,
-            task=spec.name,
             args=dict(entry.kwargs),
-            queue=Queue(queue) if queue else spec.queue,
-            max_retries=spec.retry.max_retries,
+            priority=Queue(queue) if queue else None,
             idempotency_key=f"schedule:{entry.name}:{int(due_at.timestamp())}",
         )
-        job, message = prepare(spec, submission, self.settings)
-        outcome = self.store.accept(job, message)
+        outcome = self.store.submit(spec, submission)
         self.metrics.runs.labels(entry.name).inc()
         self.metrics.last_run.labels(entry.name).set(time.time())
         log.info("scheduled run of %s: job %s", entry.name, outcome.job_id)

@@ -27,7 +27,7 @@ from conveyor.client.errors import (
     WaitTimeout,
 )
 from conveyor.client.sync_client import Client
-from conveyor.core.jobs import Job, JobState
+from conveyor.jobstore.model import Job, JobState
 
 __all__ = [
     "ApiError",

@@ -11,7 +11,7 @@ import httpx
 
 from conveyor import __version__
 from conveyor.client.errors import WaitTimeout, retry_after
-from conveyor.core.jobs import Job
+from conveyor.jobstore.model import Job
 
 RETRIED_STATUSES = frozenset({429, 503})
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})

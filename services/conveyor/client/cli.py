@@ -21,8 +21,8 @@ from rich.table import Table
 from conveyor.client._base import JobEvent
 from conveyor.client.errors import ConveyorError, WaitTimeout
 from conveyor.client.sync_client import Client
-from conveyor.core.jobs import Job, JobState
 from conveyor.core.queues import Queue
+from conveyor.jobstore.model import Job, JobState
 
 EXIT_FAILED, EXIT_CANCELLED, EXIT_TIMEOUT, EXIT_ERROR = 1, 3, 4, 5
 STATE_EXIT = {

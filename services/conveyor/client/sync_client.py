@@ -19,7 +19,7 @@ from conveyor.client._base import (
     submission_body,
 )
 from conveyor.client.errors import ConveyorError, NotFound, TransportError, WaitTimeout, error_for
-from conveyor.core.jobs import Job
+from conveyor.jobstore.model import Job
 
 
 class Client:

@@ -21,10 +21,10 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from conveyor.core.jobs import JobState
-from conveyor.core.keys import Keys
 from conveyor.core.messages import DUE_AT_HEADER, ENQUEUED_AT_HEADER
 from conveyor.core.queues import Queue
+from conveyor.jobstore.keys import KeySpace
+from conveyor.jobstore.model import JobState
 from conveyor.telemetry.metrics import EXPORTER_METRICS
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Demand:
         return orjson.dumps({**asdict(self), "demand": self.demand})
 
 
-def read_demand(client: "redis.Redis", keys: Keys, queue: str) -> Demand:
+def read_demand(client: "redis.Redis", keys: KeySpace, queue: str) -> Demand:
     """One pipelined round trip of O(1) reads; raises RedisError rather than guess a zero."""
     with client.pipeline(transaction=False) as pipe:
         for key in queue_keys(queue):
@@ -69,7 +69,7 @@ class BrokerCollector(Collector):
     """Collects the EXPORTER_METRICS gauges from Redis."""
 
     def __init__(
-        self, client: "redis.Redis", keys: Keys, visibility_timeout: float, consumer_ttl: float
+        self, client: "redis.Redis", keys: KeySpace, visibility_timeout: float, consumer_ttl: float
     ) -> None:
         self.client = client
         self.keys = keys

@@ -10,11 +10,11 @@ import redis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from conveyor.core.keys import Keys
 from conveyor.core.queues import Queue
 from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
 from conveyor.exporter.collector import BrokerCollector, read_demand
+from conveyor.jobstore.keys import KeySpace
 from conveyor.telemetry.prometheus import Response, Route, serve
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,11 @@ def create_registry(settings: Settings, client: "redis.Redis") -> CollectorRegis
     """A registry holding the broker collector for `settings`' Redis."""
     registry = CollectorRegistry()
     lease = settings.worker.visibility_timeout_seconds
-    registry.register(BrokerCollector(client, Keys(settings.key_prefix), lease, lease))
+    registry.register(BrokerCollector(client, KeySpace(settings.key_prefix), lease, lease))
     return registry
 
 
-def scaling_route(client: "redis.Redis", keys: Keys) -> Route:
+def scaling_route(client: "redis.Redis", keys: KeySpace) -> Route:
     """`GET /scaling/<queue>`: the tier's demand as JSON, for KEDA's metrics-api trigger.
 
     A Redis failure is a 503, never a zero: KEDA then counts a failed poll and, after its
@@ -61,6 +61,6 @@ def run_exporter(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     client = sync_client(settings, quick=True)
-    routes = {"/scaling/": scaling_route(client, Keys(settings.key_prefix))}
+    routes = {"/scaling/": scaling_route(client, KeySpace(settings.key_prefix))}
     serve(settings.metrics.exporter_port, create_registry(settings, client), routes=routes)
     stop.wait()

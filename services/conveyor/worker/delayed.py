@@ -7,18 +7,22 @@ loop; the move is one atomic script, so concurrent promoters never duplicate a m
 
 import logging
 import time
-from typing import ClassVar
+from typing import Any
 
-from conveyor.core.store import JobStore
 from conveyor.worker.periodic import PeriodicStep
+from conveyor.worker.services import services_of
 
 log = logging.getLogger(__name__)
 
 
 class DelayedJobsPromoter(PeriodicStep):
-    """Runs `JobStore.promote_due` every `interval` seconds."""
+    """Runs `JobStore.promote_due` every `WORKER__DELAYED_POLL_SECONDS`."""
 
-    store: ClassVar[JobStore]
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        services = services_of(parent.app)
+        self.store = services.store
+        self.interval = services.settings.worker.delayed_poll_seconds
 
     def tick(self) -> None:
         """Promote what is due."""

@@ -13,14 +13,14 @@ in-flight messages of consumers silent for a lease period back to their queues
 
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from celery.signals import worker_shutdown
 from celery.worker import state
 from kombu.transport.redis import Channel
 
-from conveyor.core.store import JobStore
 from conveyor.worker.periodic import PeriodicStep
+from conveyor.worker.services import services_of
 from conveyor.worker.transport import consumer_id
 
 log = logging.getLogger(__name__)
@@ -29,16 +29,12 @@ log = logging.getLogger(__name__)
 class LeaseRenewer(PeriodicStep):
     """Four times a lease period: keep alive, renew leases, recover dead consumers."""
 
-    store: ClassVar[JobStore]
-    lease_seconds: ClassVar[float]
-
-    @property
-    def interval(self) -> float:  # type: ignore[override]
-        """Seconds between rounds."""
-        return self.lease_seconds / 4
-
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
+        services = services_of(parent.app)
+        self.store = services.store
+        self.lease_seconds = float(services.settings.worker.visibility_timeout_seconds)
+        self.interval = self.lease_seconds / 4
         self.worker = parent
         self.queues: list[str] = []
 

@@ -10,32 +10,23 @@ import random
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
-from opentelemetry import propagate
 from redis.exceptions import RedisError
 
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import JobContext, TaskCatalog, TaskSpec
 from conveyor.core.errors import JobCancelledError
-from conveyor.core.jobs import JobError, JobState
-from conveyor.core.messages import (
-    DUE_AT_HEADER,
-    ENQUEUED_AT_HEADER,
-    GENERATION_HEADER,
-    MAX_RETRIES_HEADER,
-    QUEUE_HEADER,
-    TENANT_HEADER,
-    build_message,
-)
 from conveyor.core.queues import Queue
 from conveyor.core.sanitize import Sanitizer
 from conveyor.core.settings import Settings
-from conveyor.core.store import JobStore
-from conveyor.core.submit import prepare
+from conveyor.jobstore.model import JobError, JobState
+from conveyor.jobstore.results import StartVerdict, TransitionResult
+from conveyor.jobstore.store import JobStore
+from conveyor.worker.delivery import Delivery
 from conveyor.worker.events import job_finished, job_started
 
 log = logging.getLogger(__name__)
@@ -45,7 +36,7 @@ PROGRESS_MIN_INTERVAL = 0.1
 
 
 class JobRunner:
-    """Runs one delivery of a job and records its outcome in the job store.
+    """Runs one delivery of a job and records its outcome with the job store's verbs.
 
     A broker error while recording raises `Reject(requeue=True)`: the message is never acked
     for a job whose record was not written, so a Redis blip can delay a job, never lose it.
@@ -59,44 +50,40 @@ class JobRunner:
 
     def run(self, spec: TaskSpec, request: Any, kwargs: Mapping[str, Any]) -> None:
         """Run the job behind `request` unless it was cancelled, finished or is poison."""
-        job_id: str = request.id
-        queue = Queue(getattr(request, QUEUE_HEADER, None) or spec.queue)
-        generation = _generation(request)
+        delivery = Delivery.of(spec, request)
+        job_id = delivery.job_id
         with _requeue_on_broker_error(job_id):
-            started = self.store.start(
-                job_id, time.time(), self.settings.worker.max_worker_deaths, generation
-            )
-        if started.verdict == "skip":
+            started = self.store.start(job_id, delivery.generation)
+        if started.verdict is StartVerdict.SKIP:
             # Cancelled, finished by an earlier delivery, or expired: never run it (again).
             log.info("job %s not run: state is %s", job_id, started.previous_state or "unknown")
             return
-        if started.verdict == "poison":
+        if started.verdict is StartVerdict.POISON:
             error = JobError(
                 type="WorkerLost",
                 message=f"the worker died while running this job {started.deaths} times",
             )
             log.error("job %s dead-lettered: %s", job_id, error.message)
-            replay = self._message(spec, request, kwargs, queue, retries=0, next_generation=True)
-            never_ran = _Attempt(job_id, spec.name, queue, started_at=None)
-            self._finish(never_ran, JobState.FAILED, {"error": error.model_dump_json()}, replay,
-                         exception="WorkerLost")  # fmt: skip
+            replay = delivery.next_message(kwargs, retries=0)
+            never_ran = _Attempt(job_id, spec.name, delivery.queue, started_at=None)
+            self._dead_letter(never_ran, error.model_dump_json(), replay, exception="WorkerLost")
             return
-        attempt = _Attempt(job_id, spec.name, queue, started_at=time.monotonic())
+        attempt = _Attempt(job_id, spec.name, delivery.queue, started_at=time.monotonic())
         job_started.send(
             sender=spec.name,
             job_id=job_id,
             task=spec.name,
-            queue=queue,
+            queue=delivery.queue,
             attempt=started.attempts,
-            wait_seconds=_queue_wait(request),
+            wait_seconds=delivery.queue_wait(),
             redelivered=started.previous_state is JobState.RUNNING,
         )
         log.info("job started (attempt %d)", started.attempts)
         ctx = JobContext(
             job_id=job_id,
-            tenant=getattr(request, TENANT_HEADER, None) or "",
+            tenant=delivery.tenant,
             task=spec.name,
-            queue=queue,
+            queue=delivery.queue,
             attempt=started.attempts,
             progress=_ProgressWriter(self.store, job_id),
             settings=self.settings,
@@ -109,44 +96,44 @@ class JobRunner:
             attempt.finished("cancelled")
             return
         except Exception as exc:  # noqa: BLE001 - every task failure is recorded, none escapes
-            self._failed(spec, request, kwargs, attempt, exc)
+            self._failed(spec, delivery, kwargs, attempt, exc)
             return
-        self._finish(attempt, JobState.SUCCEEDED, {"result": encoded.decode(), "error": ""})
+        with _requeue_on_broker_error(job_id):
+            done = self.store.succeed(job_id, encoded.decode())
+        self._finished(attempt, done, "succeeded")
 
     def _failed(
         self,
         spec: TaskSpec,
-        request: Any,
+        delivery: Delivery,
         kwargs: Mapping[str, Any],
         attempt: "_Attempt",
         exc: Exception,
     ) -> None:
-        job_id, queue = attempt.job_id, attempt.queue
-        retries_done = int(request.retries or 0)
-        max_retries = int(getattr(request, MAX_RETRIES_HEADER, spec.retry.max_retries))
+        job_id = attempt.job_id
         error, kind = self._error(exc), _error_type(exc)
         if not spec.retry.is_retryable(exc):
-            self._finish(attempt, JobState.FAILED, {"error": error}, exception=kind)
+            with _requeue_on_broker_error(job_id):
+                done = self.store.fail(job_id, error)
+            self._finished(attempt, done, "failed", exception=kind)
             return
-        if retries_done >= max_retries:
-            log.warning("job %s dead-lettered after %d retries: %s", job_id, retries_done, exc)
-            replay = self._message(spec, request, kwargs, queue, retries=0, next_generation=True)
-            self._finish(attempt, JobState.FAILED, {"error": error}, replay, exception=kind)
+        if delivery.retries >= delivery.max_retries:
+            log.warning("job %s dead-lettered after %d retries: %s", job_id, delivery.retries, exc)
+            replay = delivery.next_message(kwargs, retries=0)
+            self._dead_letter(attempt, error, replay, exception=kind)
             return
         now = time.time()
-        due_at = now + spec.retry.delay_for(retries_done + 1, random.random())  # noqa: S311 - jitter
-        message = self._message(
-            spec, request, kwargs, queue, retries_done + 1, due_at=due_at, next_generation=True
-        )
+        due_at = now + spec.retry.delay_for(delivery.retries + 1, random.random())  # noqa: S311 - jitter
+        message = delivery.next_message(kwargs, delivery.retries + 1, due_at=due_at)
         with _requeue_on_broker_error(job_id):
-            self.store.transition(
+            self.store.retry(
                 job_id,
-                allowed=(JobState.RUNNING,),
-                new_state=JobState.RETRYING,
-                delayed=("add", due_at, message),
-                fields={"error": error, "generation": str((_generation(request) or 0) + 1)},
+                error=error,
+                due_at=due_at,
+                message=message,
+                generation=delivery.next_generation,
             )
-        log.info("job %s retry %d in %.1fs: %s", job_id, retries_done + 1, due_at - now, exc)
+        log.info("job %s retry %d in %.1fs: %s", job_id, delivery.retries + 1, due_at - now, exc)
         attempt.finished("retried", exception=kind)
 
     def _error(self, exc: BaseException) -> str:
@@ -157,80 +144,36 @@ class JobRunner:
     def fail_timed_out(self, job_id: str, task: str, queue: Queue, exc: BaseException) -> None:
         """Mark a job failed by its hard time limit (from the main process: the child is gone)."""
         attempt = _Attempt(job_id, task, queue, started_at=None)
-        self._finish(
-            attempt, JobState.FAILED, {"error": self._error(exc)}, exception=_error_type(exc)
-        )
+        with _requeue_on_broker_error(job_id):
+            done = self.store.fail(job_id, self._error(exc))
+        self._finished(attempt, done, "failed", exception=_error_type(exc))
 
-    def _finish(
+    def _dead_letter(self, attempt: "_Attempt", error: str, replay: bytes, exception: str) -> None:
+        with _requeue_on_broker_error(attempt.job_id):
+            done = self.store.dead_letter(attempt.job_id, error, replay)
+        self._finished(attempt, done, "failed", exception=exception, dead_lettered=True)
+
+    def _finished(
         self,
         attempt: "_Attempt",
-        state: JobState,
-        fields: dict[str, str],
-        dead_message: bytes | None = None,
+        done: TransitionResult,
+        outcome: str,
         exception: str | None = None,
+        dead_lettered: bool = False,
     ) -> None:
-        job_id = attempt.job_id
-        now = time.time()
-        fields = {**fields, "finished_at": repr(now)}
-        delayed: tuple[str, float | None, bytes] = ("", None, b"")
-        if dead_message is not None:
-            delayed = ("dead", now, dead_message)
-            fields["dead_lettered_at"] = repr(now)
-        with _requeue_on_broker_error(job_id):
-            # QUEUED too: a job handed back at shutdown may still complete in its last moments;
-            # its result then stands and the handed-back copy is skipped.
-            finished = self.store.transition(
-                job_id,
-                allowed=(JobState.RUNNING, JobState.QUEUED),
-                new_state=state,
-                delayed=delayed,
-                fields=fields,
-            )
-        attempt.finished(
-            "succeeded" if state is JobState.SUCCEEDED else "failed",
-            exception=exception,
-            dead_lettered=dead_message is not None and finished.applied,
-        )
-        if finished.applied and finished.has_callback:
-            self.after_terminal(job_id)
-
-    def _message(
-        self,
-        spec: TaskSpec,
-        request: Any,
-        kwargs: Mapping[str, Any],
-        queue: Queue,
-        retries: int,
-        due_at: float | None = None,
-        next_generation: bool = False,
-    ) -> bytes:
-        soft, hard = (request.timelimit or (None, None))[::-1]
-        trace_context: dict[str, str] = {}
-        propagate.inject(trace_context)  # a retry stays in the job's trace
-        return build_message(
-            job_id=request.id,
-            task=spec.name,
-            queue=queue,
-            kwargs=kwargs,
-            retries=retries,
-            max_retries=int(getattr(request, MAX_RETRIES_HEADER, spec.retry.max_retries)),
-            soft_time_limit=soft,
-            time_limit=hard,
-            enqueued_at=time.time(),
-            due_at=due_at,
-            trace_context=trace_context,
-            generation=(_generation(request) or 0) + (1 if next_generation else 0),
-            tenant=getattr(request, TENANT_HEADER, None) or "",
-        )
+        """Announce the attempt's end; enqueue the completion callback of a terminal state."""
+        attempt.finished(outcome, exception=exception,
+                         dead_lettered=dead_lettered and done.applied)  # fmt: skip
+        if done.applied and done.has_callback:
+            self.after_terminal(attempt.job_id)
 
     def after_terminal(self, job_id: str) -> None:
         """Enqueue the completion callback, if the job asked for one. Never raises."""
         try:
             job = self.store.get(job_id)
-            submission = callback_submission(job, self.catalog) if job else None
-            if submission is not None:
-                new_job, message = prepare(self.catalog[submission.task], submission, self.settings)
-                self.store.accept(new_job, message)
+            callback = callback_submission(job, self.catalog) if job else None
+            if callback is not None:
+                self.store.submit(*callback)
         except Exception:
             log.exception("could not enqueue the completion callback of job %s", job_id)
 
@@ -266,21 +209,6 @@ class _Attempt:
         )
 
 
-def _generation(request: Any) -> int | None:
-    """The message's generation header (None for a message from outside Conveyor)."""
-    value = getattr(request, GENERATION_HEADER, None)
-    return None if value is None else int(value)
-
-
-def _queue_wait(request: Any) -> float | None:
-    """Start time minus max(enqueue time, due time), from the headers the API sets."""
-    enqueued = getattr(request, ENQUEUED_AT_HEADER, None)
-    if enqueued is None:
-        return None
-    ready = max(float(enqueued), float(getattr(request, DUE_AT_HEADER, None) or 0.0))
-    return max(0.0, time.time() - ready)
-
-
 @contextmanager
 def _requeue_on_broker_error(job_id: str) -> Iterator[None]:
     try:
@@ -291,11 +219,14 @@ def _requeue_on_broker_error(job_id: str) -> Iterator[None]:
 
 
 class ConveyorTask(Task[Any, None]):
-    """Celery binding of a catalogued task; `create_celery` subclasses it per app."""
+    """Celery binding of one catalogued task: `create_celery` registers one per task."""
 
-    spec: TaskSpec
-    runner: ClassVar[JobRunner]
     typing = False  # arguments are validated by the task's pydantic model instead
+
+    def __init__(self, spec: TaskSpec, runner: JobRunner) -> None:
+        self.spec = spec
+        self.runner = runner
+        self.name = spec.name
 
     def run(self, *args: Any, **kwargs: Any) -> None:
         """Run the job; the job's result lives in the job record, not in Celery."""
@@ -306,7 +237,7 @@ class ConveyorTask(Task[Any, None]):
     ) -> None:
         """Reached for hard time limits (in the main process, the child is gone)."""
         if isinstance(exc, TimeLimitExceeded):
-            queue = Queue(getattr(self.request, QUEUE_HEADER, None) or self.spec.queue)
+            queue = Delivery.of(self.spec, self.request).queue
             self.runner.fail_timed_out(task_id, self.spec.name, queue, exc)
         else:
             log.error("job %s: unexpected failure outside the task body: %r", task_id, exc)
@@ -329,12 +260,7 @@ class _ProgressWriter:
             return
         self._last_write = now
         progress = {"current": current, "total": total, "message": message}
-        result = self.store.transition(
-            self.job_id,
-            allowed=(JobState.RUNNING,),
-            new_state=JobState.RUNNING,
-            fields={"progress": orjson.dumps(progress).decode()},
-        )
+        result = self.store.report_progress(self.job_id, progress)
         if not result.applied and result.previous_state is JobState.CANCELLED:
             raise JobCancelledError(self.job_id)
 

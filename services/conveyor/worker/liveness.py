@@ -15,11 +15,12 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from celery import bootsteps
 
 from conveyor.telemetry.prometheus import Response, Route
+from conveyor.worker.services import services_of
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,13 @@ class Heartbeat(bootsteps.StartStopStep):
     """Consumer step: beats every `interval` seconds while consuming."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
-    base_path: ClassVar[Path]
-    interval: ClassVar[float]
-    health: ClassVar[WorkerHealth]
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
+        services = services_of(parent.app)
+        self.health = services.health
+        self.base_path = services.settings.worker.heartbeat_file
+        self.interval = services.settings.worker.heartbeat_interval_seconds
         self._timer: Any = None
         self.path = self.base_path
 

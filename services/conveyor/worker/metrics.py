@@ -3,15 +3,14 @@ process from the multiprocess directory.
 """
 
 import logging
-from typing import Any, ClassVar
+from typing import Any
 
 from celery import bootsteps
-from prometheus_client import CollectorRegistry
 
 from conveyor.telemetry.metrics import WorkerMetrics, exception_label
 from conveyor.telemetry.prometheus import scrape_registry, serve
 from conveyor.worker.events import job_finished, job_started
-from conveyor.worker.liveness import WorkerHealth
+from conveyor.worker.services import services_of
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +74,13 @@ class MetricsServer(bootsteps.StartStopStep):
     main process.
     """
 
-    metrics: ClassVar[WorkerMetrics]
-    registry: ClassVar[CollectorRegistry]
-    port: ClassVar[int]
-    health: ClassVar[WorkerHealth]
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        services = services_of(parent.app)
+        self.metrics = services.metrics
+        self.registry = services.registry
+        self.health = services.health
+        self.port = services.settings.metrics.worker_port
 
     def start(self, parent: Any) -> None:
         """Set the concurrency gauge and start the HTTP endpoint (a failure is only logged)."""

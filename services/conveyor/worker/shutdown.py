@@ -9,15 +9,13 @@ A job that finished in time was acked and is never re-run.
 
 import logging
 import threading
-from typing import Any, ClassVar
+from typing import Any
 
 from celery import bootsteps
 from celery.signals import worker_shutting_down
 from celery.worker import state
 
-from conveyor.core.jobs import JobState
-from conveyor.core.store import JobStore
-from conveyor.worker.liveness import WorkerHealth
+from conveyor.worker.services import services_of
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +23,12 @@ log = logging.getLogger(__name__)
 class ShutdownDeadline(bootsteps.StartStopStep):
     """Hands unfinished jobs back `timeout` seconds after a warm shutdown begins."""
 
-    store: ClassVar[JobStore]
-    timeout: ClassVar[float]
-    health: ClassVar[WorkerHealth]
-
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
+        services = services_of(parent.app)
+        self.store = services.store
+        self.health = services.health
+        self.timeout = services.settings.worker.shutdown_timeout_seconds
         self.worker = parent
         self._started = threading.Event()
 
@@ -76,12 +74,7 @@ class ShutdownDeadline(bootsteps.StartStopStep):
         """Mark unfinished jobs queued and cancel them; their messages are requeued on close."""
         requests = self._unfinished()
         for request in requests:
-            self.store.transition(
-                request.id,
-                allowed=(JobState.RUNNING,),
-                new_state=JobState.QUEUED,
-                fields={"progress": ""},
-            )
+            self.store.hand_back(request.id)
         log.warning(
             "shutdown timeout (%.0fs) reached: handing %d running job(s) back to the queue",
             self.timeout,

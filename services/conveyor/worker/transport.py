@@ -20,23 +20,23 @@ import logging
 import os
 import secrets
 import socket
-from importlib import resources
+from functools import cached_property
 from queue import Empty
 from time import monotonic, time
-from typing import Any, ClassVar
+from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from conveyor.core.keys import Keys
-from conveyor.core.store import Lua
+from conveyor.jobstore.keys import KeySpace
+from conveyor.jobstore.scripts import CLAIM
 
 log = logging.getLogger(__name__)
 
-_CLAIM_LUA = resources.files("conveyor.core.lua").joinpath("claim.lua").read_text()
-_CLAIM = Lua(_CLAIM_LUA)  # claim.lua reads keys from ARGV; it needs none of _lib
+# The broker transport option naming Conveyor's key prefix (`celery_config` sets it).
+KEY_PREFIX_OPTION = "conveyor_key_prefix"
 # A fresh token per process: in a container `conveyor` is PID 1 after every restart, and a
 # restarted consumer must not inherit (and keep "alive") its predecessor's in-flight list.
 _TOKEN = secrets.token_hex(4)
@@ -68,13 +68,20 @@ class ReliableChannel(kombu_redis.Channel):
     """Consumes with BLMOVE into an in-flight list when it polls a single list."""
 
     QoS = ReliableQoS
-    keys: ClassVar[Keys]
+    # kombu sets each of these attributes from the broker's transport options.
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, KEY_PREFIX_OPTION)
+    conveyor_key_prefix = "conveyor"
     claimed_tag: str | None = None
     _claim_client: Any = None
     _inflight_source: str | None = None
     # True for every new channel: after a reconnect Celery builds a fresh channel, and a
     # message the old one had moved may still sit in this consumer's in-flight list.
     _inflight_suspect = True
+
+    @cached_property
+    def keys(self) -> KeySpace:
+        """Conveyor's key names, under the prefix of the broker's transport options."""
+        return KeySpace(self.conveyor_key_prefix)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if timeout is None:
@@ -143,7 +150,7 @@ class ReliableChannel(kombu_redis.Channel):
             # call, a tenth of the main process's CPU per delivery (measured with py-spy).
             self._claim_client = self._create_client(asynchronous=False)
         claim_args = [key, item, self.unacked_key, self.unacked_index_key, tag, time(), record]
-        claimed = _CLAIM.run(self._claim_client, claim_args)
+        claimed = CLAIM.run(self._claim_client, claim_args)
         if not claimed:
             log.warning("delivery %s was requeued while this consumer looked dead; dropped", tag)
             return
@@ -166,12 +173,6 @@ class ReliableChannel(kombu_redis.Channel):
 
 
 class ReliableTransport(kombu_redis.Transport):
-    """The Redis transport with `ReliableChannel`; `bind_transport` makes one per app."""
+    """The Redis transport with `ReliableChannel` (`celery_config.TRANSPORT` names it)."""
 
     Channel = ReliableChannel
-
-
-def bind_transport(keys: Keys) -> type[ReliableTransport]:
-    """A transport class whose channels name their in-flight lists under `keys`."""
-    channel = type("BoundReliableChannel", (ReliableChannel,), {"keys": keys})
-    return type("BoundReliableTransport", (ReliableTransport,), {"Channel": channel})

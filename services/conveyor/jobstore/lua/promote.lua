@@ -1,10 +1,14 @@
 -- Move delayed jobs (delay_seconds, retry backoff) that are due onto their queue.
 -- Atomic, so any number of workers can run it concurrently without duplicating a message.
 --
--- ARGV: 1 prefix, 2 now (ms), 3 most to move in one call.
+-- ARGV: 1 prefix, 2 now (ms), 3 most to move in one call, 4 the states whose message is
+--       pushed as '|a|b|', 5 the states that become queued as '|a|b|'
+--       (conveyor.jobstore.machine: a scheduled job becomes queued; a retrying one stays
+--       retrying until a worker starts it).
 -- Returns the number of messages pushed.
 local prefix, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local delayed, messages = prefix .. ':delayed', prefix .. ':delayed:messages'
+local pushable, becomes_queued = ARGV[4], ARGV[5]
+local delayed, messages = key_delayed(prefix), key_delayed_messages(prefix)
 
 local pushed = 0
 local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
@@ -12,14 +16,14 @@ for _, id in ipairs(due) do
   local message = redis.call('HGET', messages, id)
   redis.call('ZREM', delayed, id)
   redis.call('HDEL', messages, id)
-  local record = redis.call('HMGET', job_key(prefix, id), 'state', 'queue')
+  local record = redis.call('HMGET', key_job(prefix, id), 'state', 'queue')
   local state, queue = record[1], record[2]
   -- A job cancelled (or expired) while it waited is dropped here: it never runs.
-  if message and (state == 'scheduled' or state == 'retrying') then
-    redis.call('LPUSH', queue, message)
+  if message and state and allows(pushable, state) then
+    redis.call('LPUSH', key_queue(prefix, queue), message)
     pushed = pushed + 1
-    if state == 'scheduled' then
-      redis.call('HSET', job_key(prefix, id), 'state', 'queued')
+    if allows(becomes_queued, state) then
+      redis.call('HSET', key_job(prefix, id), 'state', 'queued')
       move_state_index(prefix, id, state, 'queued')
       emit(prefix, id, 'queued', 'state')
     end

@@ -1,7 +1,9 @@
-"""Turning a validated submission into a job record and its Celery message.
+"""A submission: what a caller asks for, with every default resolved in one place, and the
+job record and Celery message it becomes.
 
-Shared by the API, beat (periodic runs) and workers (completion callbacks), so every job,
-whoever creates it, is recorded and enqueued the same way.
+The API, beat (periodic runs) and workers (completion callbacks) all build a `Submission` with
+`Submission.of` and hand it to their store's `submit`, so every job, whoever creates it, is
+recorded and enqueued the same way.
 """
 
 import hashlib
@@ -16,8 +18,8 @@ from opentelemetry import propagate
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.messages import build_message
 from conveyor.core.queues import Queue
-from conveyor.core.settings import Settings
-from conveyor.core.store import NewJob
+from conveyor.core.settings import WorkerSettings
+from conveyor.jobstore.model import NewJob
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,33 @@ class Submission:
     delay_seconds: float = 0.0
     idempotency_key: str | None = None
     callback_url: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        spec: TaskSpec,
+        *,
+        tenant: str,
+        args: dict[str, Any],
+        priority: Queue | None = None,
+        max_retries: int | None = None,
+        timeout_seconds: int | None = None,
+        delay_seconds: float = 0.0,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+    ) -> "Submission":
+        """A submission of `spec`'s task; what the caller leaves out is the task's default."""
+        return cls(
+            tenant=tenant,
+            task=spec.name,
+            args=args,
+            queue=priority or spec.queue,
+            max_retries=spec.retry.max_retries if max_retries is None else max_retries,
+            timeout_seconds=timeout_seconds,
+            delay_seconds=delay_seconds,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+        )
 
     def request_hash(self) -> str:
         """Fingerprint of the request, to tell a replay from a conflicting reuse of a key."""
@@ -51,20 +80,22 @@ class Submission:
         return hashlib.sha256(canonical).hexdigest()
 
 
-def time_limits(spec: TaskSpec, timeout_seconds: int | None, settings: Settings) -> tuple[int, int]:
+def time_limits(
+    spec: TaskSpec, timeout_seconds: int | None, worker: WorkerSettings
+) -> tuple[int, int]:
     """(soft, hard) limits: the job's own timeout, else the task's, else the worker default."""
-    soft = timeout_seconds or spec.timeout_seconds or settings.worker.default_timeout_seconds
-    return soft, soft + settings.worker.hard_timeout_grace_seconds
+    soft = timeout_seconds or spec.timeout_seconds or worker.default_timeout_seconds
+    return soft, soft + worker.hard_timeout_grace_seconds
 
 
 def prepare(
-    spec: TaskSpec, submission: Submission, settings: Settings, now: float | None = None
+    spec: TaskSpec, submission: Submission, worker: WorkerSettings, now: float | None = None
 ) -> tuple[NewJob, bytes]:
     """The job record and queue message for a submission (not yet written)."""
     now = time.time() if now is None else now
     job_id = str(uuid.uuid4())
     due_at = now + submission.delay_seconds if submission.delay_seconds > 0 else None
-    soft, hard = time_limits(spec, submission.timeout_seconds, settings)
+    soft, hard = time_limits(spec, submission.timeout_seconds, worker)
     job = NewJob(
         id=job_id,
         tenant=submission.tenant,

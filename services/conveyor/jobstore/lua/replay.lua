@@ -1,18 +1,19 @@
 -- Replay dead-lettered jobs: each goes back onto its queue as a new attempt of the same job.
 --
--- ARGV: 1 prefix, 2.. job ids.
+-- ARGV: 1 prefix, 2 the states a dead letter may be replayed from as '|a|b|'
+--       (conveyor.jobstore.machine), 3.. job ids.
 -- Returns the number replayed (ids not in the dead-letter set are ignored).
-local prefix = ARGV[1]
-local dead, messages = prefix .. ':dead', prefix .. ':dead:messages'
+local prefix, replayable = ARGV[1], ARGV[2]
+local dead, messages = key_dead(prefix), key_dead_messages(prefix)
 local replayed = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local id = ARGV[i]
   local message = redis.call('HGET', messages, id)
-  local key = job_key(prefix, id)
+  local key = key_job(prefix, id)
   local record = redis.call('HMGET', key, 'state', 'queue', 'idempotency_key', 'tenant')
   redis.call('ZREM', dead, id)
   redis.call('HDEL', messages, id)
-  if message and record[1] == 'failed' then
+  if message and record[1] and allows(replayable, record[1]) then
     -- The record takes the stored message's generation (0 when it has none): that message
     -- runs, and any older copy is skipped from now on.
     local generation = cjson.decode(message)['headers']['conveyor_generation']
@@ -23,15 +24,15 @@ for i = 2, #ARGV do
     redis.call('HSET', key, 'state', 'queued', 'deaths', '0', 'finished_at', '', 'progress', '',
                'error', '', 'dead_lettered_at', '')
     redis.call('PERSIST', key)
-    redis.call('PERSIST', events_key(prefix, id))
+    redis.call('PERSIST', key_events(prefix, id))
     local tenant = record[4] or ''
     if record[3] and record[3] ~= '' then
-      redis.call('PERSIST', idem_key(prefix, tenant, record[3]))
+      redis.call('PERSIST', key_idempotency(prefix, tenant, record[3]))
     end
     -- This run's completion callback is a new delivery, not a replay of the last one.
-    redis.call('DEL', idem_key(prefix, tenant, 'callback:' .. id))
+    redis.call('DEL', key_callback_idempotency(prefix, tenant, id))
     move_state_index(prefix, id, record[1], 'queued')
-    redis.call('LPUSH', record[2], message)
+    redis.call('LPUSH', key_queue(prefix, record[2]), message)
     emit(prefix, id, 'queued', 'state')
     replayed = replayed + 1
   end

@@ -4,12 +4,13 @@
 -- ARGV: 1 prefix, 2 queue, 3 now (seconds), 4 TTL (seconds).
 -- Returns the number of messages moved.
 local prefix, queue, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local consumers = prefix .. ':consumers:' .. queue
+local consumers = key_consumers(prefix, queue)
+local list = key_queue(prefix, queue)
 local moved = 0
 for _, consumer in ipairs(redis.call('ZRANGEBYSCORE', consumers, '-inf', now - ttl)) do
-  local inflight = prefix .. ':inflight:' .. consumer .. ':' .. queue
+  local inflight = key_inflight(prefix, consumer, queue)
   -- Oldest first, onto the end that is consumed next.
-  while redis.call('LMOVE', inflight, queue, 'RIGHT', 'RIGHT') do
+  while redis.call('LMOVE', inflight, list, 'RIGHT', 'RIGHT') do
     moved = moved + 1
   end
   redis.call('ZREM', consumers, consumer)

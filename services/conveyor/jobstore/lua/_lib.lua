@@ -1,19 +1,7 @@
--- Shared helpers, prepended to every Conveyor script (Redis scripts cannot import each other).
--- Keys are built here from the prefix passed as ARGV[1]: Conveyor needs a standalone Redis
--- (not Cluster), as Celery's Redis transport does.
-
-local function job_key(prefix, id)
-  return prefix .. ':job:' .. id
-end
-
-local function state_index(prefix, state)
-  return prefix .. ':index:state:' .. state
-end
-
--- A queue's running jobs (ids), so a tier's demand is O(1) to read (ZCARD) for autoscaling.
-local function running_set(prefix, queue)
-  return prefix .. ':running:' .. queue
-end
+-- Shared helpers, prepended to every job script after the generated key functions
+-- (Redis scripts cannot import each other). Key names come only from those key_* functions
+-- (conveyor.jobstore.keys), with the prefix passed as ARGV[1]: Conveyor needs a standalone
+-- Redis (not Cluster), as Celery's Redis transport does.
 
 -- Move `id` from one state index to another, keeping its creation-time score, and keep the
 -- job's queue's running set in step with its state.
@@ -22,26 +10,26 @@ local function move_state_index(prefix, id, old_state, new_state)
     return
   end
   if old_state == 'running' or new_state == 'running' then
-    local queue = redis.call('HGET', job_key(prefix, id), 'queue')
+    local queue = redis.call('HGET', key_job(prefix, id), 'queue')
     if queue then
       if new_state == 'running' then
-        redis.call('ZADD', running_set(prefix, queue), redis.call('TIME')[1], id)
+        redis.call('ZADD', key_running(prefix, queue), redis.call('TIME')[1], id)
       else
-        redis.call('ZREM', running_set(prefix, queue), id)
+        redis.call('ZREM', key_running(prefix, queue), id)
       end
     end
   end
-  local score = redis.call('ZSCORE', prefix .. ':index:all', id)
+  local score = redis.call('ZSCORE', key_index_all(prefix), id)
   if not score then
     return
   end
-  redis.call('ZREM', state_index(prefix, old_state), id)
-  redis.call('ZADD', state_index(prefix, new_state), score, id)
+  redis.call('ZREM', key_index_state(prefix, old_state), id)
+  redis.call('ZADD', key_index_state(prefix, new_state), score, id)
 end
 
--- Idempotency keys are per tenant: two tenants may use the same key without meeting.
-local function idem_key(prefix, tenant, idem)
-  return prefix .. ':idem:' .. tenant .. ':' .. idem
+-- Whether `state` is one of the states listed as '|a|b|' (from conveyor.jobstore.machine).
+local function allows(listed, state)
+  return string.find(listed, '|' .. state .. '|', 1, true) ~= nil
 end
 
 -- Redis' own clock in ms, so every API replica's buckets agree on the time.
@@ -80,13 +68,21 @@ end
 -- Each job's changes (state, progress) as a Redis stream, read by GET /v1/jobs/{id}/events.
 -- Its entries' ids are the SSE event ids, so a client resumes with Last-Event-ID. It lives as
 -- long as the job record: no expiry until the job finishes, then the same retention.
-local function events_key(prefix, id)
-  return prefix .. ':events:' .. id
-end
-
 -- `kind` is 'state' for a change of state, 'progress' for a progress report.
 local function emit(prefix, id, state, kind)
-  local record = redis.call('HMGET', job_key(prefix, id), 'progress', 'attempts')
-  redis.call('XADD', events_key(prefix, id), 'MAXLEN', '~', 1000, '*', 'kind', kind,
+  local record = redis.call('HMGET', key_job(prefix, id), 'progress', 'attempts')
+  redis.call('XADD', key_events(prefix, id), 'MAXLEN', '~', 1000, '*', 'kind', kind,
              'state', state, 'progress', record[1] or '', 'attempts', record[2] or '0')
+end
+
+-- Expire a finished job's record, its event stream and its idempotency key together.
+local function expire_job(prefix, id, seconds)
+  local key = key_job(prefix, id)
+  redis.call('EXPIRE', key, seconds)
+  redis.call('EXPIRE', key_events(prefix, id), seconds)
+  -- The idempotency key lives as long as its job: from acceptance until the record expires.
+  local idem = redis.call('HMGET', key, 'idempotency_key', 'tenant')
+  if idem[1] and idem[1] ~= '' then
+    redis.call('EXPIRE', key_idempotency(prefix, idem[2] or '', idem[1]), seconds)
+  end
 end

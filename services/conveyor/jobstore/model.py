@@ -1,7 +1,11 @@
-"""The job record: states and the resource clients read."""
+"""The job record: its states, the resource clients read, and the codec of its Redis hash
+(`NewJob.record` writes it, `decode_record` reads it).
+"""
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -112,3 +116,60 @@ def _timestamp(raw: str) -> datetime:
 
 def _timestamp_or_none(raw: str | None) -> datetime | None:
     return _timestamp(raw) if raw else None
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated submission, ready to be written by the accept script."""
+
+    id: str
+    tenant: str
+    task: str
+    queue: Queue
+    args: dict[str, Any]
+    max_retries: int
+    timeout_seconds: int | None
+    idempotency_key: str | None
+    callback_url: str | None
+    created_at: float
+    due_at: float | None
+    request_hash: str
+
+    @property
+    def initial_state(self) -> JobState:
+        """Scheduled when it has a due time, otherwise queued."""
+        return JobState.SCHEDULED if self.due_at is not None else JobState.QUEUED
+
+    @cached_property
+    def record(self) -> dict[str, str]:
+        """The job hash's fields, built once: the accept script and the response use both."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "task": self.task,
+            "queue": str(self.queue),
+            "state": str(self.initial_state),
+            "args": orjson.dumps(self.args).decode(),
+            "attempts": "0",
+            "max_retries": str(self.max_retries),
+            "timeout_seconds": "" if self.timeout_seconds is None else str(self.timeout_seconds),
+            "idempotency_key": self.idempotency_key or "",
+            "callback_url": self.callback_url or "",
+            "created_at": repr(self.created_at),
+            "scheduled_for": "" if self.due_at is None else repr(self.due_at),
+        }
+
+    def job(self) -> Job:
+        """The job as just accepted."""
+        return Job.from_record(self.record)
+
+
+def decode_record(raw: dict[Any, Any]) -> Job | None:
+    """A job from HGETALL's reply, or None if the key does not exist."""
+    if not raw:
+        return None
+    return Job.from_record({_text(k): _text(v) for k, v in raw.items()})
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,6 +3,6 @@
 --
 -- ARGV: 1 prefix, 2 tenant, 3 rate (tokens/s), 4 burst.
 -- Returns {taken (1/0), whole tokens left, ms until the next token}.
-local taken, left, wait = take_token(ARGV[1] .. ':ratelimit:' .. ARGV[2], tonumber(ARGV[3]),
+local taken, left, wait = take_token(key_rate_limit(ARGV[1], ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4]))
 return {taken, left, wait}

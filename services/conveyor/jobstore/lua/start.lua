@@ -2,14 +2,15 @@
 -- delivery never finished (the record still says running).
 --
 -- ARGV: 1 prefix, 2 job id, 3 now (seconds), 4 deaths at which the job is poison,
---       5 the message's generation ('' when it carries none).
+--       5 the message's generation ('' when it carries none), 6 the states a delivery may
+--       start from as '|a|b|' (conveyor.jobstore.machine).
 -- Returns {verdict, previous state, attempts, deaths} where verdict is
 --   'run'     the job is now running: run it;
 --   'skip'    cancelled, finished, expired, or a stale copy of an older generation:
 --             do not run it, just ack the message;
 --   'poison'  its workers died under it too often: dead-letter it instead.
 local prefix, id, now, max_deaths = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local key = job_key(prefix, id)
+local key = key_job(prefix, id)
 local current = redis.call('HMGET', key, 'state', 'attempts', 'deaths', 'generation')
 local state = current[1]
 local attempts, deaths = tonumber(current[2] or '0'), tonumber(current[3] or '0')
@@ -19,7 +20,7 @@ end
 if ARGV[5] ~= '' and tonumber(ARGV[5]) < tonumber(current[4] or '0') then
   return {'skip', state, attempts, deaths}
 end
-if state ~= 'queued' and state ~= 'scheduled' and state ~= 'retrying' and state ~= 'running' then
+if not allows(ARGV[6], state) then
   return {'skip', state, attempts, deaths}
 end
 if state == 'running' then

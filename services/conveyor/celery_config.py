@@ -1,0 +1,69 @@
+"""`celery_config`: the Celery settings every Conveyor Celery app shares (workers, beat, and
+the API's revoke client), importable without the worker package.
+"""
+
+from celery import Celery
+from kombu import Queue as KombuQueue
+
+from conveyor.core.queues import Queue
+from conveyor.core.settings import Settings
+
+# Conveyor's reliable transport (worker/transport.py), by name.
+TRANSPORT = "conveyor.worker.transport:ReliableTransport"
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    """Celery settings: JSON only, acks-late, prefetch 1, no result backend."""
+    return {
+        "broker_url": settings.redis_dsn(),
+        # A private CA for rediss:// (kombu passes these to redis-py's SSL connection).
+        "broker_use_ssl": settings.redis_tls_options() or None,
+        "broker_connection_retry_on_startup": True,
+        # kombu's Redis transport, consuming with BLMOVE so no message is lost (named, not
+        # imported: beat and the API's revoke need no worker code).
+        "broker_transport": TRANSPORT,
+        "broker_transport_options": {
+            "conveyor_key_prefix": settings.key_prefix,
+            "visibility_timeout": settings.worker.visibility_timeout_seconds,
+            # One list per queue: the tiers are Conveyor's priorities.
+            "priority_steps": [0],
+            # Sweep for expired deliveries every interval (kombu's default is 10 s x 10).
+            "unacked_restore_interval": settings.worker.restore_interval_seconds,
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 60,
+            # Never hang on a dead or silent connection: time out, reconnect.
+            "socket_timeout": 15,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+            "retry_on_timeout": True,
+        },
+        "broker_connection_max_retries": None,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # Results live in the job record; Celery's result backend would be a second copy.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # At-least-once: ack after the job ran; a dead child's message goes back to the queue.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": [KombuQueue(str(q), routing_key=str(q)) for q in Queue],
+        "task_default_queue": str(Queue.DEFAULT),
+        "task_create_missing_queues": False,
+        # Celery task events, for Flower; Conveyor's own job events need none of them.
+        "worker_send_task_events": settings.worker.send_task_events,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+def control_app(settings: Settings) -> Celery:
+    """A bare Celery client for remote control (revoke) from the API: no tasks, no store."""
+    app = Celery("conveyor-control", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,132 @@
+"""Arguments and replies of the job scripts, shared by the blocking and asyncio stores."""
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from conveyor.jobstore.machine import Expiry, Transition, Verb, transition
+from conveyor.jobstore.model import JobState, NewJob, _text
+from conveyor.jobstore.results import (
+    AcceptResult,
+    AcceptVerdict,
+    InvalidCursorError,
+    Limits,
+    StartResult,
+    StartVerdict,
+    TransitionResult,
+)
+
+
+def ms(timestamp: float) -> str:
+    """Seconds as the integer milliseconds sorted sets are scored in."""
+    return str(int(timestamp * 1000))
+
+
+def accept_args(prefix: str, job: NewJob, message: bytes, limits: Limits) -> list[Any]:
+    """ARGV for accept.lua."""
+    return [
+        prefix,
+        orjson.dumps(job.record),
+        job.request_hash,
+        ms(job.created_at),
+        ms(job.due_at) if job.due_at is not None else "0",
+        message,
+        repr(float(limits.rate_per_second)),
+        limits.burst,
+        limits.max_queue_depth,
+        limits.max_delayed_jobs,
+    ]
+
+
+def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:
+    """Decode accept.lua's reply."""
+    code = int(raw[0])
+    if code == 1:
+        return AcceptResult(
+            AcceptVerdict.CREATED, _text(raw[1]), job=job.job(), tokens_left=int(raw[2])
+        )
+    if code == 0:
+        existing_id, _, existing_hash = _text(raw[1]).partition("\n")
+        same = existing_hash == job.request_hash
+        return AcceptResult(AcceptVerdict.EXISTING if same else AcceptVerdict.CONFLICT, existing_id)
+    if code == 2:
+        return AcceptResult(AcceptVerdict.RATE_LIMITED, retry_after_ms=int(raw[1]))
+    return AcceptResult(AcceptVerdict.QUEUE_FULL, depth=int(raw[1]))
+
+
+def start_args(
+    prefix: str, job_id: str, now: float, max_deaths: int, generation: int | None
+) -> list[Any]:
+    """ARGV for start.lua."""
+    allowed = transition(Verb.START).allowed
+    return [prefix, job_id, repr(now), max_deaths, "" if generation is None else generation,
+            allowed]  # fmt: skip
+
+
+def parse_start(raw: Sequence[Any]) -> StartResult:
+    """Decode start.lua's reply."""
+    verdict, state, attempts, deaths = raw
+    previous = JobState(_text(state)) if state else None
+    return StartResult(StartVerdict(_text(verdict)), previous, int(attempts), int(deaths))
+
+
+def expiry_seconds(rule: Transition, retention: int, dead_letter_retention: int) -> int:
+    """The record's new time to live after `rule` (0: keep)."""
+    return {
+        Expiry.KEEP: 0,
+        Expiry.RETENTION: retention,
+        Expiry.DEAD_LETTER_RETENTION: dead_letter_retention,
+    }[rule.expiry]
+
+
+def transition_args(
+    prefix: str,
+    job_id: str,
+    rule: Transition,
+    expire_seconds: int,
+    *,
+    message_op: str = "",
+    at: float | None = None,
+    message: bytes = b"",
+    fields: dict[str, str] | None = None,
+) -> list[Any]:
+    """ARGV for transition.lua: the verb's states from the machine table."""
+    flat = [item for pair in (fields or {}).items() for item in pair]
+    return [
+        prefix,
+        job_id,
+        rule.allowed,
+        str(rule.target),
+        expire_seconds,
+        message_op,
+        ms(at) if at is not None else "0",
+        message,
+        *flat,
+    ]
+
+
+def parse_transition(raw: Sequence[Any]) -> TransitionResult:
+    """Decode transition.lua's reply."""
+    state = _text(raw[1])
+    callback = len(raw) > 3 and bool(_text(raw[3]))
+    return TransitionResult(
+        bool(int(raw[0])), JobState(state) if state else None, int(raw[2]), callback
+    )
+
+
+def encode_cursor(score: float, job_id: str) -> str:
+    """An opaque cursor pointing just past (score, job id)."""
+    return base64.urlsafe_b64encode(f"{int(score)}:{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Inverse of `encode_cursor`; raises InvalidCursorError on anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = raw.split(":", 1)
+        return int(score), job_id
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise InvalidCursorError(cursor) from exc

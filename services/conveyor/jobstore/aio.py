@@ -1,0 +1,189 @@
+"""`AsyncJobStore`: the job store of the API (redis-py's asyncio client).
+
+The same scripts and machine table as `JobStore`; the API's verbs: submit within the tenant's
+limits, read, list, cancel, and the dead letters' replay and purge.
+"""
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio
+
+from conveyor.core.catalog import TaskSpec
+from conveyor.core.queues import Queue
+from conveyor.core.settings import Settings
+from conveyor.jobstore import _calls
+from conveyor.jobstore.keys import KeySpace
+from conveyor.jobstore.machine import Verb, transition
+from conveyor.jobstore.model import Job, JobState, decode_record
+from conveyor.jobstore.results import AcceptResult, Limits, Page, TransitionResult
+from conveyor.jobstore.scripts import ACCEPT, PURGE, RATELIMIT, REPLAY, TRANSITION, Lua
+from conveyor.jobstore.submission import Submission, prepare
+
+# Dead-letter operations go through Redis in batches of this many ids per script call.
+DEAD_LETTER_BATCH = 500
+
+
+class AsyncJobStore:
+    """Asynchronous job store for the API."""
+
+    def __init__(self, client: "redis.asyncio.Redis", settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = KeySpace(settings.key_prefix)
+        self.retention_seconds = settings.jobs.retention_seconds
+
+    async def submit(
+        self, spec: TaskSpec, submission: Submission, limits: Limits | None = None
+    ) -> AcceptResult:
+        """Record and enqueue a job atomically, within `limits` (accept)."""
+        job, message = prepare(spec, submission, self.settings.worker)
+        args = _calls.accept_args(self.keys.prefix, job, message, limits or Limits())
+        return _calls.parse_accept(await ACCEPT.run_async(self.client, args), job)
+
+    async def take_token(self, tenant: str, rate: float, burst: int) -> tuple[bool, int, int]:
+        """One token from the tenant's bucket: (taken, whole tokens left, ms to the next)."""
+        taken, left, wait = await RATELIMIT.run_async(
+            self.client, [self.keys.prefix, tenant, repr(float(rate)), burst]
+        )
+        return bool(int(taken)), int(left), int(wait)
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job, or None when unknown or expired."""
+        return decode_record(await self.client.hgetall(self.keys.job(job_id)))
+
+    async def cancel(self, job_id: str) -> TransitionResult:
+        """Cancel a job that has not finished; a delayed one loses its pending message."""
+        rule = transition(Verb.CANCEL)
+        args = _calls.transition_args(
+            self.keys.prefix,
+            job_id,
+            rule,
+            self.retention_seconds,
+            message_op="drop",
+            fields={"finished_at": repr(time.time()), "error": ""},
+        )
+        return _calls.parse_transition(await TRANSITION.run_async(self.client, args))
+
+    async def list_jobs(
+        self,
+        *,
+        tenant: str | None = None,
+        state: JobState | None = None,
+        task: str | None = None,
+        queue: Queue | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        dead_letters: bool = False,
+    ) -> Page:
+        """Jobs newest first, from the most selective index; other filters are checked per job.
+
+        `tenant` None lists every tenant's jobs. `dead_letters` lists the dead-letter set.
+        """
+        filters: dict[str, str] = {}
+        candidates: list[str] = []
+        if tenant is not None:
+            filters["tenant"] = tenant
+            candidates.append(self.keys.index_tenant(tenant))
+        if state is not None:
+            filters["state"] = str(state)
+            candidates.append(self.keys.index_state(state))
+        if task is not None:
+            filters["task"] = task
+            candidates.append(self.keys.index_task(task))
+        if queue is not None:
+            filters["queue"] = str(queue)
+            candidates.append(self.keys.index_queue(queue))
+        if dead_letters:
+            index = self.keys.dead
+        else:
+            index = await self._smallest(candidates) if candidates else self.keys.index_all
+
+        bound_score: str = "+inf"
+        bound_id: str | None = None
+        if cursor is not None:
+            cursor_score, bound_id = _calls.decode_cursor(cursor)
+            bound_score = str(cursor_score)
+        jobs: list[Job] = []
+        last: tuple[float, str] | None = None
+        score: float
+        more = True
+        # Bounded work per request: a sparse filter returns a short page plus a cursor.
+        budget, batch = limit * 20, limit + 1
+        while len(jobs) < limit and budget > 0:
+            reply: list[Any] = await self.client.zrevrangebyscore(
+                index, bound_score, "-inf", start=0, num=batch, withscores=True
+            )
+            rows = [(_member(member), float(score)) for member, score in reply]
+            # Entries sharing the cursor's score come in descending id order; skip those seen.
+            fresh = [
+                (m, s)
+                for m, s in rows
+                if bound_id is None or not (s == float(bound_score) and m >= bound_id)
+            ]
+            if not fresh:
+                if len(rows) < batch:
+                    more = False
+                    break
+                batch *= 2  # a run of equal scores longer than the batch: widen and retry
+                continue
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job_id, _ in fresh:
+                    pipe.hgetall(self.keys.job(job_id))
+                records = await pipe.execute()
+            expired, consumed = [], 0
+            for (job_id, score), raw in zip(fresh, records, strict=True):
+                consumed += 1
+                budget -= 1
+                last = (score, job_id)
+                job = decode_record(raw)
+                if job is None:
+                    expired.append(job_id)
+                elif all(str(getattr(job, name)) == value for name, value in filters.items()):
+                    jobs.append(job)
+                if len(jobs) == limit or budget == 0:
+                    break
+            if expired:
+                await self.client.zrem(index, *expired)
+                if dead_letters:
+                    await self.client.hdel(self.keys.dead_messages, *expired)
+            if (consumed == len(fresh) and len(rows) < batch) or last is None:
+                more = False
+                break
+            bound_score, bound_id = str(int(last[0])), last[1]
+        next_cursor = _calls.encode_cursor(*last) if more and last is not None else None
+        return Page(jobs, next_cursor)
+
+    async def replay(self, job_ids: Sequence[str] | None = None) -> int:
+        """Put dead-lettered jobs back on their queues (all of them when `job_ids` is None)."""
+        head = [self.keys.prefix, transition(Verb.REPLAY).allowed]
+        return await self._dead_letter_batches(REPLAY, head, job_ids)
+
+    async def purge(self, job_ids: Sequence[str] | None = None) -> int:
+        """Drop dead letters (all of them when `job_ids` is None); their records expire."""
+        head = [self.keys.prefix, self.retention_seconds]
+        return await self._dead_letter_batches(PURGE, head, job_ids)
+
+    async def _dead_letter_batches(
+        self, script: Lua, head: list[Any], job_ids: Sequence[str] | None
+    ) -> int:
+        if job_ids is not None:
+            return int(await script.run_async(self.client, [*head, *job_ids])) if job_ids else 0
+        done = 0
+        while batch := await self.client.zrange(self.keys.dead, 0, DEAD_LETTER_BATCH - 1):
+            done += int(await script.run_async(self.client, [*head, *batch]))
+        return done
+
+    async def _smallest(self, keys: list[str]) -> str:
+        if len(keys) == 1:
+            return keys[0]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zcard(key)
+            sizes = await pipe.execute()
+        return min(zip(sizes, keys, strict=True))[1]
+
+
+def _member(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

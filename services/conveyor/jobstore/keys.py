@@ -1,0 +1,165 @@
+"""Redis key names of everything Conveyor keeps in Redis: the one place they are spelled.
+
+Python calls `KeySpace`'s methods; the Lua scripts call `key_<name>(...)` functions that
+`lua_prelude()` generates from the same templates and prepends to every script, so no script
+spells a key of its own (`tests/test_jobstore_keys.py` checks the scripts, and scans a
+database after a whole job life for any key these templates do not describe).
+"""
+
+import re
+from dataclasses import dataclass
+
+# name → template. `{prefix}` is `CONVEYOR_KEY_PREFIX`; other fields are the function's
+# parameters, in order. Celery's queue lists are named by the queue alone (kombu's choice).
+TEMPLATES: dict[str, str] = {
+    "job": "{prefix}:job:{job_id}",
+    "idempotency": "{prefix}:idem:{tenant}:{key}",
+    "events": "{prefix}:events:{job_id}",
+    "index_all": "{prefix}:index:all",
+    "index_tenant": "{prefix}:index:tenant:{tenant}",
+    "index_state": "{prefix}:index:state:{state}",
+    "index_task": "{prefix}:index:task:{task}",
+    "index_queue": "{prefix}:index:queue:{queue}",
+    "rate_limit": "{prefix}:ratelimit:{tenant}",
+    "delayed": "{prefix}:delayed",
+    "delayed_messages": "{prefix}:delayed:messages",
+    "dead": "{prefix}:dead",
+    "dead_messages": "{prefix}:dead:messages",
+    "running": "{prefix}:running:{queue}",
+    "inflight": "{prefix}:inflight:{consumer}:{queue}",
+    "consumers": "{prefix}:consumers:{queue}",
+    "beat": "{prefix}:beat",
+    "queue": "{queue}",
+}
+
+# The idempotency key a job's completion callback is submitted with (so it is enqueued once);
+# a replayed job's next callback must be a new one, so replay.lua deletes it.
+CALLBACK_IDEMPOTENCY = "callback:{job_id}"
+TEMPLATES["callback_idempotency"] = TEMPLATES["idempotency"].replace("{key}", CALLBACK_IDEMPOTENCY)
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def callback_idempotency_key(job_id: str) -> str:
+    """The idempotency key of `job_id`'s completion callback."""
+    return CALLBACK_IDEMPOTENCY.format(job_id=job_id)
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Key names under one prefix (`CONVEYOR_KEY_PREFIX`)."""
+
+    prefix: str
+
+    def _key(self, name: str, **fields: str) -> str:
+        return TEMPLATES[name].format(prefix=self.prefix, **fields)
+
+    def job(self, job_id: str) -> str:
+        """Hash holding one job record."""
+        return self._key("job", job_id=job_id)
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        """String mapping a tenant's idempotency key to the job id and request hash."""
+        return self._key("idempotency", tenant=tenant, key=key)
+
+    def events(self, job_id: str) -> str:
+        """Stream of a job's state and progress changes (ids are the SSE event ids)."""
+        return self._key("events", job_id=job_id)
+
+    @property
+    def index_all(self) -> str:
+        """Sorted set of every job id, scored by creation time (ms)."""
+        return self._key("index_all")
+
+    def index_tenant(self, tenant: str) -> str:
+        """Jobs of one tenant."""
+        return self._key("index_tenant", tenant=tenant)
+
+    def index_state(self, state: str) -> str:
+        """Jobs in one state."""
+        return self._key("index_state", state=state)
+
+    def index_task(self, task: str) -> str:
+        """Jobs of one task."""
+        return self._key("index_task", task=task)
+
+    def index_queue(self, queue: str) -> str:
+        """Jobs of one queue."""
+        return self._key("index_queue", queue=queue)
+
+    @property
+    def index_pattern(self) -> str:
+        """SCAN pattern of every index (the task indexes are open-ended)."""
+        return self._key("index_all").removesuffix("all") + "*"
+
+    def rate_limit(self, tenant: str) -> str:
+        """Hash holding a tenant's token bucket."""
+        return self._key("rate_limit", tenant=tenant)
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of job ids waiting for their due time (ms)."""
+        return self._key("delayed")
+
+    @property
+    def delayed_messages(self) -> str:
+        """Hash of job id to the Celery message to push when due."""
+        return self._key("delayed_messages")
+
+    @property
+    def dead(self) -> str:
+        """Sorted set of dead-lettered job ids, scored by when they died (ms)."""
+        return self._key("dead")
+
+    @property
+    def dead_messages(self) -> str:
+        """Hash of dead-lettered job id to the message that replays it."""
+        return self._key("dead_messages")
+
+    def running(self, queue: str) -> str:
+        """Sorted set of a queue's running job ids (scored by start, Redis time in seconds),
+        kept by the job scripts; its size is the running half of the tier's demand.
+        """
+        return self._key("running", queue=queue)
+
+    def inflight(self, consumer: str, queue: str) -> str:
+        """List of messages a consumer has taken from `queue` but not yet recorded."""
+        return self._key("inflight", consumer=consumer, queue=queue)
+
+    def consumers(self, queue: str) -> str:
+        """Sorted set of a queue's consumers, scored by their last heartbeat (seconds)."""
+        return self._key("consumers", queue=queue)
+
+    @property
+    def beat(self) -> str:
+        """Prefix of RedBeat's keys (schedule entries and the leader lock)."""
+        return self._key("beat")
+
+    def callback_idempotency(self, tenant: str, job_id: str) -> str:
+        """The idempotency record of a job's completion callback."""
+        return self.idempotency(tenant, callback_idempotency_key(job_id))
+
+    def queue(self, queue: str) -> str:
+        """The Celery list of a queue (kombu names it after the queue)."""
+        return self._key("queue", queue=queue)
+
+
+def lua_prelude() -> str:
+    """Lua functions `key_<name>(prefix, <fields>…)` built from TEMPLATES, for the scripts."""
+    functions = []
+    for name, template in TEMPLATES.items():
+        fields = _FIELD.findall(template)
+        params = ", ".join(dict.fromkeys(["prefix", *fields]))
+        # split() alternates literal text (even places) and field names (odd places).
+        parts = _FIELD.split(template)
+        expression = " .. ".join(
+            part if odd else _lua_string(part)
+            for odd, part in ((i % 2 == 1, p) for i, p in enumerate(parts))
+            if part
+        )
+        functions.append(f"local function key_{name}({params})\n  return {expression}\nend")
+    return "-- Generated from conveyor.jobstore.keys.TEMPLATES.\n" + "\n".join(functions) + "\n"
+
+
+def _lua_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,0 +1,45 @@
+-- Move a job to a new state if it is in one of the allowed states, atomically with its
+-- fields, state index, expiry and delayed-message bookkeeping. The verbs that use it, with
+-- their allowed and new states, are conveyor.jobstore.machine's table.
+--
+-- ARGV: 1 prefix, 2 job id, 3 allowed states as '|a|b|', 4 new state, 5 expire after seconds
+--       ('0' = keep), 6 message op: '', 'add' (to the delayed set, due at ARGV 7 ms), 'drop'
+--       (from the delayed set) or 'dead' (into the dead-letter set, at ARGV 7 ms), 8 message
+--       for 'add' and 'dead', 9.. field/value pairs to set.
+-- Returns {1, previous state, attempts, callback url or ''} on success, {0, current state or '',
+-- attempts} if refused.
+local prefix, id, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local expire, delayed_op = tonumber(ARGV[5]), ARGV[6]
+
+local key = key_job(prefix, id)
+local current = redis.call('HMGET', key, 'state', 'attempts')
+local state, attempts = current[1], tonumber(current[2] or '0')
+if not state then
+  return {0, '', 0}
+end
+if not allows(allowed, state) then
+  return {0, state, attempts}
+end
+
+if #ARGV >= 9 then
+  redis.call('HSET', key, unpack(ARGV, 9))
+end
+redis.call('HSET', key, 'state', new_state)
+move_state_index(prefix, id, state, new_state)
+emit(prefix, id, new_state, state == new_state and 'progress' or 'state')
+
+if delayed_op == 'add' then
+  redis.call('ZADD', key_delayed(prefix), ARGV[7], id)
+  redis.call('HSET', key_delayed_messages(prefix), id, ARGV[8])
+elseif delayed_op == 'drop' then
+  redis.call('ZREM', key_delayed(prefix), id)
+  redis.call('HDEL', key_delayed_messages(prefix), id)
+elseif delayed_op == 'dead' then
+  redis.call('ZADD', key_dead(prefix), ARGV[7], id)
+  redis.call('HSET', key_dead_messages(prefix), id, ARGV[8])
+end
+if expire > 0 then
+  expire_job(prefix, id, expire)
+end
+-- The callback URL tells the worker whether a completion callback is due, without another read.
+return {1, state, attempts, redis.call('HGET', key, 'callback_url') or ''}

@@ -1,0 +1,88 @@
+"""What the job store's verbs answer: typed results, never bare strings."""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from conveyor.jobstore.model import Job, JobState
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What accept enforces besides atomicity: the tenant's bucket and queue depths."""
+
+    rate_per_second: float = 0.0
+    burst: int = 1
+    max_queue_depth: int = 0
+    max_delayed_jobs: int = 0
+
+
+class AcceptVerdict(StrEnum):
+    """How a submission was answered."""
+
+    CREATED = "created"
+    EXISTING = "existing"
+    CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limited"
+    QUEUE_FULL = "queue_full"
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """What accept did: created a job, found the idempotency key's job (the same request, or
+    a CONFLICT: another request under the same key), or refused.
+
+    `job_id` is set for CREATED, EXISTING and CONFLICT; `job` (as accepted) and `tokens_left`
+    for CREATED; `retry_after_ms` for RATE_LIMITED; `depth` for QUEUE_FULL.
+    """
+
+    verdict: AcceptVerdict
+    job_id: str = ""
+    job: Job | None = None
+    tokens_left: int = 0
+    retry_after_ms: int = 0
+    depth: int = 0
+
+    @property
+    def created(self) -> bool:
+        """A new job was recorded and enqueued."""
+        return self.verdict is AcceptVerdict.CREATED
+
+
+class StartVerdict(StrEnum):
+    """What a delivery should do (start.lua)."""
+
+    RUN = "run"
+    SKIP = "skip"  # cancelled, finished, expired, or a stale copy: ack without running
+    POISON = "poison"  # its workers died under it too often: dead-letter it
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """The verdict, with the record's state before, its attempts and deaths."""
+
+    verdict: StartVerdict
+    previous_state: JobState | None
+    attempts: int
+    deaths: int
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    """What a state change did; `previous_state` is None when the job does not exist."""
+
+    applied: bool
+    previous_state: JobState | None
+    attempts: int
+    has_callback: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a job listing, newest first."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+class InvalidCursorError(ValueError):
+    """A listing cursor that this server did not issue."""

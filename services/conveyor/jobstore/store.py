@@ -1,0 +1,187 @@
+"""`JobStore`: the job store of workers and beat (redis-py, blocking).
+
+Every verb is one Lua script call, so each state change is atomic and costs one round trip;
+each takes its allowed and new states from `machine.TRANSITIONS`.
+"""
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis
+
+from conveyor.core.catalog import TaskSpec
+from conveyor.core.queues import Queue
+from conveyor.core.settings import Settings
+from conveyor.jobstore import _calls
+from conveyor.jobstore.keys import KeySpace
+from conveyor.jobstore.machine import DUE_MESSAGE_STATES, Verb, listed, transition
+from conveyor.jobstore.model import Job, _text, decode_record
+from conveyor.jobstore.results import (
+    AcceptResult,
+    Limits,
+    StartResult,
+    TransitionResult,
+)
+from conveyor.jobstore.scripts import (
+    ACCEPT,
+    PROMOTE,
+    RECOVER_INFLIGHT,
+    START,
+    TRANSITION,
+)
+from conveyor.jobstore.submission import Submission, prepare
+
+
+class JobStore:
+    """Blocking job store for workers and beat."""
+
+    def __init__(self, client: "redis.Redis", settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = KeySpace(settings.key_prefix)
+        self.retention_seconds = settings.jobs.retention_seconds
+        self.dead_letter_retention_seconds = settings.jobs.dead_letter_retention_seconds
+
+    # -- creating -------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec, submission: Submission) -> AcceptResult:
+        """Record and enqueue a job atomically (accept).
+
+        For the platform's own jobs (periodic runs, callbacks): no tenant limit applies,
+        since refusing them would lose them.
+        """
+        job, message = prepare(spec, submission, self.settings.worker)
+        args = _calls.accept_args(self.keys.prefix, job, message, Limits())
+        return _calls.parse_accept(ACCEPT.run(self.client, args), job)
+
+    # -- a delivery's verbs ---------------------------------------------------------------
+
+    def start(self, job_id: str, generation: int | None = None) -> StartResult:
+        """Begin a delivery of the message of `generation` (start.lua)."""
+        args = _calls.start_args(
+            self.keys.prefix,
+            job_id,
+            time.time(),
+            self.settings.worker.max_worker_deaths,
+            generation,
+        )
+        return _calls.parse_start(START.run(self.client, args))
+
+    def report_progress(self, job_id: str, progress: dict[str, Any]) -> TransitionResult:
+        """Record a running job's progress (refused once it is cancelled)."""
+        fields = {"progress": orjson.dumps(progress).decode()}
+        return self._change(Verb.REPORT_PROGRESS, job_id, fields=fields)
+
+    def retry(
+        self, job_id: str, *, error: str, due_at: float, message: bytes, generation: int
+    ) -> TransitionResult:
+        """Wait for another attempt: `message` (of `generation`) is due at `due_at`."""
+        fields = {"error": error, "generation": str(generation)}
+        return self._change(
+            Verb.RETRY, job_id, message_op="add", at=due_at, message=message, fields=fields
+        )
+
+    def succeed(self, job_id: str, result: str) -> TransitionResult:
+        """Record the result (JSON)."""
+        fields = {"result": result, "error": "", "finished_at": repr(time.time())}
+        return self._change(Verb.SUCCEED, job_id, fields=fields)
+
+    def fail(self, job_id: str, error: str) -> TransitionResult:
+        """Record a failure (`error` is a JobError as JSON)."""
+        fields = {"error": error, "finished_at": repr(time.time())}
+        return self._change(Verb.FAIL, job_id, fields=fields)
+
+    def dead_letter(self, job_id: str, error: str, message: bytes) -> TransitionResult:
+        """Fail the job and keep `message` in the dead-letter set to replay it."""
+        now = time.time()
+        fields = {"error": error, "finished_at": repr(now), "dead_lettered_at": repr(now)}
+        return self._change(
+            Verb.DEAD_LETTER, job_id, message_op="dead", at=now, message=message, fields=fields
+        )
+
+    def hand_back(self, job_id: str) -> TransitionResult:
+        """A worker shutting down gives a running job back: queued again, not a death."""
+        return self._change(Verb.HAND_BACK, job_id, fields={"progress": ""})
+
+    def _change(self, verb: Verb, job_id: str, **kwargs: Any) -> TransitionResult:
+        rule = transition(verb)
+        expire = _calls.expiry_seconds(
+            rule, self.retention_seconds, self.dead_letter_retention_seconds
+        )
+        args = _calls.transition_args(self.keys.prefix, job_id, rule, expire, **kwargs)
+        return _calls.parse_transition(TRANSITION.run(self.client, args))
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None when unknown or expired."""
+        return decode_record(self.client.hgetall(self.keys.job(job_id)))
+
+    # -- housekeeping (workers and the beat leader) ---------------------------------------
+
+    def promote_due(self, now: float, limit: int = 500) -> int:
+        """Push delayed messages whose due time has come onto their queues (promote)."""
+        rule = transition(Verb.PROMOTE)
+        pushable = listed(DUE_MESSAGE_STATES)
+        args = [self.keys.prefix, _calls.ms(now), limit, pushable, rule.allowed]
+        return int(PROMOTE.run(self.client, args))
+
+    def prune_index(self, key: str, older_than: float, budget: int = 5000) -> int:
+        """Drop ids of expired jobs from one index, oldest first; returns how many went."""
+        removed, start = 0, 0
+        while start < budget:
+            ids = self.client.zrangebyscore(key, "-inf", _calls.ms(older_than), start=start,
+                                            num=500)  # fmt: skip
+            if not ids:
+                break
+            with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.exists(self.keys.job(_text(job_id)))
+                exists = pipe.execute()
+            gone = [_text(job_id) for job_id, alive in zip(ids, exists, strict=True) if not alive]
+            if gone:
+                self.client.zrem(key, *gone)
+                removed += len(gone)
+            start += len(ids) - len(gone)
+        return removed
+
+    def prune_dead_letters(self, older_than: float) -> int:
+        """Forget dead letters older than the dead-letter retention."""
+        ids = self.client.zrangebyscore(self.keys.dead, "-inf", _calls.ms(older_than), start=0,
+                                        num=5000)  # fmt: skip
+        if not ids:
+            return 0
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.dead, *ids)
+            pipe.hdel(self.keys.dead_messages, *ids)
+            pipe.execute()
+        return len(ids)
+
+    def index_keys(self) -> list[str]:
+        """Every index sorted set (found by pattern: the task set is open-ended)."""
+        return [_text(k) for k in self.client.scan_iter(match=self.keys.index_pattern, count=500)]
+
+    # -- consumers (the reliable transport's bookkeeping) ---------------------------------
+
+    def heartbeat(self, consumer: str, queues: Sequence[str], now: float) -> None:
+        """Record that `consumer` is alive and consuming `queues`."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zadd(self.keys.consumers(queue), {consumer: now})
+            pipe.execute()
+
+    def retire(self, consumer: str, queues: Sequence[str]) -> None:
+        """Mark `consumer` gone at once (a clean stop), so its in-flight lists are recovered."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zadd(self.keys.consumers(queue), {consumer: 0})
+            pipe.execute()
+
+    def recover_inflight(self, now: float, ttl_seconds: float) -> int:
+        """Requeue the in-flight messages of consumers silent for longer than `ttl_seconds`."""
+        return sum(
+            int(RECOVER_INFLIGHT.run(self.client, [self.keys.prefix, str(queue), now, ttl_seconds]))
+            for queue in Queue
+        )
