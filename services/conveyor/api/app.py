@@ -17,13 +17,12 @@ from conveyor.api.events import BLOCK_SECONDS, events_router
 from conveyor.api.jobs import jobs_router
 from conveyor.api.limits import RequestSizeLimitMiddleware
 from conveyor.api.meta import meta_router
-from conveyor.api.metrics import MetricsMiddleware
+from conveyor.api.request_metrics import MetricsMiddleware
 from conveyor.api.schemas import submission_model
 from conveyor.api.state import ApiState
 from conveyor.core.catalog import TaskCatalog, load_catalog
 from conveyor.core.redis import async_client, stream_client
 from conveyor.core.settings import Settings
-from conveyor.jobstore.aio import AsyncJobStore
 from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.telemetry.tracing import setup_tracing
 
@@ -42,13 +41,13 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     registry = CollectorRegistry()
     metrics = ApiMetrics(registry)
     tracing = setup_tracing(settings, "conveyor-api")
+    state = ApiState(settings, catalog, metrics, keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(settings)
         streams = stream_client(settings, BLOCK_SECONDS, settings.api.max_event_streams + 8)
-        store = AsyncJobStore(client, settings)
-        app.state.conveyor = ApiState(settings, catalog, client, store, streams)
+        state.connect(client, streams)
         watcher = asyncio.create_task(keys.watch(), name="conveyor-keys-watch")
         try:
             yield
@@ -65,9 +64,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         description="Submit jobs, follow their progress, read their results, cancel them.",
         lifespan=lifespan,
     )
-    app.state.metrics = metrics
-    app.state.keys = keys
-    app.state.settings = settings
+    app.state.conveyor = state
     app.add_middleware(
         RequestSizeLimitMiddleware,
         max_body_bytes=settings.limits.max_body_bytes,

@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 
-from conveyor.api.limits import require_json
 from conveyor.api.problems import ProblemError
+from conveyor.api.state import state_of
 from conveyor.core.apikeys import (
     DEVELOPMENT_PRINCIPAL,
     KeyRing,
@@ -27,7 +27,7 @@ from conveyor.core.apikeys import (
     TenantLimits,
     parse_keys,
 )
-from conveyor.core.settings import AuthSettings, Settings
+from conveyor.core.settings import AuthSettings
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def authenticate(request: Request) -> Principal:
     FastAPI's dependency solving was a quarter of the accept path's CPU. The schemes are
     declared in OpenAPI by `security_schemes`.
     """
-    source: KeySource = request.app.state.keys
+    source = state_of(request).keys
     if source.settings.disabled:
         return DEVELOPMENT_PRINCIPAL
     presented = None
@@ -133,14 +133,10 @@ def _authorize(request: Request, scope: Scope) -> Principal:
     return principal
 
 
-def require(scope: Scope, *, json_body: bool = False) -> Callable[..., Awaitable[Principal]]:
-    """Dependency: the caller, who must hold `scope` (or `admin`); 403 otherwise. With
-    `json_body`, a body of another content type is a 415 first.
-    """
+def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """Dependency: the caller, who must hold `scope` (or `admin`); 403 otherwise."""
 
     async def dependency(request: Request) -> Principal:
-        if json_body:
-            require_json(request)
         return _authorize(request, scope)
 
     return dependency
@@ -173,11 +169,12 @@ def security_schemes(openapi: dict[str, Any]) -> dict[str, Any]:
 
 def tenant_limits(request: Request, tenant: str) -> TenantLimits:
     """The tenant's own rate limit, or the deployment's."""
-    source: KeySource = request.app.state.keys
+    state = state_of(request)
+    source = state.keys
     own = source.ring.tenants.get(tenant)
     if own is not None:
         return own
-    settings: Settings = request.app.state.settings
+    settings = state.settings
     return TenantLimits(
         rate_per_second=settings.limits.rate_per_second, burst=settings.limits.burst
     )
@@ -219,7 +216,7 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[Principal]]:
         principal = _authorize(request, scope)
         limits = tenant_limits(request, principal.tenant)
         if limits.rate_per_second > 0:
-            store = request.app.state.conveyor.store
+            store = state_of(request).store
             taken, left, wait_ms = await store.take_token(
                 principal.tenant, limits.rate_per_second, limits.burst
             )
@@ -242,7 +239,7 @@ async def charge_rejected(request: Request) -> ProblemError | None:
     limits = tenant_limits(request, principal.tenant)
     if limits.rate_per_second <= 0:
         return None
-    store = request.app.state.conveyor.store
+    store = state_of(request).store
     taken, _, wait_ms = await store.take_token(
         principal.tenant, limits.rate_per_second, limits.burst
     )

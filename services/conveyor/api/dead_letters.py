@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from conveyor.api.auth import Admin
-from conveyor.api.jobs import PROBLEM_RESPONSES, State, existing_job
+from conveyor.api.deps import PROBLEM_RESPONSES, State, existing_job
 from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import JobPage
 from conveyor.jobstore.model import Job

@@ -20,9 +20,8 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from conveyor.api.auth import Reader
-from conveyor.api.jobs import PROBLEM_RESPONSES, State, existing_job
+from conveyor.api.deps import PROBLEM_RESPONSES, ApiState, State, existing_job
 from conveyor.api.problems import ProblemError
-from conveyor.api.state import ApiState
 from conveyor.jobstore.model import Job, JobState, decode_record
 
 EVENT_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"

@@ -17,10 +17,10 @@ from conveyor.api.auth import (
     tenant_limits,
     too_many_requests,
 )
+from conveyor.api.deps import JSON_BODY, PROBLEM_RESPONSES, ApiState, State, existing_job
 from conveyor.api.limits import check_args_shape
-from conveyor.api.problems import Problem, ProblemError
+from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import IDEMPOTENCY_KEY_PATTERN, JobPage, SubmissionBase
-from conveyor.api.state import ApiState, api_state
 from conveyor.core.apikeys import TENANT_PATTERN, Principal, Scope
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import TaskCatalog
@@ -29,18 +29,10 @@ from conveyor.core.queues import Queue
 from conveyor.jobstore.model import Job, JobState
 from conveyor.jobstore.results import AcceptVerdict, InvalidCursorError, Limits
 from conveyor.jobstore.submission import Submission
-from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.telemetry.tracing import tracer
 
-_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 431, 503)
-}
-
-State = Annotated[ApiState, Depends(api_state)]
-Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE, json_body=True))]
+Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
 
 
 def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
@@ -53,6 +45,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         response_model=Job,
         summary="Submit a job",
         responses={200: {"model": Job, "description": "Replay of an idempotent submission"}},
+        dependencies=[JSON_BODY],
     )
     async def submit_job(
         body: submission_body,
@@ -88,7 +81,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
             idempotency_key=key,
             callback_url=str(request.callback_url) if request.callback_url else None,
         )
-        metrics: ApiMetrics = http_request.app.state.metrics
+        metrics = state.metrics
         with tracer().start_as_current_span("conveyor.enqueue", kind=SpanKind.PRODUCER) as span:
             span.set_attribute("conveyor.task", task)
             span.set_attribute("conveyor.queue", str(submission.queue))
@@ -209,18 +202,6 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         return job
 
     return router
-
-
-async def existing_job(state: ApiState, job_id: str, principal: Principal) -> Job:
-    """The job, or a 404 problem: also for another tenant's job, so that ids of other
-    tenants' jobs cannot even be confirmed to exist. Admins read every tenant's jobs.
-    """
-    job = await state.store.get(job_id) if _JOB_ID.match(job_id) else None
-    if job is not None and job.tenant != principal.tenant and not principal.can(Scope.ADMIN):
-        job = None
-    if job is None:
-        raise ProblemError(404, "Job not found", f"No job {job_id!r}.", slug="job-not-found")
-    return job
 
 
 def _idempotency_key(from_body: str | None, from_header: str | None) -> str | None:

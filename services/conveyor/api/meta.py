@@ -1,11 +1,13 @@
 """/v1/tasks (the catalogue) and the health endpoints."""
 
+import asyncio
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from conveyor.api.auth import Reader
-from conveyor.api.jobs import PROBLEM_RESPONSES, State
+from conveyor.api.deps import PROBLEM_RESPONSES, State
 from conveyor.api.schemas import Health, TaskInfo
 
 READINESS_TIMEOUT_SECONDS = 1.0
@@ -43,10 +45,10 @@ def meta_router() -> APIRouter:
 
     @router.get("/readyz", response_model=Health, tags=["health"])
     async def readyz(state: State) -> JSONResponse:
-        """Redis answers: the API can accept jobs."""
+        """Redis answers within a second: the API can accept jobs."""
         try:
-            await state.redis.ping()
-        except (RedisError, OSError):
+            await asyncio.wait_for(state.redis.ping(), READINESS_TIMEOUT_SECONDS)
+        except (RedisError, OSError, TimeoutError):
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 

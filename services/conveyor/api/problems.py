@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from conveyor.api.metrics import count_submission
+from conveyor.api.request_metrics import count_submission
 
 log = logging.getLogger(__name__)
 

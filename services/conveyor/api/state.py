@@ -1,14 +1,21 @@
-"""What the API keeps for its lifetime, created in the lifespan and read by the routes."""
+"""`ApiState`: what one API process keeps for its lifetime (built with the app; Redis
+connects in its lifespan), and how a request reaches it. Routes read the process's objects
+only through it (no ad hoc `app.state` reads). Imports no other API module.
+"""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import redis.asyncio
 from fastapi import Request
 from redis.asyncio import Redis as AsyncRedis
 
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.settings import Settings
 from conveyor.jobstore.aio import AsyncJobStore
+from conveyor.telemetry.metrics import ApiMetrics
+
+if TYPE_CHECKING:
+    from conveyor.api.auth import KeySource
 
 
 @dataclass
@@ -17,15 +24,28 @@ class ApiState:
 
     settings: Settings
     catalog: TaskCatalog
-    redis: "redis.asyncio.Redis"
-    store: AsyncJobStore
-    streams: AsyncRedis  # blocking reads of job events, on connections of their own
+    metrics: ApiMetrics
+    keys: "KeySource"
+    redis: AsyncRedis = field(init=False)
+    store: AsyncJobStore = field(init=False)
+    streams: AsyncRedis = field(init=False)  # blocking reads of job events, own connections
     open_streams: int = 0
+
+    def connect(self, client: AsyncRedis, streams: AsyncRedis) -> None:
+        """Attach the Redis clients (in the app's lifespan)."""
+        self.redis = client
+        self.streams = streams
+        self.store = AsyncJobStore(client, self.settings)
+
+
+def state_of(request: Request) -> ApiState:
+    """The process's ApiState, from a request."""
+    state: ApiState = request.app.state.conveyor
+    return state
 
 
 async def api_state(request: Request) -> ApiState:
     """FastAPI dependency: the process's ApiState (async: a sync dependency would cost a
     thread-pool hop on every request).
     """
-    state: ApiState = request.app.state.conveyor
-    return state
+    return state_of(request)

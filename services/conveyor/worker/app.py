@@ -11,10 +11,10 @@ from conveyor.jobstore.store import JobStore
 from conveyor.telemetry.metrics import WorkerMetrics
 from conveyor.worker import observability
 from conveyor.worker.delayed import DelayedJobsPromoter
+from conveyor.worker.job_metrics import JobMetricsRecorder, MetricsServer
 from conveyor.worker.leases import LeaseRenewer
 from conveyor.worker.lifecycle import ConveyorTask, JobRunner
-from conveyor.worker.liveness import Heartbeat, WorkerHealth
-from conveyor.worker.metrics import JobMetricsRecorder, MetricsServer
+from conveyor.worker.liveness import LivenessBeat, WorkerHealth
 from conveyor.worker.services import WorkerServices
 from conveyor.worker.shutdown import ShutdownDeadline
 
@@ -46,5 +46,5 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
     for spec in catalog.values():
         app.register_task(ConveyorTask(spec, services.runner))
     app.steps["worker"].update({DelayedJobsPromoter, LeaseRenewer, ShutdownDeadline, MetricsServer})
-    app.steps["consumer"].add(Heartbeat)
+    app.steps["consumer"].add(LivenessBeat)
     return app

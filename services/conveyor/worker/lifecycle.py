@@ -27,7 +27,7 @@ from conveyor.jobstore.model import JobError, JobState
 from conveyor.jobstore.results import StartVerdict, TransitionResult
 from conveyor.jobstore.store import JobStore
 from conveyor.worker.delivery import Delivery
-from conveyor.worker.events import job_finished, job_started
+from conveyor.worker.job_signals import job_finished, job_started
 
 log = logging.getLogger(__name__)
 

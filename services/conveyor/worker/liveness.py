@@ -95,7 +95,7 @@ class WorkerHealth:
         return {"/livez": probe(self.live), "/readyz": probe(self.ready)}
 
 
-class Heartbeat(bootsteps.StartStopStep):
+class LivenessBeat(bootsteps.StartStopStep):
     """Consumer step: beats every `interval` seconds while consuming."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)

@@ -9,7 +9,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from conveyor.core.settings import Settings
 from conveyor.telemetry.logcontext import bind_job, unbind_job
 from conveyor.telemetry.prometheus import mark_dead
-from conveyor.worker.events import job_finished, job_started
+from conveyor.worker.job_signals import job_finished, job_started
 
 
 def connect(settings: Settings) -> None:

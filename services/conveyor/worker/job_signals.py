@@ -1,6 +1,6 @@
 """Signals the job lifecycle sends, for cross-cutting concerns to subscribe to.
 
-Metrics (`worker/metrics.py`) and log context (`worker/logcontext.py`) listen here instead of
+Metrics (`worker/job_metrics.py`) and log context (`worker/observability.py`) listen here instead of
 being written into the lifecycle. Celery's dispatcher logs a failing receiver and carries on,
 so an observability bug never fails a job.
 """

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conveyor.api.state import state_of
 from conveyor.telemetry.metrics import ApiMetrics
 
 
@@ -47,5 +48,5 @@ class MetricsMiddleware:
 def count_submission(request: Request, outcome: str) -> None:
     """Count a POST /v1/jobs outcome (called where the outcome is decided)."""
     if request.method == "POST" and request.url.path == "/v1/jobs":
-        metrics: ApiMetrics = request.app.state.metrics
+        metrics = state_of(request).metrics
         metrics.submissions.labels(outcome).inc()

@@ -9,7 +9,7 @@ from celery import bootsteps
 
 from conveyor.telemetry.metrics import WorkerMetrics, exception_label
 from conveyor.telemetry.prometheus import scrape_registry, serve
-from conveyor.worker.events import job_finished, job_started
+from conveyor.worker.job_signals import job_finished, job_started
 from conveyor.worker.services import services_of
 
 log = logging.getLogger(__name__)
