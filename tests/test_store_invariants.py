@@ -42,7 +42,7 @@ def test_a_stale_copy_of_an_older_generation_is_skipped(store: JobStore) -> None
     job_id = accept(store)
     assert store.start(job_id, generation=0).verdict is StartVerdict.RUN
     # The attempt fails and schedules retry generation 1; its worker dies before acking.
-    store.retry(job_id, error="{}", due_at=time.time() + 60, message=b"{}", generation=1)
+    store.retry(job_id, error="{}", delay=60, message=b"{}", generation=1)
     assert store.start(job_id, generation=1).verdict is StartVerdict.RUN
     stale = store.start(job_id, generation=0)
     assert stale.verdict is StartVerdict.SKIP, "the restored old message must not run beside it"

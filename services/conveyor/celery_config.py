@@ -50,7 +50,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A broker blip must not kill running jobs: their record and fence make a late ack
+        # harmless, and their leases outlive a short outage (a cancelled job re-ran from the
+        # start and counted a death).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_queues": [KombuQueue(str(q), routing_key=str(q)) for q in Queue],
         "task_default_queue": str(Queue.DEFAULT),
         "task_create_missing_queues": False,

@@ -319,12 +319,13 @@ class Kubelet:
     def _environment(
         self, pod_name: str, container: dict, mounts: dict[str, Path], ports: dict[int, int]
     ) -> dict[str, str]:
-        env: dict[str, str] = {
+        harness_env: dict[str, str] = {
             "PATH": os.environ["PATH"],
             "HOME": os.environ.get("HOME", "/"),
             "PYTHONPATH": str(REPO),
             **IMAGE_ENV,
         }
+        env = dict(harness_env)
         for source in container.get("envFrom", []):
             if "configMapRef" in source:
                 env.update(self.cluster.config_maps[source["configMapRef"]["name"]])
@@ -349,7 +350,8 @@ class Kubelet:
                     ref["fieldRef"]["fieldPath"], "jobs"
                 )
         for name, value in list(env.items()):
-            env[name] = self._resolve_services(_local_paths(value, mounts))
+            if name not in harness_env:  # the container's own variables, not the harness's
+                env[name] = self._resolve_services(_local_paths(value, mounts))
         for container_port, local in ports.items():
             setting = PORT_SETTINGS.get(container_port)
             if setting:

@@ -197,7 +197,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         if outcome.applied and outcome.previous_state is JobState.RUNNING:
             await run_in_threadpool(_revoke, state, job_id, terminate)
         job = await existing_job(state, job_id, principal)
-        if outcome.applied:
+        if outcome.callback_pending:
             await _enqueue_callback(state, job)
         return job
 
@@ -264,6 +264,10 @@ def _revoke(state: ApiState, job_id: str, terminate: bool) -> None:
 
 
 async def _enqueue_callback(state: ApiState, job: Job) -> None:
+    """Enqueue the callback of a job the API finished (cancelled). Marked pending in the same
+    step as the cancel: if this fails, the beat leader's sweep enqueues it.
+    """
     callback = callback_submission(job, state.catalog)
     if callback is not None:
         await state.store.submit(*callback)
+    await state.store.callback_enqueued(job.id)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from redbeat import RedBeatScheduler  # type: ignore[import-untyped]
 
 from conveyor.core.apikeys import SYSTEM_TENANT
+from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
@@ -27,6 +28,8 @@ from conveyor.telemetry.metrics import BeatMetrics
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 60.0
+# A completion callback still pending this long after its job finished is enqueued by beat.
+CALLBACK_SWEEP_AFTER_SECONDS = 30.0
 
 
 class SubmittedRun:
@@ -109,12 +112,24 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.metrics.leader.set(0)
         super().close()
 
+    def _enqueue_pending_callbacks(self) -> None:
+        """Completion callbacks still pending well after their job finished: the party that
+        finished it died, or Redis refused the enqueue. Enqueue them (their idempotency key
+        makes a second enqueue a no-op).
+        """
+        for job_id in self.store.pending_callbacks(CALLBACK_SWEEP_AFTER_SECONDS):
+            job = self.store.get(job_id)
+            callback = callback_submission(job, self.catalog) if job else None
+            if callback is not None:
+                self.store.submit(*callback)
+                log.warning("enqueued the pending completion callback of job %s", job_id)
+            self.store.callback_enqueued(job_id)
+
     def _housekeeping(self) -> None:
         try:
-            self.store.promote_due(time.time())
-            self.store.recover_inflight(
-                time.time(), self.settings.worker.visibility_timeout_seconds
-            )
+            self.store.promote_due()
+            self.store.recover_inflight(self.settings.worker.visibility_timeout_seconds)
+            self._enqueue_pending_callbacks()
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
                 now = time.time()

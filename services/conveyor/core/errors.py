@@ -14,3 +14,10 @@ class PermanentError(Exception):
 
 class JobCancelledError(Exception):
     """Raised inside a running job when a client cancelled it (checked at each progress call)."""
+
+
+class JobSupersededError(Exception):
+    """Raised inside a running job whose attempt is no longer the job's current one (its
+    worker was paused past its lease and another attempt started): it must stop, and its
+    writes are refused.
+    """

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ from conveyor.jobstore.model import JobState, NewJob, _text
 from conveyor.jobstore.results import (
     AcceptResult,
     AcceptVerdict,
+    Fence,
     InvalidCursorError,
     Limits,
     StartResult,
@@ -32,7 +34,8 @@ def accept_args(prefix: str, job: NewJob, message: bytes, limits: Limits) -> lis
         orjson.dumps(job.record),
         job.request_hash,
         ms(job.created_at),
-        ms(job.due_at) if job.due_at is not None else "0",
+        # The delay, not the due time: accept.lua adds it to Redis' clock.
+        str(max(1, math.ceil((job.due_at - job.created_at) * 1000))) if job.due_at else "0",
         message,
         repr(float(limits.rate_per_second)),
         limits.burst,
@@ -58,12 +61,12 @@ def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:
 
 
 def start_args(
-    prefix: str, job_id: str, now: float, max_deaths: int, generation: int | None
+    prefix: str, job_id: str, now: float, max_deaths: int, generation: int | None, owner: str
 ) -> list[Any]:
     """ARGV for start.lua."""
     allowed = transition(Verb.START).allowed
     return [prefix, job_id, repr(now), max_deaths, "" if generation is None else generation,
-            allowed]  # fmt: skip
+            allowed, owner]  # fmt: skip
 
 
 def parse_start(raw: Sequence[Any]) -> StartResult:
@@ -89,12 +92,16 @@ def transition_args(
     expire_seconds: int,
     *,
     message_op: str = "",
-    at: float | None = None,
+    delay: float = 0.0,
     message: bytes = b"",
+    fence: Fence | None = None,
     fields: dict[str, str] | None = None,
 ) -> list[Any]:
-    """ARGV for transition.lua: the verb's states from the machine table."""
+    """ARGV for transition.lua: the verb's states from the machine table, and the fence a
+    write from a run must pass.
+    """
     flat = [item for pair in (fields or {}).items() for item in pair]
+    guard = ("", "") if fence is None else (fence.field, fence.value)
     return [
         prefix,
         job_id,
@@ -102,8 +109,9 @@ def transition_args(
         str(rule.target),
         expire_seconds,
         message_op,
-        ms(at) if at is not None else "0",
+        str(int(delay * 1000)),
         message,
+        *guard,
         *flat,
     ]
 
@@ -111,9 +119,10 @@ def transition_args(
 def parse_transition(raw: Sequence[Any]) -> TransitionResult:
     """Decode transition.lua's reply."""
     state = _text(raw[1])
-    callback = len(raw) > 3 and bool(_text(raw[3]))
+    pending = len(raw) > 3 and int(raw[3]) == 1
+    stale = len(raw) > 4 and _text(raw[4]) == "stale"
     return TransitionResult(
-        bool(int(raw[0])), JobState(state) if state else None, int(raw[2]), callback
+        bool(int(raw[0])), JobState(state) if state else None, int(raw[2]), pending, stale
     )
 
 

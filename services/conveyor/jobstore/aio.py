@@ -66,6 +66,10 @@ class AsyncJobStore:
         )
         return _calls.parse_transition(await TRANSITION.run_async(self.client, args))
 
+    async def callback_enqueued(self, job_id: str) -> None:
+        """The job's completion callback is enqueued: no sweep needs to do it."""
+        await self.client.zrem(self.keys.callbacks_pending, job_id)
+
     async def list_jobs(
         self,
         *,

@@ -25,6 +25,7 @@ TEMPLATES: dict[str, str] = {
     "delayed_messages": "{prefix}:delayed:messages",
     "dead": "{prefix}:dead",
     "dead_messages": "{prefix}:dead:messages",
+    "callbacks_pending": "{prefix}:callbacks:pending",
     "running": "{prefix}:running:{queue}",
     "inflight": "{prefix}:inflight:{consumer}:{queue}",
     "consumers": "{prefix}:consumers:{queue}",
@@ -115,6 +116,11 @@ class KeySpace:
     def dead_messages(self) -> str:
         """Hash of dead-lettered job id to the message that replays it."""
         return self._key("dead_messages")
+
+    @property
+    def callbacks_pending(self) -> str:
+        """Sorted set of finished jobs whose completion callback is not yet enqueued (ms)."""
+        return self._key("callbacks_pending")
 
     def running(self, queue: str) -> str:
         """Sorted set of a queue's running job ids (scored by start, Redis time in seconds),

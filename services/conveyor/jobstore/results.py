@@ -68,12 +68,38 @@ class StartResult:
 
 @dataclass(frozen=True)
 class TransitionResult:
-    """What a state change did; `previous_state` is None when the job does not exist."""
+    """What a state change did; `previous_state` is None when the job does not exist.
+
+    `callback_pending`: the job finished with a completion callback to enqueue. `stale`: the
+    write came from a run that is no longer the job's current attempt, and was refused.
+    """
 
     applied: bool
     previous_state: JobState | None
     attempts: int
-    has_callback: bool = False
+    callback_pending: bool = False
+    stale: bool = False
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a write from a run must match in the record to apply: its attempt's token
+    (`fence`, the attempt number start.lua gave it) or, from the worker's main process, the
+    process that runs it (`owner`).
+    """
+
+    field: str
+    value: str
+
+    @classmethod
+    def attempt(cls, attempt: int) -> "Fence":
+        """The fence of the run that started as `attempt`."""
+        return cls("fence", str(attempt))
+
+    @classmethod
+    def owner(cls, owner: str) -> "Fence":
+        """The fence of whatever run the process `owner` ('<host>:<pid>') is running."""
+        return cls("owner", owner)
 
 
 @dataclass(frozen=True)

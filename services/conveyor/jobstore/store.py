@@ -20,14 +20,17 @@ from conveyor.jobstore.machine import DUE_MESSAGE_STATES, Verb, listed, transiti
 from conveyor.jobstore.model import Job, _text, decode_record
 from conveyor.jobstore.results import (
     AcceptResult,
+    Fence,
     Limits,
     StartResult,
     TransitionResult,
 )
 from conveyor.jobstore.scripts import (
     ACCEPT,
+    HEARTBEAT,
     PROMOTE,
     RECOVER_INFLIGHT,
+    RENEW,
     START,
     TRANSITION,
 )
@@ -58,52 +61,83 @@ class JobStore:
 
     # -- a delivery's verbs ---------------------------------------------------------------
 
-    def start(self, job_id: str, generation: int | None = None) -> StartResult:
-        """Begin a delivery of the message of `generation` (start.lua)."""
+    def start(self, job_id: str, generation: int | None = None, owner: str = "") -> StartResult:
+        """Begin a delivery of the message of `generation` in process `owner` (start.lua);
+        the result's `attempts` is the run's fence.
+        """
         args = _calls.start_args(
             self.keys.prefix,
             job_id,
             time.time(),
             self.settings.worker.max_worker_deaths,
             generation,
+            owner,
         )
         return _calls.parse_start(START.run(self.client, args))
 
-    def report_progress(self, job_id: str, progress: dict[str, Any]) -> TransitionResult:
-        """Record a running job's progress (refused once it is cancelled)."""
+    def report_progress(
+        self, job_id: str, progress: dict[str, Any], fence: Fence | None = None
+    ) -> TransitionResult:
+        """Record a running job's progress (refused once it is cancelled, or stale)."""
         fields = {"progress": orjson.dumps(progress).decode()}
-        return self._change(Verb.REPORT_PROGRESS, job_id, fields=fields)
+        return self._change(Verb.REPORT_PROGRESS, job_id, fence=fence, fields=fields)
 
     def retry(
-        self, job_id: str, *, error: str, due_at: float, message: bytes, generation: int
+        self,
+        job_id: str,
+        *,
+        error: str,
+        delay: float,
+        message: bytes,
+        generation: int,
+        fence: Fence | None = None,
     ) -> TransitionResult:
-        """Wait for another attempt: `message` (of `generation`) is due at `due_at`."""
+        """Wait for another attempt: `message` (of `generation`) is due `delay` seconds from
+        now by Redis' clock.
+        """
         fields = {"error": error, "generation": str(generation)}
         return self._change(
-            Verb.RETRY, job_id, message_op="add", at=due_at, message=message, fields=fields
-        )
+            Verb.RETRY, job_id, message_op="add", delay=delay, message=message, fence=fence,
+            fields=fields,
+        )  # fmt: skip
 
-    def succeed(self, job_id: str, result: str) -> TransitionResult:
+    def succeed(self, job_id: str, result: str, fence: Fence | None = None) -> TransitionResult:
         """Record the result (JSON)."""
         fields = {"result": result, "error": "", "finished_at": repr(time.time())}
-        return self._change(Verb.SUCCEED, job_id, fields=fields)
+        return self._change(Verb.SUCCEED, job_id, fence=fence, fields=fields)
 
-    def fail(self, job_id: str, error: str) -> TransitionResult:
+    def fail(self, job_id: str, error: str, fence: Fence | None = None) -> TransitionResult:
         """Record a failure (`error` is a JobError as JSON)."""
         fields = {"error": error, "finished_at": repr(time.time())}
-        return self._change(Verb.FAIL, job_id, fields=fields)
+        return self._change(Verb.FAIL, job_id, fence=fence, fields=fields)
 
-    def dead_letter(self, job_id: str, error: str, message: bytes) -> TransitionResult:
+    def dead_letter(
+        self, job_id: str, error: str, message: bytes, fence: Fence | None = None
+    ) -> TransitionResult:
         """Fail the job and keep `message` in the dead-letter set to replay it."""
         now = time.time()
         fields = {"error": error, "finished_at": repr(now), "dead_lettered_at": repr(now)}
         return self._change(
-            Verb.DEAD_LETTER, job_id, message_op="dead", at=now, message=message, fields=fields
-        )
+            Verb.DEAD_LETTER, job_id, message_op="dead", message=message, fence=fence,
+            fields=fields,
+        )  # fmt: skip
 
-    def hand_back(self, job_id: str) -> TransitionResult:
+    def hand_back(self, job_id: str, fence: Fence | None = None) -> TransitionResult:
         """A worker shutting down gives a running job back: queued again, not a death."""
-        return self._change(Verb.HAND_BACK, job_id, fields={"progress": ""})
+        return self._change(Verb.HAND_BACK, job_id, fence=fence, fields={"progress": ""})
+
+    def callback_enqueued(self, job_id: str) -> None:
+        """The job's completion callback is enqueued: no sweep needs to do it."""
+        self.client.zrem(self.keys.callbacks_pending, job_id)
+
+    def pending_callbacks(self, older_than_seconds: float, limit: int = 100) -> list[str]:
+        """Jobs whose callback is still pending `older_than_seconds` after they finished (its
+        enqueuer died, or Redis refused it), by Redis' clock.
+        """
+        seconds, micros = self.client.time()
+        ceiling = (seconds + micros / 1e6 - older_than_seconds) * 1000
+        ids = self.client.zrangebyscore(self.keys.callbacks_pending, "-inf", ceiling, 0, limit)
+        return [_text(i) for i in ids]
 
     def _change(self, verb: Verb, job_id: str, **kwargs: Any) -> TransitionResult:
         rule = transition(verb)
@@ -121,11 +155,11 @@ class JobStore:
 
     # -- housekeeping (workers and the beat leader) ---------------------------------------
 
-    def promote_due(self, now: float, limit: int = 500) -> int:
-        """Push delayed messages whose due time has come onto their queues (promote)."""
+    def promote_due(self, limit: int = 500) -> int:
+        """Push delayed messages due by Redis' clock onto their queues (promote)."""
         rule = transition(Verb.PROMOTE)
         pushable = listed(DUE_MESSAGE_STATES)
-        args = [self.keys.prefix, _calls.ms(now), limit, pushable, rule.allowed]
+        args = [self.keys.prefix, "", limit, pushable, rule.allowed]
         return int(PROMOTE.run(self.client, args))
 
     def prune_index(self, key: str, older_than: float, budget: int = 5000) -> int:
@@ -165,23 +199,23 @@ class JobStore:
 
     # -- consumers (the reliable transport's bookkeeping) ---------------------------------
 
-    def heartbeat(self, consumer: str, queues: Sequence[str], now: float) -> None:
-        """Record that `consumer` is alive and consuming `queues`."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.zadd(self.keys.consumers(queue), {consumer: now})
-            pipe.execute()
+    def heartbeat(self, consumer: str, queues: Sequence[str]) -> None:
+        """Record that `consumer` is alive and consuming `queues` (at Redis' clock)."""
+        HEARTBEAT.run(self.client, [self.keys.prefix, consumer, "0", *queues])
 
     def retire(self, consumer: str, queues: Sequence[str]) -> None:
         """Mark `consumer` gone at once (a clean stop), so its in-flight lists are recovered."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.zadd(self.keys.consumers(queue), {consumer: 0})
-            pipe.execute()
+        HEARTBEAT.run(self.client, [self.keys.prefix, consumer, "1", *queues])
 
-    def recover_inflight(self, now: float, ttl_seconds: float) -> int:
-        """Requeue the in-flight messages of consumers silent for longer than `ttl_seconds`."""
+    def recover_inflight(self, ttl_seconds: float) -> int:
+        """Requeue the in-flight messages of consumers silent for longer than `ttl_seconds`
+        (by Redis' clock).
+        """
         return sum(
-            int(RECOVER_INFLIGHT.run(self.client, [self.keys.prefix, str(queue), now, ttl_seconds]))
+            int(RECOVER_INFLIGHT.run(self.client, [self.keys.prefix, str(queue), "", ttl_seconds]))
             for queue in Queue
         )
+
+    def renew_leases(self, unacked_index: str, tags: Sequence[str]) -> int:
+        """Renew running deliveries' leases at Redis' clock; returns how many were renewed."""
+        return int(RENEW.run(self.client, [unacked_index, *tags])) if tags else 0

@@ -6,7 +6,6 @@ loop; the move is one atomic script, so concurrent promoters never duplicate a m
 """
 
 import logging
-import time
 from typing import Any
 
 from conveyor.worker.periodic import PeriodicStep
@@ -26,6 +25,6 @@ class DelayedJobsPromoter(PeriodicStep):
 
     def tick(self) -> None:
         """Promote what is due."""
-        moved = self.store.promote_due(time.time())
+        moved = self.store.promote_due()
         if moved:
             log.debug("promoted %d delayed jobs", moved)

@@ -12,7 +12,6 @@ in-flight messages of consumers silent for a lease period back to their queues
 """
 
 import logging
-import time
 from typing import Any
 
 from celery.signals import worker_shutdown
@@ -63,7 +62,7 @@ class LeaseRenewer(PeriodicStep):
         super().stop(self.worker)
         try:
             self.store.retire(consumer_id(), self.queues)
-            self.store.recover_inflight(time.time(), self.lease_seconds)
+            self.store.recover_inflight(self.lease_seconds)
         except Exception:
             log.exception("could not hand back in-flight messages at shutdown")
 
@@ -71,13 +70,13 @@ class LeaseRenewer(PeriodicStep):
         """Keep alive, renew, recover."""
         self.keep_alive()
         self.renew()
-        recovered = self.store.recover_inflight(time.time(), self.lease_seconds)
+        recovered = self.store.recover_inflight(self.lease_seconds)
         if recovered:
             log.warning("requeued %d in-flight message(s) of dead consumers", recovered)
 
     def keep_alive(self) -> None:
         """Record this consumer's heartbeat (it is dead to others one lease period later)."""
-        self.store.heartbeat(consumer_id(), self.queues, time.time())
+        self.store.heartbeat(consumer_id(), self.queues)
 
     def renew(self) -> int:
         """Renew every reserved delivery's lease now; returns how many were renewed."""
@@ -86,8 +85,6 @@ class LeaseRenewer(PeriodicStep):
             for request in list(state.reserved_requests)
             if (tag := request.message.delivery_tag) is not None
         ]
-        if not tags:
-            return 0
-        # XX: only refresh deliveries still unacked, never resurrect an acked one.
-        self.store.client.zadd(Channel.unacked_index_key, dict.fromkeys(tags, time.time()), xx=True)
-        return len(tags)
+        # At Redis' clock, as leases are judged: a skewed worker neither keeps a dead lease
+        # alive nor lets a live one lapse.
+        return self.store.renew_leases(Channel.unacked_index_key, tags)

@@ -6,7 +6,10 @@ signals cannot veto a task.
 """
 
 import logging
+import os
 import random
+import signal
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,12 +22,12 @@ from redis.exceptions import RedisError
 
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import JobContext, TaskCatalog, TaskSpec
-from conveyor.core.errors import JobCancelledError
+from conveyor.core.errors import JobCancelledError, JobSupersededError
 from conveyor.core.queues import Queue
 from conveyor.core.sanitize import Sanitizer
 from conveyor.core.settings import Settings
 from conveyor.jobstore.model import JobError, JobState
-from conveyor.jobstore.results import StartVerdict, TransitionResult
+from conveyor.jobstore.results import Fence, StartVerdict, TransitionResult
 from conveyor.jobstore.store import JobStore
 from conveyor.worker.delivery import Delivery
 from conveyor.worker.job_signals import job_finished, job_started
@@ -52,8 +55,8 @@ class JobRunner:
         """Run the job behind `request` unless it was cancelled, finished or is poison."""
         delivery = Delivery.of(spec, request)
         job_id = delivery.job_id
-        with _requeue_on_broker_error(job_id):
-            started = self.store.start(job_id, delivery.generation)
+        with _requeue_on_broker_error(job_id), _shielded():
+            started = self.store.start(job_id, delivery.generation, owner=process_owner())
         if started.verdict is StartVerdict.SKIP:
             # Cancelled, finished by an earlier delivery, or expired: never run it (again).
             log.info("job %s not run: state is %s", job_id, started.previous_state or "unknown")
@@ -68,7 +71,10 @@ class JobRunner:
             never_ran = _Attempt(job_id, spec.name, delivery.queue, started_at=None)
             self._dead_letter(never_ran, error.model_dump_json(), replay, exception="WorkerLost")
             return
-        attempt = _Attempt(job_id, spec.name, delivery.queue, started_at=time.monotonic())
+        fence = Fence.attempt(started.attempts)
+        attempt = _Attempt(
+            job_id, spec.name, delivery.queue, started_at=time.monotonic(), fence=fence
+        )
         job_started.send(
             sender=spec.name,
             job_id=job_id,
@@ -85,7 +91,7 @@ class JobRunner:
             task=spec.name,
             queue=delivery.queue,
             attempt=started.attempts,
-            progress=_ProgressWriter(self.store, job_id),
+            progress=_ProgressWriter(self.store, job_id, fence),
             settings=self.settings,
         )
         try:
@@ -95,11 +101,21 @@ class JobRunner:
             log.info("job %s stopped: cancelled while running", job_id)
             attempt.finished("cancelled")
             return
-        except Exception as exc:  # noqa: BLE001 - every task failure is recorded, none escapes
+        except JobSupersededError:
+            log.warning("job %s stopped: a newer attempt of it started elsewhere", job_id)
+            attempt.finished("superseded")
+            return
+        except (SystemExit, KeyboardInterrupt):
+            # The process is being stopped (a hand-back or a cold shutdown): the message goes
+            # back to the queue, so nothing is recorded here.
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every task failure is recorded, none escapes
+            # Exceptions and what escapes them too (asyncio.CancelledError, a task's own
+            # BaseException): a run always ends in a recorded state, never a bare ack.
             self._failed(spec, delivery, kwargs, attempt, exc)
             return
-        with _requeue_on_broker_error(job_id):
-            done = self.store.succeed(job_id, encoded.decode())
+        with _requeue_on_broker_error(job_id), _shielded():
+            done = self.store.succeed(job_id, encoded.decode(), fence)
         self._finished(attempt, done, "succeeded")
 
     def _failed(
@@ -108,13 +124,13 @@ class JobRunner:
         delivery: Delivery,
         kwargs: Mapping[str, Any],
         attempt: "_Attempt",
-        exc: Exception,
+        exc: BaseException,
     ) -> None:
         job_id = attempt.job_id
         error, kind = self._error(exc), _error_type(exc)
-        if not spec.retry.is_retryable(exc):
-            with _requeue_on_broker_error(job_id):
-                done = self.store.fail(job_id, error)
+        if not isinstance(exc, Exception) or not spec.retry.is_retryable(exc):
+            with _requeue_on_broker_error(job_id), _shielded():
+                done = self.store.fail(job_id, error, attempt.fence)
             self._finished(attempt, done, "failed", exception=kind)
             return
         if delivery.retries >= delivery.max_retries:
@@ -122,35 +138,46 @@ class JobRunner:
             replay = delivery.next_message(kwargs, retries=0)
             self._dead_letter(attempt, error, replay, exception=kind)
             return
-        now = time.time()
-        due_at = now + spec.retry.delay_for(delivery.retries + 1, random.random())  # noqa: S311 - jitter
-        message = delivery.next_message(kwargs, delivery.retries + 1, due_at=due_at)
-        with _requeue_on_broker_error(job_id):
-            self.store.retry(
+        delay = spec.retry.delay_for(delivery.retries + 1, random.random())  # noqa: S311 - jitter
+        message = delivery.next_message(kwargs, delivery.retries + 1, due_at=time.time() + delay)
+        with _requeue_on_broker_error(job_id), _shielded():
+            done = self.store.retry(
                 job_id,
                 error=error,
-                due_at=due_at,
+                delay=delay,
                 message=message,
                 generation=delivery.next_generation,
+                fence=attempt.fence,
             )
-        log.info("job %s retry %d in %.1fs: %s", job_id, delivery.retries + 1, due_at - now, exc)
+        if done.stale:
+            log.warning("job %s: retry of a superseded attempt discarded", job_id)
+        else:
+            log.info("job %s retry %d in %.1fs: %s", job_id, delivery.retries + 1, delay, kind)
         attempt.finished("retried", exception=kind)
 
     def _error(self, exc: BaseException) -> str:
         """The error field clients read: type and sanitized message, never a traceback."""
-        message = self.sanitizer.text(str(exc))
+        try:
+            text = str(exc)
+        except Exception:  # noqa: BLE001 - an exception whose __str__ raises still fails the job
+            text = f"<{type(exc).__name__} that cannot be printed>"
+        message = self.sanitizer.text(text)
         return JobError(type=_error_type(exc), message=message).model_dump_json()
 
-    def fail_timed_out(self, job_id: str, task: str, queue: Queue, exc: BaseException) -> None:
-        """Mark a job failed by its hard time limit (from the main process: the child is gone)."""
-        attempt = _Attempt(job_id, task, queue, started_at=None)
+    def fail_timed_out(
+        self, job_id: str, task: str, queue: Queue, exc: BaseException, owner: str
+    ) -> None:
+        """Mark a job failed by its hard time limit (from the main process: the child `owner`
+        is gone; the write is refused if another process runs the job by now).
+        """
+        attempt = _Attempt(job_id, task, queue, started_at=None, fence=Fence.owner(owner))
         with _requeue_on_broker_error(job_id):
-            done = self.store.fail(job_id, self._error(exc))
+            done = self.store.fail(job_id, self._error(exc), attempt.fence)
         self._finished(attempt, done, "failed", exception=_error_type(exc))
 
     def _dead_letter(self, attempt: "_Attempt", error: str, replay: bytes, exception: str) -> None:
-        with _requeue_on_broker_error(attempt.job_id):
-            done = self.store.dead_letter(attempt.job_id, error, replay)
+        with _requeue_on_broker_error(attempt.job_id), _shielded():
+            done = self.store.dead_letter(attempt.job_id, error, replay, attempt.fence)
         self._finished(attempt, done, "failed", exception=exception, dead_lettered=True)
 
     def _finished(
@@ -162,9 +189,12 @@ class JobRunner:
         dead_lettered: bool = False,
     ) -> None:
         """Announce the attempt's end; enqueue the completion callback of a terminal state."""
+        if done.stale:
+            log.warning("job %s: outcome of a superseded attempt discarded", attempt.job_id)
+            outcome = "superseded"
         attempt.finished(outcome, exception=exception,
                          dead_lettered=dead_lettered and done.applied)  # fmt: skip
-        if done.applied and done.has_callback:
+        if done.applied and done.callback_pending:
             self.after_terminal(attempt.job_id)
 
     def after_terminal(self, job_id: str) -> None:
@@ -174,15 +204,24 @@ class JobRunner:
             callback = callback_submission(job, self.catalog) if job else None
             if callback is not None:
                 self.store.submit(*callback)
-        except Exception:
+            self.store.callback_enqueued(job_id)
+        except Exception:  # marked pending: the beat leader's sweep enqueues it later
             log.exception("could not enqueue the completion callback of job %s", job_id)
 
 
 class _Attempt:
     """One delivery of a job, timed, announcing its end on `job_finished` exactly once."""
 
-    def __init__(self, job_id: str, task: str, queue: Queue, started_at: float | None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        task: str,
+        queue: Queue,
+        started_at: float | None,
+        fence: Fence | None = None,
+    ) -> None:
         self.job_id = job_id
+        self.fence = fence
         self.task = task
         self.queue = queue
         self.started_at = started_at
@@ -207,6 +246,30 @@ class _Attempt:
             exception=exception,
             dead_lettered=dead_lettered,
         )
+
+
+def process_owner(pid: int = 0) -> str:
+    """'<host>:<pid>' of the process running a job (this one unless `pid` is given): the fence
+    the worker's main process writes with for a child's job.
+    """
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+@contextmanager
+def _shielded() -> Iterator[None]:
+    """Hold the soft time limit's signal (SIGUSR1 in a prefork child) while a job-store write
+    is on the wire: it then lands after the write, which is never cut half-sent (a job whose
+    outcome write was interrupted stayed `running` with its message acked).
+    """
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    except (OSError, ValueError, AttributeError):  # not in the main thread, or no such signal
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextmanager
@@ -238,7 +301,8 @@ class ConveyorTask(Task[Any, None]):
         """Reached for hard time limits (in the main process, the child is gone)."""
         if isinstance(exc, TimeLimitExceeded):
             queue = Delivery.of(self.spec, self.request).queue
-            self.runner.fail_timed_out(task_id, self.spec.name, queue, exc)
+            owner = process_owner(getattr(self.request, "worker_pid", None) or 0)
+            self.runner.fail_timed_out(task_id, self.spec.name, queue, exc, owner)
         else:
             log.error("job %s: unexpected failure outside the task body: %r", task_id, exc)
 
@@ -246,9 +310,10 @@ class ConveyorTask(Task[Any, None]):
 class _ProgressWriter:
     """The `ctx.progress` callable: writes progress, raises if the job was cancelled."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
+    def __init__(self, store: JobStore, job_id: str, fence: Fence) -> None:
         self.store = store
         self.job_id = job_id
+        self.fence = fence
         self._last_write = 0.0
 
     def __call__(
@@ -260,7 +325,10 @@ class _ProgressWriter:
             return
         self._last_write = now
         progress = {"current": current, "total": total, "message": message}
-        result = self.store.report_progress(self.job_id, progress)
+        with _shielded():
+            result = self.store.report_progress(self.job_id, progress, self.fence)
+        if result.stale:
+            raise JobSupersededError(self.job_id)
         if not result.applied and result.previous_state is JobState.CANCELLED:
             raise JobCancelledError(self.job_id)
 

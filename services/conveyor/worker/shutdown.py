@@ -15,6 +15,8 @@ from celery import bootsteps
 from celery.signals import worker_shutting_down
 from celery.worker import state
 
+from conveyor.jobstore.results import Fence
+from conveyor.worker.lifecycle import process_owner
 from conveyor.worker.services import services_of
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,9 @@ class ShutdownDeadline(bootsteps.StartStopStep):
         """Mark unfinished jobs queued and cancel them; their messages are requeued on close."""
         requests = self._unfinished()
         for request in requests:
-            self.store.hand_back(request.id)
+            # Fenced by the child running it: a job another worker took over stays its.
+            owner = process_owner(getattr(request, "worker_pid", None) or 0)
+            self.store.hand_back(request.id, Fence.owner(owner))
         log.warning(
             "shutdown timeout (%.0fs) reached: handing %d running job(s) back to the queue",
             self.timeout,

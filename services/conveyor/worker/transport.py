@@ -25,10 +25,12 @@ from queue import Empty
 from time import monotonic, time
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from kombu.utils.uuid import uuid as kombu_uuid
 
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.scripts import CLAIM
@@ -52,9 +54,32 @@ def consumer_id() -> str:
 
 
 class ReliableQoS(kombu_redis.QoS):
-    """kombu's QoS, except that a delivery claimed by `claim.lua` is already recorded."""
+    """kombu's QoS, except that a delivery claimed by `claim.lua` is already recorded, and
+    leases are judged at Redis' clock.
+    """
 
     channel: "ReliableChannel"
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """Kombu's sweep of expired deliveries, with the expiry computed from Redis' clock
+        (leases are written at it): a worker whose clock runs ahead no longer takes live
+        deliveries from others.
+        """
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
+            return
+        with self.channel.conn_or_acquire() as client:
+            seconds, micros = client.time()
+            ceil = seconds + micros / 1e6 - self.visibility_timeout
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    visible = client.zrange(self.unacked_index_key, ceil, 0, desc=True,
+                                            byscore=True, offset=num and start, num=num,
+                                            withscores=True)  # fmt: skip
+                    for tag, _ in visible or []:
+                        self.restore_by_tag(tag, client)
+            except kombu_redis.MutexHeld:
+                pass
 
     def append(self, message: Any, delivery_tag: str) -> None:
         """Track the delivery; write the unacked record unless the claim did."""
@@ -118,7 +143,10 @@ class ReliableChannel(kombu_redis.Channel):
             return result
         try:
             try:
-                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                try:
+                    item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                except redis.exceptions.ResponseError as exc:
+                    raise _transient(exc) from exc
             except self.connection_errors:
                 # The reply may have been lost with a message already moved: hand back
                 # whatever is in our in-flight list before the next pop.
@@ -150,7 +178,10 @@ class ReliableChannel(kombu_redis.Channel):
             # call, a tenth of the main process's CPU per delivery (measured with py-spy).
             self._claim_client = self._create_client(asynchronous=False)
         claim_args = [key, item, self.unacked_key, self.unacked_index_key, tag, time(), record]
-        claimed = CLAIM.run(self._claim_client, claim_args)
+        try:
+            claimed = CLAIM.run(self._claim_client, claim_args)
+        except redis.exceptions.ResponseError as exc:
+            raise _transient(exc) from exc
         if not claimed:
             log.warning("delivery %s was requeued while this consumer looked dead; dropped", tag)
             return
@@ -159,6 +190,16 @@ class ReliableChannel(kombu_redis.Channel):
             self.connection._deliver(payload, source)
         finally:
             self.claimed_tag = None
+
+    def _do_restore_message(
+        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        """Put an expired delivery's message back with a new delivery tag: the worker that
+        held it may still be alive (paused) and will ack its old tag, which must not remove
+        the lease of the message's next delivery.
+        """
+        payload["properties"]["delivery_tag"] = kombu_uuid()
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
 
     def _hand_back(self, source: str) -> None:
         """Move anything left in our own in-flight list back to the queue."""
@@ -170,6 +211,20 @@ class ReliableChannel(kombu_redis.Channel):
         if moved:
             log.warning("handed %d in-flight message(s) back to %s after an error", moved, source)
         self._inflight_suspect = False
+
+
+# Refusals a Redis gives while it cannot serve writes for a while: out of memory under
+# `noeviction`, a replica during a failover, loading its data after a restart. A worker
+# backs off and reconnects (kombu's connection-error path) instead of exiting.
+TRANSIENT_REFUSALS = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN")
+
+
+def _transient(exc: "redis.exceptions.ResponseError") -> Exception:
+    """A transient refusal as a connection error (retried), anything else as it is."""
+    if str(exc).startswith(TRANSIENT_REFUSALS):
+        log.warning("Redis refused for now (%s); reconnecting", exc)
+        return redis.exceptions.ConnectionError(str(exc))
+    return exc
 
 
 class ReliableTransport(kombu_redis.Transport):

@@ -5,14 +5,14 @@
 --
 -- ARGV: 1 prefix, 2 the record's fields as a JSON object of strings (one argument, not forty:
 --       packing arguments was a fifth of the API's CPU per submission; tenant, task, queue
---       and state are read from it), 3 request hash, 4 creation score (ms), 5 due time (ms;
---       '0' = run now), 6 Celery message, 7 rate (tokens/s; '0' = unlimited), 8 burst,
+--       and state are read from it), 3 request hash, 4 creation score (ms), 5 delay (ms;
+--       '0' = run now; the due time is Redis' clock plus the delay, never a caller's clock), 6 Celery message, 7 rate (tokens/s; '0' = unlimited), 8 burst,
 --       9 max queue depth ('0' = unlimited), 10 max delayed jobs ('0' = unlimited).
 -- Returns {1, job id, tokens left} when created, {0, "<job id>\n<request hash>"} for a known
 -- idempotency key, {2, ms until a token} when rate limited, {3, depth} when the queue (or the
 -- delayed set) is full.
 local prefix, record = ARGV[1], cjson.decode(ARGV[2])
-local request_hash, score, due = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local request_hash, score, delay = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local message, rate, burst = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local max_depth, max_delayed = tonumber(ARGV[9]), tonumber(ARGV[10])
 local id, tenant, idem = record['id'], record['tenant'], record['idempotency_key']
@@ -34,7 +34,10 @@ if idem ~= '' then
   end
 end
 
-if due > 0 then
+local due = 0
+if delay > 0 then
+  due = now_ms() + delay
+  record['scheduled_for'] = string.format('%.3f', due / 1000)
   if max_delayed > 0 then
     local depth = redis.call('ZCARD', key_delayed(prefix))
     if depth >= max_delayed then

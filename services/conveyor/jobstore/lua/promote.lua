@@ -1,12 +1,13 @@
 -- Move delayed jobs (delay_seconds, retry backoff) that are due onto their queue.
 -- Atomic, so any number of workers can run it concurrently without duplicating a message.
 --
--- ARGV: 1 prefix, 2 now (ms), 3 most to move in one call, 4 the states whose message is
+-- ARGV: 1 prefix, 2 unused (due times are compared with Redis' clock, never a worker's),
+--       3 most to move in one call, 4 the states whose message is
 --       pushed as '|a|b|', 5 the states that become queued as '|a|b|'
 --       (conveyor.jobstore.machine: a scheduled job becomes queued; a retrying one stays
 --       retrying until a worker starts it).
 -- Returns the number of messages pushed.
-local prefix, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local prefix, now, limit = ARGV[1], now_ms(), tonumber(ARGV[3])
 local pushable, becomes_queued = ARGV[4], ARGV[5]
 local delayed, messages = key_delayed(prefix), key_delayed_messages(prefix)
 

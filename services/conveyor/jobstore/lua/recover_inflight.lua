@@ -1,9 +1,12 @@
 -- Move the in-flight messages of a queue's dead consumers back to the queue.
 -- A consumer is dead when its heartbeat in the queue's consumer set is older than the TTL.
 --
--- ARGV: 1 prefix, 2 queue, 3 now (seconds), 4 TTL (seconds).
+-- ARGV: 1 prefix, 2 queue, 3 unused (heartbeats are Redis' clock, and so is now), 4 TTL
+-- (seconds).
 -- Returns the number of messages moved.
-local prefix, queue, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local prefix, queue, ttl = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local consumers = key_consumers(prefix, queue)
 local list = key_queue(prefix, queue)
 local moved = 0

@@ -3,7 +3,10 @@
 --
 -- ARGV: 1 prefix, 2 job id, 3 now (seconds), 4 deaths at which the job is poison,
 --       5 the message's generation ('' when it carries none), 6 the states a delivery may
---       start from as '|a|b|' (conveyor.jobstore.machine).
+--       start from as '|a|b|' (conveyor.jobstore.machine), 7 the process that runs it
+--       ('<host>:<pid>').
+-- The new attempt's number is its fence: every write of this run carries it, and is refused
+-- once another attempt has started (a paused worker never overwrites a newer outcome).
 -- Returns {verdict, previous state, attempts, deaths} where verdict is
 --   'run'     the job is now running: run it;
 --   'skip'    cancelled, finished, expired, or a stale copy of an older generation:
@@ -29,8 +32,9 @@ if state == 'running' then
     return {'poison', state, attempts, deaths}
   end
 end
-redis.call('HSET', key, 'state', 'running', 'started_at', now, 'progress', '', 'finished_at', '')
 attempts = redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('HSET', key, 'state', 'running', 'started_at', now, 'progress', '', 'finished_at', '',
+           'fence', attempts, 'owner', ARGV[7])
 move_state_index(prefix, id, state, 'running')
 emit(prefix, id, 'running', 'state')
 return {'run', state, attempts, deaths}

@@ -3,11 +3,14 @@
 -- their allowed and new states, are conveyor.jobstore.machine's table.
 --
 -- ARGV: 1 prefix, 2 job id, 3 allowed states as '|a|b|', 4 new state, 5 expire after seconds
---       ('0' = keep), 6 message op: '', 'add' (to the delayed set, due at ARGV 7 ms), 'drop'
---       (from the delayed set) or 'dead' (into the dead-letter set, at ARGV 7 ms), 8 message
---       for 'add' and 'dead', 9.. field/value pairs to set.
--- Returns {1, previous state, attempts, callback url or ''} on success, {0, current state or '',
--- attempts} if refused.
+--       ('0' = keep), 6 message op: '', 'add' (to the delayed set, due ARGV 7 ms after Redis'
+--       clock now), 'drop' (from the delayed set) or 'dead' (into the dead-letter set, at
+--       Redis' clock now), 8 message for 'add' and 'dead', 9 fence field ('' for none:
+--       'fence' for a run's attempt token, 'owner' for the process running it), 10 the value
+--       that field must hold (a write from a run that is no longer current is refused),
+--       11.. field/value pairs to set.
+-- Returns {1, previous state, attempts, callback pending (1/0)} on success, {0, current state
+-- or '', attempts, 0, 'stale' when the fence refused it} if refused.
 local prefix, id, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local expire, delayed_op = tonumber(ARGV[5]), ARGV[6]
 
@@ -17,29 +20,39 @@ local state, attempts = current[1], tonumber(current[2] or '0')
 if not state then
   return {0, '', 0}
 end
+if ARGV[9] ~= '' and redis.call('HGET', key, ARGV[9]) ~= ARGV[10] then
+  return {0, state, attempts, 0, 'stale'}
+end
 if not allows(allowed, state) then
   return {0, state, attempts}
 end
 
-if #ARGV >= 9 then
-  redis.call('HSET', key, unpack(ARGV, 9))
+if #ARGV >= 11 then
+  redis.call('HSET', key, unpack(ARGV, 11))
 end
 redis.call('HSET', key, 'state', new_state)
 move_state_index(prefix, id, state, new_state)
 emit(prefix, id, new_state, state == new_state and 'progress' or 'state')
 
 if delayed_op == 'add' then
-  redis.call('ZADD', key_delayed(prefix), ARGV[7], id)
+  redis.call('ZADD', key_delayed(prefix), now_ms() + tonumber(ARGV[7]), id)
   redis.call('HSET', key_delayed_messages(prefix), id, ARGV[8])
 elseif delayed_op == 'drop' then
   redis.call('ZREM', key_delayed(prefix), id)
   redis.call('HDEL', key_delayed_messages(prefix), id)
 elseif delayed_op == 'dead' then
-  redis.call('ZADD', key_dead(prefix), ARGV[7], id)
+  redis.call('ZADD', key_dead(prefix), now_ms(), id)
   redis.call('HSET', key_dead_messages(prefix), id, ARGV[8])
 end
 if expire > 0 then
   expire_job(prefix, id, expire)
 end
--- The callback URL tells the worker whether a completion callback is due, without another read.
-return {1, state, attempts, redis.call('HGET', key, 'callback_url') or ''}
+-- A terminal job with a completion callback is marked pending in the same step: the callback
+-- is enqueued by whoever made the change, and by the beat leader's sweep if that party dies
+-- (or Redis refuses the enqueue) before it clears the mark.
+local pending = 0
+if expire > 0 and (redis.call('HGET', key, 'callback_url') or '') ~= '' then
+  redis.call('ZADD', key_callbacks_pending(prefix), now_ms(), id)
+  pending = 1
+end
+return {1, state, attempts, pending}
