@@ -105,3 +105,30 @@ class LeakArgs(BaseModel):
 def leak(ctx: JobContext, args: LeakArgs) -> None:
     """Fails with `message`, which may hold secrets, as a careless library's error would."""
     raise RuntimeError(args.message)
+
+
+class EscapeArgs(BaseModel):
+    """Arguments of `tests.escape`."""
+
+    mode: str = Field(..., pattern="^(cancelled|base|unprintable)$")
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+class _Escape(BaseException):
+    """A task's own BaseException (not an Exception)."""
+
+
+@task(name="tests.escape", queue=Queue.DEFAULT, args=EscapeArgs)
+def escape(ctx: JobContext, args: EscapeArgs) -> None:
+    """Leave the task body the ways that once left a job `running` for ever."""
+    import asyncio
+
+    if args.mode == "cancelled":
+        raise asyncio.CancelledError
+    if args.mode == "base":
+        raise _Escape("escaping")
+    raise _Unprintable

@@ -15,6 +15,8 @@ from typing import Any
 from celery import Celery
 from prometheus_client import CollectorRegistry
 from redbeat import RedBeatScheduler  # type: ignore[import-untyped]
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis  # type: ignore[import-untyped]
+from redis.exceptions import LockError, RedisError
 
 from conveyor.core.apikeys import SYSTEM_TENANT
 from conveyor.core.callbacks import callback_submission
@@ -28,8 +30,6 @@ from conveyor.telemetry.metrics import BeatMetrics
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 60.0
-# A completion callback still pending this long after its job finished is enqueued by beat.
-CALLBACK_SWEEP_AFTER_SECONDS = 30.0
 
 
 class SubmittedRun:
@@ -68,6 +68,8 @@ def services_of(app: Celery) -> BeatServices:
 class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
     """RedBeat with submissions through the job store (its services come from the app)."""
 
+    lock: Any  # RedBeat's leader lock (a redis-py Lock), or None until one is taken
+
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
         services = services_of(app)
         self.store = services.store
@@ -75,6 +77,8 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.settings = services.settings
         self.metrics = services.metrics
         self._next_prune = 0.0
+        # Set once this beat holds the lock (RedBeat takes it at start, in beat_init).
+        self._leading = True
         super().__init__(app, *args, **kwargs)
 
     def apply_async(
@@ -99,13 +103,48 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         return SubmittedRun(outcome.job_id)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        """One scheduler tick, then housekeeping; never sleeps past the promotion interval."""
-        interval: float = super().tick(*args, **kwargs)
-        # Only the lock holder ticks: a standby blocks on the lock before its first tick.
+        """One scheduler tick, then housekeeping; never sleeps past the promotion interval.
+
+        Rides out Redis: an outage (a ConnectionError while extending the lock or reading the
+        schedule) is retried next tick; a lost lock (its key gone with an emptied or
+        failed-over Redis, or taken by another beat after an outage) makes this beat a
+        standby that takes the lock again as soon as it is free, and then re-writes the
+        schedule, which an emptied Redis lost too.
+        """
+        retry = self.settings.worker.delayed_poll_seconds
+        try:
+            if not self._lead():
+                return retry
+            interval: float = super().tick(*args, **kwargs)
+        except LockError as exc:
+            self._leading = False
+            self.metrics.leader.set(0)
+            log.warning("beat: leader lock lost (%s); standing by to take it again", exc)
+            return retry
+        except RedisError as exc:
+            log.warning("beat: Redis unavailable (%s); retrying", exc)
+            return retry
         self.metrics.leader.set(1)
         self.metrics.last_tick.set(time.time())
         self._housekeeping()
-        return min(interval, self.settings.worker.delayed_poll_seconds)
+        return min(interval, retry)
+
+    def _lead(self) -> bool:
+        """Whether this beat holds the leader lock, taking it if it is free."""
+        if self._leading and self.lock is not None:
+            return True
+        if self.lock is None:  # taking it at start failed (Redis was down): RedBeat's lock
+            client = get_redis(self.app)
+            self.lock = client.lock(self.lock_key, timeout=self.lock_timeout,
+                                    sleep=self.max_interval)  # fmt: skip
+            self.lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
+        if not self.lock.acquire(blocking=False):
+            self.metrics.leader.set(0)
+            return False
+        log.info("beat: acquired the leader lock")
+        self._leading = True
+        self.setup_schedule()
+        return True
 
     def close(self) -> None:
         """Release the lock (RedBeat) and stop claiming leadership."""
@@ -117,7 +156,8 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         finished it died, or Redis refused the enqueue. Enqueue them (their idempotency key
         makes a second enqueue a no-op).
         """
-        for job_id in self.store.pending_callbacks(CALLBACK_SWEEP_AFTER_SECONDS):
+        after = self.settings.beat.callback_sweep_after_seconds
+        for job_id in self.store.pending_callbacks(after):
             job = self.store.get(job_id)
             callback = callback_submission(job, self.catalog) if job else None
             if callback is not None:

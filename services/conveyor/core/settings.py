@@ -3,12 +3,17 @@
 Every variable is `CONVEYOR_<FIELD>`; nested groups use `__`, e.g. `CONVEYOR_API__WORKERS=4`.
 """
 
+import json
+import re
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, BaseModel, Field, IPvAnyNetwork, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 class ApiSettings(BaseModel):
@@ -96,6 +101,12 @@ class BeatSettings(BaseModel):
     )
     max_interval_seconds: float = Field(
         5.0, gt=0, description="Longest sleep between scheduler ticks."
+    )
+    callback_sweep_after_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A completion callback still not enqueued this long after its job finished "
+        "(its worker died, or Redis refused the enqueue) is enqueued by the beat leader.",
     )
 
 
@@ -273,8 +284,11 @@ class Settings(BaseSettings):
         description="At startup, check that Redis cannot evict jobs (maxmemory-policy) and "
         "persists them (AOF); warn or refuse to start when it could lose them.",
     )
-    task_modules: list[str] = Field(
-        default_factory=list, description="Extra modules whose @task functions are loaded."
+    task_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra modules whose @task functions are loaded: a comma-separated list "
+        "(`acme.tasks,acme.reports`) or a JSON array. They are imported from the current "
+        "directory or the Python path (PYTHONPATH, installed packages).",
     )
     schedule_file: Path | None = Field(None, description="YAML file of periodic jobs for beat.")
     otlp_endpoint: str | None = Field(
@@ -298,6 +312,31 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     jobs: JobSettings = JobSettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _module_list(cls, value: Any) -> Any:
+        """A JSON array, or dotted names separated by commas (blanks around them ignored)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON array of module names: {exc}") from None
+        return [name.strip() for name in text.split(",") if name.strip()]
+
+    @field_validator("task_modules")
+    @classmethod
+    def _dotted_names(cls, value: list[str]) -> list[str]:
+        """Module names as `import` takes them, not file paths."""
+        for name in value:
+            if not _DOTTED_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a dotted module name (write acme.tasks for acme/tasks.py)"
+                )
+        return value
 
     def redis_dsn(self) -> str:
         """The Redis URL every client connects with: `redis_url` plus `redis_username` and

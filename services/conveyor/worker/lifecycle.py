@@ -325,8 +325,12 @@ class _ProgressWriter:
             return
         self._last_write = now
         progress = {"current": current, "total": total, "message": message}
-        with _shielded():
-            result = self.store.report_progress(self.job_id, progress, self.fence)
+        try:
+            with _shielded():
+                result = self.store.report_progress(self.job_id, progress, self.fence)
+        except RedisError as exc:  # progress is best effort: a broker blip never fails a job
+            log.warning("job %s: progress not recorded (%s)", self.job_id, exc)
+            return
         if result.stale:
             raise JobSupersededError(self.job_id)
         if not result.applied and result.previous_state is JobState.CANCELLED:
