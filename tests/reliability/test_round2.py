@@ -236,3 +236,35 @@ def test_beat_rides_out_a_redis_outage_and_an_emptied_redis(log_dir: Path, tmp_p
         platform.stop()
         server.process.terminate()
         server.process.wait(10)
+
+
+def test_a_run_nobody_renews_is_repaired_and_a_live_long_run_is_not(
+    fast_platform: Platform,
+) -> None:
+    """A `running` record whose run was abandoned (acked with no outcome: nothing renews it,
+    no delivery of it is unacked) is queued again by the beat leader within a few leases;
+    a long run that its worker renews is left alone."""
+    settings = Settings(redis_url=fast_platform.redis_url)  # type: ignore[arg-type]
+    store = JobStore(fast_platform.redis, settings)
+    fast_platform.start_api()
+    fast_platform.start("beat", conveyor_argv("beat")).wait_for_log("Acquired lock")
+    with fast_platform.http() as client:
+        live = submit(client, **work(fast_platform, 16))
+        abandoned = submit(client, **work(fast_platform, 0.1), priority="low")
+        # The abandoned run: started, its message then acked without an outcome.
+        assert fast_platform.redis.lpop("low") is not None
+        store.start(str(abandoned["id"]))
+        fast_platform.start_worker("default")
+        wait_for_job(client, str(live["id"]), {"running"})
+        lease = int(FAST["CONVEYOR_WORKER__VISIBILITY_TIMEOUT_SECONDS"])
+        wait_until(lambda: client.get(f"/v1/jobs/{abandoned['id']}").json()["state"] == "queued",
+                   5 * lease + 10, "the sweep to queue the abandoned run again")  # fmt: skip
+        fast_platform.start_worker("low")
+        repaired = wait_for_job(client, str(abandoned["id"]), TERMINAL, timeout=30)
+        long_run = wait_for_job(client, str(live["id"]), TERMINAL, timeout=40)
+    assert repaired["state"] == "succeeded"
+    assert fast_platform.redis.hget(f"conveyor:job:{abandoned['id']}", "repairs") == "1"
+    assert long_run["state"] == "succeeded"
+    assert long_run["attempts"] == 1, "a renewed run is never repaired"
+    assert fast_platform.redis.hget(f"conveyor:job:{live['id']}", "repairs") is None
+    assert fast_platform.redis.hget("executions", str(live["id"])) == "1"

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from kombu.transport.redis import Channel
 from prometheus_client import CollectorRegistry
 from redbeat import RedBeatScheduler  # type: ignore[import-untyped]
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis  # type: ignore[import-untyped]
@@ -24,12 +25,14 @@ from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
 from conveyor.jobstore.store import JobStore
-from conveyor.jobstore.submission import Submission
+from conveyor.jobstore.submission import Submission, message_for
 from conveyor.telemetry.metrics import BeatMetrics
 
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 60.0
+# A run not renewed for this many visibility timeouts, with no delivery unacked, is abandoned.
+STUCK_AFTER_LEASES = 3
 
 
 class SubmittedRun:
@@ -77,6 +80,7 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.settings = services.settings
         self.metrics = services.metrics
         self._next_prune = 0.0
+        self._next_repair = 0.0
         # Set once this beat holds the lock (RedBeat takes it at start, in beat_init).
         self._leading = True
         super().__init__(app, *args, **kwargs)
@@ -165,11 +169,35 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
                 log.warning("enqueued the pending completion callback of job %s", job_id)
             self.store.callback_enqueued(job_id)
 
+    def _repair_stuck(self) -> None:
+        """Queue again the runs nobody renews (their worker acked without an outcome, or the
+        message was lost) whose delivery is gone: a job never stays `running` for ever.
+        """
+        lease = self.settings.worker.visibility_timeout_seconds
+        claimed: set[str] | None = None
+        for queue in Queue:
+            for job_id, score in self.store.stuck_runs(str(queue), STUCK_AFTER_LEASES * lease):
+                if claimed is None:
+                    claimed = self.store.unacked_job_ids(Channel.unacked_key)
+                job = None if job_id in claimed else self.store.get(job_id)
+                spec = self.catalog.get(job.task) if job else None
+                if job is None or spec is None:
+                    continue  # kombu restores an unacked delivery itself
+                generation = self.store.generation(job_id) + 1
+                message = message_for(job, spec, self.settings.worker, generation)
+                if self.store.repair(job_id, message, score, generation):
+                    log.warning("job %s was running with no live run: queued again", job_id)
+
     def _housekeeping(self) -> None:
         try:
             self.store.promote_due()
             self.store.recover_inflight(self.settings.worker.visibility_timeout_seconds)
             self._enqueue_pending_callbacks()
+            if time.monotonic() >= self._next_repair:
+                self._next_repair = (
+                    time.monotonic() + self.settings.worker.visibility_timeout_seconds
+                )
+                self._repair_stuck()
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
                 now = time.time()

@@ -31,6 +31,7 @@ from conveyor.jobstore.scripts import (
     PROMOTE,
     RECOVER_INFLIGHT,
     RENEW,
+    REPAIR,
     START,
     TRANSITION,
 )
@@ -216,6 +217,46 @@ class JobStore:
             for queue in Queue
         )
 
-    def renew_leases(self, unacked_index: str, tags: Sequence[str]) -> int:
-        """Renew running deliveries' leases at Redis' clock; returns how many were renewed."""
-        return int(RENEW.run(self.client, [unacked_index, *tags])) if tags else 0
+    def renew_leases(
+        self, unacked_index: str, tags: Sequence[str], running: Sequence[tuple[str, str]]
+    ) -> int:
+        """Renew this worker's deliveries' leases and its `(queue, job id)` runs in the running
+        sets, at Redis' clock; returns how many deliveries were renewed.
+        """
+        if not tags and not running:
+            return 0
+        pairs = [item for pair in running for item in pair]
+        args = [self.keys.prefix, unacked_index, len(tags), *tags, *pairs]
+        return int(RENEW.run(self.client, args))
+
+    def stuck_runs(
+        self, queue: str, older_than_seconds: float, limit: int = 100
+    ) -> list[tuple[str, float]]:
+        """`(job id, running-set score)` of the queue's runs nobody renewed for
+        `older_than_seconds` (by Redis' clock).
+        """
+        seconds, _ = self.client.time()
+        ceiling = seconds - older_than_seconds
+        rows: list[Any] = self.client.zrangebyscore(
+            self.keys.running(queue), "-inf", ceiling, 0, limit, withscores=True
+        )
+        return [(_text(job_id), float(score)) for job_id, score in rows]
+
+    def unacked_job_ids(self, unacked_key: str) -> set[str]:
+        """Ids of the jobs whose delivery is unacked (kombu restores those itself)."""
+        ids = set()
+        for _, raw in self.client.hscan_iter(unacked_key, count=500):
+            try:
+                ids.add(str(orjson.loads(raw)[0]["headers"]["id"]))
+            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+                continue
+        return ids
+
+    def generation(self, job_id: str) -> int:
+        """The generation of the job's current message (0 before any retry or replay)."""
+        return int(self.client.hget(self.keys.job(job_id), "generation") or 0)
+
+    def repair(self, job_id: str, message: bytes, seen_score: float, generation: int) -> bool:
+        """Queue an abandoned run again (see repair.lua); False if it moved on meanwhile."""
+        args = [self.keys.prefix, job_id, message, repr(seen_score), generation]
+        return bool(int(REPAIR.run(self.client, args)))

@@ -19,7 +19,7 @@ from conveyor.core.catalog import TaskSpec
 from conveyor.core.messages import build_message
 from conveyor.core.queues import Queue
 from conveyor.core.settings import WorkerSettings
-from conveyor.jobstore.model import NewJob
+from conveyor.jobstore.model import Job, NewJob
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,23 @@ def time_limits(
     """(soft, hard) limits: the job's own timeout, else the task's, else the worker default."""
     soft = timeout_seconds or spec.timeout_seconds or worker.default_timeout_seconds
     return soft, soft + worker.hard_timeout_grace_seconds
+
+
+def message_for(job: Job, spec: TaskSpec, worker: WorkerSettings, generation: int) -> bytes:
+    """A fresh message of an accepted job (a repair of an abandoned run), of `generation`."""
+    soft, hard = time_limits(spec, job.timeout_seconds, worker)
+    return build_message(
+        job_id=job.id,
+        task=job.task,
+        queue=job.queue,
+        kwargs=job.args,
+        max_retries=job.max_retries,
+        soft_time_limit=soft,
+        time_limit=hard,
+        enqueued_at=time.time(),
+        generation=generation,
+        tenant=job.tenant,
+    )
 
 
 def prepare(

@@ -80,11 +80,13 @@ class LeaseRenewer(PeriodicStep):
 
     def renew(self) -> int:
         """Renew every reserved delivery's lease now; returns how many were renewed."""
-        tags = [
-            tag
-            for request in list(state.reserved_requests)
-            if (tag := request.message.delivery_tag) is not None
+        requests = list(state.reserved_requests)
+        tags = [tag for request in requests if (tag := request.message.delivery_tag) is not None]
+        running = [
+            (queue, request.id)
+            for request in requests
+            if (queue := request.delivery_info.get("routing_key")) in self.queues
         ]
         # At Redis' clock, as leases are judged: a skewed worker neither keeps a dead lease
         # alive nor lets a live one lapse.
-        return self.store.renew_leases(Channel.unacked_index_key, tags)
+        return self.store.renew_leases(Channel.unacked_index_key, tags, running)
