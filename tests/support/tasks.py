@@ -1,8 +1,10 @@
 """A task module loaded through CONVEYOR_TASK_MODULES, as a client team's would be."""
 
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from conveyor.core.catalog import JobContext, task
+from conveyor.core.catalog import JobContext, RetryPolicy, task
+from conveyor.core.errors import RetryableError
 from conveyor.core.queues import Queue
 
 
@@ -50,7 +52,14 @@ class WorkArgs(BaseModel):
     seconds: float = Field(0.0, ge=0, le=600)
 
 
-@task(name="tests.work", queue=Queue.DEFAULT, args=WorkArgs)
+@task(
+    name="tests.work",
+    queue=Queue.DEFAULT,
+    args=WorkArgs,
+    # Its own Redis calls fail while the soak restarts Redis: retried, as real work would be.
+    retry=RetryPolicy(max_retries=20, backoff_seconds=0.2, backoff_factor=1.5,
+                      max_backoff_seconds=2.0, retry_on=(RetryableError, RedisConnectionError)),
+)  # fmt: skip
 def work(ctx: JobContext, args: WorkArgs) -> dict[str, int]:
     """Count this execution in the `executions` hash, work for `seconds`, count completion."""
     import time

@@ -91,12 +91,13 @@ class JobStore:
         delay: float,
         message: bytes,
         generation: int,
+        retries: int = 0,
         fence: Fence | None = None,
     ) -> TransitionResult:
-        """Wait for another attempt: `message` (of `generation`) is due `delay` seconds from
-        now by Redis' clock.
+        """Wait for another attempt, the job's `retries`-th retry: `message` (of `generation`)
+        is due `delay` seconds from now by Redis' clock.
         """
-        fields = {"error": error, "generation": str(generation)}
+        fields = {"error": error, "generation": str(generation), "retries": str(retries)}
         return self._change(
             Verb.RETRY, job_id, message_op="add", delay=delay, message=message, fence=fence,
             fields=fields,

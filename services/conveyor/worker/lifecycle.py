@@ -147,6 +147,7 @@ class JobRunner:
                 delay=delay,
                 message=message,
                 generation=delivery.next_generation,
+                retries=delivery.retries + 1,
                 fence=attempt.fence,
             )
         if done.stale:
