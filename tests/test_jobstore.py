@@ -83,7 +83,7 @@ def test_generated_key_functions_match_the_python_names(store: JobStore) -> None
         "index_queue": ("low",), "rate_limit": ("t",), "delayed": (), "delayed_messages": (),
         "dead": (), "dead_messages": (), "running": ("low",), "inflight": ("c", "low"),
         "consumers": ("low",), "beat": (), "queue": ("low",),
-        "callback_idempotency": ("t", "j1"), "callbacks_pending": (),
+        "callback_idempotency": ("t", "j1"), "callbacks_pending": (), "pidbox_bindings": (),
     }  # fmt: skip
     assert set(probes) == set(TEMPLATES)
     for name, args in probes.items():

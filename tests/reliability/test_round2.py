@@ -268,3 +268,23 @@ def test_a_run_nobody_renews_is_repaired_and_a_live_long_run_is_not(
     assert long_run["attempts"] == 1, "a renewed run is never repaired"
     assert fast_platform.redis.hget(f"conveyor:job:{live['id']}", "repairs") is None
     assert fast_platform.redis.hget("executions", str(live["id"])) == "1"
+
+
+def test_a_killed_workers_remote_control_binding_is_pruned_and_a_live_ones_kept(
+    fast_platform: Platform,
+) -> None:
+    settings = Settings(redis_url=fast_platform.redis_url)  # type: ignore[arg-type]
+    store = JobStore(fast_platform.redis, settings)
+    bindings = "_kombu.binding.celery.pidbox"
+    live = fast_platform.start_worker("default")
+    doomed = [fast_platform.start_worker("low") for _ in range(3)]
+    assert fast_platform.redis.scard(bindings) == 4
+    for worker in doomed:
+        os.killpg(worker.pid, signal.SIGKILL)
+    lease = int(FAST["CONVEYOR_WORKER__VISIBILITY_TIMEOUT_SECONDS"])
+    assert store.prune_dead_nodes(lease) == 0, "silent for less than a lease: not yet dead"
+    time.sleep(lease + 1)
+    assert store.prune_dead_nodes(lease) == 3
+    members = fast_platform.redis.smembers(bindings)
+    assert [m for m in members if f".{live.pid}@" in m] == list(members), members
+    assert live.process.poll() is None

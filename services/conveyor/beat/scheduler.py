@@ -198,6 +198,7 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
                     time.monotonic() + self.settings.worker.visibility_timeout_seconds
                 )
                 self._repair_stuck()
+                self.store.prune_dead_nodes(self.settings.worker.visibility_timeout_seconds)
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
                 now = time.time()

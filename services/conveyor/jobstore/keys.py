@@ -30,6 +30,8 @@ TEMPLATES: dict[str, str] = {
     "inflight": "{prefix}:inflight:{consumer}:{queue}",
     "consumers": "{prefix}:consumers:{queue}",
     "beat": "{prefix}:beat",
+    # Celery's remote-control bindings (kombu's key): one member per worker node.
+    "pidbox_bindings": "_kombu.binding.celery.pidbox",
     "queue": "{queue}",
 }
 
@@ -144,6 +146,11 @@ class KeySpace:
     def callback_idempotency(self, tenant: str, job_id: str) -> str:
         """The idempotency record of a job's completion callback."""
         return self.idempotency(tenant, callback_idempotency_key(job_id))
+
+    @property
+    def pidbox_bindings(self) -> str:
+        """The set of every worker node's remote-control binding (kombu's)."""
+        return self._key("pidbox_bindings")
 
     def queue(self, queue: str) -> str:
         """The Celery list of a queue (kombu names it after the queue)."""

@@ -4,6 +4,7 @@ Every verb is one Lua script call, so each state change is atomic and costs one 
 each takes its allowed and new states from `machine.TRANSITIONS`.
 """
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,11 @@ from conveyor.jobstore.scripts import (
     TRANSITION,
 )
 from conveyor.jobstore.submission import Submission, prepare
+
+# kombu's separator inside binding members, and a Conveyor worker's node name
+# (`<queue>.<pid>@<host>`, set by `conveyor worker`) in its pidbox queue's name.
+_KOMBU_SEP = "\x06\x16"
+_NODE = re.compile(r"^(?P<queue>[a-z]+)\.(?P<pid>\d+)@(?P<host>.+)\.celery\.pidbox$")
 
 
 class JobStore:
@@ -217,6 +223,32 @@ class JobStore:
             int(RECOVER_INFLIGHT.run(self.client, [self.keys.prefix, str(queue), "", ttl_seconds]))
             for queue in Queue
         )
+
+    def prune_dead_nodes(self, ttl_seconds: float) -> int:
+        """Drop the remote-control bindings (and mailboxes) of worker nodes whose consumer has
+        been silent for `ttl_seconds`: a SIGKILLed worker leaves its binding behind, and every
+        revoke broadcast would go on copying into its mailbox. Returns how many went.
+        """
+        seconds, micros = self.client.time()
+        alive_since = seconds + micros / 1e6 - ttl_seconds
+        dead = []
+        for raw in self.client.smembers(self.keys.pidbox_bindings):
+            member = _text(raw)
+            node = _NODE.match(member.rsplit(_KOMBU_SEP, 1)[-1])
+            if node is None:
+                continue  # not a Conveyor worker's node: not ours to judge
+            live = self.client.zrangebyscore(self.keys.consumers(node["queue"]), alive_since,
+                                             "+inf")  # fmt: skip
+            prefix = f"{node['host']}:{node['pid']}:"
+            if not any(_text(c).startswith(prefix) for c in live):
+                dead.append((member, member.rsplit(_KOMBU_SEP, 1)[-1]))
+        if dead:
+            with self.client.pipeline(transaction=False) as pipe:
+                for member, mailbox in dead:
+                    pipe.srem(self.keys.pidbox_bindings, member)
+                    pipe.delete(mailbox)
+                pipe.execute()
+        return len(dead)
 
     def renew_leases(
         self, unacked_index: str, tags: Sequence[str], running: Sequence[tuple[str, str]]
