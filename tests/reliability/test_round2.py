@@ -8,7 +8,6 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 
@@ -17,6 +16,7 @@ from conveyor.core.settings import Settings
 from conveyor.jobstore.store import JobStore
 from conveyor.jobstore.submission import Submission
 from tests.reliability.conftest import FAST, record_figure
+from tests.reliability.test_worker_faults import submit, work
 from tests.support.processes import (
     TERMINAL,
     Platform,
@@ -27,20 +27,9 @@ from tests.support.processes import (
     wait_for_job,
     wait_until,
 )
+from tests.test_beat import SCHEDULE
 
 pytestmark = pytest.mark.slow
-
-
-def work(platform: Platform, seconds: float, **extra: object) -> dict[str, object]:
-    return {"task": "tests.work", "args": {"redis_url": platform.redis_url, "seconds": seconds},
-            **extra}  # fmt: skip
-
-
-def submit(client: httpx.Client, **body: object) -> dict[str, object]:
-    response = client.post("/v1/jobs", json=body)
-    assert response.status_code == 202, response.text
-    job: dict[str, object] = response.json()
-    return job
 
 
 @pytest.mark.parametrize("paused", ["whole worker", "main process only"])
@@ -194,15 +183,6 @@ def test_a_pending_callback_is_enqueued_by_beat_when_its_worker_never_did(
         assert store.client.zcard("conveyor:index:task:webhook.deliver") == 1
     finally:
         platform.stop()
-
-
-SCHEDULE = """
-schedules:
-  - name: ping
-    task: demo.echo
-    args: {payload: tick}
-    interval_seconds: 1
-"""
 
 
 def test_beat_rides_out_a_redis_outage_and_an_emptied_redis(log_dir: Path, tmp_path: Path) -> None:

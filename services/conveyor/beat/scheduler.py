@@ -19,6 +19,7 @@ from redbeat import RedBeatScheduler  # type: ignore[import-untyped]
 from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis  # type: ignore[import-untyped]
 from redis.exceptions import LockError, RedisError
 
+from conveyor import celery_config
 from conveyor.core.apikeys import SYSTEM_TENANT
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import TaskCatalog
@@ -42,9 +43,6 @@ class SubmittedRun:
         self.id = job_id
 
 
-_ATTRIBUTE = "conveyor_services"
-
-
 @dataclass(frozen=True)
 class BeatServices:
     """What the scheduler works with, reachable from beat's Celery app."""
@@ -55,17 +53,10 @@ class BeatServices:
     metrics: BeatMetrics
     registry: CollectorRegistry
 
-    def attach(self, app: Celery) -> None:
-        """Make these the services of `app`."""
-        setattr(app, _ATTRIBUTE, self)
-
 
 def services_of(app: Celery) -> BeatServices:
-    """The services of a Conveyor beat app."""
-    services = getattr(app, _ATTRIBUTE, None)
-    if not isinstance(services, BeatServices):
-        raise RuntimeError("not a Conveyor beat app (create it with create_beat)")
-    return services
+    """The services of a Conveyor beat app (`create_beat` attaches them)."""
+    return celery_config.services_of(app, BeatServices)
 
 
 class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
@@ -184,7 +175,7 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
                 if job is None or spec is None:
                     continue  # kombu restores an unacked delivery itself
                 generation = self.store.generation(job_id) + 1
-                message = message_for(job, spec, self.settings.worker, generation)
+                message = message_for(job, spec, self.settings.worker, generation=generation)
                 if self.store.repair(job_id, message, score, generation):
                     log.warning("job %s was running with no live run: queued again", job_id)
 

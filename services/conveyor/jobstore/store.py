@@ -1,23 +1,22 @@
 """`JobStore`: the job store of workers and beat (redis-py, blocking).
 
+Its upkeep (promotion, pruning, consumers, sweeps) is `upkeep.StoreUpkeep`.
+
 Every verb is one Lua script call, so each state change is atomic and costs one round trip;
 each takes its allowed and new states from `machine.TRANSITIONS`.
 """
 
-import re
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import redis
 
 from conveyor.core.catalog import TaskSpec
-from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
 from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
-from conveyor.jobstore.machine import DUE_MESSAGE_STATES, Verb, listed, transition
+from conveyor.jobstore.machine import Verb, transition
 from conveyor.jobstore.model import Job, _text, decode_record
 from conveyor.jobstore.results import (
     AcceptResult,
@@ -28,24 +27,15 @@ from conveyor.jobstore.results import (
 )
 from conveyor.jobstore.scripts import (
     ACCEPT,
-    HEARTBEAT,
-    PROMOTE,
-    RECOVER_INFLIGHT,
-    RENEW,
-    REPAIR,
     START,
     TRANSITION,
 )
 from conveyor.jobstore.submission import Submission, prepare
-
-# kombu's separator inside binding members, and a Conveyor worker's node name
-# (`<queue>.<pid>@<host>`, set by `conveyor worker`) in its pidbox queue's name.
-_KOMBU_SEP = "\x06\x16"
-_NODE = re.compile(r"^(?P<queue>[a-z]+)\.(?P<pid>\d+)@(?P<host>.+)\.celery\.pidbox$")
+from conveyor.jobstore.upkeep import StoreUpkeep
 
 
-class JobStore:
-    """Blocking job store for workers and beat."""
+class JobStore(StoreUpkeep):
+    """Blocking job store for workers and beat: the job's verbs (and, inherited, upkeep)."""
 
     def __init__(self, client: "redis.Redis", settings: Settings) -> None:
         self.client = client
@@ -160,136 +150,3 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         """The job, or None when unknown or expired."""
         return decode_record(self.client.hgetall(self.keys.job(job_id)))
-
-    # -- housekeeping (workers and the beat leader) ---------------------------------------
-
-    def promote_due(self, limit: int = 500) -> int:
-        """Push delayed messages due by Redis' clock onto their queues (promote)."""
-        rule = transition(Verb.PROMOTE)
-        pushable = listed(DUE_MESSAGE_STATES)
-        args = [self.keys.prefix, "", limit, pushable, rule.allowed]
-        return int(PROMOTE.run(self.client, args))
-
-    def prune_index(self, key: str, older_than: float, budget: int = 5000) -> int:
-        """Drop ids of expired jobs from one index, oldest first; returns how many went."""
-        removed, start = 0, 0
-        while start < budget:
-            ids = self.client.zrangebyscore(key, "-inf", _calls.ms(older_than), start=start,
-                                            num=500)  # fmt: skip
-            if not ids:
-                break
-            with self.client.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.exists(self.keys.job(_text(job_id)))
-                exists = pipe.execute()
-            gone = [_text(job_id) for job_id, alive in zip(ids, exists, strict=True) if not alive]
-            if gone:
-                self.client.zrem(key, *gone)
-                removed += len(gone)
-            start += len(ids) - len(gone)
-        return removed
-
-    def prune_dead_letters(self, older_than: float) -> int:
-        """Forget dead letters older than the dead-letter retention."""
-        ids = self.client.zrangebyscore(self.keys.dead, "-inf", _calls.ms(older_than), start=0,
-                                        num=5000)  # fmt: skip
-        if not ids:
-            return 0
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.dead, *ids)
-            pipe.hdel(self.keys.dead_messages, *ids)
-            pipe.execute()
-        return len(ids)
-
-    def index_keys(self) -> list[str]:
-        """Every index sorted set (found by pattern: the task set is open-ended)."""
-        return [_text(k) for k in self.client.scan_iter(match=self.keys.index_pattern, count=500)]
-
-    # -- consumers (the reliable transport's bookkeeping) ---------------------------------
-
-    def heartbeat(self, consumer: str, queues: Sequence[str]) -> None:
-        """Record that `consumer` is alive and consuming `queues` (at Redis' clock)."""
-        HEARTBEAT.run(self.client, [self.keys.prefix, consumer, "0", *queues])
-
-    def retire(self, consumer: str, queues: Sequence[str]) -> None:
-        """Mark `consumer` gone at once (a clean stop), so its in-flight lists are recovered."""
-        HEARTBEAT.run(self.client, [self.keys.prefix, consumer, "1", *queues])
-
-    def recover_inflight(self, ttl_seconds: float) -> int:
-        """Requeue the in-flight messages of consumers silent for longer than `ttl_seconds`
-        (by Redis' clock).
-        """
-        return sum(
-            int(RECOVER_INFLIGHT.run(self.client, [self.keys.prefix, str(queue), "", ttl_seconds]))
-            for queue in Queue
-        )
-
-    def prune_dead_nodes(self, ttl_seconds: float) -> int:
-        """Drop the remote-control bindings (and mailboxes) of worker nodes whose consumer has
-        been silent for `ttl_seconds`: a SIGKILLed worker leaves its binding behind, and every
-        revoke broadcast would go on copying into its mailbox. Returns how many went.
-        """
-        seconds, micros = self.client.time()
-        alive_since = seconds + micros / 1e6 - ttl_seconds
-        dead = []
-        for raw in self.client.smembers(self.keys.pidbox_bindings):
-            member = _text(raw)
-            node = _NODE.match(member.rsplit(_KOMBU_SEP, 1)[-1])
-            if node is None:
-                continue  # not a Conveyor worker's node: not ours to judge
-            live = self.client.zrangebyscore(self.keys.consumers(node["queue"]), alive_since,
-                                             "+inf")  # fmt: skip
-            prefix = f"{node['host']}:{node['pid']}:"
-            if not any(_text(c).startswith(prefix) for c in live):
-                dead.append((member, member.rsplit(_KOMBU_SEP, 1)[-1]))
-        if dead:
-            with self.client.pipeline(transaction=False) as pipe:
-                for member, mailbox in dead:
-                    pipe.srem(self.keys.pidbox_bindings, member)
-                    pipe.delete(mailbox)
-                pipe.execute()
-        return len(dead)
-
-    def renew_leases(
-        self, unacked_index: str, tags: Sequence[str], running: Sequence[tuple[str, str]]
-    ) -> int:
-        """Renew this worker's deliveries' leases and its `(queue, job id)` runs in the running
-        sets, at Redis' clock; returns how many deliveries were renewed.
-        """
-        if not tags and not running:
-            return 0
-        pairs = [item for pair in running for item in pair]
-        args = [self.keys.prefix, unacked_index, len(tags), *tags, *pairs]
-        return int(RENEW.run(self.client, args))
-
-    def stuck_runs(
-        self, queue: str, older_than_seconds: float, limit: int = 100
-    ) -> list[tuple[str, float]]:
-        """`(job id, running-set score)` of the queue's runs nobody renewed for
-        `older_than_seconds` (by Redis' clock).
-        """
-        seconds, _ = self.client.time()
-        ceiling = seconds - older_than_seconds
-        rows: list[Any] = self.client.zrangebyscore(
-            self.keys.running(queue), "-inf", ceiling, 0, limit, withscores=True
-        )
-        return [(_text(job_id), float(score)) for job_id, score in rows]
-
-    def unacked_job_ids(self, unacked_key: str) -> set[str]:
-        """Ids of the jobs whose delivery is unacked (kombu restores those itself)."""
-        ids = set()
-        for _, raw in self.client.hscan_iter(unacked_key, count=500):
-            try:
-                ids.add(str(orjson.loads(raw)[0]["headers"]["id"]))
-            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-                continue
-        return ids
-
-    def generation(self, job_id: str) -> int:
-        """The generation of the job's current message (0 before any retry or replay)."""
-        return int(self.client.hget(self.keys.job(job_id), "generation") or 0)
-
-    def repair(self, job_id: str, message: bytes, seen_score: float, generation: int) -> bool:
-        """Queue an abandoned run again (see repair.lua); False if it moved on meanwhile."""
-        args = [self.keys.prefix, job_id, message, repr(seen_score), generation]
-        return bool(int(REPAIR.run(self.client, args)))

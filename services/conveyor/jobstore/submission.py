@@ -88,9 +88,21 @@ def time_limits(
     return soft, soft + worker.hard_timeout_grace_seconds
 
 
-def message_for(job: Job, spec: TaskSpec, worker: WorkerSettings, generation: int) -> bytes:
-    """A fresh message of an accepted job (a repair of an abandoned run), of `generation`."""
+def message_for(
+    job: Job | NewJob,
+    spec: TaskSpec,
+    worker: WorkerSettings,
+    *,
+    generation: int = 0,
+    enqueued_at: float | None = None,
+    due_at: float | None = None,
+) -> bytes:
+    """The Celery message of an accepted job, of `generation`: its first (from `prepare`), or
+    a fresh one (a repair of an abandoned run). The current trace context travels with it.
+    """
     soft, hard = time_limits(spec, job.timeout_seconds, worker)
+    trace_context: dict[str, str] = {}
+    propagate.inject(trace_context)  # empty unless a span is active (tracing on)
     return build_message(
         job_id=job.id,
         task=job.task,
@@ -99,7 +111,9 @@ def message_for(job: Job, spec: TaskSpec, worker: WorkerSettings, generation: in
         max_retries=job.max_retries,
         soft_time_limit=soft,
         time_limit=hard,
-        enqueued_at=time.time(),
+        enqueued_at=time.time() if enqueued_at is None else enqueued_at,
+        due_at=due_at,
+        trace_context=trace_context,
         generation=generation,
         tenant=job.tenant,
     )
@@ -110,11 +124,9 @@ def prepare(
 ) -> tuple[NewJob, bytes]:
     """The job record and queue message for a submission (not yet written)."""
     now = time.time() if now is None else now
-    job_id = str(uuid.uuid4())
     due_at = now + submission.delay_seconds if submission.delay_seconds > 0 else None
-    soft, hard = time_limits(spec, submission.timeout_seconds, worker)
     job = NewJob(
-        id=job_id,
+        id=str(uuid.uuid4()),
         tenant=submission.tenant,
         task=submission.task,
         queue=submission.queue,
@@ -127,19 +139,4 @@ def prepare(
         due_at=due_at,
         request_hash=submission.request_hash(),
     )
-    trace_context: dict[str, str] = {}
-    propagate.inject(trace_context)  # empty unless a span is active (tracing on)
-    message = build_message(
-        job_id=job_id,
-        task=submission.task,
-        queue=submission.queue,
-        kwargs=submission.args,
-        max_retries=submission.max_retries,
-        soft_time_limit=soft,
-        time_limit=hard,
-        enqueued_at=now,
-        due_at=due_at,
-        trace_context=trace_context,
-        tenant=submission.tenant,
-    )
-    return job, message
+    return job, message_for(job, spec, worker, enqueued_at=now, due_at=due_at)

@@ -3,7 +3,7 @@
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
-from conveyor.celery_config import celery_config
+from conveyor.celery_config import attach_services, celery_config
 from conveyor.core.catalog import TaskCatalog, load_catalog
 from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
@@ -40,7 +40,7 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
         registry=registry,
         health=WorkerHealth(settings.worker.heartbeat_max_age_seconds),
     )
-    services.attach(app)
+    attach_services(app, services)
     JobMetricsRecorder(metrics).connect()
     observability.connect(settings)
     for spec in catalog.values():

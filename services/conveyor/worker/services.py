@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
+from conveyor import celery_config
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.settings import Settings
 from conveyor.jobstore.store import JobStore
@@ -17,8 +18,6 @@ from conveyor.telemetry.metrics import WorkerMetrics
 if TYPE_CHECKING:  # both modules use this one
     from conveyor.worker.lifecycle import JobRunner
     from conveyor.worker.liveness import WorkerHealth
-
-_ATTRIBUTE = "conveyor_services"
 
 
 @dataclass(frozen=True)
@@ -33,14 +32,7 @@ class WorkerServices:
     registry: CollectorRegistry
     health: "WorkerHealth"
 
-    def attach(self, app: Celery) -> None:
-        """Make these the services of `app`."""
-        setattr(app, _ATTRIBUTE, self)
-
 
 def services_of(app: Celery) -> WorkerServices:
-    """The services of a Conveyor worker app."""
-    services = getattr(app, _ATTRIBUTE, None)
-    if not isinstance(services, WorkerServices):
-        raise RuntimeError("not a Conveyor worker app (create it with create_celery)")
-    return services
+    """The services of a Conveyor worker app (`create_celery` attaches them)."""
+    return celery_config.services_of(app, WorkerServices)
