@@ -137,3 +137,53 @@ async def test_replaying_twice_keeps_the_message_runnable(
             assert started.verdict is StartVerdict.RUN, stored_generation
     finally:
         await client.aclose()
+
+
+def test_a_resent_accept_never_enqueues_a_second_message(store: JobStore) -> None:
+    """redis-py resends a script whose reply was lost: the same accept twice is one job."""
+    from conveyor.jobstore._calls import accept_args, parse_accept
+    from conveyor.jobstore.results import AcceptVerdict, Limits
+    from conveyor.jobstore.scripts import ACCEPT
+    from conveyor.jobstore.submission import prepare
+
+    spec = load_catalog([])["demo.echo"]
+    job, message = prepare(spec, Submission.of(spec, tenant="t1", args={}), SETTINGS.worker)
+    args = accept_args("conveyor", job, message, Limits())
+    first = parse_accept(ACCEPT.run(store.client, args), job)
+    again = parse_accept(ACCEPT.run(store.client, args), job)
+    assert first.verdict is again.verdict is AcceptVerdict.CREATED
+    assert again.job_id == first.job_id
+    assert store.client.llen("default") == 1, "a resent accept pushed a second message"
+
+
+def test_a_resent_start_counts_no_second_attempt_and_no_death(store: JobStore) -> None:
+    from conveyor.jobstore._calls import parse_start, start_args
+    from conveyor.jobstore.scripts import START
+
+    job_id = accept(store)
+    args = start_args("conveyor", job_id, time.time(), 3, None, "host:1", "token-1")
+    first = parse_start(START.run(store.client, args))
+    again = parse_start(START.run(store.client, args))
+    assert first.verdict is again.verdict is StartVerdict.RUN
+    record = store.client.hgetall(f"conveyor:job:{job_id}")
+    assert record["attempts"] == "1"
+    assert record.get("deaths", "0") == "0", "a resent start is not a death"
+    # A new delivery (another token) of the still-running job is one: the old worker died.
+    other = start_args("conveyor", job_id, time.time(), 3, None, "host:2", "token-2")
+    assert parse_start(START.run(store.client, other)).deaths == 1
+
+
+def test_a_new_start_refreshes_the_run_and_a_repair_of_an_older_view_is_refused(
+    store: JobStore,
+) -> None:
+    job_id = accept(store)
+    store.start(job_id)
+    store.client.zadd("conveyor:running:default", {job_id: 1})  # the dead run's old renewal
+    seen = store.stuck_runs("default", 60)
+    assert seen == [(job_id, 1.0)]
+    assert store.start(job_id).verdict is StartVerdict.RUN  # a redelivery starts it again
+    assert store.stuck_runs("default", 60) == [], "the new run's entry is fresh"
+    # A sweep that read the record before that start must not requeue the new run.
+    assert store.repair(job_id, b"{}", 1.0, 1, attempts=1) is False
+    assert store.client.hget(f"conveyor:job:{job_id}", "state") == "running"
+    assert store.client.llen("default") == 1, "only the original message"

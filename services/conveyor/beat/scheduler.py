@@ -8,6 +8,7 @@ of jobs whose records have expired.
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -153,12 +154,15 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         """
         after = self.settings.beat.callback_sweep_after_seconds
         for job_id in self.store.pending_callbacks(after):
-            job = self.store.get(job_id)
-            callback = callback_submission(job, self.catalog) if job else None
-            if callback is not None:
-                self.store.submit(*callback)
-                log.warning("enqueued the pending completion callback of job %s", job_id)
-            self.store.callback_enqueued(job_id)
+            try:
+                job = self.store.get(job_id)
+                callback = callback_submission(job, self.catalog) if job else None
+                if callback is not None:
+                    self.store.submit(*callback)
+                    log.warning("enqueued the pending completion callback of job %s", job_id)
+                self.store.callback_enqueued(job_id)
+            except Exception:  # one bad callback never holds up the others
+                log.exception("could not enqueue the pending callback of job %s", job_id)
 
     def _repair_stuck(self) -> None:
         """Queue again the runs nobody renews (their worker acked without an outcome, or the
@@ -176,25 +180,32 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
                     continue  # kombu restores an unacked delivery itself
                 generation = self.store.generation(job_id) + 1
                 message = message_for(job, spec, self.settings.worker, generation=generation)
-                if self.store.repair(job_id, message, score, generation):
+                if self.store.repair(job_id, message, score, generation, job.attempts):
                     log.warning("job %s was running with no live run: queued again", job_id)
 
     def _housekeeping(self) -> None:
-        try:
-            self.store.promote_due()
-            self.store.recover_inflight(self.settings.worker.visibility_timeout_seconds)
-            self._enqueue_pending_callbacks()
-            if time.monotonic() >= self._next_repair:
-                self._next_repair = (
-                    time.monotonic() + self.settings.worker.visibility_timeout_seconds
-                )
-                self._repair_stuck()
-                self.store.prune_dead_nodes(self.settings.worker.visibility_timeout_seconds)
-            if time.monotonic() >= self._next_prune:
-                self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
-                now = time.time()
-                for key in self.store.index_keys():
-                    self.store.prune_index(key, now - self.store.retention_seconds)
-                self.store.prune_dead_letters(now - self.store.dead_letter_retention_seconds)
-        except Exception:
-            log.exception("beat housekeeping failed; retrying next tick")
+        """The leader's chores, each on its own: one that keeps failing stops no other."""
+        lease = self.settings.worker.visibility_timeout_seconds
+        chores: list[tuple[str, Callable[[], object]]] = [
+            ("promote", self.store.promote_due),
+            ("recover in-flight", lambda: self.store.recover_inflight(lease)),
+            ("pending callbacks", self._enqueue_pending_callbacks),
+        ]
+        if time.monotonic() >= self._next_repair:
+            self._next_repair = time.monotonic() + lease
+            chores += [("repair", self._repair_stuck),
+                       ("prune nodes", lambda: self.store.prune_dead_nodes(lease))]  # fmt: skip
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
+            chores += [("prune indexes", self._prune_indexes),
+                       ("prune dead letters", self.store.prune_dead_letters)]  # fmt: skip
+        for name, chore in chores:
+            try:
+                chore()
+            except Exception:  # a failing chore is logged, never stops the others or beat
+                log.exception("beat housekeeping (%s) failed; retrying next tick", name)
+
+    def _prune_indexes(self) -> None:
+        older_than = time.time() - self.store.retention_seconds
+        for key in self.store.index_keys():
+            self.store.prune_index(key, older_than)

@@ -61,12 +61,18 @@ def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:
 
 
 def start_args(
-    prefix: str, job_id: str, now: float, max_deaths: int, generation: int | None, owner: str
+    prefix: str,
+    job_id: str,
+    now: float,
+    max_deaths: int,
+    generation: int | None,
+    owner: str,
+    token: str,
 ) -> list[Any]:
     """ARGV for start.lua."""
     allowed = transition(Verb.START).allowed
     return [prefix, job_id, repr(now), max_deaths, "" if generation is None else generation,
-            allowed, owner]  # fmt: skip
+            allowed, owner, token]  # fmt: skip
 
 
 def parse_start(raw: Sequence[Any]) -> StartResult:

@@ -7,6 +7,7 @@ each takes its allowed and new states from `machine.TRANSITIONS`.
 """
 
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -69,6 +70,7 @@ class JobStore(StoreUpkeep):
             self.settings.worker.max_worker_deaths,
             generation,
             owner,
+            uuid.uuid4().hex,  # one per call: a resent call is recognised, a new one is not
         )
         return _calls.parse_start(START.run(self.client, args))
 

@@ -58,8 +58,12 @@ class StoreUpkeep:
             start += len(ids) - len(gone)
         return removed
 
-    def prune_dead_letters(self, older_than: float) -> int:
-        """Forget dead letters older than the dead-letter retention."""
+    def prune_dead_letters(self) -> int:
+        """Forget dead letters older than the dead-letter retention (by Redis' clock, which
+        scored them).
+        """
+        seconds, micros = self.client.time()
+        older_than = seconds + micros / 1e6 - self.dead_letter_retention_seconds
         ids = self.client.zrangebyscore(self.keys.dead, "-inf", _calls.ms(older_than), start=0,
                                         num=5000)  # fmt: skip
         if not ids:
@@ -158,7 +162,9 @@ class StoreUpkeep:
         """The generation of the job's current message (0 before any retry or replay)."""
         return int(self.client.hget(self.keys.job(job_id), "generation") or 0)
 
-    def repair(self, job_id: str, message: bytes, seen_score: float, generation: int) -> bool:
+    def repair(
+        self, job_id: str, message: bytes, seen_score: float, generation: int, attempts: int
+    ) -> bool:
         """Queue an abandoned run again (see repair.lua); False if it moved on meanwhile."""
-        args = [self.keys.prefix, job_id, message, repr(seen_score), generation]
+        args = [self.keys.prefix, job_id, message, repr(seen_score), generation, attempts]
         return bool(int(REPAIR.run(self.client, args)))

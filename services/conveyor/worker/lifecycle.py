@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker import state as worker_state
+from celery.worker.request import Request
 from redis.exceptions import RedisError
 
 from conveyor.core.callbacks import callback_submission
@@ -282,10 +284,32 @@ def _requeue_on_broker_error(job_id: str) -> Iterator[None]:
         raise Reject(exc, requeue=True) from exc
 
 
+class ConveyorRequest(Request):
+    """Celery's request of a Conveyor task: a hard time limit is recorded here, where the
+    killed child's pid and the delivery are known (the task's `on_failure`, called next by
+    Celery, sees an empty request in the main process).
+    """
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        """Record a hard time limit as the job's failure, fenced by the child it killed."""
+        if not soft and not worker_state.should_terminate:
+            task = self.task
+            assert isinstance(task, ConveyorTask)
+            try:
+                queue = Queue(self.delivery_info.get("routing_key") or task.spec.queue)
+                owner = process_owner(int(self.worker_pid or 0))
+                task.runner.fail_timed_out(self.id, task.spec.name, queue,
+                                           TimeLimitExceeded(timeout), owner)  # fmt: skip
+            except Exception:  # a failing hook is logged, never kills the worker
+                log.exception("job %s: could not record its hard time limit", self.id)
+        super().on_timeout(soft, timeout)
+
+
 class ConveyorTask(Task[Any, None]):
     """Celery binding of one catalogued task: `create_celery` registers one per task."""
 
     typing = False  # arguments are validated by the task's pydantic model instead
+    Request = f"{__name__}:ConveyorRequest"  # Celery takes the class or its path
 
     def __init__(self, spec: TaskSpec, runner: JobRunner) -> None:
         self.spec = spec
@@ -299,12 +323,8 @@ class ConveyorTask(Task[Any, None]):
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        """Reached for hard time limits (in the main process, the child is gone)."""
-        if isinstance(exc, TimeLimitExceeded):
-            queue = Delivery.of(self.spec, self.request).queue
-            owner = process_owner(getattr(self.request, "worker_pid", None) or 0)
-            self.runner.fail_timed_out(task_id, self.spec.name, queue, exc, owner)
-        else:
+        """Log what escaped the run (a hard time limit is recorded by `ConveyorRequest`)."""
+        if not isinstance(exc, TimeLimitExceeded):
             log.error("job %s: unexpected failure outside the task body: %r", task_id, exc)
 
 

@@ -24,6 +24,12 @@ if taken == 0 then
   return {2, wait}
 end
 
+-- The same call sent again (redis-py resends a script whose reply was lost): the job id is
+-- made by the caller, so an existing record is this very job. Never a second message.
+if redis.call('EXISTS', key_job(prefix, id)) == 1 then
+  return {1, id, left}
+end
+
 -- A replay of an accepted request answers with its job even when the queue is full: a client
 -- retrying after a lost response must learn that its job exists.
 local ikey = key_idempotency(prefix, tenant, idem)

@@ -4,12 +4,13 @@
 -- any older copy that still turns up is skipped; `repairs` counts why it runs again.
 --
 -- ARGV: 1 prefix, 2 job id, 3 the message (of generation ARGV 5), 4 the running set score
---       the sweep saw, 5 the new generation.
+--       the sweep saw, 5 the new generation, 6 the attempts the sweep saw (a run started
+--       since is not abandoned).
 -- Returns 1 when repaired, 0 when the job moved on meanwhile.
 local prefix, id, message = ARGV[1], ARGV[2], ARGV[3]
 local key = key_job(prefix, id)
-local record = redis.call('HMGET', key, 'state', 'queue')
-if record[1] ~= 'running' then
+local record = redis.call('HMGET', key, 'state', 'queue', 'attempts')
+if record[1] ~= 'running' or record[3] ~= ARGV[6] then
   return 0
 end
 local score = redis.call('ZSCORE', key_running(prefix, record[2]), id)

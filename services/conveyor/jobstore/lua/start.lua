@@ -4,7 +4,8 @@
 -- ARGV: 1 prefix, 2 job id, 3 now (seconds), 4 deaths at which the job is poison,
 --       5 the message's generation ('' when it carries none), 6 the states a delivery may
 --       start from as '|a|b|' (conveyor.jobstore.machine), 7 the process that runs it
---       ('<host>:<pid>').
+--       ('<host>:<pid>'), 8 this delivery's start token (the same call sent again, when
+--       redis-py resends it after a lost reply, must not count another attempt or a death).
 -- The new attempt's number is its fence: every write of this run carries it, and is refused
 -- once another attempt has started (a paused worker never overwrites a newer outcome).
 -- Returns {verdict, previous state, attempts, deaths} where verdict is
@@ -20,6 +21,9 @@ local attempts, deaths = tonumber(current[2] or '0'), tonumber(current[3] or '0'
 if not state then
   return {'skip', '', 0, 0}
 end
+if ARGV[8] ~= '' and redis.call('HGET', key, 'start_token') == ARGV[8] then
+  return {'run', '', attempts, deaths}
+end
 if ARGV[5] ~= '' and tonumber(ARGV[5]) < tonumber(current[4] or '0') then
   return {'skip', state, attempts, deaths}
 end
@@ -34,7 +38,13 @@ if state == 'running' then
 end
 attempts = redis.call('HINCRBY', key, 'attempts', 1)
 redis.call('HSET', key, 'state', 'running', 'started_at', now, 'progress', '', 'finished_at', '',
-           'fence', attempts, 'owner', ARGV[7])
+           'fence', attempts, 'owner', ARGV[7], 'start_token', ARGV[8])
 move_state_index(prefix, id, state, 'running')
+-- Renewed from now on by this run (a redelivery of a running job keeps its entry otherwise,
+-- with the dead run's last renewal: the repair sweep would take it for abandoned).
+local queue = redis.call('HGET', key, 'queue')
+if queue then
+  redis.call('ZADD', key_running(prefix, queue), redis.call('TIME')[1], id)
+end
 emit(prefix, id, 'running', 'state')
 return {'run', state, attempts, deaths}
