@@ -168,7 +168,14 @@ def finished(release: Release, job_ids: list[str], timeout: float) -> list[dict[
             jobs = [client.get(f"/v1/jobs/{j}").json() for j in job_ids]
             return jobs if all(j["state"] in TERMINAL for j in jobs) else None
 
-        result: list[dict[str, Any]] = wait_until(all_done, timeout, "every job to finish", step=1)
+        try:
+            result: list[dict[str, Any]] = wait_until(all_done, timeout, "every job to finish",
+                                                      step=1)  # fmt: skip
+        except AssertionError:
+            jobs = [client.get(f"/v1/jobs/{j}").json() for j in job_ids]
+            late = [(j["id"], j["state"], j["queue"], j["attempts"]) for j in jobs
+                    if j["state"] not in TERMINAL]  # fmt: skip
+            raise AssertionError(f"{len(late)} jobs unfinished, e.g. {late[:5]}") from None
         return result
 
 
@@ -295,7 +302,7 @@ def test_worker_rolling_update_under_load_loses_and_reruns_nothing(release: Rele
                 thread.join(300)
             time.sleep(3)
     assert load.failures == []
-    jobs = finished(release, accepted, timeout=120)
+    jobs = finished(release, accepted, timeout=300)
     stopped = [p for _, old in results.values() for p in old]
     print(
         f"worker rollout: {len(jobs)} jobs through it; old pods drained in "
