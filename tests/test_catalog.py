@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -11,6 +12,7 @@ from conveyor.core.catalog import (
     JobContext,
     RetryPolicy,
     TaskCatalog,
+    TaskModuleError,
     TaskSpec,
     UnknownTaskError,
     load_catalog,
@@ -106,3 +108,30 @@ def test_the_api_and_task_modules_do_not_import_celery() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_a_missing_task_module_is_named_with_the_search_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "acme_first_hour"
+    package.mkdir()
+    (package / "tasks.py").write_text("")
+    (package / "broken.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TaskModuleError) as typo:
+        TaskCatalog.from_modules(["acme_first_hour.tazks"])
+    message = str(typo.value)
+    assert message.startswith("task module 'acme_first_hour.tazks' not found; searched ")
+    assert f"{tmp_path} (current directory)" in message
+    assert "\n" not in message
+    with pytest.raises(
+        TaskModuleError, match=r"'nowhere_xyz\.tasks' not found \(no module 'nowhere_xyz'\)"
+    ):
+        TaskCatalog.from_modules(["nowhere_xyz.tasks"])
+    with pytest.raises(
+        TaskModuleError,
+        match=r"'acme_first_hour\.broken' could not be imported: .*no_such_dependency_xyz",
+    ):
+        TaskCatalog.from_modules(["acme_first_hour.broken"])
+    assert len(TaskCatalog.from_modules(["acme_first_hour.tasks"])) == 0

@@ -9,8 +9,10 @@ import select
 import subprocess
 import time
 
+from conveyor.client.cli import Output, _print_job, number, out
+from conveyor.jobstore.model import Job
 from tests.support.auth import ADMIN_KEY
-from tests.support.processes import REPO, Platform, conveyor_argv
+from tests.support.processes import REPO, Platform, conveyor_argv, free_port
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -123,3 +125,47 @@ def test_errors_exit_5_with_the_problem(platform: Platform) -> None:
     assert "404" in missing.stderr
     bad_args = run(platform, "jobs", "submit", "demo.echo", "--args", "[1]")
     assert bad_args.returncode == 2
+
+
+def test_list_prints_whole_ids_and_commands_take_a_prefix(platform: Platform) -> None:
+    with platform.http() as client:
+        job = client.post("/v1/jobs", json={"task": "demo.echo", "delay_seconds": 3600}).json()
+    narrow = {**cli_env(platform), "COLUMNS": "80"}
+    listed = subprocess.run(
+        conveyor_argv("jobs", "list", "--limit", "5"), env=narrow, cwd=REPO,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert job["id"] in listed.stdout, listed.stdout
+    assert all(len(line) <= 80 for line in listed.stdout.splitlines()), listed.stdout
+    got = run(platform, "jobs", "get", job["id"][:8], "-o", "json")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["id"] == job["id"]
+    cancelled = run(platform, "jobs", "cancel", job["id"][:10])
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelled" in cancelled.stdout
+    unknown = run(platform, "jobs", "get", "zzzz")
+    assert unknown.returncode == 5
+    assert "no job id starts with 'zzzz'" in unknown.stderr
+
+
+def test_progress_figures_are_rounded_for_display() -> None:
+    assert [number(v) for v in (3.51e-07, 2.5, 5.0, 1 / 3, -1e-9)] == ["0", "2.5", "5", "0.33", "0"]
+    job = Job.model_validate(
+        {"id": "j", "tenant": "t", "task": "demo.sleep", "queue": "low", "state": "running",
+         "args": {}, "max_retries": 0, "created_at": "2026-01-01T00:00:00Z",
+         "progress": {"current": 3.51e-07, "total": 5.0, "message": "5s left"}}
+    )  # fmt: skip
+    with out.capture() as captured:
+        _print_job(job, Output.TEXT)
+    assert "0/5 5s left" in captured.get()
+    assert "e-07" not in captured.get()
+
+
+def test_a_connection_error_says_where_it_tried(platform: Platform) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = run(platform, "jobs", "list", "--url", url)
+    assert result.returncode == 5
+    assert f"cannot reach the API at {url}" in result.stderr
+    assert "is the platform running?" in result.stderr
+    assert "Traceback" not in result.stderr

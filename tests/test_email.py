@@ -85,3 +85,9 @@ def test_email_job_through_a_worker(redis_server, module_logs) -> None:  # type:
             platform.stop()
     assert done["state"] == "succeeded", done
     assert box.messages[0][1]["Message-ID"] == f"<{job['id']}@conveyor>"
+
+
+def test_an_unreachable_relay_is_named_in_the_error() -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(RetryableError, match=rf"SMTP relay 127\.0\.0\.1:{port} \(none\): "):
+        send(context(port), EmailArgs.model_validate(ARGS))

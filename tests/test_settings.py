@@ -55,3 +55,34 @@ def test_redis_password_from_its_own_variable(monkeypatch: pytest.MonkeyPatch) -
     assert Settings().redis_dsn() == "redis://:inline@redis:6379/0", "the URL's own wins"
     monkeypatch.delenv("CONVEYOR_REDIS_PASSWORD")
     assert Settings().redis_dsn() == "redis://:inline@redis:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("raw", "modules"),
+    [
+        ("acme.tasks", ["acme.tasks"]),
+        (" acme.tasks , acme.reports ,", ["acme.tasks", "acme.reports"]),
+        ('["acme.tasks", "acme.reports"]', ["acme.tasks", "acme.reports"]),
+        ("", []),
+    ],
+)
+def test_task_modules_are_a_comma_separated_list_or_json(
+    monkeypatch: pytest.MonkeyPatch, raw: str, modules: list[str]
+) -> None:
+    monkeypatch.setenv("CONVEYOR_TASK_MODULES", raw)
+    assert Settings().task_modules == modules
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("acme/tasks.py", "'acme/tasks.py' is not a dotted module name"),
+        ('["acme.tasks"', "not a JSON array of module names"),
+    ],
+)
+def test_a_wrong_task_modules_value_says_why(
+    monkeypatch: pytest.MonkeyPatch, raw: str, message: str
+) -> None:
+    monkeypatch.setenv("CONVEYOR_TASK_MODULES", raw)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings()

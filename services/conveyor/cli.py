@@ -1,14 +1,19 @@
 """The `conveyor` command: one entry point for every role."""
 
+import contextlib
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from conveyor.core.apikeys import Scope
+from conveyor.core.catalog import TaskModuleError, load_catalog
 from conveyor.core.durability import UnsafeRedisError, check_durability
 from conveyor.core.logs import configure_logging
 from conveyor.core.queues import Queue
@@ -19,6 +24,11 @@ app = typer.Typer(
     help="Conveyor job platform.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 
+EX_CONFIG = 78
+Quiet = Annotated[
+    bool, typer.Option("--quiet", help="No start-up banner or summary (`conveyor dev` uses it).")
+]
+
 
 def _startup(settings: Settings) -> None:
     """Logging, then the Redis durability check (which may refuse to start)."""
@@ -28,9 +38,17 @@ def _startup(settings: Settings) -> None:
         check_durability(client, settings.redis_durability_check)
     except UnsafeRedisError as exc:
         typer.echo(f"refusing to start: {exc}", err=True)
-        raise typer.Exit(78) from exc  # EX_CONFIG
+        raise typer.Exit(EX_CONFIG) from exc
     finally:
         client.close()
+
+
+def _auth_line(settings: Settings, keys: int) -> str:
+    auth = settings.auth
+    if auth.disabled:
+        return "authentication OFF (CONVEYOR_AUTH__DISABLED=true): local development only"
+    source = auth.keys_file or "CONVEYOR_AUTH__KEYS"
+    return f"authentication ON, {keys} key{'' if keys == 1 else 's'} loaded from {source}"
 
 
 def _multiprocess_metrics(settings: Settings, role: str) -> None:
@@ -41,17 +59,21 @@ def _multiprocess_metrics(settings: Settings, role: str) -> None:
 
 
 @app.command()
-def api() -> None:
+def api(quiet: Quiet = False) -> None:
     """Serve the HTTP API (gunicorn with uvicorn workers)."""
     from conveyor.api.auth import KeySource, MissingKeysError
     from conveyor.api.server import ApiServer
 
     settings = Settings()
+    load_catalog(settings.task_modules)  # every API process loads it: fail once, up front
     try:
-        KeySource(settings.auth)  # the same check every API process makes, once, up front
+        keys = KeySource(settings.auth)  # the same check every API process makes, up front
     except (MissingKeysError, OSError, ValueError) as exc:
         typer.echo(f"refusing to start: {exc}", err=True)
-        raise typer.Exit(78) from exc  # EX_CONFIG
+        raise typer.Exit(EX_CONFIG) from exc
+    if not quiet:
+        line = _auth_line(settings, len(keys.ring))
+        typer.echo(f"conveyor api on http://{settings.api.bind}: {line}", err=True)
     _startup(settings)
     _multiprocess_metrics(settings, "api")
     ApiServer(settings).run()
@@ -69,6 +91,7 @@ def worker(
             "--check", help="Liveness probe: exit 1 unless this tier's consumer heartbeat is fresh."
         ),
     ] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Run a Celery worker for one queue tier (or, with --check, probe its liveness)."""
     settings = Settings()
@@ -83,10 +106,20 @@ def worker(
 
     from conveyor.worker.app import create_celery
 
+    load_catalog(settings.task_modules)  # a task module's error before anything else
     _startup(settings)
     _multiprocess_metrics(settings, f"worker-{queue}")
     celery = create_celery(settings)
+    if quiet:
+        import warnings
+
+        from celery.exceptions import SecurityWarning
+
+        # Running as root (containers, sandboxes) is what this warning is about: said once
+        # by the platform's docs, not by every worker at every start.
+        warnings.filterwarnings("ignore", category=SecurityWarning)
     node = celery.Worker(
+        quiet=quiet,
         queues=[str(queue)],
         concurrency=concurrency or settings.worker.concurrency,
         # Unique per process: several workers of one tier may share a host (dev, tests).
@@ -105,13 +138,14 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 
 @app.command()
-def beat() -> None:
+def beat(quiet: Quiet = False) -> None:
     """Run the periodic-job scheduler (one leader; extra replicas stand by)."""
     from conveyor.beat.app import create_beat
     from conveyor.beat.scheduler import ConveyorScheduler
     from conveyor.telemetry.prometheus import serve
 
     settings = Settings()
+    load_catalog(settings.task_modules)  # a task module's error before anything else
     _startup(settings)
     celery, services = create_beat(settings)
     # Served before the lock is taken, so a standby reports conveyor_beat_leader 0.
@@ -123,6 +157,7 @@ def beat() -> None:
         scheduler=ConveyorScheduler,  # type: ignore[arg-type]  # a class is accepted, stubs say str
         max_interval=settings.beat.max_interval_seconds,  # type: ignore[arg-type]
         loglevel=settings.log_level.upper(),
+        quiet=quiet,
     ).run()
 
 
@@ -145,14 +180,24 @@ def dev(
     appendfsync: Annotated[
         str, typer.Option(help="AOF fsync policy of the local Redis: everysec or always.")
     ] = "everysec",
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Relay every process's log (default: warnings and errors)."
+        ),
+    ] = False,
 ) -> None:
-    """Run everything locally: Redis, the API, one worker per tier and beat."""
+    """Run everything locally: Redis, the API, one worker per tier, beat and the exporter."""
     from conveyor.dev import run_dev
 
     if appendfsync not in ("everysec", "always"):
         raise typer.BadParameter("everysec or always", param_hint="--appendfsync")
     settings = Settings()
-    raise typer.Exit(run_dev(settings, data_dir=data_dir, api_port=port, appendfsync=appendfsync))
+    load_catalog(settings.task_modules)  # a task module's error, once, before anything starts
+    code = run_dev(
+        settings, data_dir=data_dir, api_port=port, appendfsync=appendfsync, verbose=verbose
+    )
+    raise typer.Exit(code)
 
 
 keys_app = typer.Typer(help="API keys: create them, hash them.", no_args_is_help=True)
@@ -168,8 +213,18 @@ def keys_create(
     key_id: Annotated[
         str | None, typer.Option("--id", help="Name in logs (default: tenant and date).")
     ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="Keys file to add the key to (created if missing); the API re-reads it.",
+        ),
+    ] = None,
 ) -> None:
-    """Print a new random key (shown once) and the entry to add to the keys file."""
+    """Create a random key (printed once, on stderr) and add its hash to a keys file
+    (--file, created if missing), or print its entry on stdout.
+    """
     import datetime
     import re
 
@@ -195,9 +250,69 @@ def keys_create(
         scopes=frozenset(scope),
         sha256=hash_key(key),
     )
-    document = {**entry.model_dump(mode="json"), "scopes": sorted(s.value for s in scope)}
+    if file is None:
+        # The entry alone (a one-item list): for `config.auth.keys` or under `keys:`.
+        typer.echo(f"key (store it now; it is not kept anywhere): {key}", err=True)
+        typer.echo(yaml.safe_dump([_entry_document(entry)], sort_keys=False), nl=False)
+        return
+    try:
+        header, document = _read_keys_file(file)
+        text = header + _keys_file_text(document, entry)
+        _write_private(file, text)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {file}: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"key (store it now; it is not kept anywhere): {key}", err=True)
-    typer.echo(yaml.safe_dump([document], sort_keys=False), nl=False)
+    count = len(document.get("keys") or []) + 1
+    typer.echo(f"added {entry.id!r} to {file} ({count} key{'' if count == 1 else 's'})", err=True)
+
+
+def _read_keys_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """The leading comment lines of an existing keys file, and its document (validated: a
+    file that does not parse is never rewritten).
+    """
+    import yaml
+
+    from conveyor.core.apikeys import parse_keys
+
+    if not path.exists():
+        return "", {}
+    text = path.read_text()
+    parse_keys(text)
+    header = ""
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        header += line
+    return header, yaml.safe_load(text) or {}
+
+
+def _keys_file_text(document: dict[str, Any], entry: object) -> str:
+    """`document` (keys and tenants) with `entry` added; validated before it is written."""
+    import yaml
+
+    from conveyor.core.apikeys import parse_keys
+
+    keys = [*(document.get("keys") or []), _entry_document(entry)]
+    text = yaml.safe_dump({**document, "keys": keys}, sort_keys=False)
+    parse_keys(text)  # e.g. an --id the file already has
+    return text
+
+
+def _entry_document(entry: object) -> dict[str, object]:
+    from conveyor.core.apikeys import KeyEntry
+
+    assert isinstance(entry, KeyEntry)
+    return {**entry.model_dump(mode="json"), "scopes": sorted(s.value for s in entry.scopes)}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically (the API sees a new file, never half of one), mode 0600."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    temporary.replace(path)
 
 
 @keys_app.command("webhook-secret")
@@ -223,6 +338,38 @@ def keys_hash() -> None:
     typer.echo(hash_key(sys.stdin.readline().strip()))
 
 
+webhooks_app = typer.Typer(help="Webhooks: a receiver to try them locally.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.command("listen")
+def webhooks_listen(
+    port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 9000,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Exit after this many deliveries (default: never).")
+    ] = None,
+) -> None:
+    """Receive webhooks and completion callbacks on http://127.0.0.1:PORT/ and print each one
+    with its signature checked (CONVEYOR_WEBHOOK__SIGNING_SECRET), answering 204.
+    """
+    from conveyor.client.receiver import Delivery, Receiver
+
+    settings = Settings()
+
+    def report(delivery: Delivery) -> None:
+        typer.echo(delivery.summary())
+
+    try:
+        receiver = Receiver(settings.webhook.signing_secret.get_secret_value(), report, port=port)
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on 127.0.0.1:{port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"listening on {receiver.url}/ for webhooks", err=True)
+    signal.signal(signal.SIGTERM, lambda *_: receiver.stop())
+    with contextlib.suppress(KeyboardInterrupt):
+        receiver.serve(count)
+
+
 def _client_commands() -> None:
     from conveyor.client.cli import jobs_app, tasks
 
@@ -234,5 +381,32 @@ _client_commands()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Task modules are imported from the current directory too, as `python -m` would. A
+    configuration error (a CONVEYOR_* value, a task module) is one line and exit code 78.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    try:
+        app()
+    except TaskModuleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(EX_CONFIG) from None
+    except (ValidationError, SettingsError) as exc:
+        typer.echo(f"error: invalid configuration: {_config_problem(exc)}", err=True)
+        raise SystemExit(EX_CONFIG) from None
+
+
+def _config_problem(exc: ValidationError | SettingsError) -> str:
+    """One line naming each CONVEYOR_* variable at fault and what is wrong with it."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = []
+    for error in exc.errors():
+        names = [str(part) for part in error["loc"] if isinstance(part, str)]
+        variable = "CONVEYOR_" + "__".join(names).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{variable}: {message}")
+    return "; ".join(problems)

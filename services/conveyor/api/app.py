@@ -4,9 +4,18 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from conveyor import __version__
@@ -27,6 +36,30 @@ from conveyor.telemetry.metrics import ApiMetrics
 from conveyor.telemetry.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
+
+# Swagger UI and ReDoc, vendored (static/README.md): the docs work without internet access.
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_URL = "/static/docs"
+
+# `result` is whatever the task returned: say so, rather than leave it untyped.
+RESULT_SCHEMA: dict[str, Any] = {
+    "description": "The task's return value (any JSON value); set when the job succeeded.",
+    "anyOf": [
+        {"type": "object", "additionalProperties": True},
+        {"type": "array", "items": {}},
+        {"type": "string"},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+    ],
+}
+
+
+def operation_id(route: APIRoute) -> str:
+    """Operation ids are the route functions' names (`submit_job`), not FastAPI's
+    path-and-method compounds (`submit_job_v1_jobs_post`): what generated clients call.
+    """
+    return route.name
 
 
 def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAPI:
@@ -63,6 +96,9 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         version=__version__,
         description="Submit jobs, follow their progress, read their results, cancel them.",
         lifespan=lifespan,
+        docs_url=None,  # served below, from the package's own copies of the UIs
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.conveyor = state
     app.add_middleware(
@@ -77,11 +113,16 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app.include_router(events_router())
     app.include_router(dead_letters_router())
     app.include_router(meta_router())
+    _serve_docs(app)
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = security_schemes(default_openapi())
+            schema = problems.document_problems(security_schemes(default_openapi()))
+            job = schema["components"]["schemas"].get("Job", {}).get("properties", {})
+            if "result" in job:
+                job["result"] = RESULT_SCHEMA
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -92,3 +133,37 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
             app, tracer_provider=tracing, excluded_urls="healthz,readyz"
         )
     return app
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """`/docs` (Swagger UI) and `/redoc` with their scripts and styles served from the package
+    under /static/docs: no page loads anything from another host.
+    """
+    app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="docs-static")
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=oauth2_redirect,
+            swagger_js_url=f"{STATIC_URL}/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url=f"{STATIC_URL}/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=f"{STATIC_URL}/swagger-ui/favicon-32x32.png",
+        )
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{STATIC_URL}/redoc/redoc.standalone.js",
+            redoc_favicon_url=f"{STATIC_URL}/swagger-ui/favicon-32x32.png",
+            with_google_fonts=False,
+        )

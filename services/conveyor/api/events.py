@@ -25,6 +25,7 @@ from conveyor.api.problems import ProblemError
 from conveyor.jobstore.model import Job, JobState, decode_record
 
 EVENT_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
+_MAX_ID_PART = 2**64 - 1
 # Each blocking read waits at most this long, so a closed stream is noticed within it.
 BLOCK_SECONDS = 5.0
 # The scripts keep about this many events per job (XADD MAXLEN ~ in _lib.lua).
@@ -58,9 +59,7 @@ def events_router() -> APIRouter:
     async def job_events(
         job: Annotated[Job, Depends(_followed_job)],
         state: State,
-        last_event_id: Annotated[
-            str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID_PATTERN)
-        ] = None,
+        last_event_id: Annotated[str | None, Depends(_last_event_id)],
     ) -> AsyncIterator[ServerSentEvent]:
         """Stream the job's changes until it reaches a terminal state: first the job itself
         (`job`), then `state` and `progress` events, then the final `job`. Reconnect with
@@ -75,6 +74,25 @@ def events_router() -> APIRouter:
             state.open_streams -= 1
 
     return router
+
+
+async def _last_event_id(
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID_PATTERN)
+    ] = None,
+) -> str | None:
+    """The `Last-Event-ID` header, refused (422, before the stream starts) unless it can be a
+    Redis stream id that can be read past: both parts below 2^64 - 1 (Redis refused larger
+    ones mid-stream, and reading past the largest).
+    """
+    if last_event_id is not None and any(int(p) >= _MAX_ID_PART for p in last_event_id.split("-")):
+        raise ProblemError(
+            422,
+            "Invalid Last-Event-ID",
+            "Last-Event-ID is not an event id this API sent; reconnect without it.",
+            slug="validation-error",
+        )
+    return last_event_id
 
 
 async def follow(

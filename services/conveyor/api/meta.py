@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from conveyor.api.auth import Reader
-from conveyor.api.deps import PROBLEM_RESPONSES, State
+from conveyor.api.deps import State
 from conveyor.api.schemas import Health, TaskInfo
 
 READINESS_TIMEOUT_SECONDS = 1.0
@@ -22,7 +22,7 @@ def meta_router() -> APIRouter:
         response_model=list[TaskInfo],
         tags=["tasks"],
         summary="List tasks",
-        responses=PROBLEM_RESPONSES,
+        operation_id="list_tasks",
     )
     async def list_tasks(state: State, _: Reader) -> list[TaskInfo]:
         """Every task this deployment runs, with its argument schema, queue and retry policy."""
@@ -38,12 +38,21 @@ def meta_router() -> APIRouter:
             for spec in state.catalog.values()
         ]
 
-    @router.get("/healthz", response_model=Health, tags=["health"])
+    @router.get("/healthz", response_model=Health, tags=["health"], operation_id="healthz")
     async def healthz() -> Health:
         """The process is alive (no dependency is checked)."""
         return Health(status="ok")
 
-    @router.get("/readyz", response_model=Health, tags=["health"])
+    @router.get(
+        "/readyz",
+        response_model=Health,
+        tags=["health"],
+        operation_id="readyz",
+        response_description="Ready: Redis answers",
+        responses={
+            503: {"model": Health, "description": "Not ready: Redis does not answer in a second"}
+        },
+    )
     async def readyz(state: State) -> JSONResponse:
         """Redis answers within a second: the API can accept jobs."""
         try:

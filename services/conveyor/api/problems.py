@@ -1,5 +1,7 @@
 """RFC 9457 problem details: every error the API returns, with the offending field named."""
 
+import copy
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -76,8 +78,13 @@ def problem_response(
     )
 
 
+_UNKNOWN_TASK = ("union_tag_invalid", "union_tag_not_found")
+
+
 def field_errors(errors: Sequence[Any], task_names: Sequence[str] = ()) -> list[FieldError]:
-    """Pydantic errors of a request body as JSON pointers into it."""
+    """Pydantic errors of a request body as JSON pointers into it, in words a caller can act
+    on (an unknown task is named with the valid ones; malformed JSON says where it breaks).
+    """
     result = []
     for error in errors:
         loc = [str(part) for part in error.get("loc", ())]
@@ -86,10 +93,114 @@ def field_errors(errors: Sequence[Any], task_names: Sequence[str] = ()) -> list[
         # A discriminated union adds the tag (the task name) to the path: it is not a field.
         if loc and loc[0] in task_names:
             loc = loc[1:]
-        if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        detail = str(error.get("msg", ""))
+        kind = error.get("type")
+        context = error.get("ctx") or {}
+        if kind == "json_invalid":
+            # loc is the character offset: not a field of the body.
+            where = f" at character {loc[0]}" if loc and loc[0].isdigit() else ""
+            loc = []
+            detail = f"The body is not valid JSON{where}: {context.get('error', detail)}."
+        elif kind == "union_tag_invalid":
             loc = ["task"]
-        result.append(FieldError(pointer="#/" + "/".join(loc), detail=str(error.get("msg", ""))))
+            detail = f"Unknown task {context.get('tag')!r}; the tasks are: {', '.join(task_names)}."
+        elif kind == "union_tag_not_found":
+            loc = ["task"]
+            detail = f"Field required: the task to run, one of: {', '.join(task_names)}."
+        # "#" is the whole body (RFC 6901 in a URI fragment), "#/args/seconds" a field.
+        pointer = "#/" + "/".join(loc) if loc else "#"
+        result.append(FieldError(pointer=pointer, detail=detail))
     return result
+
+
+# What each problem status means, for the OpenAPI descriptions.
+PROBLEM_DESCRIPTIONS: dict[int, str] = {
+    401: "No API key, or one the API does not know.",
+    403: "The key lacks the scope this operation needs.",
+    404: "No such job (another tenant's jobs are not found either).",
+    409: "A conflict with the job's state or an idempotency key (see `detail`).",
+    413: "The request body is larger than the API accepts.",
+    415: "The body is not JSON (`Content-Type: application/json`).",
+    422: "A parameter or the body is invalid; `errors[].pointer` names each field.",
+    429: "The tenant's rate limit; retry after `Retry-After` seconds.",
+    431: "The request headers are larger than the API accepts.",
+    503: "The job store is unreachable, or the job's queue is full; retry after `Retry-After`.",
+}
+
+
+def problem_statuses(method: str, path: str, operation: dict[str, Any]) -> list[int]:
+    """The problem statuses an operation can answer with, from what it is: every `/v1` call
+    401, 403, 429 and 503; a path parameter 404; a query or header parameter or a body 422;
+    a POST 413; a body 415; a header parameter 431; a write to a job (POST under /v1/jobs)
+    409.
+    """
+    if not path.startswith("/v1/"):
+        return []
+    parameters = operation.get("parameters", [])
+    places = {parameter.get("in") for parameter in parameters}
+    body = "requestBody" in operation
+    statuses = {401, 403, 429, 503}
+    if "path" in places:
+        statuses.add(404)
+    if places - {"path"} or body:  # a path parameter is any string: a wrong one is a 404
+        statuses.add(422)
+    if method == "post":
+        statuses.add(413)
+        if path.startswith("/v1/jobs"):
+            statuses.add(409)
+    if body:
+        statuses.add(415)
+    if "header" in places:
+        statuses.add(431)
+    return sorted(statuses)
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what is sent: every error response is
+    `application/problem+json` with the `Problem` schema (never `application/json`), and
+    each operation lists only the problem statuses it can answer with.
+    """
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    if "Problem" not in components:
+        generated = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(generated.pop("$defs", {}))
+        components["Problem"] = generated
+    problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            responses = operation.get("responses", {})
+            for status in list(responses):
+                content = responses[status].get("content", {})
+                if int(status) >= 400 and _is_problem(content):
+                    del responses[status]
+            for status in problem_statuses(method, path, operation):
+                responses.setdefault(
+                    str(status),
+                    {
+                        "description": PROBLEM_DESCRIPTIONS[status],
+                        "content": copy.deepcopy(problem),
+                    },
+                )
+    # FastAPI's validation-error models, no longer referenced by any response.
+    removed = {name: components.pop(name) for name in _FASTAPI_ERRORS if name in components}
+    text = json.dumps(schema)
+    for name, definition in removed.items():
+        if f'/{name}"' in text:
+            components[name] = definition
+    return schema
+
+
+_FASTAPI_ERRORS = ("HTTPValidationError", "ValidationError")
+
+
+def _is_problem(content: dict[str, Any]) -> bool:
+    """An error response documented as a Problem, or as FastAPI's own validation error
+    (which this API never sends: its 422 is a Problem too).
+    """
+    refs = [media.get("schema", {}).get("$ref", "") for media in content.values()]
+    return not content or any(
+        not ref or ref.endswith(("/Problem", "/HTTPValidationError")) for ref in refs
+    )
 
 
 def install(
@@ -113,18 +224,27 @@ def install(
             if refusal is not None:
                 return problem_response(refusal.problem.model_copy(), request, refusal.headers)
         errors = exc.errors()
-        unknown_task = any(
-            e.get("type") in ("union_tag_invalid", "union_tag_not_found") for e in errors
-        )
+        unknown_task = any(e.get("type") in _UNKNOWN_TASK for e in errors)
+        malformed = any(e.get("type") == "json_invalid" for e in errors)
+        if unknown_task:
+            slug, title, detail = (
+                "unknown-task",
+                "Unknown task",
+                "task must be one of: " + ", ".join(task_names),
+            )
+        elif malformed:
+            slug, title, detail = "malformed-json", "Malformed JSON", "The body is not valid JSON."
+        else:
+            slug, title, detail = (
+                "validation-error",
+                "Invalid request",
+                "The request does not match the schema; see errors.",
+            )
         problem = Problem(
-            type="urn:conveyor:problem:" + ("unknown-task" if unknown_task else "validation-error"),
-            title="Unknown task" if unknown_task else "Invalid request",
+            type=f"urn:conveyor:problem:{slug}",
+            title=title,
             status=422,
-            detail=(
-                "task must be one of: " + ", ".join(task_names)
-                if unknown_task
-                else "The request does not match the schema; see errors."
-            ),
+            detail=detail,
             errors=field_errors(errors, task_names),
             valid_tasks=list(task_names) if unknown_task else None,
         )

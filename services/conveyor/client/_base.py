@@ -120,6 +120,12 @@ def list_params(
     return {name: value for name, value in params.items() if value is not None}
 
 
+def unreachable(base_url: str, what: str, exc: Exception) -> str:
+    """The message of a connection failure: where it tried to connect, and what failed."""
+    reason = str(exc) or type(exc).__name__
+    return f"cannot reach the API at {base_url} ({what}: {reason})"
+
+
 # The API sends a keep-alive comment every 15 s: a silence this long means a dead connection.
 STREAM_READ_TIMEOUT = 45.0
 

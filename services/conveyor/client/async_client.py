@@ -18,6 +18,7 @@ from conveyor.client._base import (
     list_params,
     stream_timeout,
     submission_body,
+    unreachable,
 )
 from conveyor.client.errors import ConveyorError, NotFound, TransportError, WaitTimeout, error_for
 from conveyor.jobstore.model import Job
@@ -187,9 +188,14 @@ class AsyncClient:
                 stream_timeout(self.options.timeout, deadline, job_id)  # past it: WaitTimeout
                 failures += 1
                 if failures > self.options.retry.max_retries:
-                    raise TransportError(f"event stream of job {job_id}: {exc}") from exc
+                    raise TransportError(
+                        self._unreachable(f"event stream of job {job_id}", exc)
+                    ) from exc
                 await asyncio.sleep(self.options.retry.delay(failures, None))
             # The server closes streams after a while: reconnecting resumes them.
+
+    def _unreachable(self, what: str, exc: Exception) -> str:
+        return unreachable(self.options.base_url, what, exc)
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         policy = self.options.retry
@@ -200,7 +206,7 @@ class AsyncClient:
                 response = await self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 if attempt > policy.max_retries:
-                    raise TransportError(f"{method} {path}: {exc}") from exc
+                    raise TransportError(self._unreachable(f"{method} {path}", exc)) from exc
                 await asyncio.sleep(policy.delay(attempt, None))
                 continue
             if response.status_code in RETRIED_STATUSES and attempt <= policy.max_retries:

@@ -16,10 +16,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from conveyor.client._base import JobEvent
-from conveyor.client.errors import ConveyorError, WaitTimeout
+from conveyor.client.errors import ConveyorError, TransportError, WaitTimeout
 from conveyor.client.sync_client import Client
 from conveyor.core.queues import Queue
 from conveyor.jobstore.model import Job, JobState
@@ -54,15 +54,56 @@ out = Console()
 err = Console(stderr=True)
 
 
+# A job id given shorter than this is a prefix, looked up among the newest jobs.
+JOB_ID_LENGTH = 36
+PREFIX_SEARCH_LIMIT = 1000
+
+
+class AmbiguousJobId(ConveyorError):
+    """A job id prefix that matches no recent job, or several."""
+
+
 @contextmanager
 def _session(url: str, api_key: str | None) -> Iterator[Client]:
-    """A client whose API and connection errors end the command with exit code 5."""
+    """A client whose API and connection errors end the command with exit code 5 (and a
+    connection error says where it tried, and how to point elsewhere).
+    """
     with Client(url, api_key) as client:
         try:
             yield client
+        except TransportError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print("is the platform running? (`make dev`; or --url / CONVEYOR_URL)")
+            raise typer.Exit(EXIT_ERROR) from None
         except ConveyorError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(EXIT_ERROR) from None
+
+
+def resolve_job_id(client: Client, given: str) -> str:
+    """A whole job id, or the one id among the newest jobs that starts with `given`."""
+    if len(given) >= JOB_ID_LENGTH:
+        return given
+    matches = []
+    for seen, job in enumerate(client.list(page_size=500)):
+        if seen >= PREFIX_SEARCH_LIMIT:
+            break
+        if job.id.startswith(given):
+            matches.append(job.id)
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise AmbiguousJobId(
+            f"no job id starts with {given!r} (among the {PREFIX_SEARCH_LIMIT} newest jobs)"
+        )
+    shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+    raise AmbiguousJobId(f"{given!r} is the start of {len(matches)} job ids: {shown}")
+
+
+def number(value: float) -> str:
+    """A progress figure for people: at most two decimals, no exponent (3.51e-07 is 0)."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def _load_args(raw: str | None) -> dict[str, Any]:
@@ -100,9 +141,9 @@ def _print_job(job: Job, output: Output) -> None:
         table.add_row(f"[bold]{name}[/bold]", value)
     if job.progress is not None:
         progress = job.progress
-        total = f"/{progress.total:g}" if progress.total is not None else ""
+        total = f"/{number(progress.total)}" if progress.total is not None else ""
         table.add_row(
-            "[bold]progress[/bold]", f"{progress.current:g}{total} {progress.message or ''}"
+            "[bold]progress[/bold]", f"{number(progress.current)}{total} {progress.message or ''}"
         )
     if job.error is not None:
         table.add_row("[bold]error[/bold]", f"[red]{job.error.type}: {job.error.message}[/red]")
@@ -141,7 +182,7 @@ def _follow(client: Client, job_id: str, timeout: float | None, output: Output) 
             description=f"{state}{': ' + message if message else ''}",
             completed=done,
             total=total,
-            counts=f"{done:g}/{total:g}" if total is not None else "",
+            counts=f"{number(done)}/{number(total)}" if total is not None else "",
         )
 
     try:
@@ -195,21 +236,26 @@ def submit(
     raise typer.Exit(code)
 
 
+JobId = Annotated[
+    str, typer.Argument(help="Job id, or the start of one (among the newest 1000 jobs).")
+]
+
+
 @jobs_app.command("get")
 def get(
-    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    job_id: JobId,
     url: Url = DEFAULT_URL,
     api_key: ApiKey = None,
     output: OutputOption = Output.TEXT,
 ) -> None:
     """Show a job: state, progress, result or error."""
     with _session(url, api_key) as client:
-        _print_job(client.get(job_id), output)
+        _print_job(client.get(resolve_job_id(client, job_id)), output)
 
 
 @jobs_app.command("watch")
 def watch(
-    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    job_id: JobId,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
     url: Url = DEFAULT_URL,
     api_key: ApiKey = None,
@@ -217,7 +263,7 @@ def watch(
 ) -> None:
     """Follow a job to its end with a live progress bar; exit with its outcome."""
     with _session(url, api_key) as client:
-        code = _follow(client, job_id, timeout, output)
+        code = _follow(client, resolve_job_id(client, job_id), timeout, output)
     raise typer.Exit(code)
 
 
@@ -248,16 +294,43 @@ def list_jobs(
     if output is Output.JSON:
         out.print_json(json.dumps([job.model_dump(mode="json") for job in jobs]))
         return
-    table = Table("id", "task", "queue", "state", "attempts", "created")
-    for job in jobs:
-        table.add_row(job.id, job.task, str(job.queue), _styled_state(job.state),
-                      str(job.attempts), job.created_at.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
-    out.print(table)
+    out.print(jobs_table(jobs, out.width))
+
+
+def jobs_table(jobs: list[Job], width: int) -> Table:
+    """Jobs with their whole ids, never cut: the columns that do not fit in `width` are
+    left out, least useful first (created, attempts, queue).
+    """
+    rows = [
+        {
+            "id": job.id,
+            "state": str(job.state),
+            "task": job.task,
+            "queue": str(job.queue),
+            "attempts": str(job.attempts),
+            "created": job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        for job in jobs
+    ]
+    names = ["id", "state", "task", "queue", "attempts", "created"]
+
+    def needed(columns: list[str]) -> int:
+        widths = [max([len(name), *(len(row[name]) for row in rows)]) for name in columns]
+        return sum(widths) + 2 * (len(columns) - 1)
+
+    while len(names) > 3 and needed(names) > width:
+        names.pop()
+    columns = [Column(name, no_wrap=True) for name in names]
+    table = Table(*columns, box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+    for row, job in zip(rows, jobs, strict=True):
+        cells = {**row, "state": _styled_state(job.state)}
+        table.add_row(*(cells[name] for name in names))
+    return table
 
 
 @jobs_app.command("cancel")
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    job_id: JobId,
     terminate: Annotated[bool, typer.Option(help="Kill a running job at once.")] = False,
     url: Url = DEFAULT_URL,
     api_key: ApiKey = None,
@@ -265,7 +338,7 @@ def cancel(
 ) -> None:
     """Cancel a job that has not finished."""
     with _session(url, api_key) as client:
-        _print_job(client.cancel(job_id, terminate=terminate), output)
+        _print_job(client.cancel(resolve_job_id(client, job_id), terminate=terminate), output)
 
 
 def tasks(

@@ -17,6 +17,7 @@ from conveyor.client._base import (
     list_params,
     stream_timeout,
     submission_body,
+    unreachable,
 )
 from conveyor.client.errors import ConveyorError, NotFound, TransportError, WaitTimeout, error_for
 from conveyor.jobstore.model import Job
@@ -185,9 +186,14 @@ class Client:
                 stream_timeout(self.options.timeout, deadline, job_id)  # past it: WaitTimeout
                 failures += 1
                 if failures > self.options.retry.max_retries:
-                    raise TransportError(f"event stream of job {job_id}: {exc}") from exc
+                    raise TransportError(
+                        self._unreachable(f"event stream of job {job_id}", exc)
+                    ) from exc
                 time.sleep(self.options.retry.delay(failures, None))
             # The server closes streams after a while: reconnecting resumes them.
+
+    def _unreachable(self, what: str, exc: Exception) -> str:
+        return unreachable(self.options.base_url, what, exc)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         policy = self.options.retry
@@ -198,7 +204,7 @@ class Client:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 if attempt > policy.max_retries:
-                    raise TransportError(f"{method} {path}: {exc}") from exc
+                    raise TransportError(self._unreachable(f"{method} {path}", exc)) from exc
                 time.sleep(policy.delay(attempt, None))
                 continue
             if response.status_code in RETRIED_STATUSES and attempt <= policy.max_retries:

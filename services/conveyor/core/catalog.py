@@ -8,6 +8,8 @@ same argument models.
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -142,6 +144,51 @@ def task(
     return register
 
 
+class TaskModuleError(ImportError):
+    """A task module (CONVEYOR_TASK_MODULES) could not be imported; the message is one line
+    naming the module and where it was looked for.
+    """
+
+
+def import_task_module(dotted: str) -> ModuleType:
+    """Import `dotted`, or raise TaskModuleError saying which module is missing and where
+    it was searched (a typo in a name is told apart from a module that fails to import).
+    """
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or dotted
+        if dotted == missing or dotted.startswith(missing + "."):
+            what = "" if missing == dotted else f" (no module {missing!r})"
+            raise TaskModuleError(
+                f"task module {dotted!r} not found{what}; searched {search_path()}",
+                name=dotted,
+            ) from None
+        raise TaskModuleError(
+            f"task module {dotted!r} could not be imported: it imports {missing!r}, "
+            f"which is not installed",
+            name=dotted,
+        ) from exc
+    except Exception as exc:
+        raise TaskModuleError(
+            f"task module {dotted!r} failed to import: {type(exc).__name__}: {exc}", name=dotted
+        ) from exc
+
+
+def search_path() -> str:
+    """Where modules are imported from, in order (the standard library left out)."""
+    stdlib = os.path.dirname(os.__file__)
+    hidden = {stdlib, os.path.join(stdlib, "lib-dynload")}
+    cwd = os.getcwd()
+    shown: list[str] = []
+    for entry in sys.path:
+        path = os.path.abspath(entry or cwd)
+        if path in hidden or path.endswith(".zip") or path in shown:
+            continue
+        shown.append(path)
+    return ", ".join(f"{p} (current directory)" if p == cwd else p for p in shown)
+
+
 class UnknownTaskError(KeyError):
     """No task of that name is catalogued."""
 
@@ -161,7 +208,7 @@ class TaskCatalog(Mapping[str, TaskSpec]):
         """Import each dotted module path and collect the functions decorated with `@task`."""
         specs: list[TaskSpec] = []
         for dotted in modules:
-            specs.extend(_specs_in(importlib.import_module(dotted)))
+            specs.extend(_specs_in(import_task_module(dotted)))
         return cls(specs)
 
     def __getitem__(self, name: str) -> TaskSpec:

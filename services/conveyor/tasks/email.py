@@ -51,7 +51,8 @@ def send(ctx: JobContext, args: EmailArgs) -> dict[str, Any]:
             raise RetryableError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
         raise PermanentError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
     except (smtplib.SMTPServerDisconnected, OSError) as exc:
-        raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+        where = f"SMTP relay {smtp.host}:{smtp.port} ({smtp.security})"
+        raise RetryableError(f"{where}: {type(exc).__name__}: {exc}") from exc
     return {"message_id": message["Message-ID"], "refused": sorted(refused)}
 
 
