@@ -2,18 +2,40 @@
 the API's revoke client), importable without the worker package.
 """
 
+from typing import TypeVar
+
 from celery import Celery
 from kombu import Queue as KombuQueue
 
 from conveyor.core.queues import Queue
+from conveyor.core.redis import sentinel_broker_url, sentinel_enabled, sentinel_kwargs
 from conveyor.core.settings import Settings
 
-# Conveyor's reliable transport (worker/transport.py), by name.
+T = TypeVar("T")
+
+# Where a Conveyor Celery app carries its services object (worker or beat).
+_SERVICES = "conveyor_services"
+
+# Conveyor's reliable transport (worker/transport.py), by name; its Sentinel variant.
 TRANSPORT = "conveyor.worker.transport:ReliableTransport"
+SENTINEL_TRANSPORT = "conveyor.worker.transport:ReliableSentinelTransport"
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
     """Celery settings: JSON only, acks-late, prefetch 1, no result backend."""
+    config = _celery_config(settings)
+    if sentinel_enabled(settings):
+        # The primary found through the Sentinels; it is looked up again on every reconnect.
+        config["broker_url"] = sentinel_broker_url(settings)
+        config["broker_transport"] = SENTINEL_TRANSPORT
+        options = config["broker_transport_options"]
+        assert isinstance(options, dict)
+        options["master_name"] = settings.redis_sentinel.master_name
+        options["sentinel_kwargs"] = sentinel_kwargs(settings)
+    return config
+
+
+def _celery_config(settings: Settings) -> dict[str, object]:
     return {
         "broker_url": settings.redis_dsn(),
         # A private CA for rediss:// (kombu passes these to redis-py's SSL connection).
@@ -70,3 +92,18 @@ def control_app(settings: Settings) -> Celery:
     app = Celery("conveyor-control", set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
+
+
+def attach_services(app: Celery, services: object) -> None:
+    """Make `services` reachable from `app` (by bootsteps, tasks and the beat scheduler,
+    which Celery builds itself).
+    """
+    setattr(app, _SERVICES, services)
+
+
+def services_of(app: Celery, kind: type[T]) -> T:
+    """The services of `kind` that `app` carries."""
+    services = getattr(app, _SERVICES, None)
+    if not isinstance(services, kind):
+        raise RuntimeError(f"{app.main!r} carries no {kind.__name__}")
+    return services

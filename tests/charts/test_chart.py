@@ -1260,3 +1260,41 @@ def test_each_scaled_objects_url_answers_its_tiers_demand(redis_server: Any, log
         assert broken.process.poll() is None
     finally:
         platform.stop()
+
+
+def test_redis_sentinel_topology_is_three_pods_with_a_pdb_and_every_client_uses_it() -> None:
+    """Redis HA: three pods (Redis + Sentinel each), anti-affinity, a PDB, the Sentinels
+    reachable through the network policy, and Conveyor configured for them with replicated
+    acknowledgement on; the standalone default is unchanged."""
+    docs = render_values(scenario_values("redis-sentinel"))
+    redis_set = named(docs, "StatefulSet", "-redis")
+    assert redis_set["spec"]["replicas"] == 3
+    pod = redis_set["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["redis", "sentinel"]
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert named(docs, "PodDisruptionBudget", "-redis")["spec"]["maxUnavailable"] == 1
+    scripts = named(docs, "ConfigMap", "-redis-scripts")["data"]
+    assert "min-replicas-to-write 1" in scripts["redis.sh"]
+    assert "sentinel monitor conveyor $primary 6379 2" in scripts["sentinel.sh"]
+    config = next(d["data"] for d in of_kind(docs, "ConfigMap")
+                  if "CONVEYOR_REDIS_URL" in d.get("data", {}))  # fmt: skip
+    addresses = config["CONVEYOR_REDIS_SENTINEL__ADDRESSES"].split(",")
+    assert addresses == [f"conveyor-redis-{i}.conveyor-redis-headless.jobs.svc:26379"
+                         for i in range(3)]  # fmt: skip
+    assert config["CONVEYOR_REDIS_REPLICATION__ACK_REPLICAS"] == "1"
+    settings_env = {"CONVEYOR_REDIS_SENTINEL__PASSWORD"}
+    for workload, container in containers(docs):
+        if workload["metadata"]["name"].endswith(("-api", "-beat", "-exporter", "-worker-default")):
+            assert settings_env <= {e["name"] for e in container.get("env", [])}, container["name"]
+    policy = named(docs, "NetworkPolicy", "-redis")
+    ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ports == {6379, 26379}
+    default = render_values({})
+    assert named(default, "StatefulSet", "-redis")["spec"]["replicas"] == 1
+    assert not any(d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"].endswith("-redis")
+                   for d in default)  # fmt: skip
+    default_config = next(d["data"] for d in of_kind(default, "ConfigMap")
+                          if "CONVEYOR_REDIS_URL" in d.get("data", {}))  # fmt: skip
+    assert "CONVEYOR_REDIS_SENTINEL__ADDRESSES" not in default_config
+    assert default_config["CONVEYOR_REDIS_REPLICATION__ACK_REPLICAS"] == "0"

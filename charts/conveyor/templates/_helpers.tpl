@@ -105,8 +105,36 @@ empty for others. */}}
 {{- $ctx := index . 0 -}}
 {{- if $ctx.Values.redis.enabled -}}
 {{- include "conveyor.componentName" (list $ctx "redis") -}}
+{{- else if $ctx.Values.externalRedis.sentinel.addresses -}}
+{{- /* Found through the Sentinels: the URL's host is not used. */ -}}
+{{- default "sentinel" $ctx.Values.externalRedis.host -}}
 {{- else -}}
 {{- required "externalRedis.host is required when redis.enabled is false" $ctx.Values.externalRedis.host -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when Conveyor finds its primary through Redis Sentinel: the in-chart sentinel
+topology, or the Sentinels of an external Redis. */}}
+{{- define "conveyor.redisSentinel" -}}
+{{- $ctx := index . 0 -}}
+{{- if $ctx.Values.redis.enabled -}}
+{{- if eq $ctx.Values.redis.topology "sentinel" -}}true{{- end -}}
+{{- else if $ctx.Values.externalRedis.sentinel.addresses -}}true{{- end -}}
+{{- end -}}
+
+{{/* CONVEYOR_REDIS_SENTINEL__ADDRESSES: the in-chart pods by their stable names, or the
+external Sentinels. */}}
+{{- define "conveyor.redisSentinelAddresses" -}}
+{{- $ctx := index . 0 -}}
+{{- if $ctx.Values.redis.enabled -}}
+{{- $name := include "conveyor.componentName" (list $ctx "redis") -}}
+{{- $hosts := list -}}
+{{- range $i := until 3 -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s-headless.%s.svc:26379" $name $i $name $ctx.Release.Namespace) -}}
+{{- end -}}
+{{- join "," $hosts -}}
+{{- else -}}
+{{- join "," $ctx.Values.externalRedis.sentinel.addresses -}}
 {{- end -}}
 {{- end -}}
 
@@ -166,6 +194,20 @@ checks), OTEL_* and the user's extraEnv. */}}
     secretKeyRef:
       name: {{ include "conveyor.redisSecretName" . }}
       key: {{ include "conveyor.redisSecretKey" . }}
+{{- if and $ctx.Values.redis.enabled (include "conveyor.redisSentinel" .) }}
+# The in-chart Sentinels take the Redis password.
+- name: CONVEYOR_REDIS_SENTINEL__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "conveyor.redisSecretName" . }}
+      key: {{ include "conveyor.redisSecretKey" . }}
+{{- else if and (not $ctx.Values.redis.enabled) $ctx.Values.externalRedis.sentinel.existingSecret }}
+- name: CONVEYOR_REDIS_SENTINEL__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ctx.Values.externalRedis.sentinel.existingSecret }}
+      key: {{ $ctx.Values.externalRedis.sentinel.existingSecretPasswordKey }}
+{{- end }}
 {{- with include "conveyor.redisUsername" . }}
 - name: CONVEYOR_REDIS_USERNAME
   value: {{ . | quote }}
@@ -308,6 +350,17 @@ CONVEYOR_LOG_LEVEL: {{ .config.logLevel | quote }}
 CONVEYOR_LOG_FORMAT: {{ .config.logFormat | quote }}
 CONVEYOR_TASK_MODULES: {{ .config.taskModules | toJson | quote }}
 CONVEYOR_REDIS_DURABILITY_CHECK: {{ .config.redisDurabilityCheck | quote }}
+{{- $sentinel := include "conveyor.redisSentinel" $ }}
+{{- if $sentinel }}
+CONVEYOR_REDIS_SENTINEL__ADDRESSES: {{ include "conveyor.redisSentinelAddresses" $ | quote }}
+CONVEYOR_REDIS_SENTINEL__MASTER_NAME: {{ ternary .redis.sentinel.masterName .externalRedis.sentinel.masterName .redis.enabled | quote }}
+{{- if and (not .redis.enabled) .externalRedis.sentinel.tls }}
+CONVEYOR_REDIS_SENTINEL__TLS: "true"
+{{- end }}
+{{- end }}
+{{- $ack := int .config.replicatedAck.replicas }}
+CONVEYOR_REDIS_REPLICATION__ACK_REPLICAS: {{ ternary (ternary 1 0 (eq $sentinel "true")) $ack (lt $ack 0) | int | quote }}
+CONVEYOR_REDIS_REPLICATION__ACK_TIMEOUT_MS: {{ .config.replicatedAck.timeoutMs | int | quote }}
 CONVEYOR_JOBS__RETENTION_SECONDS: {{ .config.retentionSeconds | int | quote }}
 CONVEYOR_JOBS__DEAD_LETTER_RETENTION_SECONDS: {{ .config.deadLetterRetentionSeconds | int | quote }}
 CONVEYOR_WORKER__VISIBILITY_TIMEOUT_SECONDS: {{ .config.visibilityTimeoutSeconds | int | quote }}

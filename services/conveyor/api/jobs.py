@@ -17,7 +17,7 @@ from conveyor.api.auth import (
     tenant_limits,
     too_many_requests,
 )
-from conveyor.api.deps import JSON_BODY, PROBLEM_RESPONSES, ApiState, State, existing_job
+from conveyor.api.deps import JSON_BODY, ApiState, State, existing_job
 from conveyor.api.limits import check_args_shape
 from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import IDEMPOTENCY_KEY_PATTERN, JobPage, SubmissionBase
@@ -36,14 +36,18 @@ Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
 
 
 def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
-    """The /v1/jobs routes; `submission_body` is the per-deployment request model."""
-    router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES)
+    """The /v1/jobs routes; `submission_body` is the per-deployment request model. Their
+    problem responses are documented by `problems.document_problems`.
+    """
+    router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
     @router.post(
         "",
         status_code=202,
         response_model=Job,
         summary="Submit a job",
+        operation_id="submit_job",
+        response_description="Accepted: the job as recorded (its URL in `Location`)",
         responses={200: {"model": Job, "description": "Replay of an idempotent submission"}},
         dependencies=[JSON_BODY],
     )
@@ -109,6 +113,17 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 slug="queue-full",
                 headers={"Retry-After": str(limits.backpressure_retry_after_seconds)},
             )
+        if outcome.verdict is AcceptVerdict.NOT_REPLICATED:
+            metrics.submissions.labels("broker_error").inc()  # a replication shortfall
+            raise ProblemError(
+                503,
+                "Not replicated",
+                f"Job {outcome.job_id} is recorded on the primary but only {outcome.replicas} "
+                "replica(s) confirmed it in time, so it is not acknowledged. Retry with the same "
+                "idempotency key: a retry never duplicates it.",
+                slug="not-replicated",
+                headers={"Retry-After": str(state.settings.redis_replication.retry_after_seconds)},
+            )
         location = {"Location": f"/v1/jobs/{outcome.job_id}"}
         if outcome.job is not None:
             metrics.submissions.labels("accepted").inc()
@@ -128,7 +143,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         metrics.submissions.labels("duplicate").inc()
         return job_response(existing, 200, location)
 
-    @router.get("", response_model=JobPage, summary="List jobs")
+    @router.get("", response_model=JobPage, summary="List jobs", operation_id="list_jobs")
     async def list_jobs(
         state: State,
         principal: Reader,
@@ -144,7 +159,18 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
     ) -> JobPage:
         """The caller's jobs, newest first, optionally filtered; follow `next_cursor` for the
         next page. An admin key lists every tenant's jobs, or one tenant's with `tenant`.
+        An unknown `task` is a 422 naming the valid ones.
         """
+        if task is not None and task not in state.catalog:
+            names = list(state.catalog)
+            raise ProblemError(
+                422,
+                "Unknown task",
+                f"No task {task!r}; the tasks are: {', '.join(names)}.",
+                slug="unknown-task",
+                valid_tasks=names,
+                errors=[{"pointer": "#/query/task", "detail": f"Unknown task {task!r}"}],
+            )
         if principal.can(Scope.ADMIN):
             scope_tenant = tenant
         elif tenant is not None and tenant != principal.tenant:
@@ -166,15 +192,25 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 cursor=cursor,
             )
         except InvalidCursorError:
-            raise ProblemError(422, "Invalid cursor", slug="invalid-cursor") from None
+            raise ProblemError(
+                422,
+                "Invalid cursor",
+                "The cursor is not one this API issued for this listing; pass the "
+                "`next_cursor` of the previous page unchanged, or list from the start "
+                "without one.",
+                slug="invalid-cursor",
+                errors=[{"pointer": "#/query/cursor", "detail": "Not a cursor of this listing"}],
+            ) from None
         return JobPage(items=page.jobs, next_cursor=page.next_cursor)
 
-    @router.get("/{job_id}", response_model=Job, summary="Get a job")
+    @router.get("/{job_id}", response_model=Job, summary="Get a job", operation_id="get_job")
     async def get_job(job_id: str, state: State, principal: Reader) -> Job:
         """The job's state, progress, result or error, attempts and timestamps."""
         return await existing_job(state, job_id, principal)
 
-    @router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a job")
+    @router.post(
+        "/{job_id}/cancel", response_model=Job, summary="Cancel a job", operation_id="cancel_job"
+    )
     async def cancel_job(
         job_id: str,
         state: State,

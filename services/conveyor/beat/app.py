@@ -5,9 +5,14 @@ from prometheus_client import CollectorRegistry
 
 from conveyor.beat.schedule import beat_schedule, load_schedule
 from conveyor.beat.scheduler import BeatServices
-from conveyor.celery_config import celery_config
+from conveyor.celery_config import attach_services, celery_config
 from conveyor.core.catalog import TaskCatalog, load_catalog
-from conveyor.core.redis import sync_client
+from conveyor.core.redis import (
+    primary_credentials,
+    sentinel_enabled,
+    sentinel_kwargs,
+    sync_client,
+)
 from conveyor.core.settings import Settings
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.store import JobStore
@@ -40,7 +45,24 @@ def create_beat(
             "retry_period": 30,
         },
     )
-    if tls := settings.redis_tls_options():
+    if sentinel_enabled(settings):
+        # RedBeat's Sentinel mode: its leader lock and schedule follow the primary.
+        primary = primary_credentials(settings)
+        app.conf.redbeat_redis_url = "redis-sentinel://"
+        app.conf.redbeat_redis_options = {
+            **app.conf.redbeat_redis_options,
+            "sentinels": settings.redis_sentinel.hosts(),
+            "service_name": settings.redis_sentinel.master_name,
+            "sentinel_kwargs": sentinel_kwargs(settings),
+            "db": primary["db"],
+            "password": primary.get("password"),
+            **({"username": primary["username"]} if "username" in primary else {}),
+        }
+        if primary.get("ssl"):
+            app.conf.redbeat_redis_use_ssl = settings.redis_tls_options() or {
+                "ssl_cert_reqs": "required"
+            }
+    elif tls := settings.redis_tls_options():
         app.conf.redbeat_redis_use_ssl = tls
     registry = CollectorRegistry()
     services = BeatServices(
@@ -51,5 +73,5 @@ def create_beat(
         registry=registry,
     )
     services.metrics.leader.set(0)
-    services.attach(app)
+    attach_services(app, services)
     return app, services

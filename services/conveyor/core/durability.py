@@ -4,6 +4,10 @@ Redis evicts keys under memory pressure unless `maxmemory-policy` is `noeviction
 nothing across a restart unless AOF is on. Either silently drops accepted jobs, so every
 Conveyor process checks at startup and warns loudly, or refuses to start
 (`CONVEYOR_REDIS_DURABILITY_CHECK=refuse`).
+
+A managed Redis (ElastiCache, Memorystore, Azure Cache) disables CONFIG and persists by its
+own means (replicas, snapshots): `managed` trusts that, so the pods start instead of
+crash-looping, and still refuses an eviction policy when CONFIG lets it read one.
 """
 
 import logging
@@ -20,13 +24,23 @@ class UnsafeRedisError(RuntimeError):
     """The Redis could lose jobs and the settings say to refuse it."""
 
 
-def durability_problems(client: "redis.Redis") -> list[str]:
-    """What about this Redis could lose jobs (empty when nothing)."""
+CONFIG_DISABLED = "CONFIG GET is not allowed: cannot verify maxmemory-policy and appendonly"
+
+
+def durability_problems(client: "redis.Redis", *, managed: bool = False) -> list[str]:
+    """What about this Redis could lose jobs (empty when nothing). `managed`: its provider
+    persists it, so neither a disabled CONFIG nor AOF being off is a problem.
+    """
     try:
         config = {**client.config_get("maxmemory-policy"), **client.config_get("appendonly")}
     except ResponseError:
         # Managed services often disable CONFIG; say so rather than guess.
-        return ["CONFIG GET is not allowed: cannot verify maxmemory-policy and appendonly"]
+        if managed:
+            log.info("managed Redis: CONFIG is disabled; trusting the provider's persistence")
+            return []
+        return [CONFIG_DISABLED + " (a managed Redis: set redis_durability_check=managed)"]
+    if managed:
+        config["appendonly"] = "yes"
     problems = []
     policy = config.get("maxmemory-policy")
     if policy != "noeviction":
@@ -44,12 +58,12 @@ def check_durability(client: "redis.Redis", mode: DurabilityCheck) -> list[str]:
     if mode is DurabilityCheck.OFF:
         return []
     try:
-        problems = durability_problems(client)
+        problems = durability_problems(client, managed=mode is DurabilityCheck.MANAGED)
     except RedisError as exc:
         log.warning("could not check Redis durability (unreachable?): %s", exc)
         return []
     for problem in problems:
         log.warning("REDIS MAY LOSE JOBS: %s", problem)
-    if problems and mode is DurabilityCheck.REFUSE:
+    if problems and mode in (DurabilityCheck.REFUSE, DurabilityCheck.MANAGED):
         raise UnsafeRedisError("; ".join(problems))
     return problems

@@ -90,7 +90,60 @@ class DurabilityCheck(StrEnum):
 
     WARN = "warn"
     REFUSE = "refuse"
+    # A managed Redis (ElastiCache, Memorystore, Azure Cache) that disables CONFIG: trust its
+    # persistence; still refuse an eviction policy it lets us read.
+    MANAGED = "managed"
     OFF = "off"
+
+
+class RedisSentinelSettings(BaseModel):
+    """Redis Sentinel: when `addresses` is set, every client asks these Sentinels for the
+    current primary of `master_name` (and follows a failover) instead of connecting to the
+    host of `redis_url`, whose scheme (rediss:// for TLS), credentials and database still apply.
+    """
+
+    addresses: str = Field(
+        "",
+        description="Comma-separated host:port of the Sentinels (e.g. `s1:26379,s2:26379`); "
+        "empty: no Sentinel, connect to `redis_url`.",
+    )
+    master_name: str = Field("conveyor", description="The Sentinels' name of the primary.")
+    username: str | None = Field(None, description="ACL user of the Sentinels themselves.")
+    password: SecretStr | None = Field(
+        None, description="Password of the Sentinels themselves (`requirepass` of sentinel.conf)."
+    )
+    tls: bool = Field(
+        False,
+        description="Connect to the Sentinels over TLS (verified against `redis_ca_file` "
+        "when set).",
+    )
+
+    def hosts(self) -> list[tuple[str, int]]:
+        """The Sentinels as (host, port) pairs (port 26379 when omitted)."""
+        pairs = []
+        for item in self.addresses.split(","):
+            if not (item := item.strip()):
+                continue
+            host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
+            pairs.append((host.strip("[]"), int(port)))
+        return pairs
+
+
+class ReplicationSettings(BaseModel):
+    """Replicated acknowledgement: a 2xx on submission only once replicas have the job."""
+
+    ack_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must confirm an accepted job (Redis `WAIT`) before the API "
+        "answers 2xx; 0: off (the primary alone). Too few in time: 503 + Retry-After.",
+    )
+    ack_timeout_ms: int = Field(
+        500, ge=1, description="How long the API waits for the replicas' confirmation."
+    )
+    retry_after_seconds: int = Field(
+        2, ge=1, description="Retry-After of the 503 when the replicas did not confirm."
+    )
 
 
 class BeatSettings(BaseModel):
@@ -278,11 +331,15 @@ class Settings(BaseSettings):
         description="PEM bundle of the CAs that sign the Redis server's certificate (for "
         "rediss:// with a private CA, e.g. a managed Redis); the system CAs when unset.",
     )
+    redis_sentinel: RedisSentinelSettings = RedisSentinelSettings()
+    redis_replication: ReplicationSettings = ReplicationSettings()
     key_prefix: str = Field("conveyor", description="Prefix of every Redis key Conveyor owns.")
     redis_durability_check: DurabilityCheck = Field(
         DurabilityCheck.WARN,
         description="At startup, check that Redis cannot evict jobs (maxmemory-policy) and "
-        "persists them (AOF); warn or refuse to start when it could lose them.",
+        "persists them (AOF); warn or refuse to start when it could lose them. `managed`: a "
+        "managed Redis whose CONFIG is disabled, trusted to persist (eviction still refused "
+        "when readable).",
     )
     task_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

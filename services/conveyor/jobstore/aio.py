@@ -17,9 +17,18 @@ from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.machine import Verb, transition
 from conveyor.jobstore.model import Job, JobState, decode_record
-from conveyor.jobstore.results import AcceptResult, Limits, Page, TransitionResult
+from conveyor.jobstore.results import (
+    AcceptResult,
+    AcceptVerdict,
+    Limits,
+    Page,
+    TransitionResult,
+)
 from conveyor.jobstore.scripts import ACCEPT, PURGE, RATELIMIT, REPLAY, TRANSITION, Lua
 from conveyor.jobstore.submission import Submission, prepare
+
+# The verdicts that write (or found written) a job, which replicated acknowledgement confirms.
+_REPLICATED_VERDICTS = (AcceptVerdict.CREATED, AcceptVerdict.EXISTING)
 
 # Dead-letter operations go through Redis in batches of this many ids per script call.
 DEAD_LETTER_BATCH = 500
@@ -40,7 +49,29 @@ class AsyncJobStore:
         """Record and enqueue a job atomically, within `limits` (accept)."""
         job, message = prepare(spec, submission, self.settings.worker)
         args = _calls.accept_args(self.keys.prefix, job, message, limits or Limits())
-        return _calls.parse_accept(await ACCEPT.run_async(self.client, args), job)
+        replication = self.settings.redis_replication
+        if not replication.ack_replicas:
+            return _calls.parse_accept(await ACCEPT.run_async(self.client, args), job)
+        # Replicated acknowledgement: WAIT counts the replicas that have this connection's
+        # writes, so the script and the WAIT share one connection.
+        async with self.client.client() as conn:
+            result = _calls.parse_accept(await ACCEPT.run_async(conn, args), job)
+            if result.verdict not in _REPLICATED_VERDICTS:
+                return result
+            if result.verdict is AcceptVerdict.EXISTING:
+                # A replay wrote nothing: a propagated no-op moves this connection's offset
+                # past the original write, which a first try may have left unconfirmed.
+                await conn.publish(f"{self.keys.prefix}:replication-barrier", "")
+            confirmed = int(
+                await conn.execute_command(  # type: ignore[no-untyped-call]
+                    "WAIT", replication.ack_replicas, replication.ack_timeout_ms
+                )
+            )
+        if confirmed < replication.ack_replicas:
+            return AcceptResult(
+                AcceptVerdict.NOT_REPLICATED, job_id=result.job_id, replicas=confirmed
+            )
+        return result
 
     async def take_token(self, tenant: str, rate: float, burst: int) -> tuple[bool, int, int]:
         """One token from the tenant's bucket: (taken, whole tokens left, ms to the next)."""

@@ -24,6 +24,9 @@ class AcceptVerdict(StrEnum):
     CONFLICT = "conflict"
     RATE_LIMITED = "rate_limited"
     QUEUE_FULL = "queue_full"
+    # Recorded on the primary, but too few replicas confirmed it in time (replicated
+    # acknowledgement): not acknowledged; a retry under the same idempotency key finds it.
+    NOT_REPLICATED = "not_replicated"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class AcceptResult:
     a CONFLICT: another request under the same key), or refused.
 
     `job_id` is set for CREATED, EXISTING and CONFLICT; `job` (as accepted) and `tokens_left`
-    for CREATED; `retry_after_ms` for RATE_LIMITED; `depth` for QUEUE_FULL.
+    for CREATED; `retry_after_ms` for RATE_LIMITED; `depth` for QUEUE_FULL; `replicas` (those
+    that confirmed) for NOT_REPLICATED.
     """
 
     verdict: AcceptVerdict
@@ -41,6 +45,7 @@ class AcceptResult:
     tokens_left: int = 0
     retry_after_ms: int = 0
     depth: int = 0
+    replicas: int = 0
 
     @property
     def created(self) -> bool:

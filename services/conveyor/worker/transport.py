@@ -32,6 +32,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid as kombu_uuid
 
+from conveyor.core.redis import PrimaryConnection, PrimarySSLConnection
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.scripts import CLAIM
 
@@ -216,7 +217,17 @@ class ReliableChannel(kombu_redis.Channel):
 # Refusals a Redis gives while it cannot serve writes for a while: out of memory under
 # `noeviction`, a replica during a failover, loading its data after a restart. A worker
 # backs off and reconnects (kombu's connection-error path) instead of exiting.
-TRANSIENT_REFUSALS = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN")
+# With Sentinel also: an isolated old primary refusing writes (`min-replicas-to-write`), and a
+# blocked pop that a demotion to replica ended.
+TRANSIENT_REFUSALS = (
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "NOREPLICAS",
+    "UNBLOCKED",
+)
 
 
 def _transient(exc: "redis.exceptions.ResponseError") -> Exception:
@@ -231,3 +242,44 @@ class ReliableTransport(kombu_redis.Transport):
     """The Redis transport with `ReliableChannel` (`celery_config.TRANSPORT` names it)."""
 
     Channel = ReliableChannel
+
+
+class ReliableSentinelChannel(ReliableChannel, kombu_redis.SentinelChannel):
+    """`ReliableChannel` whose connections go to the primary the Sentinels name: each
+    reconnect asks them again, and a connection to a demoted primary (READONLY) is dropped.
+    """
+
+    from_transport_options = (
+        *kombu_redis.SentinelChannel.from_transport_options,
+        KEY_PREFIX_OPTION,
+    )
+    # A failover can leave a message in this consumer's in-flight list on the new primary
+    # without any error on this channel (the old primary moved it, replicated the move and
+    # died before its reply; measured in the Sentinel fault tests): hand back leftovers at
+    # most this often. Safe at any poll: the previous delivery was claimed out of the list.
+    HAND_BACK_EVERY_SECONDS = 1.0
+    # Leave an isolated old primary that refuses writes (NOREPLICAS) like a demoted one:
+    # kombu's own commands (its unacked mutex, restores) otherwise end the worker.
+    connection_class = PrimaryConnection
+    connection_class_ssl = PrimarySSLConnection
+    _handed_back_at = 0.0
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        # kombu builds the Sentinel pool lazily; a reject or ack on a channel whose connection
+        # a failover already closed then fails with an AttributeError that ends the worker.
+        # As a connection error it is retried (the message stays unacked and is restored).
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("broker connection closed during a failover")
+        return super()._get_pool(asynchronous)
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if monotonic() - self._handed_back_at >= self.HAND_BACK_EVERY_SECONDS:
+            self._handed_back_at = monotonic()
+            self._inflight_suspect = True
+        super()._brpop_start(timeout)
+
+
+class ReliableSentinelTransport(kombu_redis.SentinelTransport):
+    """The Sentinel transport with `ReliableSentinelChannel` (`celery_config` names it)."""
+
+    Channel = ReliableSentinelChannel

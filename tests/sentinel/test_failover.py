@@ -1,0 +1,255 @@
+"""Redis Sentinel fault tests: the API, a worker per tier, beat and the exporter run against
+one primary, two replicas and three Sentinels while a client submits continuously.
+
+Figures (kill-to-first-accept, kill-to-first-start, jobs lost) are printed with
+`record_figure` for docs/reliability.md; the assertions are on loss and duplication only.
+"""
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from conveyor.jobstore.keys import KeySpace
+from tests.reliability.conftest import record_figure
+from tests.sentinel.cluster import SentinelGroup, sentinel_client
+from tests.sentinel.conftest import ha_platform
+from tests.sentinel.load import Accepted, Submitter, summary
+from tests.support.processes import (
+    TERMINAL,
+    Platform,
+    RedisServer,
+    conveyor_argv,
+    free_port,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+KEYS = KeySpace("conveyor")
+# A start recorded this soon after a kill ran its start script on the old primary.
+IN_FLIGHT = 0.2
+
+
+def start_all(platform: Platform, exporter_port: int) -> None:
+    platform.start_api()
+    for tier in ("high", "default", "low"):
+        platform.start_worker(tier)
+    platform.start("beat", conveyor_argv("beat"))
+    platform.start("exporter", conveyor_argv("exporter"),
+                   CONVEYOR_METRICS__EXPORTER_PORT=str(exporter_port))  # fmt: skip
+
+
+def wait_terminal(group: SentinelGroup, accepted: list[Accepted], timeout: float) -> dict[str, str]:
+    """Every accepted job's state on the current primary, once all are terminal."""
+    client = sentinel_client(group)
+    ids = [a.job_id for a in accepted]
+
+    def states() -> dict[str, str] | None:
+        try:
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(KEYS.job(job_id), "state")
+            found = dict(zip(ids, pipe.execute(), strict=True))
+        except redis.RedisError:
+            return None
+        pending = [i for i, s in found.items() if s not in TERMINAL]
+        return None if pending else found
+
+    try:
+        result: dict[str, str] = wait_until(states, timeout, "every accepted job terminal", step=1)
+    except AssertionError:
+        pipe = client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(KEYS.job(job_id), "state")
+        found = dict(zip(ids, pipe.execute(), strict=True))
+        stuck = {i: s for i, s in found.items() if s not in TERMINAL}
+        raise AssertionError(f"{len(stuck)} not terminal: {list(stuck.items())[:10]}") from None
+    return result
+
+
+def ledger(platform: Platform) -> tuple[dict[str, int], dict[str, list[float]]]:
+    """Executions per job and every start time, from the ledger."""
+    executions = {k: int(v) for k, v in platform.redis.hgetall("executions").items()}
+    pipe = platform.redis.pipeline(transaction=False)
+    for job_id in executions:
+        pipe.lrange(f"starts:{job_id}", 0, -1)
+    starts = {j: [float(t) for t in ts] for j, ts in zip(executions, pipe.execute(), strict=True)}
+    return executions, starts
+
+
+def first_start_after(starts: dict[str, list[float]], moment: float) -> float | None:
+    later = [t for ts in starts.values() for t in ts if t > moment + IN_FLIGHT]
+    return min(later) - moment if later else None
+
+
+def exporter_answers(port: int) -> bool:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/scaling/default", timeout=2)
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200
+
+
+@pytest.mark.xfail(
+    reason="issue 16, open: in about 1 run in 2, one of ~10,000 acknowledged jobs is left "
+    "queued with its message in no list after a kill -9 failover (root cause not found); "
+    "the promise is not proven, so this runs and reports instead of passing",
+    strict=False,
+)
+def test_kill_9_the_primary_repeatedly_loses_no_acknowledged_job(
+    group: SentinelGroup, redis_server: RedisServer, log_dir: Path
+) -> None:
+    kills = 3
+    platform = ha_platform(group, redis_server, log_dir, ack_replicas=1)
+    exporter_port = free_port()
+    submitter: Submitter | None = None
+    kill_times: list[float] = []
+    to_accept: list[float] = []
+    to_failover: list[float] = []
+    try:
+        start_all(platform, exporter_port)
+        submitter = Submitter(platform.base_url, platform.redis_url, "kill").start()
+        wait_until(lambda: submitter.count() >= 200, 60, "submissions before the first kill")
+        for _ in range(kills):
+            old = group.primary()
+            moment = time.time()
+            old.kill()
+            kill_times.append(moment)
+            new = group.wait_new_primary(old)
+            to_failover.append(time.time() - moment)
+            accepted = wait_until(lambda m=moment: submitter.first_accept_after(m), 60,
+                                  "an accepted submission after the kill", step=0.1)  # fmt: skip
+            to_accept.append(accepted)
+            old.start()  # as Kubernetes restarts the pod; the Sentinels demote it
+            group.wait_replica_of(old, new)
+            group.wait_replicas(new, 2)
+            time.sleep(2)
+        submitter.stop()
+        record_figure("sentinel_kill_9_timings", kills=kills,
+                      kill_to_promoted_s=summary(to_failover),
+                      kill_to_first_accept_s=summary(to_accept),
+                      accepted=submitter.count(), refusals=submitter.refusals)  # fmt: skip
+        states = wait_terminal(group, submitter.accepted, 180)
+        executions, starts = ledger(platform)
+        exporter_ok = wait_until(lambda: exporter_answers(exporter_port), 30, "the exporter")
+        beat_lock = sentinel_client(group).exists(f"{KEYS.beat}:lock")
+    finally:
+        if submitter is not None:
+            submitter.stop()
+        platform.stop()
+    to_start = [first_start_after(starts, k) for k in kill_times]
+    accepted_ids = {a.job_id for a in submitter.accepted}
+    never_ran = [i for i in accepted_ids if i not in executions]
+    lost = [i for i in accepted_ids if states.get(i) is None] + never_ran
+    rerun = {j: n for j, n in executions.items() if n > 1}
+
+    def explained(job_id: str) -> bool:
+        """Re-run only because a kill came while (or just after) it ran on the old primary."""
+        first = starts[job_id][0]
+        return any(k - 10 <= first <= k + IN_FLIGHT for k in kill_times)
+
+    record_figure(
+        "sentinel_kill_9_primary", kills=kills, accepted=len(accepted_ids), lost=len(lost),
+        duplicate_executions=sum(n - 1 for n in rerun.values()),
+        kill_to_promoted_s=summary(to_failover), kill_to_first_accept_s=summary(to_accept),
+        kill_to_first_start_s=summary([t for t in to_start if t is not None]),
+        refusals=submitter.refusals, replicated_ack=1,
+    )  # fmt: skip
+    assert submitter.errors == []
+    assert len(accepted_ids) == len(submitter.accepted), "a key acknowledged twice as two jobs"
+    assert lost == [], lost[:10]
+    assert set(states.values()) <= {"succeeded"}, {s for s in states.values()}
+    assert all(t is not None for t in to_start), "no job started after a kill"
+    assert {j: n for j, n in rerun.items() if not explained(j)} == {}
+    assert exporter_ok
+    assert beat_lock
+
+
+def test_isolated_old_primary_rejoins_as_replica_and_loses_nothing(
+    group: SentinelGroup, redis_server: RedisServer, log_dir: Path
+) -> None:
+    platform = ha_platform(group, redis_server, log_dir, ack_replicas=1)
+    submitter: Submitter | None = None
+    try:
+        start_all(platform, free_port())
+        submitter = Submitter(platform.base_url, platform.redis_url, "stop").start()
+        wait_until(lambda: submitter.count() >= 200, 60, "submissions before the isolation")
+        old = group.primary()
+        stopped = time.time()
+        old.signal(signal.SIGSTOP)
+        new = group.wait_new_primary(old)
+        promoted = time.time() - stopped
+        time.sleep(3)  # isolated well past the failover and min-replicas-max-lag
+        during = [a for a in submitter.accepted if a.sent_at > stopped]
+        old.signal(signal.SIGCONT)
+        resumed = time.time()
+        try:
+            old.client().set("conveyor:probe:isolated-write", "1")
+            refused = ""
+        except redis.ResponseError as exc:
+            refused = str(exc).split()[0]
+        group.wait_replica_of(old, new)
+        rejoined = time.time() - resumed
+        isolated_write = old.client().get("conveyor:probe:isolated-write")
+        submitter.stop()
+        states = wait_terminal(group, submitter.accepted, 180)
+        executions, _ = ledger(platform)
+    finally:
+        if submitter is not None:
+            submitter.stop()
+        platform.stop()
+    accepted_ids = {a.job_id for a in submitter.accepted}
+    during_ids = {a.job_id for a in during}
+    record_figure(
+        "sentinel_sigstop_primary", accepted=len(accepted_ids),
+        accepted_during_isolation=len(during_ids), isolation_s=round(resumed - stopped, 1),
+        stop_to_promoted_s=round(promoted, 2), cont_to_rejoined_s=round(rejoined, 2),
+        old_primary_refused=refused or "accepted",
+        lost=len([i for i in accepted_ids if i not in executions]),
+        duplicate_executions=sum(n - 1 for n in executions.values() if n > 1),
+    )  # fmt: skip
+    assert during_ids, "nothing was accepted during the isolation"
+    assert refused in ("NOREPLICAS", "READONLY"), refused
+    assert isolated_write is None
+    assert [i for i in accepted_ids if i not in executions] == []
+    assert set(states.values()) <= {"succeeded"}
+    # Nothing accepted during the isolation ran twice.
+    assert {i: executions[i] for i in during_ids if executions[i] != 1} == {}
+
+
+def test_without_replicated_acknowledgement_a_failover_may_lose_acknowledged_jobs(
+    group: SentinelGroup, redis_server: RedisServer, log_dir: Path
+) -> None:
+    """The honest figure: with `ack_replicas` 0, how many 2xx jobs one kill -9 lost."""
+    platform = ha_platform(group, redis_server, log_dir, ack_replicas=0)
+    submitter: Submitter | None = None
+    try:
+        platform.start_api()
+        submitter = Submitter(platform.base_url, platform.redis_url, "noack", threads=6).start()
+        wait_until(lambda: submitter.count() >= 500, 60, "submissions before the kill")
+        old = group.primary()
+        moment = time.time()
+        old.kill()
+        group.wait_new_primary(old)
+        wait_until(lambda: submitter.first_accept_after(moment), 60, "an accept after the kill")
+        submitter.stop()
+        client = sentinel_client(group)
+        pipe = client.pipeline(transaction=False)
+        for a in submitter.accepted:
+            pipe.exists(KEYS.job(a.job_id))
+        present = pipe.execute()
+    finally:
+        if submitter is not None:
+            submitter.stop()
+        platform.stop()
+    before_kill = [a for a in submitter.accepted if a.accepted_at <= moment]
+    lost = [a.key for a, found in zip(submitter.accepted, present, strict=True) if not found]
+    record_figure("sentinel_no_replicated_ack", acknowledged_before_kill=len(before_kill),
+                  acknowledged=len(submitter.accepted), lost=len(lost))  # fmt: skip
+    assert before_kill, "no acknowledged job to lose"
+    # Only a job acknowledged in the last moment before the kill can be missing.
+    assert all(a.accepted_at > moment - 2 for a in submitter.accepted if a.key in set(lost))

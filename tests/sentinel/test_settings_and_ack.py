@@ -1,0 +1,174 @@
+"""Sentinel settings reach every client (API, workers, beat, exporter, CLI), the managed
+durability mode, and replicated acknowledgement against a real primary and replica."""
+
+import asyncio
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+
+from conveyor.beat.app import create_beat
+from conveyor.celery_config import SENTINEL_TRANSPORT, TRANSPORT, celery_config
+from conveyor.core.catalog import load_catalog
+from conveyor.core.durability import UnsafeRedisError, check_durability
+from conveyor.core.redis import async_client, sentinel_broker_url, stream_client, sync_client
+from conveyor.core.settings import DurabilityCheck, Settings
+from conveyor.jobstore.aio import AsyncJobStore
+from conveyor.jobstore.results import AcceptVerdict
+from conveyor.jobstore.submission import Submission
+from conveyor.worker.transport import ReliableSentinelChannel, ReliableSentinelTransport
+from tests.support.processes import RedisServer, start_redis, wait_until
+
+SENTINEL_ENV = {
+    "CONVEYOR_REDIS_URL": "redis://:p%40ss@ignored:1/3",
+    "CONVEYOR_REDIS_SENTINEL__ADDRESSES": "s1:26379, s2:26380,s3",
+    "CONVEYOR_REDIS_SENTINEL__MASTER_NAME": "main",
+    "CONVEYOR_REDIS_SENTINEL__PASSWORD": "sentinel-secret",
+}
+
+
+@pytest.fixture
+def sentinel_settings() -> Settings:
+    with mock.patch.dict("os.environ", SENTINEL_ENV):
+        return Settings()
+
+
+def test_sentinel_settings_from_the_environment(sentinel_settings: Settings) -> None:
+    sentinel = sentinel_settings.redis_sentinel
+    assert sentinel.hosts() == [("s1", 26379), ("s2", 26380), ("s3", 26379)]
+    assert sentinel.master_name == "main"
+    assert Settings().redis_sentinel.hosts() == []
+
+
+def test_every_client_is_sentinel_managed(sentinel_settings: Settings) -> None:
+    sync = sync_client(sentinel_settings)
+    quick = sync_client(sentinel_settings, quick=True)
+    for client in (sync, quick):
+        pool = client.connection_pool
+        assert isinstance(pool, redis.sentinel.SentinelConnectionPool)
+        assert pool.service_name == "main"
+        assert pool.connection_kwargs["password"] == "p@ss"
+        assert pool.connection_kwargs["db"] == 3
+        manager = pool.sentinel_manager
+        assert [s.connection_pool.connection_kwargs["host"] for s in manager.sentinels] == [
+            "s1", "s2", "s3"
+        ]  # fmt: skip
+        assert manager.sentinels[0].connection_pool.connection_kwargs["password"] == (
+            "sentinel-secret"
+        )
+    for aclient in (async_client(sentinel_settings), stream_client(sentinel_settings, 5, 10)):
+        assert isinstance(aclient.connection_pool, redis.asyncio.sentinel.SentinelConnectionPool)
+        assert aclient.connection_pool.service_name == "main"
+    standalone = sync_client(Settings())
+    assert not isinstance(standalone.connection_pool, redis.sentinel.SentinelConnectionPool)
+
+
+def test_workers_and_the_api_revoke_use_the_reliable_sentinel_transport(
+    sentinel_settings: Settings,
+) -> None:
+    config = celery_config(sentinel_settings)
+    assert config["broker_transport"] == SENTINEL_TRANSPORT
+    assert config["broker_url"] == sentinel_broker_url(sentinel_settings)
+    assert str(config["broker_url"]).split(";") == [
+        "sentinel://:p%40ss@s1:26379/3", "sentinel://:p%40ss@s2:26380/3",
+        "sentinel://:p%40ss@s3:26379/3",
+    ]  # fmt: skip
+    options = config["broker_transport_options"]
+    assert isinstance(options, dict)
+    assert options["master_name"] == "main"
+    assert options["sentinel_kwargs"]["password"] == "sentinel-secret"
+    assert celery_config(Settings())["broker_transport"] == TRANSPORT
+    # The Sentinel channel keeps the reliable consumption and reads both families of options.
+    assert ReliableSentinelTransport.Channel is ReliableSentinelChannel
+    assert {"master_name", "sentinel_kwargs", "conveyor_key_prefix"} <= set(
+        ReliableSentinelChannel.from_transport_options
+    )
+    assert ReliableSentinelChannel._brpop_read.__qualname__.startswith("ReliableChannel")
+
+
+def test_beat_leader_lock_follows_the_sentinels(sentinel_settings: Settings) -> None:
+    app, _ = create_beat(sentinel_settings, load_catalog([]))
+    assert app.conf.redbeat_redis_url.startswith("redis-sentinel://")
+    options = app.conf.redbeat_redis_options
+    assert options["sentinels"] == [("s1", 26379), ("s2", 26380), ("s3", 26379)]
+    assert options["service_name"] == "main"
+    assert options["password"] == "p@ss"
+    assert options["db"] == 3
+
+
+class _Refusing:
+    def config_get(self, _: str) -> dict[str, str]:
+        raise redis.ResponseError("unknown command 'CONFIG'")
+
+
+class _Evicting:
+    def config_get(self, name: str) -> dict[str, str]:
+        return {name: {"maxmemory-policy": "volatile-lru", "appendonly": "no"}[name]}
+
+
+def test_managed_mode_trusts_a_redis_whose_config_is_disabled() -> None:
+    with pytest.raises(UnsafeRedisError, match="managed"):
+        check_durability(_Refusing(), DurabilityCheck.REFUSE)  # type: ignore[arg-type]
+    assert check_durability(_Refusing(), DurabilityCheck.MANAGED) == []  # type: ignore[arg-type]
+    # Still refused where CONFIG can read an eviction policy; AOF is the provider's business.
+    with pytest.raises(UnsafeRedisError, match="maxmemory-policy") as refused:
+        check_durability(_Evicting(), DurabilityCheck.MANAGED)  # type: ignore[arg-type]
+    assert "appendonly" not in str(refused.value)
+
+
+def _submit(settings: Settings, port: int, key: str) -> tuple[AcceptVerdict, str, int]:
+    spec = load_catalog([])["demo.echo"]
+    submission = Submission.of(spec, tenant="t1", args={"payload": 1}, idempotency_key=key)
+
+    async def run() -> tuple[AcceptVerdict, str, int]:
+        client = redis.asyncio.Redis(port=port, decode_responses=True)
+        try:
+            result = await AsyncJobStore(client, settings).submit(spec, submission)
+            return result.verdict, result.job_id, result.replicas
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def _ack(replicas: int) -> Settings:
+    env = {"CONVEYOR_REDIS_REPLICATION__ACK_REPLICAS": str(replicas),
+           "CONVEYOR_REDIS_REPLICATION__ACK_TIMEOUT_MS": "100"}  # fmt: skip
+    with mock.patch.dict("os.environ", env):
+        return Settings()
+
+
+def test_replicated_acknowledgement_refuses_until_a_replica_has_the_job(tmp_path: Path) -> None:
+    primary: RedisServer = start_redis(tmp_path / "primary")
+    replica: RedisServer | None = None
+    try:
+        # No replica: recorded, but not acknowledged; the retry finds the same job.
+        verdict, job_id, confirmed = _submit(_ack(1), primary.port, "k1")
+        assert (verdict, confirmed) == (AcceptVerdict.NOT_REPLICATED, 0)
+        assert _submit(_ack(1), primary.port, "k1")[:2] == (AcceptVerdict.NOT_REPLICATED, job_id)
+        assert _submit(_ack(0), primary.port, "k2")[0] is AcceptVerdict.CREATED
+        replica = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port))
+
+        def linked() -> bool:
+            return (
+                replica is not None
+                and replica.client().info("replication").get("master_link_status") == "up"
+            )
+
+        wait_until(linked, 20, "the replica to sync")
+        # The retry under the same key: acknowledged now, still one job, and on the replica.
+        assert _submit(_ack(1), primary.port, "k1")[:2] == (AcceptVerdict.EXISTING, job_id)
+        assert replica.client().exists(f"conveyor:job:{job_id}") == 1
+        verdict, new_id, confirmed = _submit(_ack(1), primary.port, "k3")
+        assert (verdict, confirmed) == (AcceptVerdict.CREATED, 0)
+        assert replica.client().exists(f"conveyor:job:{new_id}") == 1
+        assert _submit(_ack(2), primary.port, "k4")[0] is AcceptVerdict.NOT_REPLICATED
+    finally:
+        for server in (replica, primary):
+            if server is not None:
+                server.process.terminate()
+                server.process.wait(10)
