@@ -1,16 +1,15 @@
-"""Jobs through real workers of every tier: success, progress, retries, failures, delays,
-cancellation, time limits and completion callbacks."""
+"""Jobs through real workers of every tier: success, routing to the tier, cancelling a running
+job (its pool child freed, or killed), time limits and a team's task module. The rest of a
+job's life (progress, retries and backoff, failures, delays, cancelling before running, skips,
+completion callbacks) is tested in process in tests/fast/test_lifecycle.py."""
 
-import json
 import uuid
 from datetime import datetime
 
 import httpx
 import pytest
 
-from conveyor.core.signing import tenant_secret, verify
-from tests.support.processes import TERMINAL, Platform, wait_for_job, wait_until
-from tests.support.receiver import receiver
+from tests.support.processes import TERMINAL, Platform, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -55,66 +54,6 @@ def test_the_worker_that_ran_it_serves_its_tier(client: httpx.Client, platform: 
     assert job["id"] not in logs["worker-default"] + logs["worker-low"]
 
 
-def test_progress_is_visible_while_running(client: httpx.Client) -> None:
-    job = submit(client, task="demo.sleep", args={"seconds": 3})
-
-    def mid_run() -> dict | None:
-        current = client.get(f"/v1/jobs/{job['id']}").json()
-        progress = current["progress"]
-        running = current["state"] == "running" and progress and 0 < progress["current"] < 3
-        return current if running else None
-
-    seen = wait_until(mid_run, 15, "progress mid-run")
-    assert seen["progress"]["total"] == 3
-    assert seen["progress"]["message"].endswith("s left")
-    done = wait_for_job(client, job["id"], TERMINAL)
-    assert done["state"] == "succeeded"
-    assert done["progress"] == {"current": 3.0, "total": 3.0, "message": "done"}
-
-
-def test_retry_with_backoff_then_success(client: httpx.Client) -> None:
-    job = submit(client, task="demo.fail", args={"mode": "retryable", "succeed_on_attempt": 3})
-    states = set()
-
-    def finished() -> dict | None:
-        current = client.get(f"/v1/jobs/{job['id']}").json()
-        states.add(current["state"])
-        return current if current["state"] in TERMINAL else None
-
-    done = wait_until(finished, 30, "the retried job to finish", step=0.02)
-    assert done["state"] == "succeeded"
-    assert done["attempts"] == 3
-    assert done["result"] == {"succeeded_on_attempt": 3}
-    assert "retrying" in states
-    # Backoff 0.5 s then 1 s, each jittered down to no less than half.
-    assert ts(done["finished_at"]) - ts(done["created_at"]) >= 0.75
-
-
-def test_retries_exhausted_is_a_failure(client: httpx.Client) -> None:
-    job = submit(client, task="demo.fail", args={"mode": "retryable"}, max_retries=1)
-    done = wait_for_job(client, job["id"], TERMINAL)
-    assert done["state"] == "failed"
-    assert done["attempts"] == 2
-    assert done["error"] == {"type": "RetryableError", "message": "demo failure"}
-
-
-def test_permanent_failure_is_not_retried(client: httpx.Client) -> None:
-    job = submit(client, task="demo.fail", args={"mode": "permanent", "message": "bad input"})
-    done = wait_for_job(client, job["id"], TERMINAL)
-    assert done["state"] == "failed"
-    assert done["attempts"] == 1
-    assert done["error"] == {"type": "PermanentError", "message": "bad input"}
-    assert "Traceback" not in json.dumps(done)
-
-
-def test_delayed_job_runs_after_its_delay(client: httpx.Client) -> None:
-    job = submit(client, task="demo.echo", delay_seconds=1.5)
-    assert job["state"] == "scheduled"
-    done = wait_for_job(client, job["id"], TERMINAL)
-    assert done["state"] == "succeeded"
-    assert ts(done["started_at"]) >= ts(done["created_at"]) + 1.5
-
-
 def test_cancel_running_job_stops_it(client: httpx.Client) -> None:
     job = submit(client, task="demo.sleep", args={"seconds": 30}, priority="high")
     wait_for_job(client, job["id"], {"running"})
@@ -144,56 +83,11 @@ def test_cancel_with_terminate_kills_a_job_that_never_reports(
     assert final["progress"]["current"] < 30
 
 
-def test_cancelled_queued_job_never_runs(client: httpx.Client, platform: Platform) -> None:
-    key = f"count-{uuid.uuid4()}"
-    # Occupy both low-tier children so the next job waits in the queue.
-    blockers = [submit(client, task="demo.sleep", args={"seconds": 2}) for _ in range(2)]
-    job = submit(
-        client, task="tests.count", args={"key": key, "redis_url": platform.redis_url},
-        priority="low",
-    )  # fmt: skip
-    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["state"] == "cancelled"
-    for blocker in blockers:
-        wait_for_job(client, blocker["id"], TERMINAL)
-    after = submit(client, task="demo.echo", priority="low")
-    wait_for_job(client, after["id"], TERMINAL)
-    assert platform.redis.get(key) is None
-    assert client.get(f"/v1/jobs/{job['id']}").json()["attempts"] == 0
-
-
 def test_soft_time_limit_fails_the_job(client: httpx.Client) -> None:
     job = submit(client, task="demo.sleep", args={"seconds": 20}, timeout_seconds=1)
     done = wait_for_job(client, job["id"], TERMINAL, timeout=20)
     assert done["state"] == "failed"
     assert done["error"]["type"] == "TimeLimitExceeded"
-
-
-def test_completion_callback_is_a_signed_post_of_the_job(client: httpx.Client) -> None:
-    with receiver() as hook:
-        job = submit(client, task="demo.echo", args={"payload": "x"}, callback_url=hook.url)
-        wait_for_job(client, job["id"], TERMINAL)
-        wait_until(lambda: hook.requests, 20, "the callback")
-    request = hook.requests[0]
-    payload = json.loads(request.body)
-    assert payload["id"] == job["id"]
-    assert payload["state"] == "succeeded"
-    assert payload["result"] == {"payload": "x"}
-    # The callback belongs to the job's tenant ("tests", the admin key's) and is signed with
-    # that tenant's key.
-    signature = request.headers["Conveyor-Signature"]
-    assert verify(tenant_secret("test-secret", "tests"), signature, request.body)
-    assert not verify(tenant_secret("test-secret", "team-a"), signature, request.body)
-    assert not verify("test-secret", signature, request.body)
-    callbacks = client.get("/v1/jobs", params={"task": "webhook.deliver"}).json()["items"]
-    assert any(c["idempotency_key"] == f"callback:{job['id']}" for c in callbacks)
-
-
-def test_callback_on_cancel(client: httpx.Client) -> None:
-    with receiver() as hook:
-        job = submit(client, task="demo.echo", delay_seconds=600, callback_url=hook.url)
-        client.post(f"/v1/jobs/{job['id']}/cancel").raise_for_status()
-        wait_until(lambda: hook.requests, 20, "the callback")
-    assert json.loads(hook.requests[0].body)["state"] == "cancelled"
 
 
 def test_team_task_module_runs(client: httpx.Client, platform: Platform) -> None:
@@ -202,15 +96,6 @@ def test_team_task_module_runs(client: httpx.Client, platform: Platform) -> None
     done = wait_for_job(client, job["id"], TERMINAL)
     assert done["result"] == {"executions": 1, "attempt": 1}
     assert done["queue"] == "high"
-
-
-def test_listing_shows_finished_states(client: httpx.Client) -> None:
-    job = submit(client, task="demo.fail")
-    wait_for_job(client, job["id"], TERMINAL)
-    failed = client.get("/v1/jobs", params={"state": "failed", "task": "demo.fail"}).json()
-    assert job["id"] in [j["id"] for j in failed["items"]]
-    queued = client.get("/v1/jobs", params={"state": "queued", "task": "demo.fail"}).json()
-    assert job["id"] not in [j["id"] for j in queued["items"]]
 
 
 def test_hard_time_limit_fails_the_job_from_the_main_process(

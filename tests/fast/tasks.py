@@ -1,0 +1,47 @@
+"""Tasks of the fast layer, whose bodies call back into the test running them (the runner
+runs in the test's own process, so a test can pause a job between two progress reports)."""
+
+from collections.abc import Callable
+
+from pydantic import BaseModel, Field
+
+from conveyor.core.catalog import JobContext, task
+from conveyor.core.queues import Queue
+
+
+def _carry_on(job_id: str, step: int) -> None:
+    pass
+
+
+#: Called with (job id, step) after each progress report that returned; tests replace it.
+after_step: Callable[[str, int], None] = _carry_on
+
+
+class StepsArgs(BaseModel):
+    """Arguments of `fast.steps`."""
+
+    steps: int = Field(3, ge=1, le=100)
+
+
+@task(name="fast.steps", queue=Queue.DEFAULT, args=StepsArgs)
+def steps(ctx: JobContext, args: StepsArgs) -> dict[str, int]:
+    """Report progress `steps` times, calling `after_step` after each report."""
+    for step in range(1, args.steps + 1):
+        ctx.progress(step, args.steps, f"step {step}")
+        after_step(ctx.job_id, step)
+    return {"steps": args.steps}
+
+
+class WorkerDied(SystemExit):
+    """Escapes the runner as the end of its process does: the record is left `running`
+    and the message is delivered again, as after a worker was killed."""
+
+
+class DieArgs(BaseModel):
+    """Arguments of `fast.die`."""
+
+
+@task(name="fast.die", queue=Queue.DEFAULT, args=DieArgs)
+def die(ctx: JobContext, args: DieArgs) -> None:
+    """Die under the runner, like a worker killed while running the job."""
+    raise WorkerDied(ctx.job_id)

@@ -1,0 +1,105 @@
+"""GET /v1/jobs in process: newest first, filters, cursor pagination, from the Redis indexes
+(formerly tests/test_listing.py, against a real API process)."""
+
+import httpx
+import pytest
+import redis
+
+from tests.fast.harness import KEYS, InProcessWorker
+
+
+@pytest.fixture
+async def seeded(client: httpx.AsyncClient) -> dict[str, list[str]]:
+    """25 echo jobs (default queue), 5 sleep jobs (low), 3 echo jobs on high, 4 cancelled."""
+    ids: dict[str, list[str]] = {"echo": [], "sleep": [], "high": [], "cancelled": []}
+
+    async def submit(body: dict[str, object]) -> str:
+        response = await client.post("/v1/jobs", json=body)
+        assert response.status_code == 202, response.text
+        job_id: str = response.json()["id"]
+        return job_id
+
+    for i in range(25):
+        ids["echo"].append(await submit({"task": "demo.echo", "args": {"payload": i}}))
+    for _ in range(5):
+        ids["sleep"].append(await submit({"task": "demo.sleep", "args": {"seconds": 1}}))
+    for _ in range(3):
+        ids["high"].append(await submit({"task": "demo.echo", "priority": "high"}))
+    for job_id in ids["echo"][:4]:
+        (await client.post(f"/v1/jobs/{job_id}/cancel")).raise_for_status()
+        ids["cancelled"].append(job_id)
+    return ids
+
+
+async def all_pages(client: httpx.AsyncClient, **params: object) -> list[list[str]]:
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        body = (await client.get("/v1/jobs", params=query)).json()
+        pages.append([job["id"] for job in body["items"]])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 50, "pagination does not terminate"
+
+
+async def test_pages_cover_every_job_once_newest_first(
+    client: httpx.AsyncClient, seeded: dict[str, list[str]]
+) -> None:
+    pages = await all_pages(client, limit=10)
+    flat = [job_id for page in pages for job_id in page]
+    assert [len(p) for p in pages] == [10, 10, 10, 3]
+    expected = seeded["echo"] + seeded["sleep"] + seeded["high"]
+    assert flat == list(reversed(expected))
+
+
+async def test_filter_by_task(client: httpx.AsyncClient, seeded: dict[str, list[str]]) -> None:
+    pages = await all_pages(client, task="demo.sleep", limit=2)
+    assert [j for p in pages for j in p] == list(reversed(seeded["sleep"]))
+
+
+async def test_filter_by_state_and_queue_together(
+    client: httpx.AsyncClient, seeded: dict[str, list[str]]
+) -> None:
+    cancelled = await all_pages(client, state="cancelled", queue="default", limit=3)
+    queued_high = await all_pages(client, state="queued", queue="high")
+    assert [j for p in cancelled for j in p] == list(reversed(seeded["cancelled"]))
+    assert [j for p in queued_high for j in p] == list(reversed(seeded["high"]))
+
+
+async def test_filter_combination_with_no_match(
+    client: httpx.AsyncClient, seeded: dict[str, list[str]]
+) -> None:
+    response = await client.get("/v1/jobs", params={"task": "demo.sleep", "queue": "high"})
+    assert response.json() == {"items": [], "next_cursor": None}
+
+
+async def test_expired_records_drop_out_of_the_listing(
+    client: httpx.AsyncClient, seeded: dict[str, list[str]], redis_client: "redis.Redis"
+) -> None:
+    gone = seeded["sleep"][0]
+    redis_client.delete(KEYS.job(gone))
+    pages = await all_pages(client, task="demo.sleep")
+    assert gone not in [j for p in pages for j in p]
+    assert redis_client.zscore(KEYS.index_task("demo.sleep"), gone) is None
+
+
+@pytest.mark.parametrize(
+    "params", [{"limit": 0}, {"limit": 501}, {"state": "bogus"}, {"cursor": "%%%"}]
+)
+async def test_bad_listing_parameters(client: httpx.AsyncClient, params: dict[str, object]) -> None:
+    response = await client.get("/v1/jobs", params=params)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_listing_shows_finished_states(
+    client: httpx.AsyncClient, worker: InProcessWorker
+) -> None:
+    job = (await client.post("/v1/jobs", json={"task": "demo.fail"})).json()
+    worker.run_next("default")
+    failed = await client.get("/v1/jobs", params={"state": "failed", "task": "demo.fail"})
+    assert job["id"] in [j["id"] for j in failed.json()["items"]]
+    queued = await client.get("/v1/jobs", params={"state": "queued", "task": "demo.fail"})
+    assert job["id"] not in [j["id"] for j in queued.json()["items"]]
