@@ -1,49 +1,78 @@
 # The two commands of the README: `make dev` and `make test`. Everything they need is
-# installed from here (a virtualenv with the package, and Debian packages when missing).
+# installed from here: `make dev` a virtualenv with the package and what running it needs
+# (plus redis-server, curl and jq from Debian when missing); `make test` adds the test, lint
+# and type-check tools (the `dev` extra) and promtool.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PIP    := $(BIN)/pip install --disable-pip-version-check --progress-bar on
 
-.PHONY: install system-deps dev test lint format artifacts clean bench
+.PHONY: install install-dev python-version system-deps system-deps-test dev test lint format \
+	artifacts clean bench
 
-# redis-server runs the platform; prometheus (with promtool) checks metrics, rules and
-# dashboards in the tests.
-system-deps:
-	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+# Conveyor needs Python 3.11 or newer.
+python-version:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "Conveyor needs Python 3.11 or newer; '$(PYTHON)' is" \
+			"$$($(PYTHON) --version 2>/dev/null || echo not found)." \
+			"Run: make $(MAKECMDGOALS) PYTHON=python3.12 (or any python >= 3.11)"; exit 1; }
+
+# Debian packages, installed only when missing: $(1) is a list of command:package pairs.
+define debian-packages
+	@missing=""; for pair in $(1); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing$$missing from Debian"; \
+		echo "==> installing$$missing from Debian"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 			$$missing >/dev/null; \
 	fi
+endef
 
-$(BIN)/.installed: pyproject.toml
+# redis-server runs the platform; the README's tour uses curl and jq.
+system-deps:
+	$(call debian-packages,redis-server:redis-server curl:curl jq:jq)
+
+# The tests also need redis-sentinel (the HA tests), promtool (Debian's prometheus: checks
+# metrics, rules and dashboards) and faketime (a worker with a skewed clock).
+system-deps-test: system-deps
+	$(call debian-packages,redis-sentinel:redis-sentinel promtool:prometheus faketime:faketime)
+
+$(BIN)/.installed-run: pyproject.toml | python-version
+	@echo "==> virtualenv $(VENV) ($$($(PYTHON) --version))"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	@echo "==> conveyor and what running it needs"
+	$(PIP) --upgrade pip
+	$(PIP) -e .
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed-run
+	@echo "==> test, lint and type-check tools (the dev extra)"
+	$(PIP) -e ".[dev]"
 	touch $@
 
 # checkov has a large dependency tree of its own: it gets a virtualenv of its own.
 CHECKOV_VENV ?= .venv-checkov
-$(CHECKOV_VENV)/.installed:
+$(CHECKOV_VENV)/.installed: | python-version
+	@echo "==> checkov, in a virtualenv of its own ($(CHECKOV_VENV))"
 	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
-	$(CHECKOV_VENV)/bin/pip install -q "checkov>=3.2"
+	$(CHECKOV_VENV)/bin/pip install --disable-pip-version-check --progress-bar on --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --disable-pip-version-check --progress-bar on "checkov>=3.2"
 	touch $@
 
-install: system-deps $(BIN)/.installed
+install: system-deps $(BIN)/.installed-run
 
-dev: install  ## Run Redis, the API, three worker tiers and beat on this machine.
+install-dev: system-deps-test $(BIN)/.installed-dev
+
+dev: install  ## Run Redis, the API, three worker tiers, beat and the exporter on this machine.
 	$(BIN)/conveyor dev
 
 # The benchmarks print figures (bench/README.md has the method and the latest table); they
 # are not tests. wrk, from Debian, is the load generator.
 bench: install  ## Run every benchmark (about 26 minutes on 2 cores).
-	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	$(call debian-packages,wrk:wrk)
 	$(BIN)/python -m bench.accept
 	$(BIN)/python -m bench.workers
 	$(BIN)/python -m bench.isolation
@@ -51,20 +80,20 @@ bench: install  ## Run every benchmark (about 26 minutes on 2 cores).
 	$(BIN)/python -m bench.growth
 	$(BIN)/python -m bench.probes
 
-lint: install
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+lint: install-dev
+	$(BIN)/ruff check services tests bench tools
+	$(BIN)/ruff format --check services tests bench tools
 	$(BIN)/mypy
 
 artifacts: install  ## Regenerate observability/ dashboards, rule tests and metric catalogue.
-	$(BIN)/python -m conveyor.telemetry.artifacts
+	$(BIN)/python -m tools.observability.artifacts
 
 test: lint $(CHECKOV_VENV)/.installed  ## Lint, type-check and run the whole test suite (what CI runs).
 	$(BIN)/pytest
 
-format: install
-	$(BIN)/ruff check --fix services tests bench
-	$(BIN)/ruff format services tests bench
+format: install-dev
+	$(BIN)/ruff check --fix services tests bench tools
+	$(BIN)/ruff format services tests bench tools
 
 clean:
 	rm -rf $(VENV) .conveyor .pytest_cache .mypy_cache .ruff_cache

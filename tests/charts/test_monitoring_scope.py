@@ -22,7 +22,9 @@ import helm_python
 import pytest
 import yaml
 
-from tests.charts.render import CHART, of_kind, scenario_values
+from tests.charts.render import CHART, of_kind, render_values, scenario_values
+from tools.observability.promql import selectors
+from tools.observability.rules import ALWAYS_ON_TIERS, SCOPE_PLACEHOLDER
 
 PROMTOOL = shutil.which("promtool")
 RELEASES = {"prod": "prod", "staging": "staging"}  # release -> namespace
@@ -62,20 +64,6 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 # --- selectors -------------------------------------------------------------------------------
-
-_CLAUSE = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-_NAME = r"[a-zA-Z_]\w*(?::\w+)+|conveyor_[a-z_]+|kube_[a-z_]+|up"
-_SELECTOR = re.compile(rf"\b({_NAME})\b(\{{[^}}]*\}})?")
-
-
-def selectors(expr: str) -> list[tuple[str, str]]:
-    """(metric, matchers) of every series selector of `expr` ('' when it has no braces)."""
-    # Blank quoted strings (label values, label_replace arguments) and by/on clauses (label
-    # names), keeping every position.
-    bare = re.sub(r'"[^"]*"', lambda m: '"' + "x" * (len(m.group()) - 2) + '"', expr)
-    bare = _CLAUSE.sub(lambda m: " " * len(m.group()), bare)
-    return [(m.group(1), expr[m.start(2) : m.end(2)] if m.group(2) else "")
-            for m in _SELECTOR.finditer(bare)]  # fmt: skip
 
 
 def test_selector_parser_sees_every_selector() -> None:
@@ -217,6 +205,81 @@ CASES = (
            horizontalpodautoscaler="keda-hpa-staging-conveyor-worker-default"): "5x30",
     }, "20m", {"ConveyorWorkersSaturatedAtMaxReplicas": ({**PROD, "queue": "default", **W},)},
         needs_matchers=True),
+    Case("staging's default tier has no live worker; prod's has, and its low tier scaled to 0", {
+        _s("conveyor_workers", PROD, queue="default"): "2x30",
+        _s("conveyor_workers", PROD, queue="low"): "0x30",
+        _s("conveyor_workers", STAGING, queue="default"): "0x30",
+        _s("conveyor_workers", STAGING, queue="high"): "1x30",
+    }, "10m", {"ConveyorTierWithoutWorkers": ({**STAGING, "queue": "default", **C},)}),
+    Case("prod's default tier is saturated and its wait grows; staging's keeps up", {
+        _s("conveyor_worker_active_jobs", PROD, queue="default"): "4x30",
+        _s("conveyor_worker_concurrency", PROD, queue="default"): "4x30",
+        _s("conveyor_queue_oldest_message_age_seconds", PROD, queue="default"): "0+60x30",
+        _s("conveyor_worker_active_jobs", STAGING, queue="default"): "4x30",
+        _s("conveyor_worker_concurrency", STAGING, queue="default"): "4x30",
+        _s("conveyor_queue_oldest_message_age_seconds", STAGING, queue="default"): "5x30",
+    }, "15m", {"ConveyorWorkersSaturated": ({**PROD, "queue": "default", **W},)}),
+    Case("staging's API answers 503 to half its submissions; prod serves thousands", {
+        _s("conveyor_http_requests_total", PROD, route="/v1/jobs", status="202"): "0+2000x30",
+        _s("conveyor_api_submissions_total", PROD, outcome="accepted"): "0+2000x30",
+        _s("conveyor_api_submissions_total", PROD, outcome="broker_error"): "0x30",
+        _s("conveyor_http_requests_total", STAGING, route="/v1/jobs", status="503"): "0+10x30",
+        _s("conveyor_http_requests_total", STAGING, route="/v1/jobs", status="202"): "0+10x30",
+        _s("conveyor_api_submissions_total", STAGING, outcome="accepted"): "0+10x30",
+        _s("conveyor_api_submissions_total", STAGING, outcome="broker_error"): "0+10x30",
+    }, "10m", {"ConveyorApiErrorRatioHigh": ({**STAGING, **W},),
+               "ConveyorSubmissionsFailing": ({**STAGING, **C},)}),
+    Case("accepting takes 300-500 ms in staging, 2 ms in prod", {
+        **{_s("conveyor_api_accept_duration_seconds_bucket", PROD, le=le): v for le, v in
+           (("0.005", "0+2000x30"), ("0.25", "0+2000x30"), ("0.5", "0+2000x30"),
+            ("+Inf", "0+2000x30"))},
+        _s("conveyor_api_accept_duration_seconds_count", PROD): "0+2000x30",
+        **{_s("conveyor_api_accept_duration_seconds_bucket", STAGING, le=le): v for le, v in
+           (("0.005", "0x30"), ("0.25", "0x30"), ("0.5", "0+100x30"), ("+Inf", "0+100x30"))},
+        _s("conveyor_api_accept_duration_seconds_count", STAGING): "0+100x30",
+    }, "10m", {"ConveyorAcceptLatencyHigh": ({**STAGING, **W},)}),
+    Case("staging dead-letters jobs and keeps them; prod has none", {
+        _s("conveyor_jobs_dead_lettered_total", PROD, queue="default", task="demo.fail"): "0x30",
+        _s("conveyor_dead_letters", PROD): "0x30",
+        _s("conveyor_jobs_dead_lettered_total", STAGING, queue="default", task="demo.fail"):
+            "0 0 1 2x30",
+        _s("conveyor_dead_letters", STAGING): "0 0 1 2x30",
+    }, "10m", {"ConveyorDeadLettersGrowing":
+                   ({**STAGING, "queue": "default", "task": "demo.fail", **W},),
+               "ConveyorDeadLettersPresent": ({**STAGING, **W},)}),
+    Case("staging's exporter cannot read Redis; prod's can", {
+        _s("conveyor_exporter_up", PROD): "1x30", _s("conveyor_exporter_up", STAGING): "0x30",
+    }, "10m", {"ConveyorRedisUnreachable": ({**STAGING, **C},)}),
+    Case("staging's default jobs wait minutes and its low head is hours old; prod's do not", {
+        **{_s("conveyor_job_queue_wait_seconds_bucket", PROD, queue="default", le=le): v
+           for le, v in (("1", "0+1000x30"), ("300", "0+1000x30"), ("+Inf", "0+1000x30"))},
+        **{_s("conveyor_job_queue_wait_seconds_bucket", STAGING, queue="default", le=le): v
+           for le, v in (("1", "0x30"), ("300", "0+10x30"), ("+Inf", "0+10x30"))},
+        _s("conveyor_queue_oldest_message_age_seconds", PROD, queue="low"): "10x30",
+        _s("conveyor_queue_oldest_message_age_seconds", STAGING, queue="low"): "4000x30",
+    }, "15m", {"ConveyorQueueWaitHigh": ({**STAGING, "queue": "default", **W},),
+               "ConveyorOldestMessageTooOld": ({**STAGING, "queue": "low", **W},)}),
+    Case("half of staging's demo.fail attempts fail; prod's busy demo.fail succeeds", {
+        _s("conveyor_jobs_completed_total", PROD, queue="default", task="demo.fail",
+           outcome="succeeded"): "0+1000x30",
+        _s("conveyor_jobs_completed_total", PROD, queue="default", task="demo.fail",
+           outcome="failed"): "0x30",
+        _s("conveyor_jobs_completed_total", STAGING, queue="default", task="demo.fail",
+           outcome="succeeded"): "0+10x30",
+        _s("conveyor_jobs_completed_total", STAGING, queue="default", task="demo.fail",
+           outcome="failed"): "0+10x30",
+    }, "10m", {"ConveyorFailureRatioHigh":
+                   ({**STAGING, "queue": "default", "task": "demo.fail", **W},)}),
+    Case("a staging lease is near its visibility timeout; prod's are renewed", {
+        _s("conveyor_unacked_oldest_age_seconds", PROD): "10x30",
+        _s("conveyor_visibility_timeout_seconds", PROD): "60x30",
+        _s("conveyor_unacked_oldest_age_seconds", STAGING): "55x30",
+        _s("conveyor_visibility_timeout_seconds", STAGING): "60x30",
+    }, "10m", {"ConveyorUnackedNearVisibilityTimeout": ({**STAGING, **W},)}),
+    Case("prod's beat died at 5 minutes (its series went stale); staging's ticks", {
+        _s("conveyor_beat_last_tick_timestamp_seconds", PROD): "0+60x5 stale",
+        _s("conveyor_beat_last_tick_timestamp_seconds", STAGING): "0+60x30",
+    }, "15m", {"ConveyorBeatNotTicking": ({**PROD, **C},)}),
 )  # fmt: skip
 
 _LABEL = re.compile(r"\{\{\s*\$labels\.(\w+)\s*\}\}")
@@ -306,8 +369,47 @@ def test_every_alert_is_in_a_two_release_case() -> None:
               if "alert" in r}  # fmt: skip
     per_release = {"ConveyorBeatTwoLeaders", "ConveyorBacklogWithoutConsumers",
                    "ConveyorMetricsAbsent", "ConveyorBeatNotTicking",
-                   "ConveyorWorkersSaturatedAtMaxReplicas"}  # fmt: skip
+                   "ConveyorWorkersSaturatedAtMaxReplicas", "ConveyorTierWithoutWorkers",
+                   "ConveyorWorkersSaturated", "ConveyorApiErrorRatioHigh",
+                   "ConveyorSubmissionsFailing", "ConveyorAcceptLatencyHigh",
+                   "ConveyorDeadLettersGrowing", "ConveyorDeadLettersPresent",
+                   "ConveyorRedisUnreachable", "ConveyorQueueWaitHigh",
+                   "ConveyorOldestMessageTooOld", "ConveyorFailureRatioHigh",
+                   "ConveyorUnackedNearVisibilityTimeout"}  # fmt: skip
+    # `up == 0` keeps every label of its target: scoped or not, it names its release (no
+    # case of it could fail on rules that mix releases).
+    assert alerts - covered == {"ConveyorScrapeTargetDown"}
     assert per_release <= covered <= alerts
+
+
+def _tier_rule(docs: tuple[dict[str, Any], ...]) -> str:
+    (rule,) = of_kind(docs, "PrometheusRule")
+    (expr,) = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]
+               if r.get("alert") == "ConveyorTierWithoutWorkers"]  # fmt: skip
+    return str(expr)
+
+
+def test_tier_without_workers_watches_the_tiers_that_never_scale_to_zero() -> None:
+    # The chart replaces this text of its copy; were it missing, it would silently not.
+    source = (CHART / "files" / "conveyor-rules.yml").read_text()
+    assert source.count(f"{ALWAYS_ON_TIERS},{SCOPE_PLACEHOLDER}") == 1
+    scope = 'namespace="jobs",conveyor_release="conveyor"'
+    monitoring = {"monitoring": {"prometheusRule": {"enabled": True}}}
+    cases = {
+        # KEDA: low scales to zero by default.
+        'queue=~"default|high"': {**scenario_values("full")},
+        # Without KEDA: the CPU HPAs keep at least one pod; fixed replicas, their count.
+        'queue=~"default|high|low"': {**scenario_values("no-keda"), **monitoring},
+        'queue=~"default|low"': {"keda": {"enabled": False}, **monitoring,
+                                 "workers": {"high": {"replicas": 0,
+                                                      "autoscaling": {"cpu": {"enabled": False}}}}},
+        'queue=~"default"': {**scenario_values("full"),
+                             "workers": {"high": {"autoscaling": {"minReplicas": 0}}}},
+        'queue=~""': {**scenario_values("full"), "workers": {
+            tier: {"autoscaling": {"minReplicas": 0}} for tier in ("high", "default", "low")}},
+    }  # fmt: skip
+    for tiers, values in cases.items():
+        assert f"conveyor_workers{{{tiers},{scope}}}" in _tier_rule(render_values(values)), tiers
 
 
 # --- KEDA's prometheus trigger --------------------------------------------------------------

@@ -10,8 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conveyor.telemetry import artifacts
-from conveyor.telemetry.dashboards import DASHBOARDS
 from tests.conftest import fresh_db
 from tests.observability.test_artifacts import variables
 from tests.support.processes import (
@@ -23,6 +21,8 @@ from tests.support.processes import (
     wait_for_job,
     wait_until,
 )
+from tools.observability import artifacts
+from tools.observability.dashboards import DASHBOARDS
 
 pytestmark = pytest.mark.slow
 

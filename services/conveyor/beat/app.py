@@ -73,5 +73,7 @@ def create_beat(
         registry=registry,
     )
     services.metrics.leader.set(0)
+    for job in jobs:  # every schedule's counter exists from the start, at 0
+        services.metrics.runs.labels(job.name)
     attach_services(app, services)
     return app, services

@@ -4,6 +4,10 @@ Every figure comes from O(1) or O(log n) commands (LLEN, LINDEX at the tail, ZCA
 HLEN, ZRANGE 0 0), so the scrape costs the same with ten or ten million queued jobs. Nothing
 is broadcast to workers (no `celery inspect`), and nothing depends on Celery events.
 
+A scrape never goes silent: when Redis cannot be read, every series is still served, its value
+NaN, with `conveyor_exporter_up` 0, so dashboards and rules keep their series (no alert fires
+or resolves on a value it does not have) and ConveyorRedisUnreachable says why.
+
 A tier's demand (waiting + running jobs) is also read on its own by `read_demand`, for the
 autoscaler's `/scaling/<queue>` endpoint.
 """
@@ -30,6 +34,16 @@ from conveyor.telemetry.metrics import EXPORTER_METRICS
 log = logging.getLogger(__name__)
 
 _SEP = "\x06\x16"
+NAN = float("nan")
+# Workers record a heartbeat every quarter of the visibility timeout (worker/leases.py). One
+# missed beat is tolerated; a worker silent for 2.5 intervals is not counted any more.
+HEARTBEATS_PER_LEASE = 4
+LIVE_WORKER_HEARTBEATS = 2.5
+
+
+def live_worker_window(visibility_timeout: float) -> float:
+    """Seconds since its last heartbeat for which a worker still counts as live."""
+    return LIVE_WORKER_HEARTBEATS * visibility_timeout / HEARTBEATS_PER_LEASE
 
 
 def queue_keys(queue: str) -> list[str]:
@@ -68,13 +82,11 @@ def read_demand(client: "redis.Redis", keys: KeySpace, queue: str) -> Demand:
 class BrokerCollector(Collector):
     """Collects the EXPORTER_METRICS gauges from Redis."""
 
-    def __init__(
-        self, client: "redis.Redis", keys: KeySpace, visibility_timeout: float, consumer_ttl: float
-    ) -> None:
+    def __init__(self, client: "redis.Redis", keys: KeySpace, visibility_timeout: float) -> None:
         self.client = client
         self.keys = keys
         self.visibility_timeout = visibility_timeout
-        self.consumer_ttl = consumer_ttl
+        self.live_window = live_worker_window(visibility_timeout)
 
     def describe(self) -> Iterable[Metric]:
         """The families, without reading Redis (called when registering)."""
@@ -89,12 +101,11 @@ class BrokerCollector(Collector):
             self._fill(families, now)
             families["conveyor_exporter_up"].add_metric([], 1)
         except RedisError as exc:
-            log.warning("scrape failed: %s", exc)
-            families = {k: v for k, v in families.items() if k.startswith("conveyor_exporter")}
+            log.warning("scrape failed, serving NaN: %s", exc)
+            families = self._families()  # nothing half-filled
+            for name, labels in _label_sets():
+                families[name].add_metric(labels, NAN)
             families["conveyor_exporter_up"].add_metric([], 0)
-        families["conveyor_visibility_timeout_seconds"] = _gauge(
-            "conveyor_visibility_timeout_seconds"
-        )
         families["conveyor_visibility_timeout_seconds"].add_metric([], self.visibility_timeout)
         duration = families["conveyor_exporter_scrape_duration_seconds"]
         duration.add_metric([], time.perf_counter() - started)
@@ -109,7 +120,7 @@ class BrokerCollector(Collector):
                     pipe.llen(key)
                 pipe.lindex(queue, -1)  # the tail is consumed next: the oldest message
                 pipe.zcard(self.keys.running(queue))
-                pipe.zcount(self.keys.consumers(queue), now - self.consumer_ttl, "+inf")
+                pipe.zcount(self.keys.consumers(queue), now - self.live_window, "+inf")
             for state in states:
                 pipe.zcard(self.keys.index_state(state))
             pipe.hlen(Channel.unacked_key)
@@ -139,6 +150,25 @@ class BrokerCollector(Collector):
     @staticmethod
     def _families() -> dict[str, GaugeMetricFamily]:
         return {m.name: _gauge(m.name) for m in EXPORTER_METRICS}
+
+
+# Written by `collect` itself whatever Redis answers.
+_OWN = ("conveyor_exporter_up", "conveyor_exporter_scrape_duration_seconds",
+        "conveyor_visibility_timeout_seconds")  # fmt: skip
+
+
+def _label_sets() -> Iterator[tuple[str, list[str]]]:
+    """(family, label values) of every series read from Redis: the same on every scrape."""
+    values = {"queue": [str(q) for q in Queue], "state": [str(s) for s in JobState]}
+    for metric in EXPORTER_METRICS:
+        if metric.name in _OWN:
+            continue
+        if not metric.labels:
+            yield metric.name, []
+            continue
+        (label,) = metric.labels
+        for value in values[label]:
+            yield metric.name, [value]
 
 
 def _gauge(name: str) -> GaugeMetricFamily:

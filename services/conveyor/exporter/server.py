@@ -26,7 +26,7 @@ def create_registry(settings: Settings, client: "redis.Redis") -> CollectorRegis
     """A registry holding the broker collector for `settings`' Redis."""
     registry = CollectorRegistry()
     lease = settings.worker.visibility_timeout_seconds
-    registry.register(BrokerCollector(client, KeySpace(settings.key_prefix), lease, lease))
+    registry.register(BrokerCollector(client, KeySpace(settings.key_prefix), lease))
     return registry
 
 

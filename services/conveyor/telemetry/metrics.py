@@ -6,17 +6,21 @@ Metric objects are built by the classes below (no import-time registration), so 
 can switch prometheus-client to multiprocess mode first.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# Seconds; wide enough for a 5 ms echo and a 2-hour report.
+# Seconds. Run time: from a 0.5 ms echo to a 2-hour report.
 RUNTIME_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
-    7200,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
+    300, 600, 1800, 3600, 7200,
 )  # fmt: skip
+# Queue wait: each tier's objective (QueueWaitHigh: high 10 s, default 2 min, low 30 min) is a
+# bucket boundary with neighbours close on both sides, so a p95 near it is read accurately.
 QUEUE_WAIT_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120,
+    150, 180, 240, 300, 450, 600, 900, 1200, 1800, 2400, 3600,
 )  # fmt: skip
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -37,8 +41,12 @@ EXCEPTION_ALLOWLIST = frozenset(
     }
 )
 
-# What a job attempt ended as.
-OUTCOMES = ("succeeded", "failed", "retried", "cancelled")
+# What a job attempt ended as (job_signals.job_finished's `outcome`).
+OUTCOMES = ("succeeded", "failed", "retried", "cancelled", "superseded")
+# What a POST /v1/jobs ended as.
+SUBMISSION_OUTCOMES = (
+    "accepted", "duplicate", "conflict", "rejected", "rate_limited", "queue_full", "broker_error",
+)  # fmt: skip
 
 
 def exception_label(name: str | None) -> str:
@@ -58,7 +66,8 @@ class WorkerMetrics:
         )
         self.completed = Counter(
             "conveyor_jobs_completed",
-            "Job attempts that ended, by outcome (succeeded, failed, retried, cancelled).",
+            "Job attempts that ended, by outcome (succeeded, failed, retried, cancelled, "
+            "superseded).",
             (*job, "outcome"),
             registry=registry,
         )
@@ -112,6 +121,25 @@ class WorkerMetrics:
             registry=registry,
         )
 
+    def count_from_zero(self, queues: Iterable[str], tasks: Iterable[str]) -> None:
+        """Create every job counter of `queues` x `tasks` (every outcome) at 0, and the active
+        jobs gauge of each queue at 0 in this process.
+
+        Called in the worker's main process at start: the first failure, retry, redelivery or
+        dead letter then shows in rate()/increase() (a series born at 1 shows as no increase),
+        ratios read 0 instead of no data, and `conveyor_worker_active_jobs` stays while the
+        tier's children are replaced (the main process's own 0 keeps the series alive).
+        """
+        tasks = tuple(tasks)
+        for queue in queues:
+            self.active.labels(queue).set(0)
+            for task in tasks:
+                for counter in (self.started, self.retries, self.redeliveries,
+                                self.dead_lettered):  # fmt: skip
+                    counter.labels(queue, task)
+                for outcome in OUTCOMES:
+                    self.completed.labels(queue, task, outcome)
+
 
 class ApiMetrics:
     """HTTP and submission metrics of the API processes."""
@@ -132,11 +160,12 @@ class ApiMetrics:
         )
         self.submissions = Counter(
             "conveyor_api_submissions",
-            "Job submissions by outcome: accepted, duplicate, conflict, rejected, rate_limited, "
-            "queue_full, broker_error.",
+            "Job submissions by outcome: " + ", ".join(SUBMISSION_OUTCOMES) + ".",
             ("outcome",),
             registry=registry,
         )
+        for outcome in SUBMISSION_OUTCOMES:  # every outcome from 0: see count_from_zero
+            self.submissions.labels(outcome)
         self.accept_latency = Histogram(
             "conveyor_api_accept_duration_seconds",
             "Time to record and enqueue one job (the accept script's round trip).",
@@ -199,7 +228,11 @@ EXPORTER_METRICS = (
         "Waiting plus running jobs of the queue: the tier's autoscaling signal.",
         ("queue",),
     ),
-    ExporterMetric("conveyor_workers", "Live workers consuming the queue.", ("queue",)),
+    ExporterMetric(
+        "conveyor_workers",
+        "Live workers consuming the queue (a heartbeat within 2.5 heartbeat intervals).",
+        ("queue",),
+    ),
     ExporterMetric(
         "conveyor_jobs", "Job records by state (finished ones until they expire).", ("state",)
     ),
@@ -211,7 +244,10 @@ EXPORTER_METRICS = (
     ExporterMetric("conveyor_visibility_timeout_seconds", "The workers' visibility timeout."),
     ExporterMetric("conveyor_delayed_jobs", "Delayed jobs and retry backoffs waiting in Redis."),
     ExporterMetric("conveyor_dead_letters", "Jobs in the dead-letter set."),
-    ExporterMetric("conveyor_exporter_up", "1 if the exporter could read Redis on this scrape."),
+    ExporterMetric(
+        "conveyor_exporter_up",
+        "1 if the exporter could read Redis on this scrape; 0: every gauge read from Redis is NaN.",
+    ),
     ExporterMetric(
         "conveyor_exporter_scrape_duration_seconds", "Time spent reading Redis on this scrape."
     ),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess, values
+from prometheus_client import CollectorRegistry, make_wsgi_app, mmap_dict, multiprocess, values
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -49,8 +49,16 @@ def multiprocess_directory() -> Path | None:
     return _directory
 
 
+# The file types whose values add up across processes: a dead process's are folded into one
+# archive file per type (`<type>_archive.db`), so its counts survive it and the directory does
+# not grow with every process that ever lived (a killed child, a replaced gunicorn worker).
+_ACCUMULATING = ("counter", "histogram", "summary")
+
+
 class _PruningCollector(Collector):
-    """MultiProcessCollector that first retires the files of processes no longer alive."""
+    """MultiProcessCollector that first retires the files of processes no longer alive: live
+    gauges are dropped, counts folded into the archive.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -61,8 +69,25 @@ class _PruningCollector(Collector):
             pid = int(path.stem.rsplit("_", 1)[1])
             if not _alive(pid):
                 multiprocess.mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
+        for kind in _ACCUMULATING:
+            for path in self.directory.glob(f"{kind}_*.db"):
+                owner = path.stem.rsplit("_", 1)[1]
+                if owner.isdigit() and not _alive(int(owner)):
+                    _fold(path, self.directory / f"{kind}_archive.db")
         metrics: Iterable[Metric] = self.inner.collect()  # type: ignore[no-untyped-call]
         return metrics
+
+
+def _fold(dead: Path, archive: Path) -> None:
+    """Add a dead process's values to the archive file of its type, then remove its file."""
+    store = mmap_dict.MmapedDict(str(archive))  # type: ignore[no-untyped-call]
+    try:
+        for key, value, timestamp, _ in mmap_dict.MmapedDict.read_all_values_from_file(str(dead)):  # type: ignore[no-untyped-call]
+            total, _ = store.read_value(key)  # type: ignore[no-untyped-call]
+            store.write_value(key, total + value, timestamp)  # type: ignore[no-untyped-call]
+    finally:
+        store.close()  # type: ignore[no-untyped-call]
+    dead.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -78,15 +78,20 @@ class MetricsServer(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         services = services_of(parent.app)
         self.metrics = services.metrics
+        self.tasks = tuple(services.catalog)
         self.registry = services.registry
         self.health = services.health
         self.port = services.settings.metrics.worker_port
 
     def start(self, parent: Any) -> None:
-        """Set the concurrency gauge and start the HTTP endpoint (a failure is only logged)."""
+        """Set the concurrency gauge, create every job counter of this worker's queues at 0,
+        and start the HTTP endpoint (a failure is only logged).
+        """
         amqp = parent.app.amqp
-        for queue in amqp.queues.consume_from or amqp.queues:
+        queues = [str(queue) for queue in amqp.queues.consume_from or amqp.queues]
+        for queue in queues:
             self.metrics.concurrency.labels(queue).set(parent.concurrency)
+        self.metrics.count_from_zero(queues, self.tasks)
         try:
             serve(self.port, scrape_registry(self.registry), routes=self.health.routes())
         except OSError:

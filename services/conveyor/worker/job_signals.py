@@ -11,7 +11,8 @@ from celery.utils.dispatch import Signal
 #: redelivered (bool: the previous delivery never finished).
 job_started = Signal(name="conveyor.job_started")
 
-#: An attempt ends. Arguments: job_id, task, queue, outcome ("succeeded", "failed", "retried",
-#: "cancelled"), runtime_seconds (float | None), exception (type name | None),
+#: An attempt ends. Arguments: job_id, task, queue, outcome (one of telemetry.metrics.OUTCOMES:
+#: "succeeded", "failed", "retried", "cancelled", or "superseded" when a newer attempt of the
+#: job took over), runtime_seconds (float | None), exception (type name | None),
 #: dead_lettered (bool).
 job_finished = Signal(name="conveyor.job_finished")

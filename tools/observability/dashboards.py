@@ -1,9 +1,14 @@
-"""Grafana dashboards as code: `python -m conveyor.telemetry.artifacts` writes them to
+"""Grafana dashboards as code: `python -m tools.observability.artifacts` writes them to
 observability/dashboards/ (and the Helm chart's copies), and a test keeps them in sync.
 
 Every dashboard has `namespace` and `release` variables, and every selector of every panel
 query carries SCOPE, so one Grafana shows any release without mixing two. The chart gives each
 release's copy its own uid and title (templates/monitoring.yaml).
+
+No panel goes blank when its condition is happening: ratios read 0 when nothing failed (the
+workers and the API create their counters at 0), a stat whose source is down shows 0 or a
+growing age (`or` a 0 anchored on the release's `up` series, `last_over_time`), and the time to
+drain says "no consumers" for a tier without workers.
 """
 
 from dataclasses import dataclass, field
@@ -16,6 +21,9 @@ TASK = f'{SCOPE},task=~"$task"'
 # The series the namespace and release variables list: the exporter reports it once per
 # release, whatever the release runs.
 ANCHOR = "conveyor_exporter_up"
+# 0 while any target of the release is known to Prometheus (up or not): the fallback of a
+# panel whose own series are gone with the process that exported them.
+ZERO = f"(0 * sum(up{{{SCOPE}}}))"
 
 
 @dataclass
@@ -28,6 +36,9 @@ class Panel:
     kind: str = "timeseries"
     description: str = ""
     width: int = 12
+    # Value -> text shown instead (Grafana value mappings), e.g. a sentinel meaning "no data
+    # because nothing consumes the queue".
+    mappings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,13 +53,14 @@ class Dashboard:
 
     def model(self) -> dict[str, Any]:
         """The Grafana JSON model."""
-        panels, x, y = [], 0, 0
+        panels, x, y, row_height = [], 0, 0, 0
         for index, panel in enumerate(self.panels, start=1):
             height = 4 if panel.kind == "stat" else 8
             if x + panel.width > 24:
-                x, y = 0, y + height
+                x, y, row_height = 0, y + row_height, 0
             panels.append(_panel_model(index, panel, x, y, height))
             x += panel.width
+            row_height = max(row_height, height)
         variables = [_datasource(), _namespace(), _release(), *map(_variable, self.variables)]
         return {
             "uid": self.uid,
@@ -121,6 +133,11 @@ def _variable(name: str) -> dict[str, Any]:
 
 
 def _panel_model(index: int, panel: Panel, x: int, y: int, height: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": panel.unit}
+    if panel.mappings:
+        options = {value: {"text": text, "index": i}
+                   for i, (value, text) in enumerate(panel.mappings.items())}  # fmt: skip
+        defaults["mappings"] = [{"type": "value", "options": options}]
     return {
         "id": index,
         "type": panel.kind,
@@ -128,9 +145,15 @@ def _panel_model(index: int, panel: Panel, x: int, y: int, height: int) -> dict[
         "description": panel.description,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
         "gridPos": {"x": x, "y": y, "w": panel.width, "h": height},
-        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "targets": [
-            {"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend}
+            # A stat shows the latest value: one instant query, not a range.
+            {
+                "refId": chr(ord("A") + i),
+                "expr": expr,
+                "legendFormat": legend,
+                **({"instant": True} if panel.kind == "stat" else {}),
+            }
             for i, (expr, legend) in enumerate(panel.exprs)
         ],
     }
@@ -151,14 +174,35 @@ def _completed(outcome: str, by: str = "queue", selector: str = QUEUE) -> str:
     )
 
 
+def _ratio(part: str, whole: str) -> str:
+    """The ratio `part / whole`, and 0 (not "no data", not NaN) where the whole is 0."""
+    return f"{part} / ({whole} > 0) or {part}"
+
+
+# What a finished attempt is: retried attempts are not finished (the job goes on).
+FINISHED = "succeeded|failed|cancelled"
+_LENGTH = f"sum by (queue) (conveyor_queue_length{{{QUEUE}}})"
+NO_CONSUMERS, NOT_DRAINING = -1, -2
+# Backlog over the finishing rate; 0 when the queue is empty; the sentinels (shown as text)
+# when no worker consumes the tier, or when workers do but nothing finishes.
+TIME_TO_DRAIN = (
+    f"(sum by (queue) (conveyor_workers{{{QUEUE}}}) == 0) - {-NO_CONSUMERS}"
+    f" or {_LENGTH} / (sum by (queue) (rate(conveyor_jobs_completed_total{{{QUEUE}}}[5m])) > 0)"
+    f" or ({_LENGTH} == 0)"
+    f" or ({_LENGTH} > 0) * 0 - {-NOT_DRAINING}"
+)
+
+
 # fmt: off
 OVERVIEW = Dashboard(
     "conveyor-overview",
     "Conveyor / Overview",
     "Per-tier rate, failures, wait and run time, depth, oldest message and time to drain.",
     [
-        Panel("Jobs finished per second", [(_completed(".+"), "{{queue}}")], "ops"),
-        Panel("Failure ratio", [(f"{_completed('failed')} / {_completed('succeeded|failed')}",
+        Panel("Jobs finished per second", [(_completed(FINISHED), "{{queue}}")], "ops",
+              description="Attempts that ended the job: succeeded, failed or cancelled "
+                          "(retried attempts are not finished)."),
+        Panel("Failure ratio", [(_ratio(_completed("failed"), _completed("succeeded|failed")),
                                  "{{queue}}")], "percentunit"),
         Panel("Queue wait", _quantiles("conveyor_job_queue_wait_seconds", "queue", QUEUE), "s",
               description="Start of an attempt minus max(enqueue time, due time)."),
@@ -171,11 +215,12 @@ OVERVIEW = Dashboard(
               [(f"sum by (queue) (conveyor_queue_demand{{{QUEUE}}})", "demand {{queue}}"),
                (f"sum by (queue) (conveyor_queue_running{{{QUEUE}}})", "running {{queue}}")],
               description="The tiers' autoscaling signal: jobs waiting plus jobs running."),
-        Panel("Time to drain at the current rate",
-              [(f"sum by (queue) (conveyor_queue_length{{{QUEUE}}}) / "
-                f"(sum by (queue) (rate(conveyor_jobs_completed_total{{{QUEUE}}}[5m])) > 0)",
-                "{{queue}}")], "s",
-              description="Backlog divided by the finishing rate; empty when nothing finishes."),
+        Panel("Time to drain at the current rate", [(TIME_TO_DRAIN, "{{queue}}")], "s",
+              kind="stat",
+              mappings={str(NO_CONSUMERS): "no consumers", str(NOT_DRAINING): "not draining"},
+              description="Backlog divided by the finishing rate of the last 5 minutes; "
+                          "0 for an empty queue; \"no consumers\" when no live worker "
+                          "consumes the tier, \"not draining\" when workers finish nothing."),
         Panel("Delayed jobs and dead letters",
               [(f"sum(conveyor_delayed_jobs{{{SCOPE}}})", "delayed"),
                (f"sum(conveyor_dead_letters{{{SCOPE}}})", "dead letters")]),
@@ -233,8 +278,10 @@ TASKS = Dashboard(
                 f"(rate(conveyor_job_runtime_seconds_bucket{{{TASK}}}[{RATE}])))", "{{task}}")],
               "s"),
         Panel("Failures by exception",
-              [(f"sum by (task, exception) (rate(conveyor_job_failures_total{{{TASK}}}[{RATE}]))",
-                "{{task}} {{exception}}")], "ops"),
+              [(f"sum by (task, exception) (rate(conveyor_job_failures_total{{{TASK}}}[{RATE}]))"
+                f" or on (task) (0 * {_completed('failed', 'task', TASK)})",
+                "{{task}} {{exception}}")], "ops",
+              description="0 for a task that has not failed."),
         Panel("Retries per second",
               [(f"sum by (task) (rate(conveyor_job_retries_total{{{TASK}}}[{RATE}]))",
                 "{{task}}")], "ops"),
@@ -243,8 +290,9 @@ TASKS = Dashboard(
                 f"(rate(conveyor_job_queue_wait_seconds_bucket{{{TASK}}}[{RATE}])))", "{{task}}")],
               "s"),
         Panel("Failure ratio",
-              [(_completed("failed", "task", TASK) + " / "
-                + _completed("succeeded|failed", "task", TASK), "{{task}}")], "percentunit"),
+              [(_ratio(_completed("failed", "task", TASK),
+                       _completed("succeeded|failed", "task", TASK)), "{{task}}")],
+              "percentunit"),
     ],
     variables=("task",),
 )
@@ -270,8 +318,9 @@ API = Dashboard(
                 f"p{int(q*100)}")
                for q in (0.5, 0.99)], "s"),
         Panel("5xx ratio",
-              [(f'sum(rate(conveyor_http_requests_total{{{SCOPE},status=~"5.."}}[{RATE}])) / '
-                f"sum(rate(conveyor_http_requests_total{{{SCOPE}}}[{RATE}]))", "5xx")],
+              [(_ratio(f'sum(rate(conveyor_http_requests_total{{{SCOPE},status=~"5.."}}[{RATE}])'
+                       f" or 0 * rate(conveyor_http_requests_total{{{SCOPE}}}[{RATE}]))",
+                       f"sum(rate(conveyor_http_requests_total{{{SCOPE}}}[{RATE}]))"), "5xx")],
               "percentunit"),
     ],
     variables=(),
@@ -282,20 +331,25 @@ BEAT = Dashboard(
     "Conveyor / Beat",
     "Leader, ticks and periodic job submissions.",
     [
-        Panel("Leaders", [(f"sum(conveyor_beat_leader{{{SCOPE}}})", "leaders")], kind="stat",
-              width=8, description="Exactly 1 is healthy."),
+        Panel("Leaders", [(f"sum(conveyor_beat_leader{{{SCOPE}}}) or {ZERO}", "leaders")],
+              kind="stat", width=8, description="Exactly 1 is healthy; 0 while beat is down."),
         Panel("Since the last tick",
-              [(f"time() - max(conveyor_beat_last_tick_timestamp_seconds{{{SCOPE}}})",
-                "seconds")], "s", kind="stat", width=8),
+              [(f"time() - max(last_over_time("
+                f"conveyor_beat_last_tick_timestamp_seconds{{{SCOPE}}}[1d]))", "seconds")], "s",
+              kind="stat", width=8,
+              description="The leader ticks every few seconds; while beat is down this grows "
+                          "from its last tick."),
         Panel("Dead letters", [(f"sum(conveyor_dead_letters{{{SCOPE}}})", "dead letters")],
               kind="stat", width=8),
-        Panel("Submissions per schedule",
-              [(f"sum by (schedule) (increase(conveyor_beat_runs_total{{{SCOPE}}}[{RATE}]))",
-                "{{schedule}}")]),
+        Panel("Submissions per minute, by schedule",
+              [(f"60 * sum by (schedule) (rate(conveyor_beat_runs_total{{{SCOPE}}}[{RATE}]))"
+                f" or on () {ZERO}", "{{schedule}}")], "opm",
+              description="0 (one unnamed series) until a schedule has run."),
         Panel("Since each schedule's last run",
-              [(f"time() - max by (schedule) "
-                f"(conveyor_beat_schedule_last_run_timestamp_seconds{{{SCOPE}}})",
-                "{{schedule}}")], "s"),
+              [(f"time() - max by (schedule) (last_over_time("
+                f"conveyor_beat_schedule_last_run_timestamp_seconds{{{SCOPE}}}[1d]))",
+                "{{schedule}}")], "s",
+              description="Grows from the last run while beat is down."),
     ],
     variables=(),
 )
