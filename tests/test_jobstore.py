@@ -17,7 +17,7 @@ from conveyor.jobstore.aio import AsyncJobStore
 from conveyor.jobstore.keys import TEMPLATES, KeySpace, lua_prelude
 from conveyor.jobstore.machine import TRANSITIONS, Verb
 from conveyor.jobstore.model import JobState
-from conveyor.jobstore.results import StartVerdict
+from conveyor.jobstore.runs import StartVerdict
 from conveyor.jobstore.scripts import JOB_SCRIPTS, script_text
 from conveyor.jobstore.store import JobStore
 from conveyor.jobstore.submission import Submission

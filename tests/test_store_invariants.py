@@ -11,7 +11,7 @@ import redis
 from conveyor.core.catalog import load_catalog
 from conveyor.core.settings import Settings
 from conveyor.jobstore.aio import AsyncJobStore
-from conveyor.jobstore.results import StartVerdict
+from conveyor.jobstore.runs import StartVerdict
 from conveyor.jobstore.scripts import CLAIM
 from conveyor.jobstore.store import JobStore
 from conveyor.jobstore.submission import Submission

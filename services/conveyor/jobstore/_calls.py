@@ -13,13 +13,11 @@ from conveyor.jobstore.model import JobState, NewJob, _text
 from conveyor.jobstore.results import (
     AcceptResult,
     AcceptVerdict,
-    Fence,
     InvalidCursorError,
     Limits,
-    StartResult,
-    StartVerdict,
     TransitionResult,
 )
+from conveyor.jobstore.runs import Fence, StartResult, StartVerdict
 
 
 def ms(timestamp: float) -> str:

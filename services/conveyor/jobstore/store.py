@@ -19,13 +19,8 @@ from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.machine import Verb, transition
 from conveyor.jobstore.model import Job, _text, decode_record
-from conveyor.jobstore.results import (
-    AcceptResult,
-    Fence,
-    Limits,
-    StartResult,
-    TransitionResult,
-)
+from conveyor.jobstore.results import AcceptResult, Limits, TransitionResult
+from conveyor.jobstore.runs import Fence, StartResult
 from conveyor.jobstore.scripts import (
     ACCEPT,
     START,

@@ -11,10 +11,11 @@ from conveyor.jobstore.store import JobStore
 from conveyor.telemetry.metrics import WorkerMetrics
 from conveyor.worker import observability
 from conveyor.worker.delayed import DelayedJobsPromoter
+from conveyor.worker.health import WorkerHealth
 from conveyor.worker.job_metrics import JobMetricsRecorder, MetricsServer
 from conveyor.worker.leases import LeaseRenewer
 from conveyor.worker.lifecycle import ConveyorTask, JobRunner
-from conveyor.worker.liveness import LivenessBeat, WorkerHealth
+from conveyor.worker.liveness import LivenessBeat
 from conveyor.worker.services import WorkerServices
 from conveyor.worker.shutdown import ShutdownDeadline
 

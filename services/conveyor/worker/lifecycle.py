@@ -29,7 +29,8 @@ from conveyor.core.queues import Queue
 from conveyor.core.sanitize import Sanitizer
 from conveyor.core.settings import Settings
 from conveyor.jobstore.model import JobError, JobState
-from conveyor.jobstore.results import Fence, StartVerdict, TransitionResult
+from conveyor.jobstore.results import TransitionResult
+from conveyor.jobstore.runs import Fence, StartVerdict
 from conveyor.jobstore.store import JobStore
 from conveyor.worker.delivery import Delivery
 from conveyor.worker.job_signals import job_finished, job_started

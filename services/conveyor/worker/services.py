@@ -16,8 +16,8 @@ from conveyor.jobstore.store import JobStore
 from conveyor.telemetry.metrics import WorkerMetrics
 
 if TYPE_CHECKING:  # both modules use this one
+    from conveyor.worker.health import WorkerHealth
     from conveyor.worker.lifecycle import JobRunner
-    from conveyor.worker.liveness import WorkerHealth
 
 
 @dataclass(frozen=True)

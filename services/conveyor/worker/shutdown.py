@@ -15,7 +15,7 @@ from celery import bootsteps
 from celery.signals import worker_shutting_down
 from celery.worker import state
 
-from conveyor.jobstore.results import Fence
+from conveyor.jobstore.runs import Fence
 from conveyor.worker.lifecycle import process_owner
 from conveyor.worker.services import services_of
 

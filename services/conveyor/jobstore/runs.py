@@ -1,0 +1,47 @@
+"""What a run of a job gets from the store: the verdict on starting it, and the fence every
+write of the run carries (refused once it is no longer the job's current attempt).
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from conveyor.jobstore.model import JobState
+
+
+class StartVerdict(StrEnum):
+    """What a delivery should do (start.lua)."""
+
+    RUN = "run"
+    SKIP = "skip"  # cancelled, finished, expired, or a stale copy: ack without running
+    POISON = "poison"  # its workers died under it too often: dead-letter it
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """The verdict, with the record's state before, its attempts and deaths."""
+
+    verdict: StartVerdict
+    previous_state: JobState | None
+    attempts: int
+    deaths: int
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a write from a run must match in the record to apply: its attempt's token
+    (`fence`, the attempt number start.lua gave it) or, from the worker's main process, the
+    process that runs it (`owner`).
+    """
+
+    field: str
+    value: str
+
+    @classmethod
+    def attempt(cls, attempt: int) -> "Fence":
+        """The fence of the run that started as `attempt`."""
+        return cls("fence", str(attempt))
+
+    @classmethod
+    def owner(cls, owner: str) -> "Fence":
+        """The fence of whatever run the process `owner` ('<host>:<pid>') is running."""
+        return cls("owner", owner)
