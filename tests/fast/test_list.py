@@ -103,3 +103,17 @@ async def test_listing_shows_finished_states(
     assert job["id"] in [j["id"] for j in failed.json()["items"]]
     queued = await client.get("/v1/jobs", params={"state": "queued", "task": "demo.fail"})
     assert job["id"] not in [j["id"] for j in queued.json()["items"]]
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/dead-letters"])
+async def test_a_cursor_this_api_never_issued_is_explained_with_a_pointer(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    from tests.fast.harness import problem
+
+    body = problem(await client.get(path, params={"cursor": "bm90LWEtY3Vyc29y"}), 422)
+    assert body["type"].endswith("invalid-cursor")
+    assert "next_cursor" in body["detail"]
+    assert body["errors"] == [
+        {"pointer": "#/query/cursor", "detail": "Not a cursor of this listing"}
+    ]

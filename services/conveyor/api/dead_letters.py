@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from conveyor.api.auth import Admin
-from conveyor.api.deps import PROBLEM_RESPONSES, State, existing_job
+from conveyor.api.deps import PROBLEM_RESPONSES, State, existing_job, invalid_cursor
 from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import JobPage
 from conveyor.jobstore.model import Job
@@ -39,14 +39,7 @@ def dead_letters_router() -> APIRouter:
         try:
             page = await state.store.list_jobs(limit=limit, cursor=cursor, dead_letters=True)
         except InvalidCursorError:
-            raise ProblemError(
-                422,
-                "Invalid cursor",
-                "The cursor is not one this API issued for this listing; pass the "
-                "`next_cursor` of the previous page unchanged, or list from the start "
-                "without one.",
-                slug="invalid-cursor",
-            ) from None
+            raise invalid_cursor() from None
         return JobPage(items=page.jobs, next_cursor=page.next_cursor)
 
     @router.post("/replay", response_model=Count, summary="Replay every dead letter")

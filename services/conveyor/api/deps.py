@@ -13,7 +13,7 @@ from conveyor.api.state import ApiState, api_state
 from conveyor.core.apikeys import Principal, Scope
 from conveyor.jobstore.model import Job
 
-__all__ = ["JSON_BODY", "PROBLEM_RESPONSES", "ApiState", "State", "existing_job"]
+__all__ = ["JSON_BODY", "PROBLEM_RESPONSES", "ApiState", "State", "existing_job", "invalid_cursor"]
 
 
 State = Annotated[ApiState, Depends(api_state)]
@@ -25,6 +25,19 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
     for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 431, 503)
 }
+
+
+def invalid_cursor() -> ProblemError:
+    """The 422 for a listing cursor this API did not issue (any listing)."""
+    return ProblemError(
+        422,
+        "Invalid cursor",
+        "The cursor is not one this API issued for this listing; pass the `next_cursor` of "
+        "the previous page unchanged, or list from the start without one.",
+        slug="invalid-cursor",
+        errors=[{"pointer": "#/query/cursor", "detail": "Not a cursor of this listing"}],
+    )
+
 
 _JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

@@ -17,7 +17,7 @@ from conveyor.api.auth import (
     tenant_limits,
     too_many_requests,
 )
-from conveyor.api.deps import JSON_BODY, ApiState, State, existing_job
+from conveyor.api.deps import JSON_BODY, ApiState, State, existing_job, invalid_cursor
 from conveyor.api.limits import check_args_shape
 from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import IDEMPOTENCY_KEY_PATTERN, JobPage, SubmissionBase
@@ -192,15 +192,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 cursor=cursor,
             )
         except InvalidCursorError:
-            raise ProblemError(
-                422,
-                "Invalid cursor",
-                "The cursor is not one this API issued for this listing; pass the "
-                "`next_cursor` of the previous page unchanged, or list from the start "
-                "without one.",
-                slug="invalid-cursor",
-                errors=[{"pointer": "#/query/cursor", "detail": "Not a cursor of this listing"}],
-            ) from None
+            raise invalid_cursor() from None
         return JobPage(items=page.jobs, next_cursor=page.next_cursor)
 
     @router.get("/{job_id}", response_model=Job, summary="Get a job", operation_id="get_job")
