@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from conveyor.core.catalog import (
     JobContext,
     RetryPolicy,
+    TaskArgs,
     TaskCatalog,
     TaskModuleError,
     TaskSpec,
@@ -24,7 +25,7 @@ from conveyor.worker.app import create_celery
 from tests.support.processes import REPO
 
 
-class Args(BaseModel):
+class Args(TaskArgs):
     n: int = 0
 
 

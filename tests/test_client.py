@@ -80,8 +80,11 @@ def test_an_idempotent_submission_returns_the_same_job(client: Client) -> None:
 def test_list_iterates_every_page(client: Client) -> None:
     ids = [client.submit("demo.echo", {"payload": i}, delay_seconds=7200, priority="low").id
            for i in range(5)]  # fmt: skip
-    listed = [job.id for job in client.list(state="scheduled", queue="low", page_size=2)]
-    assert listed[:5] == list(reversed(ids))  # newest first, across three pages
+    listed = list(client.list(state="scheduled", queue="low", page_size=2))
+    assert [job.id for job in listed[:5]] == list(reversed(ids))  # newest first, 3 pages
+    assert listed[0].args is None  # summaries, unless asked
+    full = next(iter(client.list(state="scheduled", queue="low", fields=["args"])))
+    assert full.args == {"payload": 4}
 
 
 def test_errors_are_typed(live: Platform, client: Client) -> None:

@@ -56,13 +56,11 @@ def test_an_unknown_queue_is_refused() -> None:
 
 
 ACME_TASKS = '''
-from pydantic import BaseModel
-
-from conveyor.core.catalog import JobContext, task
+from conveyor.core.catalog import JobContext, TaskArgs, task
 from conveyor.core.queues import Queue
 
 
-class DoubleArgs(BaseModel):
+class DoubleArgs(TaskArgs):
     n: int
 
 
@@ -211,3 +209,18 @@ def test_keys_files_are_not_committed() -> None:
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
     assert ignored.stdout.split() == ["keys.yaml", "sub/keys.yaml"]
+
+
+@pytest.mark.parametrize("role", [["api"], ["worker", "--queue", "default"]])
+@pytest.mark.parametrize("secret", [None, "change-me"], ids=["unset", "short"])
+def test_api_and_workers_refuse_to_sign_with_a_missing_or_weak_secret(
+    role: list[str], secret: str | None
+) -> None:
+    env = {"CONVEYOR_AUTH__DISABLED": "true", "CONVEYOR_REDIS_URL": "redis://127.0.0.1:1/0"}
+    if secret is not None:
+        env["CONVEYOR_WEBHOOK__SIGNING_SECRET"] = secret
+    result = run(*role, "--quiet", **env)
+    assert result.returncode == 78, result.stderr
+    assert "refusing to start" in result.stderr
+    assert "CONVEYOR_WEBHOOK__SIGNING_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr

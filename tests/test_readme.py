@@ -27,6 +27,7 @@ import pytest
 
 from conveyor.beat.schedule import load_schedule
 from conveyor.core.catalog import load_catalog
+from conveyor.dev import dev_signing_secret
 from tests.conftest import started_platform
 from tests.support.processes import REPO, Platform, RedisServer, free_port
 
@@ -162,15 +163,15 @@ def task_modules(workdir: Path) -> list[str]:
 def readme_platform(
     redis_server: RedisServer, module_logs: Path, workdir: Path
 ) -> Iterator[Platform]:
-    """The platform as `make dev` runs it (no API keys, loopback webhooks allowed, the
-    default signing secret), with the README's own task modules."""
+    """The platform as `make dev` runs it (no API keys, loopback webhooks allowed, a signing
+    secret in .conveyor/ of the working directory), with the README's own task modules."""
     modules = ",".join(["tests.support.tasks", *task_modules(workdir)])
     platform = started_platform(
         redis_server,
         module_logs,
         CONVEYOR_AUTH__DISABLED="true",
         CONVEYOR_TASK_MODULES=modules,
-        CONVEYOR_WEBHOOK__SIGNING_SECRET="change-me",
+        CONVEYOR_WEBHOOK__SIGNING_SECRET=dev_signing_secret(workdir / ".conveyor"),
         PYTHONPATH=os.pathsep.join([str(REPO), str(workdir)]),
     )
     yield platform

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from conveyor.core.apikeys import Scope
-from conveyor.core.catalog import TaskModuleError, load_catalog
+from conveyor.core.catalog import TaskModuleError, catalog_for
 from conveyor.core.durability import UnsafeRedisError, check_durability
 from conveyor.core.logs import configure_logging
 from conveyor.core.queues import Queue
@@ -30,9 +30,15 @@ Quiet = Annotated[
 ]
 
 
-def _startup(settings: Settings) -> None:
-    """Logging, then the Redis durability check (which may refuse to start)."""
+def _startup(settings: Settings, *, signs_webhooks: bool = False) -> None:
+    """Logging, then the checks that may refuse to start: webhooks without a signing secret
+    (`signs_webhooks`: the API accepts and the workers send them), the Redis durability.
+    """
     configure_logging(settings)
+    problem = settings.webhook.problem() if signs_webhooks else None
+    if problem is not None:
+        typer.echo(f"refusing to start: {problem}", err=True)
+        raise typer.Exit(EX_CONFIG)
     client = sync_client(settings)
     try:
         check_durability(client, settings.redis_durability_check)
@@ -65,7 +71,7 @@ def api(quiet: Quiet = False) -> None:
     from conveyor.api.server import ApiServer
 
     settings = Settings()
-    load_catalog(settings.task_modules)  # every API process loads it: fail once, up front
+    catalog_for(settings)  # every API process loads it: fail once, up front
     try:
         keys = KeySource(settings.auth)  # the same check every API process makes, up front
     except (MissingKeysError, OSError, ValueError) as exc:
@@ -74,7 +80,7 @@ def api(quiet: Quiet = False) -> None:
     if not quiet:
         line = _auth_line(settings, len(keys.ring))
         typer.echo(f"conveyor api on http://{settings.api.bind}: {line}", err=True)
-    _startup(settings)
+    _startup(settings, signs_webhooks=True)
     _multiprocess_metrics(settings, "api")
     ApiServer(settings).run()
 
@@ -106,8 +112,8 @@ def worker(
 
     from conveyor.worker.app import create_celery
 
-    load_catalog(settings.task_modules)  # a task module's error before anything else
-    _startup(settings)
+    catalog_for(settings)  # a task module's error before anything else
+    _startup(settings, signs_webhooks=True)
     _multiprocess_metrics(settings, f"worker-{queue}")
     celery = create_celery(settings)
     if quiet:
@@ -145,7 +151,7 @@ def beat(quiet: Quiet = False) -> None:
     from conveyor.telemetry.prometheus import serve
 
     settings = Settings()
-    load_catalog(settings.task_modules)  # a task module's error before anything else
+    catalog_for(settings)  # a task module's error before anything else
     _startup(settings)
     celery, services = create_beat(settings)
     # Served before the lock is taken, so a standby reports conveyor_beat_leader 0.
@@ -193,7 +199,7 @@ def dev(
     if appendfsync not in ("everysec", "always"):
         raise typer.BadParameter("everysec or always", param_hint="--appendfsync")
     settings = Settings()
-    load_catalog(settings.task_modules)  # a task module's error, once, before anything starts
+    catalog_for(settings)  # a task module's error, once, before anything starts
     code = run_dev(
         settings, data_dir=data_dir, api_port=port, appendfsync=appendfsync, verbose=verbose
     )
@@ -324,8 +330,20 @@ def keys_webhook_secret(
     """
     from conveyor.core.signing import tenant_secret
 
-    settings = Settings()
-    typer.echo(tenant_secret(settings.webhook.signing_secret.get_secret_value(), tenant))
+    typer.echo(tenant_secret(_signing_secret(Settings(), None), tenant))
+
+
+def _signing_secret(settings: Settings, secret_file: Path | None) -> str:
+    """The deployment's signing secret: from `secret_file` (what `conveyor dev` writes), or
+    CONVEYOR_WEBHOOK__SIGNING_SECRET; exits 78 when there is none to use.
+    """
+    try:
+        if secret_file is not None:
+            return secret_file.read_text().strip()
+        return settings.webhook.secret()
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EX_CONFIG) from None
 
 
 @keys_app.command("hash")
@@ -348,19 +366,26 @@ def webhooks_listen(
     count: Annotated[
         int | None, typer.Option(min=1, help="Exit after this many deliveries (default: never).")
     ] = None,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the deployment's signing secret (`conveyor dev` writes "
+            ".conveyor/webhook-signing-secret); default: CONVEYOR_WEBHOOK__SIGNING_SECRET."
+        ),
+    ] = None,
 ) -> None:
     """Receive webhooks and completion callbacks on http://127.0.0.1:PORT/ and print each one
-    with its signature checked (CONVEYOR_WEBHOOK__SIGNING_SECRET), answering 204.
+    with its signature checked, answering 204.
     """
     from conveyor.client.receiver import Delivery, Receiver
 
-    settings = Settings()
+    secret = _signing_secret(Settings(), secret_file)
 
     def report(delivery: Delivery) -> None:
         typer.echo(delivery.summary())
 
     try:
-        receiver = Receiver(settings.webhook.signing_secret.get_secret_value(), report, port=port)
+        receiver = Receiver(secret, report, port=port)
     except OSError as exc:
         typer.echo(f"error: cannot listen on 127.0.0.1:{port}: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -16,6 +16,7 @@ any child dies, everything is stopped and the exit code is 1.
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -358,6 +359,24 @@ class _Platform:
         return handed
 
 
+SIGNING_SECRET_FILE = "webhook-signing-secret"  # noqa: S105 - a file name
+
+
+def dev_signing_secret(data_dir: Path) -> str:
+    """The webhook signing secret of `conveyor dev` in `data_dir`: read, or made (random,
+    256 bits) and written readable by its owner only.
+    """
+    path = data_dir / SIGNING_SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_hex(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secret + "\n")
+    return secret
+
+
 def run_dev(
     settings: Settings,
     *,
@@ -423,6 +442,10 @@ def _run(
         auth_line = _auth_summary(settings)
     if "send_task_events" not in settings.worker.model_fields_set:
         env["CONVEYOR_WORKER__SEND_TASK_EVENTS"] = "true"  # so Flower can be attached
+    if settings.webhook.enabled and settings.webhook.signing_secret is None:
+        # A random secret of this data directory, kept across runs so that receivers keep
+        # verifying; `conveyor webhooks listen --secret-file` reads it.
+        env["CONVEYOR_WEBHOOK__SIGNING_SECRET"] = dev_signing_secret(data_dir)
     if "allowed_networks" not in settings.webhook.model_fields_set:
         # Webhooks to receivers on this machine are the normal case when developing.
         env["CONVEYOR_WEBHOOK__ALLOWED_NETWORKS"] = '["127.0.0.0/8", "::1/128"]'

@@ -32,7 +32,7 @@ KEYS = KeySpace("conveyor")
 BASE_SETTINGS: dict[str, Any] = {
     "task_modules": TASK_MODULES,
     "auth": {"keys_file": KEYS_FILE, "reload_interval_seconds": 0.2},
-    "webhook": {"signing_secret": "test-secret", "allowed_networks": ["127.0.0.0/8"]},
+    "webhook": {"signing_secret": "test-signing-secret", "allowed_networks": ["127.0.0.0/8"]},
     "limits": {"rate_per_second": 0},
     "worker": {"hard_timeout_grace_seconds": 2},
 }

@@ -3,9 +3,9 @@ runs in the test's own process, so a test can pause a job between two progress r
 
 from collections.abc import Callable
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from conveyor.core.catalog import JobContext, task
+from conveyor.core.catalog import JobContext, TaskArgs, task
 from conveyor.core.queues import Queue
 
 
@@ -17,7 +17,7 @@ def _carry_on(job_id: str, step: int) -> None:
 after_step: Callable[[str, int], None] = _carry_on
 
 
-class StepsArgs(BaseModel):
+class StepsArgs(TaskArgs):
     """Arguments of `fast.steps`."""
 
     steps: int = Field(3, ge=1, le=100)
@@ -37,7 +37,7 @@ class WorkerDied(SystemExit):
     and the message is delivered again, as after a worker was killed."""
 
 
-class DieArgs(BaseModel):
+class DieArgs(TaskArgs):
     """Arguments of `fast.die`."""
 
 

@@ -4,13 +4,13 @@ executions and start times in a separate, standalone Redis that the faults never
 import time
 
 import redis
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from conveyor.core.catalog import JobContext, task
+from conveyor.core.catalog import JobContext, TaskArgs, task
 from conveyor.core.queues import Queue
 
 
-class RecordArgs(BaseModel):
+class RecordArgs(TaskArgs):
     """Where to record the execution (a Redis outside the Sentinel group)."""
 
     ledger_url: str

@@ -158,7 +158,7 @@ def service_env(redis_url: str, **overrides: str) -> dict[str, str]:
             "CONVEYOR_TASK_MODULES": '["tests.support.tasks"]',
             "CONVEYOR_WORKER__CONCURRENCY": "2",
             "CONVEYOR_WORKER__DELAYED_POLL_SECONDS": "0.2",
-            "CONVEYOR_WEBHOOK__SIGNING_SECRET": "test-secret",
+            "CONVEYOR_WEBHOOK__SIGNING_SECRET": "test-signing-secret",
             "CONVEYOR_API__WORKERS": "1",
             "CONVEYOR_AUTH__KEYS_FILE": str(KEYS_FILE),
             "CONVEYOR_AUTH__RELOAD_INTERVAL_SECONDS": "0.2",

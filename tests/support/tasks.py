@@ -1,14 +1,14 @@
 """A task module loaded through CONVEYOR_TASK_MODULES, as a client team's would be."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from conveyor.core.catalog import JobContext, RetryPolicy, task
+from conveyor.core.catalog import JobContext, RetryPolicy, TaskArgs, task
 from conveyor.core.errors import RetryableError
 from conveyor.core.queues import Queue
 
 
-class CountArgs(BaseModel):
+class CountArgs(TaskArgs):
     """Arguments of `tests.count`."""
 
     key: str = Field(..., description="Redis key to increment.")
@@ -27,7 +27,7 @@ def count(ctx: JobContext, args: CountArgs) -> dict[str, int]:
         client.close()
 
 
-class StubbornArgs(BaseModel):
+class StubbornArgs(TaskArgs):
     """Arguments of `tests.stubborn`."""
 
     seconds: float = Field(..., ge=0, le=60)
@@ -45,7 +45,7 @@ def stubborn(ctx: JobContext, args: StubbornArgs) -> None:
             time.sleep(0.1)
 
 
-class WorkArgs(BaseModel):
+class WorkArgs(TaskArgs):
     """Arguments of `tests.work`."""
 
     redis_url: str
@@ -79,7 +79,7 @@ def work(ctx: JobContext, args: WorkArgs) -> dict[str, int]:
         client.close()
 
 
-class KillArgs(BaseModel):
+class KillArgs(TaskArgs):
     """Arguments of `tests.kill_worker`."""
 
     redis_url: str
@@ -104,7 +104,7 @@ def kill_worker(ctx: JobContext, args: KillArgs) -> dict[str, int]:
         client.close()
 
 
-class LeakArgs(BaseModel):
+class LeakArgs(TaskArgs):
     """Arguments of `tests.leak`."""
 
     message: str
@@ -116,7 +116,7 @@ def leak(ctx: JobContext, args: LeakArgs) -> None:
     raise RuntimeError(args.message)
 
 
-class EscapeArgs(BaseModel):
+class EscapeArgs(TaskArgs):
     """Arguments of `tests.escape`."""
 
     mode: str = Field(..., pattern="^(cancelled|base|unprintable)$")

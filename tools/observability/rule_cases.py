@@ -201,6 +201,13 @@ RULE_CASES = (
         f'conveyor_http_requests_total{{route="/healthz",status="500",{_STAGING}}}': "0 1x30",
     }, (AlertCase("10m", "ConveyorApiErrorRatioHigh"),
         AlertCase("10m", "ConveyorSubmissionsFailing"))),
+    RuleTest("a keys file that stopped loading at 5m; staging reloads fine", {
+        'conveyor_api_keys_reloads_total{outcome="failed"}': "0x5 1+1x20",
+        'conveyor_api_keys_reloads_total{outcome="loaded"}': "1x25",
+        f'conveyor_api_keys_reloads_total{{outcome="failed",{_STAGING}}}': "0x25",
+        f'conveyor_api_keys_reloads_total{{outcome="loaded",{_STAGING}}}': "0+1x25",
+    }, (AlertCase("4m", "ConveyorApiKeysReloadFailing"),
+        AlertCase("9m", "ConveyorApiKeysReloadFailing", ({**J, **W},)))),
     RuleTest("accepting a job takes 300-500 ms", {
         _ACCEPT.format("0.005"): "0x20", _ACCEPT.format("0.25"): "0x20",
         _ACCEPT.format("0.5"): "0+100x20", _ACCEPT.format("+Inf"): "0+100x20",

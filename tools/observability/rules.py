@@ -301,6 +301,22 @@ groups:
             Secret. Accepted jobs are kept (AOF); they run once Redis is back. Meanwhile the
             exporter's queue gauges are NaN, so the queue alerts neither fire nor resolve.
 
+      - alert: ConveyorApiKeysReloadFailing
+        # A changed keys file that does not load is retried every reload interval, so this
+        # keeps firing until the file is mended; the API serves the previous keys meanwhile.
+        expr: >-
+          sum by (namespace, conveyor_release)
+            (increase(conveyor_api_keys_reloads_total{outcome="failed",@}[5m])) > 0
+        for: 2m
+        labels: {severity: warning}
+        annotations:
+          summary: "The API cannot load its changed keys file"
+          runbook: >-
+            The keys file (auth.keysSecret) changed but does not parse, is empty or lists no
+            keys: the API goes on with the previous keys, so keys added since are refused
+            (401) and revoked ones still work. Read the API's log ("keys file ... not
+            reloaded"), fix the Secret, and this resolves within minutes of the next reload.
+
       - alert: ConveyorApiErrorRatioHigh
         # At least 5 errors in the window, so one 500 on a quiet API does not page.
         expr: >-

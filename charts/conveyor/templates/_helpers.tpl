@@ -216,11 +216,13 @@ checks), OTEL_* and the user's extraEnv. */}}
 - name: CONVEYOR_REDIS_CA_FILE
   value: {{ . | quote }}
 {{- end }}
+{{- if $ctx.Values.config.webhook.enabled }}
 - name: CONVEYOR_WEBHOOK__SIGNING_SECRET
   valueFrom:
     secretKeyRef:
       name: {{ default (include "conveyor.componentName" (list $ctx "webhook")) $ctx.Values.config.webhook.existingSecret }}
       key: {{ $ctx.Values.config.webhook.existingSecretKey }}
+{{- end }}
 {{- if $ctx.Values.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ $ctx.Values.otel.endpoint | quote }}
@@ -369,6 +371,7 @@ CONVEYOR_METRICS__MULTIPROCESS_DIR: "/tmp/metrics"
 CONVEYOR_WORKER__HEARTBEAT_FILE: "/tmp/heartbeat"
 CONVEYOR_SCHEDULE_FILE: "/etc/conveyor/schedule.yaml"
 CONVEYOR_WORKER__SEND_TASK_EVENTS: {{ .config.workers.sendTaskEvents | toString | quote }}
+CONVEYOR_WEBHOOK__ENABLED: {{ .config.webhook.enabled | toString | quote }}
 CONVEYOR_WEBHOOK__ALLOWED_NETWORKS: {{ .config.webhook.allowedNetworks | toJson | quote }}
 {{- with .config.limits }}
 CONVEYOR_LIMITS__RATE_PER_SECOND: {{ .ratePerSecond | toString | quote }}

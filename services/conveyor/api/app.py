@@ -20,16 +20,16 @@ from prometheus_client import CollectorRegistry
 
 from conveyor import __version__
 from conveyor.api import problems
-from conveyor.api.auth import KeySource, charge_rejected, security_schemes
+from conveyor.api.auth import KeySource, charge_rejected, principal_of, security_schemes
+from conveyor.api.body_gate import BodyGate
 from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.events import BLOCK_SECONDS, events_router
 from conveyor.api.jobs import jobs_router
-from conveyor.api.limits import RequestSizeLimitMiddleware
 from conveyor.api.meta import meta_router
 from conveyor.api.request_metrics import MetricsMiddleware
 from conveyor.api.schemas import submission_model
 from conveyor.api.state import ApiState
-from conveyor.core.catalog import TaskCatalog, load_catalog
+from conveyor.core.catalog import TaskCatalog, catalog_for
 from conveyor.core.redis import async_client, stream_client
 from conveyor.core.settings import Settings
 from conveyor.telemetry.metrics import ApiMetrics
@@ -64,15 +64,15 @@ def operation_id(route: APIRoute) -> str:
 
 def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAPI:
     """The API for `settings`; connects to Redis lazily, on the first request."""
-    catalog = catalog if catalog is not None else load_catalog(settings.task_modules)
-    keys = KeySource(settings.auth)  # fails fast when authentication has no keys
+    catalog = catalog if catalog is not None else catalog_for(settings)
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+    keys = KeySource(settings.auth, metrics.keys_reloaded)  # fails fast without keys
     if settings.auth.disabled:
         log.warning(
             "AUTHENTICATION IS DISABLED (CONVEYOR_AUTH__DISABLED=true): every caller acts as "
             "tenant 'default' with every scope. Never run this way outside local development."
         )
-    registry = CollectorRegistry()
-    metrics = ApiMetrics(registry)
     tracing = setup_tracing(settings, "conveyor-api")
     state = ApiState(settings, catalog, metrics, keys)
 
@@ -102,9 +102,11 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     )
     app.state.conveyor = state
     app.add_middleware(
-        RequestSizeLimitMiddleware,
+        BodyGate,
         max_body_bytes=settings.limits.max_body_bytes,
         max_header_bytes=settings.limits.max_header_bytes,
+        body_timeout_seconds=settings.limits.body_timeout_seconds,
+        authenticate=lambda headers: principal_of(keys, headers),
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     problems.install(app, list(catalog), charge_rejected)

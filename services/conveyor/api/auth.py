@@ -10,7 +10,7 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,16 +39,20 @@ class MissingKeysError(RuntimeError):
 class KeySource:
     """The current key ring; `refresh` re-reads the keys file when it has changed."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(
+        self, settings: AuthSettings, on_reload: Callable[[bool], None] | None = None
+    ) -> None:
+        """`on_reload(loaded)` is told of every reload of a changed file (True: loaded)."""
         self.settings = settings
+        self.on_reload = on_reload
         self._stamp: tuple[int, int, int] | None = None
         if settings.disabled:
             self.ring = KeyRing(KeysDocument())
         elif settings.keys_file is not None:
-            self.ring = KeyRing(parse_keys(settings.keys_file.read_text()))
+            self.ring = _ring(settings.keys_file.read_text())
             self._stamp = _stamp(settings.keys_file)
         elif settings.keys is not None:
-            self.ring = KeyRing(parse_keys(settings.keys.get_secret_value()))
+            self.ring = _ring(settings.keys.get_secret_value())
         else:
             raise MissingKeysError(
                 "API keys are required: set CONVEYOR_AUTH__KEYS_FILE or CONVEYOR_AUTH__KEYS "
@@ -64,21 +68,42 @@ class KeySource:
             stamp = _stamp(path)
             if stamp == self._stamp:
                 return False
-            ring = KeyRing(parse_keys(path.read_text()))
+            ring = _ring(path.read_text())
         except (OSError, ValueError) as exc:
             # The message names the file and the fault, never a key: a ValidationError shows
-            # field values, but the file holds only hashes.
+            # field values, but the file holds only hashes. The stamp is not taken, so a
+            # broken file is retried (and counted) every interval until it is mended.
             log.error("keys file %s not reloaded, keeping the previous keys: %s", path, exc)
+            self._told(False)
             return False
         self.ring, self._stamp = ring, stamp
         log.info("keys file %s reloaded: %d keys", path, len(ring))
+        self._told(True)
         return True
+
+    def _told(self, loaded: bool) -> None:
+        if self.on_reload is not None:
+            try:
+                self.on_reload(loaded)
+            except Exception:
+                log.warning("keys reload hook failed", exc_info=True)
 
     async def watch(self) -> None:
         """Refresh every `reload_interval_seconds` until cancelled."""
         while True:
             await asyncio.sleep(self.settings.reload_interval_seconds)
             self.refresh()
+
+
+def _ring(text: str) -> KeyRing:
+    """The key ring of a keys document; a document without keys is refused like a broken
+    one: it is what a truncate-then-write caught halfway looks like, and loading it would
+    lock every client out.
+    """
+    ring = KeyRing(parse_keys(text))
+    if len(ring) == 0:
+        raise ValueError("the keys document lists no keys")
+    return ring
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:
@@ -104,23 +129,30 @@ def authenticate(request: Request) -> Principal:
     FastAPI's dependency solving was a quarter of the accept path's CPU. The schemes are
     declared in OpenAPI by `security_schemes`.
     """
-    source = state_of(request).keys
+    principal = principal_of(state_of(request).keys, request.headers)
+    request.state.principal = principal
+    return principal
+
+
+def principal_of(source: KeySource, headers: Mapping[str, str]) -> Principal:
+    """The principal of the key in `headers` (lower-case names), or a 401 problem. Also
+    called before a request's body is read (`limits.BodyGate`).
+    """
     if source.settings.disabled:
         return DEVELOPMENT_PRINCIPAL
     presented = None
-    authorization = request.headers.get("authorization")
+    authorization = headers.get("authorization")
     if authorization:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             presented = credentials.strip()
     if presented is None:
-        presented = request.headers.get("x-api-key")
+        presented = headers.get("x-api-key")
     if not presented:
         raise _unauthorized("Send an API key as `Authorization: Bearer <key>` or `X-API-Key`.")
     principal = source.ring.authenticate(presented)
     if principal is None:
         raise _unauthorized("The API key is not valid.")
-    request.state.principal = principal
     return principal
 
 
@@ -215,6 +247,7 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     async def dependency(request: Request, response: Response) -> Principal:
         principal = _authorize(request, scope)
         limits = tenant_limits(request, principal.tenant)
+        request.state.charged = True
         if limits.rate_per_second > 0:
             store = state_of(request).store
             taken, left, wait_ms = await store.take_token(
@@ -229,13 +262,14 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[Principal]]:
 
 
 async def charge_rejected(request: Request) -> ProblemError | None:
-    """Take a token for an authenticated request refused before it reached the accept script
-    (an invalid body), so invalid requests count against the rate limit too. Returns the
-    429 to answer instead when the bucket is empty.
+    """Take a token for an authenticated request that failed before it took one (an invalid
+    body, a refused URL, a 403, an internal error), so every failure counts against the
+    tenant's rate limit too. Returns the 429 to answer instead when the bucket is empty.
     """
     principal: Principal | None = getattr(request.state, "principal", None)
-    if principal is None:
+    if principal is None or getattr(request.state, "charged", False):
         return None
+    request.state.charged = True
     limits = tenant_limits(request, principal.tenant)
     if limits.rate_per_second <= 0:
         return None

@@ -1,13 +1,20 @@
 """/v1/dead-letters: jobs that died too often or ran out of retries, kept for replay."""
 
 import re
-from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from conveyor.api.auth import Admin
-from conveyor.api.deps import PROBLEM_RESPONSES, State, existing_job, invalid_cursor
+from conveyor.api.deps import PROBLEM_RESPONSES, State, existing_job
+from conveyor.api.pages import (
+    Cursor,
+    Limit,
+    ListingFields,
+    invalid_cursor,
+    listing_fields,
+    page_response,
+)
 from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import JobPage
 from conveyor.jobstore.model import Job
@@ -32,15 +39,23 @@ def dead_letters_router() -> APIRouter:
     async def list_dead_letters(
         state: State,
         _: Admin,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")] = None,
-    ) -> JobPage:
-        """Dead-lettered jobs, most recent first."""
+        response: Response,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+        fields: ListingFields = None,
+    ) -> Response:
+        """Dead-lettered jobs, most recent first (summaries; see `fields`)."""
         try:
-            page = await state.store.list_jobs(limit=limit, cursor=cursor, dead_letters=True)
+            page = await state.store.list_jobs(
+                limit=limit,
+                cursor=cursor,
+                dead_letters=True,
+                fields=listing_fields(fields),
+                max_bytes=state.settings.api.listing_max_bytes,
+            )
         except InvalidCursorError:
             raise invalid_cursor() from None
-        return JobPage(items=page.jobs, next_cursor=page.next_cursor)
+        return page_response(page, response)
 
     @router.post("/replay", response_model=Count, summary="Replay every dead letter")
     async def replay_all(state: State, _: Admin) -> Count:

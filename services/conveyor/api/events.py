@@ -36,7 +36,18 @@ async def _followed_job(job_id: str, state: State, principal: Reader) -> Job:
     # A dependency, so an unknown (or another tenant's) job is a 404, and a full process a
     # 503, before the stream starts.
     job = await existing_job(state, job_id, principal)
-    if state.open_streams >= state.settings.api.max_event_streams:
+    limits, streams = state.settings.api, state.open_streams
+    if streams.by_tenant[principal.tenant] >= limits.max_event_streams_per_tenant:
+        # The tenant's own limit, named as such: it says nothing about other tenants.
+        raise ProblemError(
+            429,
+            "Too many event streams",
+            f"This tenant follows {limits.max_event_streams_per_tenant} jobs at once on this "
+            "API process, its limit; close a stream, retry later, or poll the job.",
+            slug="tenant-streams-exhausted",
+            headers={"Retry-After": "5"},
+        )
+    if streams.total >= limits.max_event_streams:
         raise ProblemError(
             503,
             "Too many event streams",
@@ -59,6 +70,7 @@ def events_router() -> APIRouter:
     async def job_events(
         job: Annotated[Job, Depends(_followed_job)],
         state: State,
+        principal: Reader,
         last_event_id: Annotated[str | None, Depends(_last_event_id)],
     ) -> AsyncIterator[ServerSentEvent]:
         """Stream the job's changes until it reaches a terminal state: first the job itself
@@ -66,12 +78,12 @@ def events_router() -> APIRouter:
         `Last-Event-ID` to resume without losing events. A stream stays open at most
         `CONVEYOR_API__EVENTS_MAX_SECONDS`; reconnecting then resumes it.
         """
-        state.open_streams += 1
+        state.open_streams.opened(principal.tenant)
         try:
             async for event in follow(state, job.id, last_event_id):
                 yield event
         finally:
-            state.open_streams -= 1
+            state.open_streams.closed(principal.tenant)
 
     return router
 

@@ -17,8 +17,16 @@ from conveyor.api.auth import (
     tenant_limits,
     too_many_requests,
 )
-from conveyor.api.deps import JSON_BODY, ApiState, State, existing_job, invalid_cursor
+from conveyor.api.deps import JSON_BODY, ApiState, State, existing_job
 from conveyor.api.limits import check_args_shape
+from conveyor.api.pages import (
+    Cursor,
+    Limit,
+    ListingFields,
+    invalid_cursor,
+    listing_fields,
+    page_response,
+)
 from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import IDEMPOTENCY_KEY_PATTERN, JobPage, SubmissionBase
 from conveyor.core.apikeys import TENANT_PATTERN, Principal, Scope
@@ -71,9 +79,9 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         spec = state.catalog[task]
         args_model = getattr(request, "args")  # noqa: B009
         _check_urls(state, request, args_model)
-        args = args_model.model_dump(mode="json")
         limits = state.settings.limits
-        check_args_shape(args, limits.max_args_depth, limits.max_string_length)
+        check_args_shape(args_model.model_dump(), limits.max_args_depth, limits.max_string_length)
+        args = args_model.model_dump(mode="json")
         submission = Submission.of(
             spec,
             tenant=principal.tenant,
@@ -97,6 +105,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 max_delayed_jobs=limits.max_delayed_jobs,
             )
             started = time.perf_counter()
+            http_request.state.charged = True  # the accept script takes the token
             outcome = await state.store.submit(spec, submission, accept_limits)
             metrics.accept_latency.observe(time.perf_counter() - started)
             span.set_attribute("conveyor.job_id", outcome.job_id)
@@ -147,6 +156,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
     async def list_jobs(
         state: State,
         principal: Reader,
+        response: Response,
         job_state: Annotated[JobState | None, Query(alias="state")] = None,
         task: Annotated[str | None, Query(max_length=200, pattern=r"^[\w.:-]+$")] = None,
         queue: Queue | None = None,
@@ -154,9 +164,10 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
             str | None,
             Query(pattern=TENANT_PATTERN, description="Another tenant's jobs (admin only)."),
         ] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")] = None,
-    ) -> JobPage:
+        limit: Limit = 50,
+        cursor: Cursor = None,
+        fields: ListingFields = None,
+    ) -> Response:
         """The caller's jobs, newest first, optionally filtered; follow `next_cursor` for the
         next page. An admin key lists every tenant's jobs, or one tenant's with `tenant`.
         An unknown `task` is a 422 naming the valid ones.
@@ -190,10 +201,12 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 queue=queue,
                 limit=limit,
                 cursor=cursor,
+                fields=listing_fields(fields),
+                max_bytes=state.settings.api.listing_max_bytes,
             )
         except InvalidCursorError:
             raise invalid_cursor() from None
-        return JobPage(items=page.jobs, next_cursor=page.next_cursor)
+        return page_response(page, response)
 
     @router.get("/{job_id}", response_model=Job, summary="Get a job", operation_id="get_job")
     async def get_job(job_id: str, state: State, principal: Reader) -> Job:
@@ -260,6 +273,14 @@ def _check_urls(state: ApiState, request: SubmissionBase, args: Any) -> None:
     http(s), or a literal non-public address. Names are resolved and checked again when the
     request is made (the address behind a name can change).
     """
+    if request.callback_url is not None and not state.settings.webhook.enabled:
+        raise ProblemError(
+            422,
+            "Invalid request",
+            "Completion callbacks are disabled on this deployment; see errors.",
+            slug="validation-error",
+            errors=[{"pointer": "#/callback_url", "detail": "callbacks are disabled"}],
+        )
     guard = NetGuard(state.settings.webhook.allowed_networks)
     urls: list[tuple[str, AnyUrl]] = []
     if request.callback_url is not None:

@@ -1,109 +1,14 @@
-"""Request-size limits: body size, content type, and the shape of a job's arguments."""
+"""Request limits past the body gate (`body_gate.py`): the content type, and the shape of a
+job's arguments.
+"""
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 from fastapi import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.api.problems import PROBLEM_MEDIA_TYPE, Problem, ProblemError
-
-
-class RequestSizeLimitMiddleware:
-    """Answers 431 for headers larger than `max_header_bytes` and 413 for a body larger than
-    `max_body_bytes`, declared or streamed, before any handler sees them: an oversized body
-    costs at most `max_body_bytes` of memory.
-    """
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_header_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_body_bytes
-        self.max_header_bytes = max_header_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the headers and the declared length, then buffer the body up to the limit."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = scope["headers"]
-        if sum(len(name) + len(value) + 4 for name, value in headers) > self.max_header_bytes:
-            await _refuse(
-                scope,
-                send,
-                431,
-                "Request headers too large",
-                f"Request headers are limited to {self.max_header_bytes} bytes.",
-                "headers-too-large",
-            )
-            return
-        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            await self.app(scope, receive, send)
-            return
-        declared = dict(headers).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._too_large(scope, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(scope, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, scope: Scope, send: Send) -> None:
-        await _refuse(
-            scope,
-            send,
-            413,
-            "Request body too large",
-            f"Request bodies are limited to {self.max_bytes} bytes.",
-            "body-too-large",
-        )
-
-
-async def _refuse(
-    scope: Scope, send: Send, status: int, title: str, detail: str, slug: str
-) -> None:
-    problem = Problem(
-        type=f"urn:conveyor:problem:{slug}",
-        title=title,
-        status=status,
-        detail=detail,
-        instance=scope.get("path"),
-    )
-    body = orjson.dumps(problem.model_dump(exclude_none=True))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+from conveyor.api.problems import ProblemError
 
 
 def require_json(request: Request) -> None:
@@ -124,9 +29,16 @@ def require_json(request: Request) -> None:
     )
 
 
+# What the job record's JSON codec (orjson) writes exactly: larger integers would be a 500,
+# and JSON has no infinity (Python's parser reads 1e400 as one; it would be stored as null).
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
+
+
 def check_args_shape(args: Any, max_depth: int, max_string_length: int) -> None:
-    """422 when the arguments nest deeper than `max_depth` or hold a string (or key) longer
-    than `max_string_length`; the pointer names the first offending place.
+    """422 when the arguments nest deeper than `max_depth`, hold a string (or key) longer
+    than `max_string_length`, an integer outside [-2^63, 2^64 - 1] or a number too large for
+    a double; the pointer names the first offending place. `args` is the validated model's
+    Python dump (not its JSON dump, which would have turned an infinity into null).
     """
     for pointer, problem in _shape_faults(args, max_depth, max_string_length):
         raise ProblemError(
@@ -143,7 +55,7 @@ def _shape_faults(value: Any, max_depth: int, max_len: int) -> Iterator[tuple[st
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         item, pointer, depth = stack.pop()
-        if isinstance(item, dict | list):
+        if isinstance(item, dict | list | tuple):
             if depth >= max_depth:
                 yield pointer, f"nested deeper than {max_depth} levels"
                 return
@@ -157,4 +69,10 @@ def _shape_faults(value: Any, max_depth: int, max_len: int) -> Iterator[tuple[st
                 stack.append((child, f"{pointer}/{escaped}", depth + 1))
         elif isinstance(item, str) and len(item) > max_len:
             yield pointer, f"longer than {max_len} characters"
+            return
+        elif isinstance(item, int) and not MIN_INTEGER <= item <= MAX_INTEGER:
+            yield pointer, "an integer outside the range -2^63 to 2^64 - 1"
+            return
+        elif isinstance(item, float) and not math.isfinite(item):
+            yield pointer, "a number too large for a double (or not a number)"
             return

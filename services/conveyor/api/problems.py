@@ -208,21 +208,29 @@ def install(
     task_names: Sequence[str],
     charge: Callable[[Request], Awaitable["ProblemError | None"]] | None = None,
 ) -> None:
-    """Route every error through problem+json. `charge` is awaited for a request whose body
-    failed validation; it may answer with another problem instead (the rate limit).
+    """Route every error through problem+json. `charge` is awaited for every failed request
+    (it charges an authenticated one that took no token yet); it may answer with another
+    problem instead (the rate limit).
     """
+
+    async def charged(request: Request) -> JSONResponse | None:
+        # Every authenticated failure takes a token (once): refusals are not free to repeat.
+        refusal = await charge(request) if charge is not None else None
+        if refusal is None:
+            return None
+        return problem_response(refusal.problem.model_copy(), request, refusal.headers)
 
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)
+        if exc.problem.status != 429 and (refusal := await charged(request)) is not None:
+            return refusal
         return problem_response(exc.problem.model_copy(), request, exc.headers)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         count_submission(request, "rejected")
-        if charge is not None:
-            refusal = await charge(request)
-            if refusal is not None:
-                return problem_response(refusal.problem.model_copy(), request, refusal.headers)
+        if (refusal := await charged(request)) is not None:
+            return refusal
         errors = exc.errors()
         unknown_task = any(e.get("type") in _UNKNOWN_TASK for e in errors)
         malformed = any(e.get("type") == "json_invalid" for e in errors)
@@ -273,6 +281,10 @@ def install(
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The traceback goes to the log; the client learns nothing about the internals.
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        try:
+            await charged(request)
+        except Exception:
+            log.warning("could not charge the failed request to its tenant", exc_info=True)
         problem = Problem(
             type="urn:conveyor:problem:internal-error",
             title="Internal error",

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model
 
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
-from conveyor.jobstore.model import Job
+from conveyor.jobstore.listing import ListedJob
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 
@@ -64,9 +64,11 @@ def submission_model(catalog: TaskCatalog, max_delay_seconds: int) -> Any:
 
 
 class JobPage(BaseModel):
-    """A page of jobs, newest first."""
+    """A page of jobs, newest first: summaries, with `args` and `result` only when asked for
+    (`fields`); the job's own resource has everything.
+    """
 
-    items: list[Job]
+    items: list[ListedJob]
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page.")
 
 

@@ -3,6 +3,7 @@ connects in its lifespan), and how a request reaches it. Routes read the process
 only through it (no ad hoc `app.state` reads). Imports no other API module.
 """
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,28 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class OpenStreams:
+    """The event streams this process serves: in all, and per tenant (so that one tenant
+    holding streams cannot lock the others out).
+    """
+
+    total: int = 0
+    by_tenant: Counter[str] = field(default_factory=Counter)
+
+    def opened(self, tenant: str) -> None:
+        """Count a stream of `tenant` that starts."""
+        self.total += 1
+        self.by_tenant[tenant] += 1
+
+    def closed(self, tenant: str) -> None:
+        """Count a stream of `tenant` that ended."""
+        self.total -= 1
+        self.by_tenant[tenant] -= 1
+        if self.by_tenant[tenant] <= 0:
+            del self.by_tenant[tenant]  # bounded by the tenants streaming now
+
+
+@dataclass
 class ApiState:
     """Shared objects of one API process."""
 
@@ -29,7 +52,7 @@ class ApiState:
     redis: AsyncRedis = field(init=False)
     store: AsyncJobStore = field(init=False)
     streams: AsyncRedis = field(init=False)  # blocking reads of job events, own connections
-    open_streams: int = 0
+    open_streams: OpenStreams = field(default_factory=OpenStreams)
 
     def connect(self, client: AsyncRedis, streams: AsyncRedis) -> None:
         """Attach the Redis clients (in the app's lifespan)."""

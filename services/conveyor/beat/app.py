@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry
 from conveyor.beat.schedule import beat_schedule, load_schedule
 from conveyor.beat.scheduler import BeatServices
 from conveyor.celery_config import attach_services, celery_config
-from conveyor.core.catalog import TaskCatalog, load_catalog
+from conveyor.core.catalog import TaskCatalog, catalog_for
 from conveyor.core.redis import (
     primary_credentials,
     sentinel_enabled,
@@ -25,7 +25,7 @@ def create_beat(
     """Beat's Celery app (schedule loaded from the schedule file) and its services, which
     `ConveyorScheduler` finds through the app (the caller serves their metrics registry).
     """
-    catalog = catalog if catalog is not None else load_catalog(settings.task_modules)
+    catalog = catalog if catalog is not None else catalog_for(settings)
     jobs = load_schedule(settings.schedule_file, catalog) if settings.schedule_file else []
     app = Celery("conveyor-beat", set_as_current=False)
     app.conf.update(celery_config(settings))

@@ -3,7 +3,7 @@
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,10 +113,16 @@ def submission_body(
 
 
 def list_params(
-    state: str | None, task: str | None, queue: str | None, tenant: str | None, limit: int
+    state: str | None,
+    task: str | None,
+    queue: str | None,
+    tenant: str | None,
+    limit: int,
+    fields: Collection[str] = (),
 ) -> dict[str, Any]:
     """Query parameters of GET /v1/jobs."""
-    params = {"state": state, "task": task, "queue": queue, "tenant": tenant, "limit": limit}
+    params = {"state": state, "task": task, "queue": queue, "tenant": tenant, "limit": limit,
+              "fields": ",".join(sorted(fields)) or None}  # fmt: skip
     return {name: value for name, value in params.items() if value is not None}
 
 

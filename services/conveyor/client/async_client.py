@@ -3,7 +3,7 @@
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -21,6 +21,7 @@ from conveyor.client._base import (
     unreachable,
 )
 from conveyor.client.errors import ConveyorError, NotFound, TransportError, WaitTimeout, error_for
+from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job
 
 
@@ -95,13 +96,16 @@ class AsyncClient:
         queue: str | None = None,
         tenant: str | None = None,
         page_size: int = 100,
-    ) -> AsyncIterator[Job]:
-        """Jobs newest first, fetching page after page as the iteration goes."""
-        params = list_params(state, task, queue, tenant, page_size)
+        fields: Collection[str] = (),
+    ) -> AsyncIterator[ListedJob]:
+        """Jobs newest first, fetching page after page as the iteration goes: summaries, plus
+        `fields` ("args", "result") when asked for.
+        """
+        params = list_params(state, task, queue, tenant, page_size, fields)
         while True:
             page = (await self._request("GET", "/v1/jobs", params=params)).json()
             for item in page["items"]:
-                yield Job.model_validate(item)
+                yield ListedJob.model_validate(item)
             if not page.get("next_cursor"):
                 return
             params = {**params, "cursor": page["next_cursor"]}

@@ -7,7 +7,7 @@ code of a command that waits tells the job's fate: 0 succeeded, 1 failed, 3 canc
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -22,7 +22,8 @@ from conveyor.client._base import JobEvent
 from conveyor.client.errors import ConveyorError, TransportError, WaitTimeout
 from conveyor.client.sync_client import Client
 from conveyor.core.queues import Queue
-from conveyor.jobstore.model import Job, JobState
+from conveyor.jobstore.listing import ListedJob
+from conveyor.jobstore.model import Job, JobState, JobSummary
 
 EXIT_FAILED, EXIT_CANCELLED, EXIT_TIMEOUT, EXIT_ERROR = 1, 3, 4, 5
 STATE_EXIT = {
@@ -279,7 +280,7 @@ def list_jobs(
     output: OutputOption = Output.TEXT,
 ) -> None:
     """List jobs, newest first (pages are fetched as needed)."""
-    jobs: list[Job] = []
+    jobs: list[ListedJob] = []
     with _session(url, api_key) as client:
         for job in client.list(
             state=str(state) if state else None,
@@ -297,7 +298,7 @@ def list_jobs(
     out.print(jobs_table(jobs, out.width))
 
 
-def jobs_table(jobs: list[Job], width: int) -> Table:
+def jobs_table(jobs: Sequence[JobSummary], width: int) -> Table:
     """Jobs with their whole ids, never cut: the columns that do not fit in `width` are
     left out, least useful first (created, attempts, queue).
     """

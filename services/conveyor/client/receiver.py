@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from conveyor.core.signing import SIGNATURE_HEADER, tenant_secret, verify
+from conveyor.core.signing import tenant_secret, verify
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 
@@ -91,7 +91,7 @@ class Receiver:
         lowered = {name.lower(): value for name, value in headers.items()}
         tenant = lowered.get("conveyor-tenant", "")
         secret = tenant_secret(self.signing_secret, tenant)
-        valid = verify(secret, lowered.get(SIGNATURE_HEADER.lower(), ""), raw)
+        valid = verify(secret, headers, raw)
         try:
             body = json.loads(raw)
         except ValueError:

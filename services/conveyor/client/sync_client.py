@@ -2,7 +2,7 @@
 
 import builtins
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,6 +20,7 @@ from conveyor.client._base import (
     unreachable,
 )
 from conveyor.client.errors import ConveyorError, NotFound, TransportError, WaitTimeout, error_for
+from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job
 
 
@@ -94,13 +95,16 @@ class Client:
         queue: str | None = None,
         tenant: str | None = None,
         page_size: int = 100,
-    ) -> Iterator[Job]:
-        """Jobs newest first, fetching page after page as the iteration goes."""
-        params = list_params(state, task, queue, tenant, page_size)
+        fields: Collection[str] = (),
+    ) -> Iterator[ListedJob]:
+        """Jobs newest first, fetching page after page as the iteration goes: summaries, plus
+        `fields` ("args", "result") when asked for.
+        """
+        params = list_params(state, task, queue, tenant, page_size, fields)
         while True:
             page = self._request("GET", "/v1/jobs", params=params).json()
             for item in page["items"]:
-                yield Job.model_validate(item)
+                yield ListedJob.model_validate(item)
             if not page.get("next_cursor"):
                 return
             params = {**params, "cursor": page["next_cursor"]}

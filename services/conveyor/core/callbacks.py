@@ -10,12 +10,12 @@ CALLBACK_TASK = "webhook.deliver"
 
 def callback_submission(job: Job, catalog: TaskCatalog) -> tuple[TaskSpec, Submission] | None:
     """The callback job for `job` (its task and submission), or None when it has no
-    callback_url.
+    callback_url (or webhooks are disabled).
 
     The idempotency key makes the callback enqueue once even if two parties (say, the API
     cancelling and a worker finishing) both reach this point.
     """
-    if not job.callback_url:
+    if not job.callback_url or CALLBACK_TASK not in catalog:  # no callbacks: webhooks off
         return None
     spec = catalog[CALLBACK_TASK]
     submission = Submission.of(

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from conveyor.core.errors import RetryableError
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
 
-BUILTIN_TASK_MODULES = ("conveyor.tasks.demo", "conveyor.tasks.webhook", "conveyor.tasks.email")
+WEBHOOK_TASK_MODULE = "conveyor.tasks.webhook"
+BUILTIN_TASK_MODULES = ("conveyor.tasks.demo", WEBHOOK_TASK_MODULE, "conveyor.tasks.email")
 
 _SPEC_ATTRIBUTE = "__conveyor_task__"
 
@@ -87,6 +88,17 @@ class JobContext:
     progress: ProgressReporter
     settings: Settings
     tenant: str = ""
+
+
+class TaskArgs(BaseModel):
+    """Base of task argument models: unknown fields are refused (422 naming the field).
+
+    Pydantic ignores unknown fields by default, so a misspelt optional argument would run
+    with its default, and two bodies differing only in an unknown field would count as the
+    same idempotent request. The catalogue refuses a model that allows them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
@@ -201,6 +213,12 @@ class TaskCatalog(Mapping[str, TaskSpec]):
         for spec in specs:
             if spec.name in self._specs:
                 raise ValueError(f"task {spec.name!r} is defined twice")
+            if spec.args_model.model_config.get("extra") != "forbid":
+                raise ValueError(
+                    f"task {spec.name!r}: its argument model {spec.args_model.__name__} "
+                    "accepts unknown fields; derive it from conveyor.core.catalog.TaskArgs "
+                    "(or set model_config = ConfigDict(extra='forbid'))"
+                )
             self._specs[spec.name] = spec
 
     @classmethod
@@ -224,9 +242,17 @@ class TaskCatalog(Mapping[str, TaskSpec]):
         return len(self._specs)
 
 
-def load_catalog(task_modules: Iterable[str]) -> TaskCatalog:
-    """The built-in tasks plus those of `task_modules` (CONVEYOR_TASK_MODULES)."""
-    return TaskCatalog.from_modules([*BUILTIN_TASK_MODULES, *task_modules])
+def load_catalog(task_modules: Iterable[str], *, webhooks: bool = True) -> TaskCatalog:
+    """The built-in tasks plus those of `task_modules` (CONVEYOR_TASK_MODULES); without
+    `webhooks` (CONVEYOR_WEBHOOK__ENABLED=false), no `webhook.deliver`.
+    """
+    builtin = [m for m in BUILTIN_TASK_MODULES if webhooks or m != WEBHOOK_TASK_MODULE]
+    return TaskCatalog.from_modules([*builtin, *task_modules])
+
+
+def catalog_for(settings: Settings) -> TaskCatalog:
+    """The catalogue a deployment with `settings` serves."""
+    return load_catalog(settings.task_modules, webhooks=settings.webhook.enabled)
 
 
 def _specs_in(module: ModuleType) -> list[TaskSpec]:

@@ -8,6 +8,7 @@ their last component. Stack traces never leave the worker's log.
 
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
 
 from conveyor.core.settings import Settings
 
@@ -38,11 +39,18 @@ class Sanitizer:
     @classmethod
     def for_settings(cls, settings: Settings) -> "Sanitizer":
         """A sanitizer that also masks this deployment's configured secrets."""
-        candidates = [
-            settings.webhook.signing_secret.get_secret_value(),
-            settings.redis_password.get_secret_value() if settings.redis_password else "",
-            settings.smtp.password.get_secret_value() if settings.smtp.password else "",
+        secrets = [
+            settings.webhook.signing_secret,
+            settings.redis_password,
+            settings.redis_sentinel.password,
+            settings.smtp.password,
         ]
+        candidates = [secret.get_secret_value() for secret in secrets if secret is not None]
+        # A password inside CONVEYOR_REDIS_URL (redis://:pw@host) is a secret too, in its
+        # written and in its percent-decoded form.
+        url_password = urlsplit(settings.redis_url.get_secret_value()).password
+        if url_password:
+            candidates += [url_password, unquote(url_password)]
         return cls(candidates)
 
     def text(self, message: str) -> str:

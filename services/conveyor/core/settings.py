@@ -30,6 +30,18 @@ class ApiSettings(BaseModel):
         description="Event streams one API process serves at once (each holds a Redis "
         "connection); past it, a new stream is refused with 503 and Retry-After.",
     )
+    max_event_streams_per_tenant: int = Field(
+        50,
+        ge=1,
+        description="Event streams one API process serves at once to one tenant, so that no "
+        "tenant can hold every stream; past it, that tenant gets 429 and Retry-After.",
+    )
+    listing_max_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        description="A listing that asks for `fields=args,result` ends its page early (with "
+        "a cursor) once those fields pass this many bytes; summaries are not counted.",
+    )
     events_max_seconds: float = Field(
         300.0,
         gt=0,
@@ -183,11 +195,22 @@ class SmtpSettings(BaseModel):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
+MIN_SIGNING_SECRET_LENGTH = 16
+
+
 class WebhookSettings(BaseModel):
     """Outgoing webhooks (`webhook.deliver` and completion callbacks)."""
 
-    signing_secret: SecretStr = Field(
-        SecretStr("change-me"), description="HMAC-SHA256 key for the Conveyor-Signature header."
+    enabled: bool = Field(
+        True,
+        description="Webhooks and completion callbacks: the `webhook.deliver` task and the "
+        "`callback_url` of submissions. Enabled, they need `signing_secret`.",
+    )
+    signing_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 deployment key of the Conveyor-Signature header (each "
+        f"tenant's key is derived from it); at least {MIN_SIGNING_SECRET_LENGTH} characters. "
+        "No default: the API and workers refuse to start without it while webhooks are on.",
     )
     timeout_seconds: float = Field(10.0, gt=0)
     user_agent: str = "Conveyor-Webhook/1"
@@ -200,6 +223,34 @@ class WebhookSettings(BaseModel):
     max_redirects: int = Field(
         3, ge=0, le=10, description="307/308 redirects followed, each target checked again."
     )
+
+    def secret(self) -> str:
+        """The deployment's signing secret; raises ValueError when webhooks cannot be signed."""
+        problem = self.problem()
+        if problem is not None:
+            raise ValueError(problem)
+        assert self.signing_secret is not None  # problem() said so
+        return self.signing_secret.get_secret_value()
+
+    def problem(self) -> str | None:
+        """Why the API and workers must refuse to start, or None: webhooks on without a
+        signing secret would send signatures anyone can forge.
+        """
+        if not self.enabled:
+            return None
+        value = self.signing_secret.get_secret_value() if self.signing_secret else ""
+        if not value:
+            return (
+                "webhooks are enabled but CONVEYOR_WEBHOOK__SIGNING_SECRET is not set: set it "
+                "to a random value (e.g. `openssl rand -hex 32`), or disable webhooks and "
+                "callbacks with CONVEYOR_WEBHOOK__ENABLED=false"
+            )
+        if len(value) < MIN_SIGNING_SECRET_LENGTH:
+            return (
+                f"CONVEYOR_WEBHOOK__SIGNING_SECRET is {len(value)} characters long; use at "
+                f"least {MIN_SIGNING_SECRET_LENGTH} random ones (e.g. `openssl rand -hex 32`)"
+            )
+        return None
 
 
 class AuthSettings(BaseModel):
@@ -256,6 +307,12 @@ class LimitSettings(BaseModel):
         5, ge=1, description="Retry-After of a submission refused because its queue is full."
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body (413).")
+    body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time to receive a request's body once its headers are in; a "
+        "slower client gets 408 and the connection is closed.",
+    )
     max_header_bytes: int = Field(
         16_384, ge=1024, description="Largest total of request headers (431)."
     )

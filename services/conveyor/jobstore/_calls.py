@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from conveyor.jobstore.machine import Expiry, Transition, Verb, transition
-from conveyor.jobstore.model import JobState, NewJob, _text
+from conveyor.jobstore.model import JobState, NewJob, text_of
 from conveyor.jobstore.results import (
     AcceptResult,
     AcceptVerdict,
@@ -47,10 +47,10 @@ def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:
     code = int(raw[0])
     if code == 1:
         return AcceptResult(
-            AcceptVerdict.CREATED, _text(raw[1]), job=job.job(), tokens_left=int(raw[2])
+            AcceptVerdict.CREATED, text_of(raw[1]), job=job.job(), tokens_left=int(raw[2])
         )
     if code == 0:
-        existing_id, _, existing_hash = _text(raw[1]).partition("\n")
+        existing_id, _, existing_hash = text_of(raw[1]).partition("\n")
         same = existing_hash == job.request_hash
         return AcceptResult(AcceptVerdict.EXISTING if same else AcceptVerdict.CONFLICT, existing_id)
     if code == 2:
@@ -76,8 +76,8 @@ def start_args(
 def parse_start(raw: Sequence[Any]) -> StartResult:
     """Decode start.lua's reply."""
     verdict, state, attempts, deaths = raw
-    previous = JobState(_text(state)) if state else None
-    return StartResult(StartVerdict(_text(verdict)), previous, int(attempts), int(deaths))
+    previous = JobState(text_of(state)) if state else None
+    return StartResult(StartVerdict(text_of(verdict)), previous, int(attempts), int(deaths))
 
 
 def expiry_seconds(rule: Transition, retention: int, dead_letter_retention: int) -> int:
@@ -122,9 +122,9 @@ def transition_args(
 
 def parse_transition(raw: Sequence[Any]) -> TransitionResult:
     """Decode transition.lua's reply."""
-    state = _text(raw[1])
+    state = text_of(raw[1])
     pending = len(raw) > 3 and int(raw[3]) == 1
-    stale = len(raw) > 4 and _text(raw[4]) == "stale"
+    stale = len(raw) > 4 and text_of(raw[4]) == "stale"
     return TransitionResult(
         bool(int(raw[0])), JobState(state) if state else None, int(raw[2]), pending, stale
     )

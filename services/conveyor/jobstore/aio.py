@@ -15,6 +15,7 @@ from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
 from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
+from conveyor.jobstore.listing import LISTABLE_FIELDS, SUMMARY_FIELDS, ListedJob, decode_listed
 from conveyor.jobstore.machine import Verb, transition
 from conveyor.jobstore.model import Job, JobState, decode_record
 from conveyor.jobstore.results import (
@@ -24,7 +25,7 @@ from conveyor.jobstore.results import (
     Page,
     TransitionResult,
 )
-from conveyor.jobstore.scripts import ACCEPT, PURGE, RATELIMIT, REPLAY, TRANSITION, Lua
+from conveyor.jobstore.scripts import ACCEPT, PURGE, RATELIMIT, READ, REPLAY, TRANSITION, Lua
 from conveyor.jobstore.submission import Submission, prepare
 
 # The verdicts that write (or found written) a job, which replicated acknowledgement confirms.
@@ -80,9 +81,14 @@ class AsyncJobStore:
         )
         return bool(int(taken)), int(left), int(wait)
 
-    async def get(self, job_id: str) -> Job | None:
-        """The job, or None when unknown or expired."""
-        return decode_record(await self.client.hgetall(self.keys.job(job_id)))
+    async def get(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """The job, or None when unknown or expired; with `tenant`, also None when it is
+        another tenant's (checked inside Redis: that costs what an unknown id costs).
+        """
+        if tenant is None:
+            return decode_record(await self.client.hgetall(self.keys.job(job_id)))
+        flat = await READ.run_async(self.client, [self.keys.prefix, job_id, tenant])
+        return decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     async def cancel(self, job_id: str) -> TransitionResult:
         """Cancel a job that has not finished; a delayed one loses its pending message."""
@@ -111,39 +117,50 @@ class AsyncJobStore:
         limit: int = 50,
         cursor: str | None = None,
         dead_letters: bool = False,
+        fields: frozenset[str] = frozenset(),
+        max_bytes: int = 0,
     ) -> Page:
-        """Jobs newest first, from the most selective index; other filters are checked per job.
+        """Jobs newest first, as summaries (plus `fields`: "args", "result"); other filters
+        are checked per job.
 
-        `tenant` None lists every tenant's jobs. `dead_letters` lists the dead-letter set.
+        `tenant` None lists every tenant's jobs; a tenant's listing scans only that tenant's
+        own index, so its cursor is always one of its own jobs (never a position among other
+        tenants' jobs). `dead_letters` lists the dead-letter set. With `max_bytes` the page
+        ends early (after at least one job) once the asked-for fields pass that many bytes.
         """
         filters: dict[str, str] = {}
-        candidates: list[str] = []
         if tenant is not None:
             filters["tenant"] = tenant
-            candidates.append(self.keys.index_tenant(tenant))
         if state is not None:
             filters["state"] = str(state)
-            candidates.append(self.keys.index_state(state))
         if task is not None:
             filters["task"] = task
-            candidates.append(self.keys.index_task(task))
         if queue is not None:
             filters["queue"] = str(queue)
-            candidates.append(self.keys.index_queue(queue))
         if dead_letters:
             index = self.keys.dead
+        elif tenant is not None:
+            index = self.keys.index_tenant(tenant)
         else:
+            candidates = [
+                *([self.keys.index_state(state)] if state is not None else []),
+                *([self.keys.index_task(task)] if task is not None else []),
+                *([self.keys.index_queue(queue)] if queue is not None else []),
+            ]
             index = await self._smallest(candidates) if candidates else self.keys.index_all
+        read = (*SUMMARY_FIELDS, *sorted(fields & LISTABLE_FIELDS))
+        heavy = range(len(SUMMARY_FIELDS), len(read))
 
         bound_score: str = "+inf"
         bound_id: str | None = None
         if cursor is not None:
             cursor_score, bound_id = _calls.decode_cursor(cursor)
             bound_score = str(cursor_score)
-        jobs: list[Job] = []
+        jobs: list[ListedJob] = []
         last: tuple[float, str] | None = None
         score: float
         more = True
+        size = 0
         # Bounded work per request: a sparse filter returns a short page plus a cursor.
         budget, batch = limit * 20, limit + 1
         while len(jobs) < limit and budget > 0:
@@ -165,24 +182,28 @@ class AsyncJobStore:
                 continue
             async with self.client.pipeline(transaction=False) as pipe:
                 for job_id, _ in fresh:
-                    pipe.hgetall(self.keys.job(job_id))
+                    pipe.hmget(self.keys.job(job_id), read)
                 records = await pipe.execute()
-            expired, consumed = [], 0
-            for (job_id, score), raw in zip(fresh, records, strict=True):
+            expired, consumed, full = [], 0, False
+            for (job_id, score), values in zip(fresh, records, strict=True):
                 consumed += 1
                 budget -= 1
                 last = (score, job_id)
-                job = decode_record(raw)
+                job = decode_listed(read, values)
                 if job is None:
                     expired.append(job_id)
                 elif all(str(getattr(job, name)) == value for name, value in filters.items()):
                     jobs.append(job)
-                if len(jobs) == limit or budget == 0:
+                    size += sum(len(values[i] or b"") for i in heavy)
+                    full = bool(max_bytes) and size >= max_bytes
+                if len(jobs) == limit or budget == 0 or full:
                     break
             if expired:
                 await self.client.zrem(index, *expired)
                 if dead_letters:
                     await self.client.hdel(self.keys.dead_messages, *expired)
+            if full:
+                break
             if (consumed == len(fresh) and len(rows) < batch) or last is None:
                 more = False
                 break

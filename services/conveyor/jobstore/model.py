@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from pydantic import BaseModel, Field
@@ -49,17 +49,17 @@ class JobError(BaseModel):
     message: str
 
 
-class Job(BaseModel):
-    """A job as the API returns it."""
+class JobSummary(BaseModel):
+    """A job as listings return it: everything but its arguments and result, which can be
+    large (a listing asks for them with `fields`).
+    """
 
     id: str
     tenant: str = Field(..., description="The tenant that submitted the job.")
     task: str
     queue: Queue
     state: JobState
-    args: dict[str, Any]
     progress: Progress | None = None
-    result: Any = None
     error: JobError | None = None
     attempts: int = Field(0, description="How many times the job has started running.")
     deaths: int = Field(0, description="How many times a worker died while running the job.")
@@ -76,30 +76,52 @@ class Job(BaseModel):
     )
 
     @classmethod
-    def from_record(cls, record: dict[str, str]) -> "Job":
-        """Decode the Redis hash written by the job store's scripts."""
-        return cls(
-            id=record["id"],
-            tenant=record.get("tenant", ""),
-            task=record["task"],
-            queue=Queue(record["queue"]),
-            state=JobState(record["state"]),
-            args=orjson.loads(record["args"]),
-            progress=_json_or_none(record.get("progress")),
-            result=orjson.loads(record["result"]) if "result" in record else None,
-            error=_json_or_none(record.get("error")),
-            attempts=int(record.get("attempts", "0")),
-            deaths=int(record.get("deaths") or "0"),
-            max_retries=int(record["max_retries"]),
-            timeout_seconds=_int_or_none(record.get("timeout_seconds")),
-            idempotency_key=record.get("idempotency_key") or None,
-            callback_url=record.get("callback_url") or None,
-            created_at=_timestamp(record["created_at"]),
-            scheduled_for=_timestamp_or_none(record.get("scheduled_for")),
-            started_at=_timestamp_or_none(record.get("started_at")),
-            finished_at=_timestamp_or_none(record.get("finished_at")),
-            dead_lettered_at=_timestamp_or_none(record.get("dead_lettered_at")),
-        )
+    def from_record(cls, record: dict[str, str]) -> "Self":
+        """Decode the Redis hash written by the job store's scripts (the listing's
+        `SUMMARY_FIELDS` of it suffice for a summary).
+        """
+        return cls(**_summary_values(record), **cls._extra_values(record))
+
+    @classmethod
+    def _extra_values(cls, record: dict[str, str]) -> dict[str, Any]:
+        return {}
+
+
+class Job(JobSummary):
+    """A job as the API returns it."""
+
+    args: dict[str, Any]
+    result: Any = None
+
+    @classmethod
+    def _extra_values(cls, record: dict[str, str]) -> dict[str, Any]:
+        return {
+            "args": orjson.loads(record["args"]),
+            "result": orjson.loads(record["result"]) if "result" in record else None,
+        }
+
+
+def _summary_values(record: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": record["id"],
+        "tenant": record.get("tenant", ""),
+        "task": record["task"],
+        "queue": Queue(record["queue"]),
+        "state": JobState(record["state"]),
+        "progress": _json_or_none(record.get("progress")),
+        "error": _json_or_none(record.get("error")),
+        "attempts": int(record.get("attempts") or "0"),
+        "deaths": int(record.get("deaths") or "0"),
+        "max_retries": int(record["max_retries"]),
+        "timeout_seconds": _int_or_none(record.get("timeout_seconds")),
+        "idempotency_key": record.get("idempotency_key") or None,
+        "callback_url": record.get("callback_url") or None,
+        "created_at": _timestamp(record["created_at"]),
+        "scheduled_for": _timestamp_or_none(record.get("scheduled_for")),
+        "started_at": _timestamp_or_none(record.get("started_at")),
+        "finished_at": _timestamp_or_none(record.get("finished_at")),
+        "dead_lettered_at": _timestamp_or_none(record.get("dead_lettered_at")),
+    }
 
 
 def _json_or_none(raw: str | None) -> Any:
@@ -168,8 +190,9 @@ def decode_record(raw: dict[Any, Any]) -> Job | None:
     """A job from HGETALL's reply, or None if the key does not exist."""
     if not raw:
         return None
-    return Job.from_record({_text(k): _text(v) for k, v in raw.items()})
+    return Job.from_record({text_of(k): text_of(v) for k, v in raw.items()})
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A Redis reply value as text."""
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from enum import StrEnum
 
+from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job, JobState
 
 
@@ -72,7 +73,7 @@ class TransitionResult:
 class Page:
     """One page of a job listing, newest first."""
 
-    jobs: list[Job]
+    jobs: list[ListedJob]
     next_cursor: str | None
 
 

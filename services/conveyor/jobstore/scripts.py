@@ -60,8 +60,8 @@ def _job_script(name: str) -> Lua:
 
 # Every job script; claim.lua stands apart (it is the transport's, and takes kombu's keys).
 JOB_SCRIPTS = ("accept", "transition", "promote", "start", "replay", "purge", "ratelimit",
-               "recover_inflight", "heartbeat", "renew", "repair")  # fmt: skip
+               "recover_inflight", "heartbeat", "renew", "repair", "read")  # fmt: skip
 (ACCEPT, TRANSITION, PROMOTE, START, REPLAY, PURGE, RATELIMIT, RECOVER_INFLIGHT, HEARTBEAT,
- RENEW, REPAIR) = (_job_script(name) for name in JOB_SCRIPTS)  # fmt: skip
+ RENEW, REPAIR, READ) = (_job_script(name) for name in JOB_SCRIPTS)  # fmt: skip
 # The transport's claim takes kombu's key names (and the in-flight list's) as arguments.
 CLAIM = Lua(script_text("claim"))

@@ -18,7 +18,7 @@ from conveyor.core.settings import Settings
 from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.machine import Verb, transition
-from conveyor.jobstore.model import Job, _text, decode_record
+from conveyor.jobstore.model import Job, decode_record, text_of
 from conveyor.jobstore.results import AcceptResult, Limits, TransitionResult
 from conveyor.jobstore.runs import Fence, StartResult
 from conveyor.jobstore.scripts import (
@@ -132,7 +132,7 @@ class JobStore(StoreUpkeep):
         seconds, micros = self.client.time()
         ceiling = (seconds + micros / 1e6 - older_than_seconds) * 1000
         ids = self.client.zrangebyscore(self.keys.callbacks_pending, "-inf", ceiling, 0, limit)
-        return [_text(i) for i in ids]
+        return [text_of(i) for i in ids]
 
     def _change(self, verb: Verb, job_id: str, **kwargs: Any) -> TransitionResult:
         rule = transition(verb)

@@ -15,7 +15,7 @@ from conveyor.core.queues import Queue
 from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.machine import DUE_MESSAGE_STATES, Verb, listed, transition
-from conveyor.jobstore.model import _text
+from conveyor.jobstore.model import text_of
 from conveyor.jobstore.scripts import HEARTBEAT, PROMOTE, RECOVER_INFLIGHT, RENEW, REPAIR
 
 # kombu's separator inside binding members, and a Conveyor worker's node name
@@ -49,9 +49,9 @@ class StoreUpkeep:
                 break
             with self.client.pipeline(transaction=False) as pipe:
                 for job_id in ids:
-                    pipe.exists(self.keys.job(_text(job_id)))
+                    pipe.exists(self.keys.job(text_of(job_id)))
                 exists = pipe.execute()
-            gone = [_text(job_id) for job_id, alive in zip(ids, exists, strict=True) if not alive]
+            gone = [text_of(job_id) for job_id, alive in zip(ids, exists, strict=True) if not alive]
             if gone:
                 self.client.zrem(key, *gone)
                 removed += len(gone)
@@ -76,7 +76,7 @@ class StoreUpkeep:
 
     def index_keys(self) -> list[str]:
         """Every index sorted set (found by pattern: the task set is open-ended)."""
-        return [_text(k) for k in self.client.scan_iter(match=self.keys.index_pattern, count=500)]
+        return [text_of(k) for k in self.client.scan_iter(match=self.keys.index_pattern, count=500)]
 
     # -- consumers (the reliable transport's bookkeeping) ---------------------------------
 
@@ -106,14 +106,14 @@ class StoreUpkeep:
         alive_since = seconds + micros / 1e6 - ttl_seconds
         dead = []
         for raw in self.client.smembers(self.keys.pidbox_bindings):
-            member = _text(raw)
+            member = text_of(raw)
             node = _NODE.match(member.rsplit(_KOMBU_SEP, 1)[-1])
             if node is None:
                 continue  # not a Conveyor worker's node: not ours to judge
             live = self.client.zrangebyscore(self.keys.consumers(node["queue"]), alive_since,
                                              "+inf")  # fmt: skip
             prefix = f"{node['host']}:{node['pid']}:"
-            if not any(_text(c).startswith(prefix) for c in live):
+            if not any(text_of(c).startswith(prefix) for c in live):
                 dead.append((member, member.rsplit(_KOMBU_SEP, 1)[-1]))
         if dead:
             with self.client.pipeline(transaction=False) as pipe:
@@ -146,7 +146,7 @@ class StoreUpkeep:
         rows: list[Any] = self.client.zrangebyscore(
             self.keys.running(queue), "-inf", ceiling, 0, limit, withscores=True
         )
-        return [(_text(job_id), float(score)) for job_id, score in rows]
+        return [(text_of(job_id), float(score)) for job_id, score in rows]
 
     def unacked_job_ids(self, unacked_key: str) -> set[str]:
         """Ids of the jobs whose delivery is unacked (kombu restores those itself)."""

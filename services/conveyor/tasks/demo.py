@@ -3,14 +3,14 @@
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from conveyor.core.catalog import JobContext, RetryPolicy, task
+from conveyor.core.catalog import JobContext, RetryPolicy, TaskArgs, task
 from conveyor.core.errors import PermanentError, RetryableError
 from conveyor.core.queues import Queue
 
 
-class SleepArgs(BaseModel):
+class SleepArgs(TaskArgs):
     """Arguments of `demo.sleep`."""
 
     seconds: float = Field(..., ge=0, le=3600, description="How long to sleep.")
@@ -27,7 +27,7 @@ def sleep(ctx: JobContext, args: SleepArgs) -> dict[str, float]:
     return {"slept": args.seconds}
 
 
-class EchoArgs(BaseModel):
+class EchoArgs(TaskArgs):
     """Arguments of `demo.echo`."""
 
     payload: Any = Field(None, description="Any JSON value; returned as the result.")
@@ -39,7 +39,7 @@ def echo(ctx: JobContext, args: EchoArgs) -> dict[str, Any]:
     return {"payload": args.payload}
 
 
-class FailArgs(BaseModel):
+class FailArgs(TaskArgs):
     """Arguments of `demo.fail`."""
 
     mode: Literal["retryable", "permanent"] = Field(

@@ -6,15 +6,15 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import EmailStr, Field
 
-from conveyor.core.catalog import JobContext, RetryPolicy, task
+from conveyor.core.catalog import JobContext, RetryPolicy, TaskArgs, task
 from conveyor.core.errors import PermanentError, RetryableError
 from conveyor.core.queues import Queue
 from conveyor.core.settings import SmtpSecurity, SmtpSettings
 
 
-class EmailArgs(BaseModel):
+class EmailArgs(TaskArgs):
     """Arguments of `email.send`."""
 
     to: list[EmailStr] = Field(..., min_length=1, max_length=50)

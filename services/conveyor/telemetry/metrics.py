@@ -47,6 +47,8 @@ OUTCOMES = ("succeeded", "failed", "retried", "cancelled", "superseded")
 SUBMISSION_OUTCOMES = (
     "accepted", "duplicate", "conflict", "rejected", "rate_limited", "queue_full", "broker_error",
 )  # fmt: skip
+# What a reload of a changed API keys file ended as.
+KEYS_RELOAD_OUTCOMES = ("loaded", "failed")
 
 
 def exception_label(name: str | None) -> str:
@@ -172,6 +174,19 @@ class ApiMetrics:
             buckets=HTTP_BUCKETS,
             registry=registry,
         )
+        self.keys_reloads = Counter(
+            "conveyor_api_keys_reloads",
+            "Reloads of a changed API keys file by outcome: loaded, or failed (the previous "
+            "keys stay in use).",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in KEYS_RELOAD_OUTCOMES:
+            self.keys_reloads.labels(outcome)
+
+    def keys_reloaded(self, loaded: bool) -> None:
+        """Count one reload of the keys file."""
+        self.keys_reloads.labels("loaded" if loaded else "failed").inc()
 
 
 class BeatMetrics:

@@ -4,7 +4,7 @@ from celery import Celery
 from prometheus_client import CollectorRegistry
 
 from conveyor.celery_config import attach_services, celery_config
-from conveyor.core.catalog import TaskCatalog, load_catalog
+from conveyor.core.catalog import TaskCatalog, catalog_for
 from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
 from conveyor.jobstore.store import JobStore
@@ -25,7 +25,7 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
 
     Nothing connects here: redis-py and kombu connect lazily, after prefork.
     """
-    catalog = catalog if catalog is not None else load_catalog(settings.task_modules)
+    catalog = catalog if catalog is not None else catalog_for(settings)
     app = Celery("conveyor", set_as_current=False)
     app.conf.update(celery_config(settings))
 

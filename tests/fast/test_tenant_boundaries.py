@@ -1,0 +1,200 @@
+"""What a tenant's key can still reach (issue 18, the security review's second round): listing
+cursors, the cost of another tenant's 404, unknown and unrepresentable arguments, the rate
+limit on every failure, event-stream caps per tenant, and listings that return summaries."""
+
+import asyncio
+
+import httpx
+import redis
+
+from conveyor.jobstore import _calls
+from tests.fast.harness import InProcessApi, problem, serve, settings_for
+from tests.support.auth import ADMIN_KEY, TEAM_A_KEY, TEAM_B_KEY
+
+ECHO = {"task": "demo.echo", "args": {"payload": 1}}
+
+
+async def _submit(client: httpx.AsyncClient, body: dict[str, object]) -> str:
+    response = await client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def _cursor_job_id(cursor: str) -> str:
+    return _calls.decode_cursor(cursor)[1]
+
+
+async def test_a_listing_cursor_never_points_at_another_tenants_job(api: InProcessApi) -> None:
+    async with api.client(TEAM_A_KEY) as team_a, api.client(TEAM_B_KEY) as team_b:
+        queued = [await _submit(team_a, ECHO) for _ in range(2)]
+        theirs = [await _submit(team_b, ECHO) for _ in range(30)]
+        # Many more team-a jobs in another state: the global `queued` index is now the
+        # smaller one to scan, and a page that runs out of budget among team-b's rows
+        # used to hand team-a a cursor naming one of them.
+        cancelled = [await _submit(team_a, ECHO) for _ in range(40)]
+        for job_id in cancelled:
+            assert (await team_a.post(f"/v1/jobs/{job_id}/cancel")).status_code == 200
+
+        seen: list[str] = []
+        cursors: list[str] = []
+        cursor = None
+        while True:
+            params = {"state": "queued", "limit": 1, **_c(cursor)}
+            page = (await team_a.get("/v1/jobs", params=params)).json()
+            seen += [job["id"] for job in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+            cursors.append(_cursor_job_id(cursor))
+            assert len(cursors) < 50, "pagination does not terminate"
+    assert seen == queued[::-1]
+    assert cursors, "no page ran out of budget: the test did not test anything"
+    assert not set(cursors) - set(queued + cancelled), "a cursor names another tenant's job"
+    assert not set(cursors) & set(theirs)
+
+
+def _c(cursor: str | None) -> dict[str, str]:
+    return {"cursor": cursor} if cursor else {}
+
+
+async def test_another_tenants_job_costs_what_an_unknown_id_costs(
+    api: InProcessApi, redis_client: "redis.Redis"
+) -> None:
+    async with api.client(TEAM_A_KEY) as team_a, api.client(TEAM_B_KEY) as team_b:
+        big = {"task": "demo.echo", "args": {"payload": ["x" * 60_000] * 4}}
+        foreign = await _submit(team_b, big)
+        redis_client.config_resetstat()
+        problem(await team_a.get(f"/v1/jobs/{foreign}"), 404)
+        unknown = problem(await team_a.get("/v1/jobs/00000000-0000-4000-8000-000000000000"), 404)
+        # Neither read sent a record back: the tenant is checked inside Redis.
+        stats = redis_client.info("commandstats")
+        assert "cmdstat_hgetall" not in stats, stats
+        assert unknown["title"] == "Job not found"
+        # The same job read by its own tenant does fetch it (the check above can fail).
+        assert (await team_b.get(f"/v1/jobs/{foreign}")).status_code == 200
+        assert redis_client.info("commandstats")["cmdstat_hgetall"]["calls"] == 1
+
+
+async def test_an_unknown_argument_is_a_422_naming_it(api: InProcessApi) -> None:
+    async with api.client() as client:
+        response = await client.post(
+            "/v1/jobs", json={"task": "demo.echo", "args": {"message": "x"}}
+        )
+        body = problem(response, 422)
+        assert [e["pointer"] for e in body["errors"]] == ["#/args/message"]
+        # Two bodies that differ only in an unknown field are not one idempotent request.
+        key = {"idempotency_key": "differs-in-an-unknown-field"}
+        assert (await client.post("/v1/jobs", json={**ECHO, **key})).status_code == 202
+        again = {"task": "demo.echo", "args": {"payload": 1, "paylaod": 2}, **key}
+        assert (await client.post("/v1/jobs", json=again)).status_code == 422
+
+
+async def test_unrepresentable_numbers_are_a_422_not_a_500(
+    api: InProcessApi, redis_client: "redis.Redis"
+) -> None:
+    bodies = {
+        "#/args/payload": b'{"task": "demo.echo", "args": {"payload": 18446744073709551616}}',
+        "#/args/payload/deep/0": b'{"task": "demo.echo", "args": {"payload": {"deep": [1e400]}}}',
+        "#/args/payload/1": b'{"task": "demo.echo", "args": {"payload": [1, -%d]}}' % (2**63 + 1),
+    }
+    async with api.client() as client:
+        for pointer, content in bodies.items():
+            response = await client.post(
+                "/v1/jobs", content=content, headers={"content-type": "application/json"}
+            )
+            body = problem(response, 422)
+            assert [e["pointer"] for e in body["errors"]] == [pointer], body
+        # The largest integers that round-trip are accepted, exactly.
+        edge = b'{"task": "demo.echo", "args": {"payload": [%d, -%d]}}' % (2**64 - 1, 2**63)
+        accepted = await client.post(
+            "/v1/jobs", content=edge, headers={"content-type": "application/json"}
+        )
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["args"]["payload"] == [2**64 - 1, -(2**63)]
+
+
+async def test_every_authenticated_failure_takes_a_token(redis_url: str) -> None:
+    settings = settings_for(redis_url, limits={"rate_per_second": 0.01, "burst": 4})
+    big = b'{"task": "demo.echo", "args": {"payload": 18446744073709551616}}'
+    async with serve(settings) as api, api.client(TEAM_A_KEY) as client:
+        failures = [
+            await client.post(
+                "/v1/jobs", content=big, headers={"content-type": "application/json"}
+            ),
+            await client.post("/v1/jobs", json={"task": "demo.echo", "args": {"nope": 1}}),
+            await client.post("/v1/jobs", json={**ECHO, "callback_url": "http://10.0.0.1/"}),
+            await client.post("/v1/dead-letters/replay"),  # 403: not an admin
+        ]
+        assert [r.status_code for r in failures] == [422, 422, 422, 403]
+        limited = await client.post("/v1/jobs", json=ECHO)
+        assert problem(limited, 429)["type"] == "urn:conveyor:problem:rate-limited"
+
+
+async def test_event_streams_are_capped_per_tenant(redis_url: str) -> None:
+    settings = settings_for(
+        redis_url, api={"events_max_seconds": 0.5, "max_event_streams_per_tenant": 1}
+    )
+    async with (
+        serve(settings) as api,
+        api.client(TEAM_A_KEY) as team_a,
+        api.client(TEAM_B_KEY) as team_b,
+    ):
+        mine = await _submit(team_a, ECHO)
+        theirs = await _submit(team_b, ECHO)
+        first = asyncio.create_task(team_a.get(f"/v1/jobs/{mine}/events"))
+        while api.state.open_streams.by_tenant["team-a"] < 1:
+            assert not first.done(), first.result().text
+            await asyncio.sleep(0.005)
+        second = await team_a.get(f"/v1/jobs/{mine}/events")
+        refused = problem(second, 429)
+        assert refused["type"] == "urn:conveyor:problem:tenant-streams-exhausted"
+        assert second.headers["retry-after"]
+        other = await team_b.get(f"/v1/jobs/{theirs}/events")  # not locked out
+        assert other.status_code == 200
+        assert (await first).status_code == 200
+    assert api.state.open_streams.total == 0
+    assert not api.state.open_streams.by_tenant
+
+
+async def test_listings_return_summaries_unless_fields_ask(api: InProcessApi) -> None:
+    async with api.client() as client:
+        job_id = await _submit(client, {"task": "demo.echo", "args": {"payload": "x" * 5000}})
+        item = (await client.get("/v1/jobs")).json()["items"][0]
+        assert item["id"] == job_id
+        assert "args" not in item
+        assert "result" not in item
+        assert (item["state"], item["task"]) == ("queued", "demo.echo")
+        full = (await client.get("/v1/jobs", params={"fields": "args,result"})).json()["items"]
+        assert full[0]["args"] == {"payload": "x" * 5000}
+        assert "result" in full[0]
+        assert full[0]["result"] is None
+        only_args = (await client.get("/v1/jobs", params={"fields": "args"})).json()["items"]
+        assert "result" not in only_args[0]
+        problem(await client.get("/v1/jobs", params={"fields": "args,secrets"}), 422)
+        spec = (await client.get("/openapi.json")).json()
+        params = {p["name"] for p in spec["paths"]["/v1/jobs"]["get"]["parameters"]}
+        assert "fields" in params
+
+
+async def test_a_listing_with_heavy_fields_stops_at_its_byte_limit(redis_url: str) -> None:
+    settings = settings_for(redis_url, api={"listing_max_bytes": 2048})
+    async with serve(settings) as api, api.client(ADMIN_KEY) as client:
+        ids = [
+            await _submit(client, {"task": "demo.echo", "args": {"payload": str(i) * 900}})
+            for i in range(5)
+        ]
+        pages: list[list[str]] = []
+        cursor = None
+        while True:
+            query = {"fields": "args", "limit": 50, **_c(cursor)}
+            body = (await client.get("/v1/jobs", params=query)).json()
+            pages.append([job["id"] for job in body["items"]])
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        summaries = (await client.get("/v1/jobs", params={"limit": 50})).json()
+    assert [len(page) for page in pages] == [3, 2]  # 3 x ~915 bytes reach 2048
+    assert [job_id for page in pages for job_id in page] == ids[::-1]
+    assert len(summaries["items"]) == 5
+    assert summaries["next_cursor"] is None
