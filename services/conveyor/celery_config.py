@@ -6,6 +6,7 @@ from typing import TypeVar
 
 from celery import Celery
 from kombu import Queue as KombuQueue
+from kombu import transport as kombu_transport
 
 from conveyor.core.queues import Queue
 from conveyor.core.redis import sentinel_broker_url, sentinel_enabled, sentinel_kwargs
@@ -32,7 +33,23 @@ def celery_config(settings: Settings) -> dict[str, object]:
         assert isinstance(options, dict)
         options["master_name"] = settings.redis_sentinel.master_name
         options["sentinel_kwargs"] = sentinel_kwargs(settings)
+        keep_sentinel_transport_on_failover()
     return config
+
+
+def keep_sentinel_transport_on_failover() -> None:
+    """Make `sentinel://` name the reliable Sentinel transport in this process.
+
+    kombu takes the `;`-separated Sentinel URLs as failover alternates too: on a reconnect it
+    switches to the next one (`Connection.switch`) and takes the transport from that URL's
+    scheme, dropping `broker_transport`. A worker then consumed with kombu's stock BRPOP from
+    its first reconnect on, and a failover lost any message whose BRPOP had moved it off the
+    old primary (replicated) but whose reply died with it: a job `queued` with its message
+    nowhere (issue 16).
+    """
+    kombu_transport.TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT
+    # kombu caches transport classes by name: forget a stock one resolved before this.
+    getattr(kombu_transport, "_transport_cache", {}).pop("sentinel", None)
 
 
 def _celery_config(settings: Settings) -> dict[str, object]:

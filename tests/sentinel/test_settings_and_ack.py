@@ -10,6 +10,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
+from celery import Celery
 
 from conveyor.beat.app import create_beat
 from conveyor.celery_config import SENTINEL_TRANSPORT, TRANSPORT, celery_config
@@ -88,6 +89,27 @@ def test_workers_and_the_api_revoke_use_the_reliable_sentinel_transport(
         ReliableSentinelChannel.from_transport_options
     )
     assert ReliableSentinelChannel._brpop_read.__qualname__.startswith("ReliableChannel")
+
+
+def test_a_reconnect_to_the_next_sentinel_keeps_the_reliable_transport(
+    sentinel_settings: Settings,
+) -> None:
+    """kombu's failover switch to the next `sentinel://` URL takes the transport from the
+    URL's scheme: it must still be the reliable one (with kombu's stock Sentinel transport,
+    every worker consumed with BRPOP after its first reconnect, and a kill -9 of the primary
+    lost the messages whose BRPOP replies died with it).
+    """
+    app = Celery("switch", set_as_current=False)
+    app.conf.update(celery_config(sentinel_settings))
+    connection = app.connection_for_read()
+    try:
+        assert isinstance(connection.transport, ReliableSentinelTransport)
+        for _ in range(3):  # round-robin through every Sentinel URL, back to the first
+            connection.maybe_switch_next()
+            assert isinstance(connection.transport, ReliableSentinelTransport)
+            assert connection.transport.Channel is ReliableSentinelChannel
+    finally:
+        connection.release()
 
 
 def test_beat_leader_lock_follows_the_sentinels(sentinel_settings: Settings) -> None:
