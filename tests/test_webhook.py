@@ -160,6 +160,20 @@ def test_webhook_job_retries_a_503_then_succeeds(platform: Platform) -> None:
     assert [r.headers["Idempotency-Key"] for r in hook.requests] == [job["id"], job["id"]]
 
 
+def test_a_trickling_receiver_holds_an_attempt_no_longer_than_its_time_limit(
+    platform: Platform,
+) -> None:
+    # One byte a second never trips httpx's 10 s read timeout; the attempt's time limit
+    # (here 2 s; at most max_timeout_seconds, 60 s, for webhook.deliver) ends it.
+    with receiver(trickle_seconds=1.0) as hook, platform.http() as client:
+        body = {"task": "webhook.deliver", "args": {"url": hook.url, "payload": 1},
+                "timeout_seconds": 2, "max_retries": 0}  # fmt: skip
+        job = client.post("/v1/jobs", json=body).json()
+        done = wait_for_job(client, job["id"], TERMINAL, timeout=60)
+    assert done["state"] == "failed"
+    assert done["error"]["type"] == "TimeLimitExceeded"
+
+
 @pytest.mark.slow
 def test_webhook_job_fails_at_once_on_404(platform: Platform) -> None:
     with receiver([404]) as hook, platform.http() as client:

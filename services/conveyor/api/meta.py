@@ -34,6 +34,7 @@ def meta_router() -> APIRouter:
                 args_schema=spec.args_model.model_json_schema(),
                 retry=spec.retry.describe(),
                 timeout_seconds=spec.timeout_seconds,
+                max_timeout_seconds=spec.max_timeout_seconds,
             )
             for spec in state.catalog.values()
         ]

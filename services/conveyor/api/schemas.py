@@ -11,6 +11,8 @@ from conveyor.core.queues import Queue
 from conveyor.jobstore.listing import ListedJob
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+# The longest time limit any submission may ask for; a task may declare a lower maximum.
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 
 class SubmissionBase(BaseModel):
@@ -33,7 +35,7 @@ class SubmissionBase(BaseModel):
         description="Retries on retryable errors; defaults to the task's policy.",
     )
     timeout_seconds: int | None = Field(
-        None, ge=1, le=7 * 24 * 3600, description="Soft time limit of one attempt."
+        None, ge=1, le=MAX_TIMEOUT_SECONDS, description="Soft time limit of one attempt."
     )
     callback_url: HttpUrl | None = Field(
         None, description="Receives a signed POST of the job when it reaches a terminal state."
@@ -56,6 +58,20 @@ def submission_model(catalog: TaskCatalog, max_delay_seconds: int) -> Any:
                     Field(default={}, validate_default=True, description="Task arguments."),
                 ),
                 delay_seconds=(float, Field(0.0, ge=0, le=max_delay_seconds)),
+                timeout_seconds=(
+                    int | None,
+                    Field(
+                        None,
+                        ge=1,
+                        le=spec.max_timeout_seconds or MAX_TIMEOUT_SECONDS,
+                        description="Soft time limit of one attempt"
+                        + (
+                            f", at most {spec.max_timeout_seconds} s for this task."
+                            if spec.max_timeout_seconds
+                            else "."
+                        ),
+                    ),
+                ),
             )
         )
     if len(variants) == 1:
@@ -81,6 +97,9 @@ class TaskInfo(BaseModel):
     args_schema: dict[str, Any]
     retry: dict[str, Any]
     timeout_seconds: int | None
+    max_timeout_seconds: int | None = Field(
+        None, description="The longest `timeout_seconds` a submission of this task may ask for."
+    )
 
 
 class Health(BaseModel):

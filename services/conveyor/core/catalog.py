@@ -116,6 +116,16 @@ class TaskSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_seconds: int | None = None
     description: str = ""
+    # The longest time limit a job of this task may ask for (`timeout_seconds` of a
+    # submission; the API refuses more with 422), and the one it gets when it asks none.
+    max_timeout_seconds: int | None = None
+
+    def time_limit(self, requested: int | None, default: int) -> int:
+        """The soft time limit of an attempt: the job's own, else the task's, else the
+        worker's `default`, never above `max_timeout_seconds`.
+        """
+        chosen = requested or self.timeout_seconds or default
+        return min(chosen, self.max_timeout_seconds) if self.max_timeout_seconds else chosen
 
     def run(self, ctx: JobContext, raw_args: Mapping[str, Any]) -> Any:
         """Validate `raw_args` against the argument model and call the task function."""
@@ -129,8 +139,12 @@ def task(
     args: type[ArgsT],
     retry: RetryPolicy | None = None,
     timeout_seconds: int | None = None,
+    max_timeout_seconds: int | None = None,
 ) -> Callable[[Callable[[JobContext, ArgsT], Any]], Callable[[JobContext, ArgsT], Any]]:
-    """Declare a task: its public name, default queue and argument model.
+    """Declare a task: its public name, default queue and argument model; its default time
+    limit per attempt, and the most a submission may ask for (`max_timeout_seconds`: a task
+    that calls what a tenant names, like a webhook, must not be held for as long as the
+    tenant likes).
 
     The decorated function is returned unchanged (it stays directly callable in tests); the
     spec is attached to it and collected by `TaskCatalog.from_modules`.
@@ -139,6 +153,8 @@ def task(
         raise TypeError(f"task {name!r}: queue must be a Queue, got {queue!r}")
     if not (isinstance(args, type) and issubclass(args, BaseModel)):
         raise TypeError(f"task {name!r}: args must be a pydantic model class")
+    if max_timeout_seconds is not None and (timeout_seconds or 0) > max_timeout_seconds:
+        raise TypeError(f"task {name!r}: timeout_seconds exceeds max_timeout_seconds")
 
     def register(fn: Callable[[JobContext, ArgsT], Any]) -> Callable[[JobContext, ArgsT], Any]:
         spec = TaskSpec(
@@ -149,6 +165,7 @@ def task(
             retry=retry or RetryPolicy(),
             timeout_seconds=timeout_seconds,
             description=inspect.cleandoc(fn.__doc__ or ""),
+            max_timeout_seconds=max_timeout_seconds,
         )
         setattr(fn, _SPEC_ATTRIBUTE, spec)
         return fn

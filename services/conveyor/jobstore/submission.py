@@ -83,8 +83,10 @@ class Submission:
 def time_limits(
     spec: TaskSpec, timeout_seconds: int | None, worker: WorkerSettings
 ) -> tuple[int, int]:
-    """(soft, hard) limits: the job's own timeout, else the task's, else the worker default."""
-    soft = timeout_seconds or spec.timeout_seconds or worker.default_timeout_seconds
+    """(soft, hard) limits: the job's own timeout, else the task's, else the worker default,
+    at most the task's maximum.
+    """
+    soft = spec.time_limit(timeout_seconds, worker.default_timeout_seconds)
     return soft, soft + worker.hard_timeout_grace_seconds
 
 

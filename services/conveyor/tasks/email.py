@@ -31,6 +31,10 @@ class EmailArgs(TaskArgs):
     queue=Queue.DEFAULT,
     args=EmailArgs,
     retry=RetryPolicy(max_retries=5, backoff_seconds=10.0, max_backoff_seconds=1800.0),
+    # A whole attempt, however slowly the relay answers (each reply restarts the socket
+    # timeout): the attempt's time limit stops it, and a tenant cannot ask for more.
+    timeout_seconds=120,
+    max_timeout_seconds=300,
 )
 def send(ctx: JobContext, args: EmailArgs) -> dict[str, Any]:
     """Send the message; 4xx SMTP replies and network errors are retried, 5xx are not.

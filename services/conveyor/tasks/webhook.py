@@ -121,6 +121,10 @@ class WebhookArgs(TaskArgs):
     queue=Queue.DEFAULT,
     args=WebhookArgs,
     retry=RetryPolicy(max_retries=8, backoff_seconds=5.0, max_backoff_seconds=3600.0),
+    # A whole attempt, however the receiver trickles its answer (each byte restarts httpx's
+    # read timeout): the attempt's time limit stops it, and a tenant cannot ask for more.
+    timeout_seconds=30,
+    max_timeout_seconds=60,
 )
 def deliver(ctx: JobContext, args: WebhookArgs) -> dict[str, Any]:
     """POST `payload` as JSON with an HMAC-SHA256 signature and the job id as Idempotency-Key.
