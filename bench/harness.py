@@ -177,10 +177,12 @@ def conveyor_env(redis_url: str, **extra: str) -> dict[str, str]:
         CONVEYOR_LIMITS__RATE_PER_SECOND="1000000",
         CONVEYOR_LIMITS__BURST="1000000",
         CONVEYOR_LOG_LEVEL="WARNING",
+        CONVEYOR_WEBHOOK__SIGNING_SECRET="bench-signing-secret-0123456789",
         CONVEYOR_METRICS__MULTIPROCESS_DIR=str(WORK / "metrics"),
         CONVEYOR_METRICS__WORKER_PORT="0",
         CONVEYOR_METRICS__BEAT_PORT="0",
         CONVEYOR_METRICS__EXPORTER_PORT=str(free_port()),
+        CONVEYOR_METRICS__API_PORT=str(free_port()),
     )
     env.update(extra)
     return env

@@ -87,6 +87,24 @@ def test_list_iterates_every_page(client: Client) -> None:
     assert full.args == {"payload": 4}
 
 
+def test_submit_many_answers_each_submission(client: Client) -> None:
+    outcomes = client.submit_many(
+        [{"task": "demo.echo", "args": {"payload": i}, "delay_seconds": 3600} for i in range(3)]
+        + [{"task": "demo.sleep", "args": {"seconds": -1}}]
+        + [{"task": "demo.echo", "idempotency_key": "many-1", "delay_seconds": 3600}] * 2
+    )
+    assert [o.status for o in outcomes] == [202, 202, 202, 422, 202, 200]
+    assert [o.ok for o in outcomes] == [True, True, True, False, True, True]
+    assert outcomes[3].problem is not None
+    assert outcomes[3].problem["errors"][0]["pointer"] == "#/jobs/3/args/seconds"
+    first, original, replay = (outcomes[i].job for i in (0, 4, 5))
+    assert first is not None
+    assert original is not None
+    assert replay is not None
+    assert replay.id == original.id
+    assert client.get(first.id).args == {"payload": 0}
+
+
 def test_errors_are_typed(live: Platform, client: Client) -> None:
     with pytest.raises(ValidationFailed) as invalid:
         client.submit("demo.sleep", {"seconds": -1})
@@ -202,6 +220,8 @@ def test_the_async_client_does_the_same(live: Platform) -> None:
             assert events[-1].is_terminal
             listed = [j.id async for j in client.list(task="demo.sleep", page_size=1)]
             assert job.id in listed
+            many = await client.submit_many([{"task": "demo.echo"}, {"task": "no.such"}])
+            assert [o.status for o in many] == [202, 422]
             with pytest.raises(NotFound):
                 await client.get("00000000-0000-4000-8000-000000000000")
 

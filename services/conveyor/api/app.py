@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from conveyor import __version__
 from conveyor.api import problems
 from conveyor.api.auth import KeySource, charge_rejected, principal_of, security_schemes
+from conveyor.api.batch import batch_router
 from conveyor.api.body_gate import BodyGate
 from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.events import BLOCK_SECONDS, events_router
@@ -111,6 +112,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     problems.install(app, list(catalog), charge_rejected)
     body = submission_model(catalog, settings.jobs.max_delay_seconds)
+    app.include_router(batch_router(catalog, body, settings.limits.max_batch_jobs))
     app.include_router(jobs_router(catalog, body))
     app.include_router(events_router())
     app.include_router(dead_letters_router())

@@ -8,7 +8,7 @@ with Client("https://jobs.example.com", api_key="cvk_...") as conveyor:
     print(done.state, done.result)
 """
 
-from conveyor.client._base import JobEvent
+from conveyor.client._base import BatchOutcome, JobEvent
 from conveyor.client.async_client import AsyncClient
 from conveyor.client.errors import (
     ApiError,
@@ -27,12 +27,14 @@ from conveyor.client.errors import (
     WaitTimeout,
 )
 from conveyor.client.sync_client import Client
+from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job, JobState
 
 __all__ = [
     "ApiError",
     "AsyncClient",
     "BadRequest",
+    "BatchOutcome",
     "Client",
     "Conflict",
     "ConveyorError",
@@ -40,6 +42,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobState",
+    "ListedJob",
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",

@@ -112,6 +112,48 @@ def submission_body(
     return body
 
 
+@dataclass(frozen=True)
+class BatchOutcome:
+    """One submission's answer in a batch: its job (`status` 202 new, 200 a replay of its
+    idempotency key) or its problem (422, 409, or a 429/503 still refused after retries).
+    """
+
+    status: int
+    job: Job | None
+    problem: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the job is accepted (new or already there)."""
+        return self.job is not None
+
+
+# Most submissions per POST /v1/jobs/batch the clients send (the server's default limit is 1000).
+BATCH_SIZE = 500
+
+
+def batch_bodies(submissions: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each submission as POST /v1/jobs takes it, with an idempotency key (a random one unless
+    given): a batch retried after a lost response never creates a job twice.
+    """
+    return [
+        {**item, "idempotency_key": item.get("idempotency_key") or f"client-{uuid.uuid4()}"}
+        for item in submissions
+    ]
+
+
+def batch_outcomes(payload: Mapping[str, Any]) -> list[BatchOutcome]:
+    """Decode a POST /v1/jobs/batch answer."""
+    return [
+        BatchOutcome(
+            item["status"],
+            Job.model_validate(item["job"]) if item.get("job") else None,
+            item.get("problem"),
+        )
+        for item in payload["items"]
+    ]
+
+
 def list_params(
     state: str | None,
     task: str | None,

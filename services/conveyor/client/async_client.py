@@ -3,7 +3,7 @@
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -11,10 +11,14 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 from conveyor.client._base import (
+    BATCH_SIZE,
     RETRIED_STATUSES,
+    BatchOutcome,
     JobEvent,
     Options,
     RetryPolicy,
+    batch_bodies,
+    batch_outcomes,
     list_params,
     stream_timeout,
     submission_body,
@@ -83,6 +87,34 @@ class AsyncClient:
             callback_url=callback_url,
         )
         return Job.model_validate((await self._request("POST", "/v1/jobs", json=body)).json())
+
+    async def submit_many(
+        self, submissions: Iterable[Mapping[str, Any]]
+    ) -> builtins.list[BatchOutcome]:
+        """Submit many jobs in batches (POST /v1/jobs/batch), each accepted or refused on its
+        own; returns each one's outcome in order. Each submission is a POST /v1/jobs body
+        (`task`, `args`, `priority`, ...), given an idempotency key unless it has one, so
+        submissions refused for a moment (429, 503) are retried without ever duplicating.
+        """
+        items = batch_bodies(builtins.list(submissions))
+        outcomes: builtins.list[BatchOutcome | None] = [None] * len(items)
+        todo = builtins.list(range(len(items)))
+        policy = self.options.retry
+        for attempt in range(policy.max_retries + 1):
+            retry: builtins.list[int] = []
+            for start in range(0, len(todo), BATCH_SIZE):
+                chunk = todo[start : start + BATCH_SIZE]
+                body = {"jobs": [items[i] for i in chunk]}
+                response = await self._request("POST", "/v1/jobs/batch", json=body)
+                for index, outcome in zip(chunk, batch_outcomes(response.json()), strict=True):
+                    outcomes[index] = outcome
+                    if outcome.status in RETRIED_STATUSES:
+                        retry.append(index)
+            if not retry or attempt == policy.max_retries:
+                break
+            await asyncio.sleep(policy.delay(attempt + 1, None))
+            todo = retry
+        return [outcome for outcome in outcomes if outcome is not None]
 
     async def get(self, job_id: str) -> Job:
         """The job now."""

@@ -307,6 +307,9 @@ class LimitSettings(BaseModel):
         5, ge=1, description="Retry-After of a submission refused because its queue is full."
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body (413).")
+    max_batch_jobs: int = Field(
+        1000, ge=1, le=10_000, description="Most submissions in one POST /v1/jobs/batch."
+    )
     body_timeout_seconds: float = Field(
         10.0,
         gt=0,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio
+from redis.exceptions import NoScriptError, RedisError
 
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.queues import Queue
@@ -73,6 +74,45 @@ class AsyncJobStore:
                 AcceptVerdict.NOT_REPLICATED, job_id=result.job_id, replicas=confirmed
             )
         return result
+
+    async def submit_many(
+        self, items: Sequence[tuple[TaskSpec, Submission, Limits]]
+    ) -> list[AcceptResult]:
+        """Accept each job as `submit` does (each all-or-nothing, each within its limits), in
+        one round trip: one accept script call per job, pipelined; with replicated
+        acknowledgement, one WAIT for them all.
+        """
+        prepared = [(prepare(spec, sub, self.settings.worker), lim) for spec, sub, lim in items]
+        calls = [
+            _calls.accept_args(self.keys.prefix, job, msg, lim) for (job, msg), lim in prepared
+        ]
+        replication = self.settings.redis_replication
+        async with self.client.client() as conn:
+            replies = await _pipelined(conn, ACCEPT, calls)
+            results = [
+                AcceptResult(AcceptVerdict.BROKER_ERROR, job_id=job.id)
+                if isinstance(reply, Exception)
+                else _calls.parse_accept(reply, job)
+                for reply, ((job, _), _) in zip(replies, prepared, strict=True)
+            ]
+            written = [r for r in results if r.verdict in _REPLICATED_VERDICTS]
+            if not replication.ack_replicas or not written:
+                return results
+            if any(r.verdict is AcceptVerdict.EXISTING for r in written):
+                await conn.publish(f"{self.keys.prefix}:replication-barrier", "")
+            confirmed = int(
+                await conn.execute_command(  # type: ignore[no-untyped-call]
+                    "WAIT", replication.ack_replicas, replication.ack_timeout_ms
+                )
+            )
+        if confirmed >= replication.ack_replicas:
+            return results
+        return [
+            AcceptResult(AcceptVerdict.NOT_REPLICATED, job_id=r.job_id, replicas=confirmed)
+            if r.verdict in _REPLICATED_VERDICTS
+            else r
+            for r in results
+        ]
 
     async def take_token(self, tenant: str, rate: float, burst: int) -> tuple[bool, int, int]:
         """One token from the tenant's bucket: (taken, whole tokens left, ms to the next)."""
@@ -239,6 +279,25 @@ class AsyncJobStore:
                 pipe.zcard(key)
             sizes = await pipe.execute()
         return min(zip(sizes, keys, strict=True))[1]
+
+
+async def _pipelined(conn: "redis.asyncio.Redis", script: Lua, calls: list[list[Any]]) -> list[Any]:
+    """`script` run with each of `calls`, pipelined on `conn` (loaded first if Redis lost it:
+    a pipeline cannot fall back call by call).
+    """
+    for attempt in range(2):
+        async with conn.pipeline(transaction=False) as pipe:
+            for args in calls:
+                pipe.evalsha(script.sha, 0, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = any(isinstance(r, NoScriptError) for r in replies)
+        if not missing or attempt == 1:
+            break
+        await conn.script_load(script.source)
+    if not replies or all(isinstance(r, Exception) for r in replies):
+        # Nothing was written (Redis down, or refusing every write): as for one submission.
+        raise next(iter(r for r in replies if isinstance(r, Exception)), RedisError("no reply"))
+    return replies  # a failed call stands for its own job only: the others were written
 
 
 def _member(value: Any) -> str:

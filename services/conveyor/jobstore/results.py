@@ -28,6 +28,9 @@ class AcceptVerdict(StrEnum):
     # Recorded on the primary, but too few replicas confirmed it in time (replicated
     # acknowledgement): not acknowledged; a retry under the same idempotency key finds it.
     NOT_REPLICATED = "not_replicated"
+    # Redis refused this one call of a batch (say, OOM or a failover under way); nothing of
+    # this job was written (the accept script is atomic), the rest of the batch stands.
+    BROKER_ERROR = "broker_error"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,133 @@
+"""POST /v1/jobs/batch: many submissions in one request, each validated, accepted and answered
+on its own (all-or-nothing per job, never per batch), accepted in one Redis round trip.
+"""
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from opentelemetry.trace import SpanKind
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from conveyor.api.auth import require, tenant_limits
+from conveyor.api.deps import JSON_BODY, State
+from conveyor.api.problems import Problem, ProblemError, field_errors
+from conveyor.api.submitting import Answer, accept_limits, answer, submission_of
+from conveyor.core.apikeys import Principal, Scope
+from conveyor.core.catalog import TaskCatalog, TaskSpec
+from conveyor.jobstore.model import Job
+from conveyor.jobstore.results import Limits
+from conveyor.jobstore.submission import Submission
+from conveyor.telemetry.tracing import tracer
+
+Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
+
+
+class BatchItem(BaseModel):
+    """One submission's answer, at its index in the request: the job (202 new, 200 replay of
+    its idempotency key) or a problem (422, 409, 429, 503), with the headers a single
+    submission would have had (Location, Retry-After).
+    """
+
+    status: int
+    job: Job | None = None
+    problem: Problem | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class BatchResult(BaseModel):
+    """Every submission's answer, in the request's order."""
+
+    items: list[BatchItem]
+    accepted: int = Field(..., description="How many jobs are new (202) in this batch.")
+
+
+def batch_router(catalog: TaskCatalog, submission_body: Any, max_jobs: int) -> APIRouter:
+    """The batch route; `submission_body` is the per-deployment submission model."""
+    router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+    item_model: TypeAdapter[Any] = TypeAdapter(submission_body)
+    task_names = list(catalog)
+
+    class BatchRequest(BaseModel):
+        """Up to `max_jobs` submissions, each as POST /v1/jobs takes it (idempotency keys in
+        the body: `idempotency_key`).
+        """
+
+        model_config = ConfigDict(extra="forbid")
+
+        jobs: list[dict[str, Any]] = Field(..., min_length=1, max_length=max_jobs)
+
+    @router.post(
+        "/batch",
+        response_model=BatchResult,
+        summary="Submit many jobs",
+        operation_id="submit_jobs",
+        dependencies=[JSON_BODY],
+    )
+    async def submit_jobs(
+        body: BatchRequest, http_request: Request, state: State, principal: Submitter
+    ) -> BatchResult:
+        """Validate each submission against its task's model and accept the valid ones, each
+        atomically and within the tenant's limits, in one round trip to Redis. The answer
+        lists each submission's own status: 202 with its job, 200 for a replay of its
+        idempotency key, or a problem (422 with pointers under `#/jobs/<index>`, 409, 429,
+        503). A batch is never half-accepted per job; it may be partly accepted as a whole.
+        """
+        answers: list[Answer | None] = [None] * len(body.jobs)
+        pending: list[tuple[int, TaskSpec, Submission, Limits]] = []
+        tenant = tenant_limits(http_request, principal.tenant)
+        for index, raw in enumerate(body.jobs):
+            try:
+                request = item_model.validate_python(raw)
+                spec, submission = submission_of(
+                    state, request, principal.tenant, request.idempotency_key
+                )
+            except ValidationError as exc:
+                answers[index] = _invalid(index, field_errors(exc.errors(), task_names))
+                continue
+            except ProblemError as exc:
+                answers[index] = _invalid(index, exc.problem.errors or [], exc.problem.detail)
+                continue
+            pending.append((index, spec, submission, accept_limits(state, tenant, submission)))
+        state.metrics.submissions.labels("rejected").inc(len(body.jobs) - len(pending))
+        if pending:
+            with tracer().start_as_current_span("conveyor.enqueue_batch", kind=SpanKind.PRODUCER):
+                started = time.perf_counter()
+                http_request.state.charged = True  # each accept script takes a token
+                outcomes = await state.store.submit_many([p[1:] for p in pending])
+                state.metrics.accept_latency.observe(time.perf_counter() - started)
+            for (index, _, submission, _), outcome in zip(pending, outcomes, strict=True):
+                answers[index] = await answer(state, outcome, submission, tenant)
+        items = [_item(a) for a in answers if a is not None]
+        return BatchResult(items=items, accepted=sum(1 for a in items if a.status == 202))
+
+    return router
+
+
+def _invalid(index: int, errors: list[Any], detail: str | None = None) -> Answer:
+    prefixed = [
+        {"pointer": f"#/jobs/{index}" + _field(e, "pointer").removeprefix("#"),
+         "detail": _field(e, "detail")}
+        for e in errors
+    ]  # fmt: skip
+    problem = ProblemError(
+        422,
+        "Invalid request",
+        detail or "The submission does not match the schema; see errors.",
+        slug="validation-error",
+        errors=prefixed,
+    )
+    return Answer(422, problem=problem)
+
+
+def _field(error: Any, name: str) -> str:
+    return str(error[name] if isinstance(error, dict) else getattr(error, name))
+
+
+def _item(result: Answer) -> BatchItem:
+    problem = result.problem
+    if problem is None:
+        return BatchItem(status=result.status, job=result.job, headers=result.headers)
+    return BatchItem(
+        status=result.status, problem=problem.problem, headers=dict(problem.headers or {})
+    )
