@@ -224,3 +224,12 @@ def test_api_and_workers_refuse_to_sign_with_a_missing_or_weak_secret(
     assert "refusing to start" in result.stderr
     assert "CONVEYOR_WEBHOOK__SIGNING_SECRET" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_local_receiver_refuses_an_empty_secret_file(tmp_path: Path) -> None:
+    # Found by review: an empty file verified every delivery against "" (forgeable).
+    empty = tmp_path / "secret"
+    empty.write_text("\n")
+    result = run("webhooks", "listen", "--secret-file", str(empty), "--port", "1")
+    assert result.returncode == 78, result.stderr
+    assert "SIGNING_SECRET is not set" in result.stderr or "characters" in result.stderr

@@ -18,7 +18,7 @@ from conveyor.core.durability import UnsafeRedisError, check_durability
 from conveyor.core.logs import configure_logging
 from conveyor.core.queues import Queue
 from conveyor.core.redis import sync_client
-from conveyor.core.settings import Settings
+from conveyor.core.settings import Settings, secret_problem
 
 app = typer.Typer(
     help="Conveyor job platform.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -338,9 +338,13 @@ def _signing_secret(settings: Settings, secret_file: Path | None) -> str:
     CONVEYOR_WEBHOOK__SIGNING_SECRET; exits 78 when there is none to use.
     """
     try:
-        if secret_file is not None:
-            return secret_file.read_text().strip()
-        return settings.webhook.secret()
+        if secret_file is None:
+            return settings.webhook.secret()
+        secret = secret_file.read_text().strip()
+        problem = secret_problem(secret)
+        if problem is not None:
+            raise ValueError(f"{secret_file}: {problem}")
+        return secret
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EX_CONFIG) from None

@@ -15,7 +15,14 @@ from pydantic import BaseModel
 from conveyor.api.auth import KeySource
 from conveyor.api.body_gate import BodyGate
 from conveyor.api.problems import ProblemError
-from conveyor.core.catalog import JobContext, TaskArgs, TaskCatalog, TaskSpec, catalog_for
+from conveyor.core.catalog import (
+    JobContext,
+    TaskArgs,
+    TaskCatalog,
+    TaskSpec,
+    catalog_for,
+    load_catalog,
+)
 from conveyor.core.queues import Queue
 from conveyor.core.sanitize import Sanitizer
 from conveyor.core.settings import AuthSettings, Settings, WebhookSettings
@@ -105,7 +112,13 @@ def _keys_source(tmp_path: Path) -> tuple[KeySource, Path, list[bool]]:
     return source, path, told
 
 
-@pytest.mark.parametrize("text", ["", "keys: []\n", "{}\n", "keys: [\n"])
+@pytest.mark.parametrize(
+    "text",
+    # The last, found by review: YAML nested past the parser's recursion limit raised a
+    # RecursionError, which killed the reload watcher for good.
+    ["", "keys: []\n", "{}\n", "keys: [\n", "keys: " + "[" * 5000 + "]" * 5000],
+    ids=["empty", "no keys", "empty mapping", "broken", "too deep"],
+)
 def test_a_keys_file_without_keys_keeps_the_previous_ones(tmp_path: Path, text: str) -> None:
     source, path, told = _keys_source(tmp_path)
     path.write_text(text)
@@ -168,6 +181,15 @@ def test_webhooks_need_a_long_enough_secret_unless_disabled() -> None:
     assert WebhookSettings(enabled=False).problem() is None
     with pytest.raises(ValueError, match="not set"):
         WebhookSettings().secret()
+    # Found by review: with webhooks off, secret() handed out any value, even "".
+    for weak in ("", "x"):
+        with pytest.raises(ValueError, match="SIGNING_SECRET"):
+            WebhookSettings(enabled=False, signing_secret=weak).secret()
+
+
+def test_webhooks_off_drops_the_task_even_when_task_modules_name_it() -> None:
+    assert "webhook.deliver" not in load_catalog(["conveyor.tasks.webhook"], webhooks=False)
+    assert "webhook.deliver" in load_catalog(["conveyor.tasks.webhook"])
 
 
 def test_dev_makes_a_private_secret_once_and_keeps_it(tmp_path: Path) -> None:
@@ -204,7 +226,14 @@ def _spec(model: type[BaseModel]) -> TaskSpec:
     return TaskSpec(name="loose.task", queue=Queue.LOW, args_model=model, fn=fn)
 
 
+class _NestedLooseArgs(TaskArgs):
+    # Found by review: only the top-level model was checked.
+    inner: list[dict[str, _LooseArgs]] | None = None
+
+
 def test_the_catalogue_refuses_a_model_that_allows_unknown_fields() -> None:
-    with pytest.raises(ValueError, match=r"accepts unknown fields; derive it from .*TaskArgs"):
+    with pytest.raises(ValueError, match=r"accepts unknown fields \(in _LooseArgs\)"):
         TaskCatalog([_spec(_LooseArgs)])
+    with pytest.raises(ValueError, match=r"accepts unknown fields \(in _LooseArgs\)"):
+        TaskCatalog([_spec(_NestedLooseArgs)])
     assert "loose.task" in TaskCatalog([_spec(_StrictArgs)])

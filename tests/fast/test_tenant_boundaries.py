@@ -90,6 +90,19 @@ async def test_an_unknown_argument_is_a_422_naming_it(api: InProcessApi) -> None
         assert (await client.post("/v1/jobs", json=again)).status_code == 422
 
 
+async def test_a_tenant_cannot_claim_the_platforms_callback_keys(api: InProcessApi) -> None:
+    # Found by review: `callback:<own job id>` as an idempotency key suppressed that job's
+    # completion callback (enqueued once under that very key).
+    async with api.client(TEAM_A_KEY) as client:
+        body = {**ECHO, "idempotency_key": "callback:00000000-0000-4000-8000-000000000000"}
+        refused = problem(await client.post("/v1/jobs", json=body), 422)
+        assert [e["pointer"] for e in refused["errors"]] == ["#/idempotency_key"]
+        header = {"Idempotency-Key": "callback:x"}
+        problem(await client.post("/v1/jobs", json=ECHO, headers=header), 422)
+        batch = await client.post("/v1/jobs/batch", json={"jobs": [body]})
+        assert batch.json()["items"][0]["status"] == 422
+
+
 async def test_unrepresentable_numbers_are_a_422_not_a_500(
     api: InProcessApi, redis_client: "redis.Redis"
 ) -> None:
@@ -131,6 +144,36 @@ async def test_every_authenticated_failure_takes_a_token(redis_url: str) -> None
         assert problem(limited, 429)["type"] == "urn:conveyor:problem:rate-limited"
 
 
+async def test_failures_before_any_route_take_a_token_too(redis_url: str) -> None:
+    # Found by review: a body that fails to parse, an unknown route, a wrong method and the
+    # body gate's own refusals cost nothing, though the API had read and parsed the body.
+    settings = settings_for(
+        redis_url, limits={"rate_per_second": 0.01, "burst": 6, "max_body_bytes": 4096}
+    )
+    json_type = {"content-type": "application/json"}
+    async with serve(settings) as api, api.client(TEAM_A_KEY) as client:
+        failures = [
+            await client.post("/v1/jobs", content=b"[1," * 500 + b"x", headers=json_type),
+            await client.post("/v1/jobs", content=b"\x0e\xff", headers=json_type),
+            await client.get("/v1/no-such-route"),
+            await client.patch("/v1/jobs", json=ECHO),
+            await client.post("/v1/jobs", content=b"x" * 5000, headers=json_type),
+            await client.request("GET", "/v1/jobs", content=b"{}", headers=json_type),
+        ]
+        assert [r.status_code for r in failures] == [422, 400, 404, 405, 413, 400]
+        limited = await client.get("/v1/jobs")
+        assert problem(limited, 429)["type"] == "urn:conveyor:problem:rate-limited"
+
+
+async def test_a_bodyless_method_with_a_body_is_refused_at_once(api: InProcessApi) -> None:
+    async with api.client(key=None) as anonymous, api.client() as client:
+        refused = await client.request("DELETE", "/v1/dead-letters", content=b"{}")
+        assert problem(refused, 400)["type"] == "urn:conveyor:problem:unexpected-body"
+        assert refused.headers["connection"] == "close"
+        problem(await anonymous.request("GET", "/v1/jobs", content=b"{}"), 401)
+        assert (await client.get("/healthz")).status_code == 200
+
+
 async def test_event_streams_are_capped_per_tenant(redis_url: str) -> None:
     settings = settings_for(
         redis_url, api={"events_max_seconds": 0.5, "max_event_streams_per_tenant": 1}
@@ -153,6 +196,22 @@ async def test_event_streams_are_capped_per_tenant(redis_url: str) -> None:
         other = await team_b.get(f"/v1/jobs/{theirs}/events")  # not locked out
         assert other.status_code == 200
         assert (await first).status_code == 200
+    assert api.state.open_streams.total == 0
+    assert not api.state.open_streams.by_tenant
+
+
+async def test_concurrent_streams_cannot_pass_the_caps_together(redis_url: str) -> None:
+    # Found by review: the check ran in the dependency, the count only once the stream
+    # started, so requests arriving together all passed the check.
+    settings = settings_for(
+        redis_url,
+        api={"events_max_seconds": 1.0, "max_event_streams_per_tenant": 2, "max_event_streams": 5},
+    )
+    async with serve(settings) as api, api.client(TEAM_A_KEY) as team_a:
+        mine = await _submit(team_a, ECHO)
+        answers = await asyncio.gather(*(team_a.get(f"/v1/jobs/{mine}/events") for _ in range(20)))
+        statuses = sorted(r.status_code for r in answers)
+    assert statuses == [200, 200] + [429] * 18
     assert api.state.open_streams.total == 0
     assert not api.state.open_streams.by_tenant
 

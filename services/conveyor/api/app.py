@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from conveyor import __version__
 from conveyor.api import problems
-from conveyor.api.auth import KeySource, charge_rejected, principal_of, security_schemes
+from conveyor.api.auth import KeySource, charge, charge_rejected, principal_of, security_schemes
 from conveyor.api.batch import batch_router
 from conveyor.api.body_gate import BodyGate
 from conveyor.api.dead_letters import dead_letters_router
@@ -108,6 +108,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         max_header_bytes=settings.limits.max_header_bytes,
         body_timeout_seconds=settings.limits.body_timeout_seconds,
         authenticate=lambda headers: principal_of(keys, headers),
+        charge=lambda principal: charge(state, principal),
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     problems.install(app, list(catalog), charge_rejected)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Response
 
 from conveyor.api.problems import ProblemError
-from conveyor.api.state import state_of
+from conveyor.api.state import ApiState, state_of
 from conveyor.core.apikeys import (
     DEVELOPMENT_PRINCIPAL,
     KeyRing,
@@ -69,7 +69,7 @@ class KeySource:
             if stamp == self._stamp:
                 return False
             ring = _ring(path.read_text())
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any broken file (even a RecursionError) keeps the keys
             # The message names the file and the fault, never a key: a ValidationError shows
             # field values, but the file holds only hashes. The stamp is not taken, so a
             # broken file is retried (and counted) every interval until it is mended.
@@ -92,7 +92,8 @@ class KeySource:
         """Refresh every `reload_interval_seconds` until cancelled."""
         while True:
             await asyncio.sleep(self.settings.reload_interval_seconds)
-            self.refresh()
+            # Off the event loop: a slow file system (or a FIFO) must not stall requests.
+            await asyncio.to_thread(self.refresh)
 
 
 def _ring(text: str) -> KeyRing:
@@ -201,15 +202,16 @@ def security_schemes(openapi: dict[str, Any]) -> dict[str, Any]:
 
 def tenant_limits(request: Request, tenant: str) -> TenantLimits:
     """The tenant's own rate limit, or the deployment's."""
-    state = state_of(request)
-    source = state.keys
-    own = source.ring.tenants.get(tenant)
+    return limits_for(state_of(request), tenant)
+
+
+def limits_for(state: ApiState, tenant: str) -> TenantLimits:
+    """The tenant's own rate limit (keys file), or the deployment's."""
+    own = state.keys.ring.tenants.get(tenant)
     if own is not None:
         return own
-    settings = state.settings
-    return TenantLimits(
-        rate_per_second=settings.limits.rate_per_second, burst=settings.limits.burst
-    )
+    limits = state.settings.limits
+    return TenantLimits(rate_per_second=limits.rate_per_second, burst=limits.burst)
 
 
 def rate_limit_headers(limits: TenantLimits, left: int) -> dict[str, str]:
@@ -263,18 +265,28 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[Principal]]:
 
 async def charge_rejected(request: Request) -> ProblemError | None:
     """Take a token for an authenticated request that failed before it took one (an invalid
-    body, a refused URL, a 403, an internal error), so every failure counts against the
-    tenant's rate limit too. Returns the 429 to answer instead when the bucket is empty.
+    or unparsable body, a refused URL, a 403, an unknown route, a wrong method, an internal
+    error), so every failure counts against the tenant's rate limit too. Returns the 429 to
+    answer instead when the bucket is empty.
     """
-    principal: Principal | None = getattr(request.state, "principal", None)
-    if principal is None or getattr(request.state, "charged", False):
+    if getattr(request.state, "charged", False):
         return None
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        try:  # a request refused before any dependency ran (404, 405): its headers say who
+            principal = principal_of(state_of(request).keys, request.headers)
+        except ProblemError:
+            return None  # not authenticated: nobody to charge
     request.state.charged = True
-    limits = tenant_limits(request, principal.tenant)
+    return await charge(state_of(request), principal)
+
+
+async def charge(state: ApiState, principal: Principal) -> ProblemError | None:
+    """One token from `principal`'s tenant's bucket; the 429 when it is empty."""
+    limits = limits_for(state, principal.tenant)
     if limits.rate_per_second <= 0:
         return None
-    store = state_of(request).store
-    taken, _, wait_ms = await store.take_token(
+    taken, _, wait_ms = await state.store.take_token(
         principal.tenant, limits.rate_per_second, limits.burst
     )
     return None if taken else too_many_requests(limits, wait_ms)

@@ -12,7 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from conveyor.api.auth import require, tenant_limits
 from conveyor.api.deps import JSON_BODY, State
 from conveyor.api.problems import Problem, ProblemError, field_errors
-from conveyor.api.submitting import Answer, accept_limits, answer, submission_of
+from conveyor.api.submitting import (
+    Answer,
+    accept_limits,
+    answer,
+    idempotency_key,
+    submission_of,
+)
 from conveyor.core.apikeys import Principal, Scope
 from conveyor.core.catalog import TaskCatalog, TaskSpec
 from conveyor.jobstore.model import Job
@@ -79,9 +85,8 @@ def batch_router(catalog: TaskCatalog, submission_body: Any, max_jobs: int) -> A
         for index, raw in enumerate(body.jobs):
             try:
                 request = item_model.validate_python(raw)
-                spec, submission = submission_of(
-                    state, request, principal.tenant, request.idempotency_key
-                )
+                key = idempotency_key(request.idempotency_key, None)
+                spec, submission = submission_of(state, request, principal.tenant, key)
             except ValidationError as exc:
                 answers[index] = _invalid(index, field_errors(exc.errors(), task_names))
                 continue

@@ -3,7 +3,8 @@ declared length), and how the body is read (size and time limits).
 """
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 from starlette.datastructures import Headers
@@ -11,8 +12,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.api.problems import PROBLEM_MEDIA_TYPE, Problem, ProblemError
 
-# Checks a request's credentials from its headers alone; raises ProblemError (a 401).
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+# Checks a request's credentials from its headers alone: the principal, or ProblemError (401).
 Authenticate = Callable[[Mapping[str, str]], object]
+# Takes a token from the principal's tenant for a request the gate refused (413, 408).
+Charge = Callable[[Any], Awaitable[object]]
 
 
 class BodyGate:
@@ -33,12 +38,14 @@ class BodyGate:
         max_header_bytes: int,
         body_timeout_seconds: float,
         authenticate: Authenticate | None = None,
+        charge: Charge | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
         self.body_timeout = body_timeout_seconds
         self.authenticate = authenticate
+        self.charge = charge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check the headers, the credentials and the declared length, then buffer the body
@@ -58,12 +65,19 @@ class BodyGate:
                 "headers-too-large",
             )
             return
-        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        fields = dict(headers)
+        declared = fields.get(b"content-length")
+        has_body = declared not in (None, b"0") or b"transfer-encoding" in fields
+        if scope["method"] in BODYLESS_METHODS and not has_body:
             await self.app(scope, receive, send)
             return
+        principal = None
         if self.authenticate is not None:
             try:
-                self.authenticate(Headers(scope=scope))
+                principal = self.authenticate(Headers(scope=scope))
+                # Routes and error handlers know who it is without asking again (and charge
+                # that tenant for a body that turns out to be unparsable).
+                scope.setdefault("state", {})["principal"] = principal
             except ProblemError as exc:
                 problem = exc.problem
                 await _refuse(
@@ -71,14 +85,23 @@ class BodyGate:
                     problem.type.rsplit(":", 1)[-1], exc.headers,
                 )  # fmt: skip
                 return
-        declared = dict(headers).get(b"content-length")
+        if scope["method"] in BODYLESS_METHODS:
+            # No route here reads a body on these: one declared is refused at once, so it
+            # cannot hold the connection while it trickles in (uvicorn's keep-alive timer
+            # restarts with every byte).
+            await self._charge(scope, principal)
+            detail = f"{scope['method']} requests take no body."
+            await _refuse(scope, send, 400, "Unexpected body", detail, "unexpected-body")
+            return
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._charge(scope, principal)
             await self._too_large(scope, send)
             return
         try:
             async with asyncio.timeout(self.body_timeout):
                 body = await self._read(receive)
         except TimeoutError:
+            await self._charge(scope, principal)
             await _refuse(
                 scope,
                 send,
@@ -89,6 +112,7 @@ class BodyGate:
             )
             return
         except _TooLargeError:
+            await self._charge(scope, principal)
             await self._too_large(scope, send)
             return
         if body is None:
@@ -103,6 +127,11 @@ class BodyGate:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _charge(self, scope: Scope, principal: object) -> None:
+        if principal is not None and self.charge is not None:
+            await self.charge(principal)
+            scope["state"]["charged"] = True
 
     async def _read(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []

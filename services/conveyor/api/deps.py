@@ -23,7 +23,7 @@ JSON_BODY = Depends(require_json)
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 431, 503)
+    for status in (400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 431, 503)
 }
 
 

@@ -32,9 +32,12 @@ BLOCK_SECONDS = 5.0
 STREAM_MAXLEN = 1000
 
 
-async def _followed_job(job_id: str, state: State, principal: Reader) -> Job:
+async def _followed_job(job_id: str, state: State, principal: Reader) -> AsyncIterator[Job]:
     # A dependency, so an unknown (or another tenant's) job is a 404, and a full process a
-    # 503, before the stream starts.
+    # 503, before the stream starts. The slot is checked and taken in one step (no await in
+    # between: concurrent requests cannot all pass the check), and given back by the
+    # dependency's teardown, which runs once the stream is over, or the request is, however
+    # it ended.
     job = await existing_job(state, job_id, principal)
     limits, streams = state.settings.api, state.open_streams
     if streams.by_tenant[principal.tenant] >= limits.max_event_streams_per_tenant:
@@ -55,7 +58,11 @@ async def _followed_job(job_id: str, state: State, principal: Reader) -> Job:
             slug="streams-exhausted",
             headers={"Retry-After": "5"},
         )
-    return job
+    streams.opened(principal.tenant)
+    try:
+        yield job
+    finally:
+        streams.closed(principal.tenant)
 
 
 def events_router() -> APIRouter:
@@ -70,7 +77,6 @@ def events_router() -> APIRouter:
     async def job_events(
         job: Annotated[Job, Depends(_followed_job)],
         state: State,
-        principal: Reader,
         last_event_id: Annotated[str | None, Depends(_last_event_id)],
     ) -> AsyncIterator[ServerSentEvent]:
         """Stream the job's changes until it reaches a terminal state: first the job itself
@@ -78,12 +84,8 @@ def events_router() -> APIRouter:
         `Last-Event-ID` to resume without losing events. A stream stays open at most
         `CONVEYOR_API__EVENTS_MAX_SECONDS`; reconnecting then resumes it.
         """
-        state.open_streams.opened(principal.tenant)
-        try:
-            async for event in follow(state, job.id, last_event_id):
-                yield event
-        finally:
-            state.open_streams.closed(principal.tenant)
+        async for event in follow(state, job.id, last_event_id):
+            yield event
 
     return router
 

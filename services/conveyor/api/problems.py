@@ -115,9 +115,11 @@ def field_errors(errors: Sequence[Any], task_names: Sequence[str] = ()) -> list[
 
 # What each problem status means, for the OpenAPI descriptions.
 PROBLEM_DESCRIPTIONS: dict[int, str] = {
+    400: "The body cannot be parsed at all (not text, or nested past the parser's limits).",
     401: "No API key, or one the API does not know.",
     403: "The key lacks the scope this operation needs.",
     404: "No such job (another tenant's jobs are not found either).",
+    408: "The request body did not arrive within `CONVEYOR_LIMITS__BODY_TIMEOUT_SECONDS`.",
     409: "A conflict with the job's state or an idempotency key (see `detail`).",
     413: "The request body is larger than the API accepts.",
     415: "The body is not JSON (`Content-Type: application/json`).",
@@ -131,8 +133,8 @@ PROBLEM_DESCRIPTIONS: dict[int, str] = {
 def problem_statuses(method: str, path: str, operation: dict[str, Any]) -> list[int]:
     """The problem statuses an operation can answer with, from what it is: every `/v1` call
     401, 403, 429 and 503; a path parameter 404; a query or header parameter or a body 422;
-    a POST 413; a body 415; a header parameter 431; a write to a job (POST under /v1/jobs)
-    409.
+    a POST 413 and 408 (its body is read within a time limit); a body 415 and 400; a header
+    parameter 431; a write to a job (POST under /v1/jobs) 409.
     """
     if not path.startswith("/v1/"):
         return []
@@ -145,11 +147,11 @@ def problem_statuses(method: str, path: str, operation: dict[str, Any]) -> list[
     if places - {"path"} or body:  # a path parameter is any string: a wrong one is a 404
         statuses.add(422)
     if method == "post":
-        statuses.add(413)
+        statuses.update((408, 413))
         if path.startswith("/v1/jobs"):
             statuses.add(409)
     if body:
-        statuses.add(415)
+        statuses.update((400, 415))
     if "header" in places:
         statuses.add(431)
     return sorted(statuses)
@@ -260,6 +262,8 @@ def install(
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code not in (401, 429) and (refusal := await charged(request)) is not None:
+            return refusal
         problem = Problem(title=str(exc.detail), status=exc.status_code)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:

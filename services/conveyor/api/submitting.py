@@ -17,11 +17,14 @@ from conveyor.api.state import ApiState
 from conveyor.core.apikeys import TenantLimits
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.netguard import NetGuard, UnsafeUrlError
+from conveyor.jobstore.keys import callback_idempotency_key
 from conveyor.jobstore.model import Job
 from conveyor.jobstore.results import AcceptResult, AcceptVerdict, Limits
 from conveyor.jobstore.submission import Submission
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+# The prefix of the platform's own idempotency keys (a callback's is `callback:<job id>`).
+RESERVED_KEY_PREFIX = callback_idempotency_key("")
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,18 @@ def idempotency_key(from_body: str | None, from_header: str | None) -> str | Non
             "The Idempotency-Key header and the idempotency_key field differ.",
             slug="validation-error",
         )
-    return from_body or from_header
+    key = from_body or from_header
+    if key is not None and key.startswith(RESERVED_KEY_PREFIX):
+        # The platform's own keys (a job's completion callback is enqueued once under
+        # `callback:<job id>`): a tenant claiming one would suppress its callback.
+        raise ProblemError(
+            422,
+            "Invalid request",
+            f"Idempotency keys starting with {RESERVED_KEY_PREFIX!r} are the platform's own.",
+            slug="validation-error",
+            errors=[{"pointer": "#/idempotency_key", "detail": "a reserved prefix"}],
+        )
+    return key
 
 
 def _check_urls(state: ApiState, request: SubmissionBase, args: Any) -> None:

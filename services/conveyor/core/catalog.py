@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -230,11 +230,14 @@ class TaskCatalog(Mapping[str, TaskSpec]):
         for spec in specs:
             if spec.name in self._specs:
                 raise ValueError(f"task {spec.name!r} is defined twice")
-            if spec.args_model.model_config.get("extra") != "forbid":
+            loose = [m.__name__ for m in _models_in(spec.args_model)
+                     if m.model_config.get("extra") != "forbid"]  # fmt: skip
+            if loose:
                 raise ValueError(
                     f"task {spec.name!r}: its argument model {spec.args_model.__name__} "
-                    "accepts unknown fields; derive it from conveyor.core.catalog.TaskArgs "
-                    "(or set model_config = ConfigDict(extra='forbid'))"
+                    f"accepts unknown fields (in {', '.join(loose)}); derive every model of "
+                    "its arguments from conveyor.core.catalog.TaskArgs (or set "
+                    "model_config = ConfigDict(extra='forbid'))"
                 )
             self._specs[spec.name] = spec
 
@@ -259,12 +262,32 @@ class TaskCatalog(Mapping[str, TaskSpec]):
         return len(self._specs)
 
 
+def _models_in(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """`model` and every model its fields hold, however nested (in lists, dicts, unions,
+    Optional): each one must refuse unknown fields, or a typo inside one passes silently.
+    """
+    found: list[type[BaseModel]] = []
+    pending: list[Any] = [model]
+    while pending:
+        kind = pending.pop()
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            if kind in found:
+                continue
+            found.append(kind)
+            pending.extend(field.annotation for field in kind.model_fields.values())
+        else:
+            pending.extend(get_args(kind))
+    return found
+
+
 def load_catalog(task_modules: Iterable[str], *, webhooks: bool = True) -> TaskCatalog:
     """The built-in tasks plus those of `task_modules` (CONVEYOR_TASK_MODULES); without
     `webhooks` (CONVEYOR_WEBHOOK__ENABLED=false), no `webhook.deliver`.
     """
-    builtin = [m for m in BUILTIN_TASK_MODULES if webhooks or m != WEBHOOK_TASK_MODULE]
-    return TaskCatalog.from_modules([*builtin, *task_modules])
+    modules = [*BUILTIN_TASK_MODULES, *task_modules]
+    if not webhooks:  # whatever task_modules says: nothing signs while webhooks are off
+        modules = [m for m in modules if m != WEBHOOK_TASK_MODULE]
+    return TaskCatalog.from_modules(dict.fromkeys(modules))
 
 
 def catalog_for(settings: Settings) -> TaskCatalog:

@@ -225,32 +225,37 @@ class WebhookSettings(BaseModel):
     )
 
     def secret(self) -> str:
-        """The deployment's signing secret; raises ValueError when webhooks cannot be signed."""
-        problem = self.problem()
+        """The deployment's signing secret; raises ValueError when it is missing or too short
+        to sign with (whether or not webhooks are enabled: nothing signs with a weak one).
+        """
+        problem = secret_problem(self.signing_secret)
         if problem is not None:
             raise ValueError(problem)
-        assert self.signing_secret is not None  # problem() said so
+        assert self.signing_secret is not None  # secret_problem() said so
         return self.signing_secret.get_secret_value()
 
     def problem(self) -> str | None:
         """Why the API and workers must refuse to start, or None: webhooks on without a
         signing secret would send signatures anyone can forge.
         """
-        if not self.enabled:
-            return None
-        value = self.signing_secret.get_secret_value() if self.signing_secret else ""
-        if not value:
-            return (
-                "webhooks are enabled but CONVEYOR_WEBHOOK__SIGNING_SECRET is not set: set it "
-                "to a random value (e.g. `openssl rand -hex 32`), or disable webhooks and "
-                "callbacks with CONVEYOR_WEBHOOK__ENABLED=false"
-            )
-        if len(value) < MIN_SIGNING_SECRET_LENGTH:
-            return (
-                f"CONVEYOR_WEBHOOK__SIGNING_SECRET is {len(value)} characters long; use at "
-                f"least {MIN_SIGNING_SECRET_LENGTH} random ones (e.g. `openssl rand -hex 32`)"
-            )
-        return None
+        return secret_problem(self.signing_secret) if self.enabled else None
+
+
+def secret_problem(secret: SecretStr | str | None) -> str | None:
+    """What is wrong with `secret` as the webhook signing secret, or None."""
+    value = secret.get_secret_value() if isinstance(secret, SecretStr) else (secret or "")
+    if not value:
+        return (
+            "webhooks are enabled but CONVEYOR_WEBHOOK__SIGNING_SECRET is not set: set it "
+            "to a random value (e.g. `openssl rand -hex 32`), or disable webhooks and "
+            "callbacks with CONVEYOR_WEBHOOK__ENABLED=false"
+        )
+    if len(value) < MIN_SIGNING_SECRET_LENGTH:
+        return (
+            f"CONVEYOR_WEBHOOK__SIGNING_SECRET is {len(value)} characters long; use at "
+            f"least {MIN_SIGNING_SECRET_LENGTH} random ones (e.g. `openssl rand -hex 32`)"
+        )
+    return None
 
 
 class AuthSettings(BaseModel):
