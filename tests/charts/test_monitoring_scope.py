@@ -229,6 +229,11 @@ CASES = (
         _s("conveyor_api_submissions_total", STAGING, outcome="broker_error"): "0+10x30",
     }, "10m", {"ConveyorApiErrorRatioHigh": ({**STAGING, **W},),
                "ConveyorSubmissionsFailing": ({**STAGING, **C},)}),
+    Case("staging's keys file stopped loading; prod reloads its own fine", {
+        _s("conveyor_api_keys_reloads_total", STAGING, outcome="failed"): "0x5 1+1x25",
+        _s("conveyor_api_keys_reloads_total", PROD, outcome="failed"): "0x30",
+        _s("conveyor_api_keys_reloads_total", PROD, outcome="loaded"): "0+1x30",
+    }, "10m", {"ConveyorApiKeysReloadFailing": ({**STAGING, **W},)}),
     Case("accepting takes 300-500 ms in staging, 2 ms in prod", {
         **{_s("conveyor_api_accept_duration_seconds_bucket", PROD, le=le): v for le, v in
            (("0.005", "0+2000x30"), ("0.25", "0+2000x30"), ("0.5", "0+2000x30"),
@@ -372,6 +377,7 @@ def test_every_alert_is_in_a_two_release_case() -> None:
                    "ConveyorWorkersSaturatedAtMaxReplicas", "ConveyorTierWithoutWorkers",
                    "ConveyorWorkersSaturated", "ConveyorApiErrorRatioHigh",
                    "ConveyorSubmissionsFailing", "ConveyorAcceptLatencyHigh",
+                   "ConveyorApiKeysReloadFailing",
                    "ConveyorDeadLettersGrowing", "ConveyorDeadLettersPresent",
                    "ConveyorRedisUnreachable", "ConveyorQueueWaitHigh",
                    "ConveyorOldestMessageTooOld", "ConveyorFailureRatioHigh",

@@ -71,6 +71,9 @@ class BodyGate:
         if scope["method"] in BODYLESS_METHODS and not has_body:
             await self.app(scope, receive, send)
             return
+        # Any request with a body, whatever its method, is authenticated first and its body
+        # read within the size and time limits: a GET or DELETE with a body trickled in would
+        # otherwise hold the connection (uvicorn's keep-alive timer restarts with every byte).
         principal = None
         if self.authenticate is not None:
             try:
@@ -85,14 +88,6 @@ class BodyGate:
                     problem.type.rsplit(":", 1)[-1], exc.headers,
                 )  # fmt: skip
                 return
-        if scope["method"] in BODYLESS_METHODS:
-            # No route here reads a body on these: one declared is refused at once, so it
-            # cannot hold the connection while it trickles in (uvicorn's keep-alive timer
-            # restarts with every byte).
-            await self._charge(scope, principal)
-            detail = f"{scope['method']} requests take no body."
-            await _refuse(scope, send, 400, "Unexpected body", detail, "unexpected-body")
-            return
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._charge(scope, principal)
             await self._too_large(scope, send)
