@@ -6,27 +6,38 @@ real workers; what needs processes, signals or time limits is still tested there
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
 import uuid
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 from celery.exceptions import Reject
+from kombu import Connection
+from kombu.transport.redis import Channel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from conveyor.core.settings import Settings
 from conveyor.core.signing import tenant_secret, verify
+from conveyor.jobstore.runs import Fence, StartVerdict
 from conveyor.jobstore.store import JobStore
 from conveyor.jobstore.submission import Submission, prepare
+from conveyor.worker.leases import StartGrace, renew_reserved
 from conveyor.worker.lifecycle import JobRunner
+from conveyor.worker.services import unlock_pool_in_child
+from conveyor.worker.transport import ReliableTransport
+from tests.conftest import fresh_db
 from tests.fast import tasks
 from tests.fast.harness import CATALOG, KEYS, InProcessWorker, Message
-from tests.support.processes import free_port
+from tests.support.processes import RedisServer, free_port
 from tests.support.receiver import Receiver
 
 DAY = 24 * 3600
@@ -364,3 +375,196 @@ def test_a_job_store_error_hands_the_message_back(settings: Settings) -> None:
     finally:
         unreachable.close()
     assert rejected.value.requeue is True
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "outcome"),
+    [("demo.echo", {}, "succeeded"), ("demo.fail", {"mode": "retryable"}, "retrying")],
+)
+def test_a_run_whose_start_a_failover_lost_hands_its_message_back(
+    worker: InProcessWorker, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+    task: str, args: dict[str, str], outcome: str,
+) -> None:  # fmt: skip
+    """A kill -9 of the Sentinel primary: the promoted replica had the delivery's claim but
+    not its start, which the old primary had applied. The run's outcome write (a success, or
+    a retry) then reaches the new primary, where the record is still `queued` with no attempt:
+    refused, and the message goes back to the queue instead of being acked (acked, the job
+    stayed `queued` with its message nowhere, for ever). Its next delivery runs it.
+    """
+    spec = CATALOG[task]
+    job_id = worker.store.submit(spec, Submission.of(spec, tenant="t1", args=args)).job_id
+    message = worker.take(spec.queue)
+    old = worker.redis
+    # The replica has every write up to the start: a copy of the old primary, now.
+    new_db = fresh_db(redis_server)
+    for key in old.scan_iter():
+        old.copy(key, key, destination_db=new_db)
+    new = redis_server.client(new_db)
+    real_start = worker.store.start
+
+    def start_then_failover(*args: Any, **kwargs: Any) -> Any:
+        started = real_start(*args, **kwargs)  # applied by the old primary, which dies
+        worker.store.client = new  # before replicating it: the rest goes to the new primary
+        return started
+
+    monkeypatch.setattr(worker.store, "start", start_then_failover)
+    try:
+        with pytest.raises(Reject) as rejected:
+            worker.run(message)
+        assert rejected.value.requeue is True  # Celery restores the unacked message
+        record = new.hgetall(KEYS.job(job_id))
+        assert (record["state"], record["attempts"]) == ("queued", "0")
+        assert old.hget(KEYS.job(job_id), "state") != "queued"  # the old primary had it
+        monkeypatch.undo()
+        worker.run(message)  # the redelivery, on the new primary
+        after = new.hgetall(KEYS.job(job_id))
+        assert (after["state"], after["attempts"]) == (outcome, "1")
+    finally:
+        new.close()
+
+
+class _Held:
+    """Celery's reserved request of a delivery, as the lease renewer reads it."""
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self.id = message.headers["id"]
+        self.delivery_info = {"routing_key": message.delivery_info["routing_key"]}
+
+
+def _claimed(settings: Settings, queue: str, count: int) -> tuple[Any, list[Any]]:
+    """A kombu channel of Conveyor's transport on the test Redis, and `count` deliveries it
+    took from `queue` (each recorded unacked, with its lease, as a claim records it)."""
+    connection = Connection(settings.redis_dsn(), transport=ReliableTransport,
+                            transport_options={"visibility_timeout": _lease(settings)})  # fmt: skip
+    channel = connection.default_channel
+    messages = [channel.basic_get(queue, no_ack=False) for _ in range(count)]
+    assert all(messages)
+    return connection, messages
+
+
+def _lease(settings: Settings) -> int:
+    return settings.worker.visibility_timeout_seconds
+
+
+def _age_leases(client: "redis.Redis", settings: Settings) -> None:
+    """Make every lease look last renewed two visibility timeouts ago (by Redis' clock)."""
+    seconds, _ = client.time()
+    old = seconds - 2 * _lease(settings)
+    client.zadd(Channel.unacked_index_key, dict.fromkeys(client.zrange(
+        Channel.unacked_index_key, 0, -1), old))  # fmt: skip
+
+
+def _as_delivered(message: Message, tag: str) -> SimpleNamespace:
+    """The request a prefork child gets for `message` (its properties carry the tag)."""
+    return SimpleNamespace(**message.headers, properties={"delivery_tag": tag})
+
+
+def test_a_delivery_whose_run_never_starts_stops_holding_its_lease(
+    worker: InProcessWorker, settings: Settings, redis_client: "redis.Redis"
+) -> None:
+    """Seen once in the kill -9 failover test: a fresh worker's pool child took a delivery
+    and hung before start.lua; the worker renewed the delivery's lease for ever, so the job
+    stayed `queued` with its message unacked. Renewals past the start grace now need the
+    record to name the delivery as started: the hung delivery's lease lapses, kombu's sweep
+    redelivers the message (fresh tag), another child runs it, and the hung child's late
+    start is refused (skip). A long run that did start keeps its lease.
+    """
+    spec = CATALOG["demo.echo"]
+    running, hung = (worker.store.submit(spec, Submission.of(spec, tenant="t1", args={})).job_id
+                     for _ in range(2))  # fmt: skip
+    connection, (running_msg, hung_msg) = _claimed(settings, "default", 2)
+    now = [0.0]
+    grace = StartGrace(settings.worker.start_grace_leases * _lease(settings), clock=lambda: now[0])
+    held = [_Held(running_msg), _Held(hung_msg)]
+    try:
+        # The first child starts its (long) run; the second hangs before start.lua.
+        started = worker.store.start(running, owner="host:1", delivery=running_msg.delivery_tag)
+        assert started.verdict is StartVerdict.RUN
+        _age_leases(redis_client, settings)
+        renewal = renew_reserved(worker.store, grace, held, ["default"])
+        assert (renewal.renewed, renewal.lapsed) == (2, ())  # both in their start grace
+        connection.default_channel.qos.restore_visible(num=100, interval=1)
+        assert redis_client.llen(KEYS.queue("default")) == 0
+
+        now[0] = grace.seconds  # past the grace: a visibility timeout without renewal
+        _age_leases(redis_client, settings)
+        renewal = renew_reserved(worker.store, grace, held, ["default"])
+        assert (renewal.renewed, renewal.lapsed) == (1, (hung,))
+        connection.default_channel.qos.restore_visible(num=100, interval=1)
+        assert redis_client.hexists(Channel.unacked_key, running_msg.delivery_tag)
+        assert not redis_client.hexists(Channel.unacked_key, hung_msg.delivery_tag)
+
+        again = worker.take("default")  # the redelivery, under a fresh tag
+        assert again.job_id == hung
+        tag = orjson.loads(again.raw)["properties"]["delivery_tag"]
+        assert tag != hung_msg.delivery_tag
+        worker.runner.run(spec, _as_delivered(again, tag), again.kwargs)
+        record = redis_client.hgetall(KEYS.job(hung))
+        assert (record["state"], record["attempts"], record["delivery"]) == ("succeeded", "1", tag)
+        # The hung child wakes up: its start is refused and it acks its old tag (gone).
+        late = worker.runner.store.start(hung, owner="host:2", delivery=hung_msg.delivery_tag)
+        assert late.verdict is StartVerdict.SKIP
+    finally:
+        connection.release()
+
+
+def test_a_late_start_of_a_hung_delivery_supersedes_the_redelivered_run(
+    worker: InProcessWorker,
+) -> None:
+    """The other order: the hung child starts while the redelivery's run is still going. Its
+    start counts a death (the record was `running`) and takes a newer fence: the redelivered
+    run's writes are refused and it stops, the late run's outcome is the job's (one extra
+    execution, explained by the recorded death, as after any lapsed lease)."""
+    spec = CATALOG["demo.echo"]
+    job_id = worker.store.submit(spec, Submission.of(spec, tenant="t1", args={})).job_id
+    redelivered = worker.store.start(job_id, owner="host:1", delivery="fresh-tag")
+    late = worker.store.start(job_id, owner="host:2", delivery="old-tag")
+    assert (late.verdict, late.attempts, late.deaths) == (StartVerdict.RUN, 2, 1)
+    first = Fence.attempt(redelivered.attempts)
+    assert worker.store.report_progress(job_id, {"current": 1}, first).stale
+    assert worker.store.succeed(job_id, "1", first).stale
+    assert worker.store.succeed(job_id, "2", Fence.attempt(late.attempts)).applied
+
+
+def test_a_child_forked_while_a_thread_holds_the_pool_lock_still_reaches_redis(
+    redis_server: RedisServer,
+) -> None:
+    """The hung pool child of issue 16 (py-spy: blocked in redis-py's `ConnectionPool.reset`):
+    the worker's lease renewer held the job store pool's lock while the prefork pool forked a
+    child, whose first command then waited on its copy of that lock for ever. The worker's
+    `worker_process_init` hook gives the child fresh locks; the forked child here must answer
+    within 10 s (it hangs without the hook)."""
+    client = redis_server.client()
+    client.ping()  # the pool is in use in the parent, as the renewer's is
+    held, release = threading.Event(), threading.Event()
+
+    def renewer() -> None:
+        with client.connection_pool._lock:  # type: ignore[attr-defined]
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=renewer)
+    thread.start()
+    held.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the prefork child: the hook, then its first command
+            code = 1
+            try:
+                unlock_pool_in_child(client)
+                code = 0 if client.ping() else 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done[0] == pid, "the child hung"
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        release.set()
+        thread.join()
+        client.close()

@@ -20,6 +20,17 @@ def group(tmp_path: Path) -> Iterator[SentinelGroup]:
         group.stop()
 
 
+# What the fault tests' platform runs with, Sentinel or not: short leases, 2 API processes.
+SETTINGS_ENV = {
+    "CONVEYOR_REDIS_DURABILITY_CHECK": "refuse",
+    "CONVEYOR_TASK_MODULES": '["tests.sentinel.tasks"]',
+    "CONVEYOR_WORKER__VISIBILITY_TIMEOUT_SECONDS": "10",
+    "CONVEYOR_WORKER__RESTORE_INTERVAL_SECONDS": "1",
+    "CONVEYOR_WORKER__SHUTDOWN_TIMEOUT_SECONDS": "2",
+    "CONVEYOR_API__WORKERS": "2",
+}
+
+
 def ha_platform(
     group: SentinelGroup, ledger: RedisServer, log_dir: Path, ack_replicas: int, **env: str
 ) -> Platform:
@@ -34,11 +45,5 @@ def ha_platform(
         CONVEYOR_REDIS_SENTINEL__ADDRESSES=group.addresses(),
         CONVEYOR_REDIS_SENTINEL__MASTER_NAME=MASTER,
         CONVEYOR_REDIS_REPLICATION__ACK_REPLICAS=str(ack_replicas),
-        CONVEYOR_REDIS_DURABILITY_CHECK="refuse",
-        CONVEYOR_TASK_MODULES='["tests.sentinel.tasks"]',
-        CONVEYOR_WORKER__VISIBILITY_TIMEOUT_SECONDS="10",
-        CONVEYOR_WORKER__RESTORE_INTERVAL_SECONDS="1",
-        CONVEYOR_WORKER__SHUTDOWN_TIMEOUT_SECONDS="2",
-        CONVEYOR_API__WORKERS="2",
-        **env,
+        **{**SETTINGS_ENV, **env},
     )

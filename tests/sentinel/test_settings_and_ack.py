@@ -11,6 +11,8 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 from celery import Celery
+from kombu import Connection
+from kombu.common import ignore_errors
 
 from conveyor.beat.app import create_beat
 from conveyor.celery_config import SENTINEL_TRANSPORT, TRANSPORT, celery_config
@@ -21,7 +23,12 @@ from conveyor.core.settings import DurabilityCheck, Settings
 from conveyor.jobstore.aio import AsyncJobStore
 from conveyor.jobstore.results import AcceptVerdict
 from conveyor.jobstore.submission import Submission
-from conveyor.worker.transport import ReliableSentinelChannel, ReliableSentinelTransport
+from conveyor.worker.transport import (
+    ReliableChannel,
+    ReliableSentinelChannel,
+    ReliableSentinelTransport,
+    ReliableTransport,
+)
 from tests.support.processes import RedisServer, start_redis, wait_until
 
 SENTINEL_ENV = {
@@ -110,6 +117,25 @@ def test_a_reconnect_to_the_next_sentinel_keeps_the_reliable_transport(
             assert connection.transport.Channel is ReliableSentinelChannel
     finally:
         connection.release()
+
+
+def test_a_channel_whose_connection_is_gone_fails_as_a_connection_error(
+    redis_server: RedisServer,
+) -> None:
+    """Celery closes its channel after a lost connection; the close restores the unacked
+    deliveries, which needs a pool. With the connection already gone kombu's pool builder
+    raised AttributeError (`'NoneType' object has no attribute 'hostname'`), an unrecoverable
+    error: a `kill -9` of a standalone Redis ended 2 of 3 workers (the standalone comparison
+    test). As a connection error, Celery ignores it on close and reconnects. The Sentinel
+    channel shares the guard (a failover closing the connection did the same)."""
+    assert ReliableSentinelChannel._get_pool is ReliableChannel._get_pool
+    connection = Connection(redis_server.url(), transport=ReliableTransport)
+    channel = connection.channel()
+    channel.connection.client = None  # as after the connection was closed under it
+    with pytest.raises(redis.exceptions.ConnectionError):
+        channel.qos.restore_unacked()
+    assert redis.exceptions.ConnectionError in ReliableTransport.connection_errors
+    assert ignore_errors(channel, channel.close) is None  # what Celery does on the error
 
 
 def test_beat_leader_lock_follows_the_sentinels(sentinel_settings: Settings) -> None:

@@ -70,6 +70,14 @@ class WorkerSettings(BaseModel):
     restore_interval_seconds: int = Field(
         10, ge=1, description="How often workers look for expired deliveries to redeliver."
     )
+    start_grace_leases: float = Field(
+        3.0,
+        ge=1.0,
+        description="How long a delivery whose run has not started (its prefork child hung "
+        "before starting it) keeps its lease, in visibility timeouts; then the lease lapses "
+        "and the message is redelivered. A run starts within milliseconds; the margin covers "
+        "a start held up by a Redis failover or outage.",
+    )
     shutdown_timeout_seconds: float = Field(
         25.0,
         ge=0,

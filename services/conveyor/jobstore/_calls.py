@@ -66,11 +66,12 @@ def start_args(
     generation: int | None,
     owner: str,
     token: str,
+    delivery: str = "",
 ) -> list[Any]:
     """ARGV for start.lua."""
     allowed = transition(Verb.START).allowed
     return [prefix, job_id, repr(now), max_deaths, "" if generation is None else generation,
-            allowed, owner, token]  # fmt: skip
+            allowed, owner, token, delivery]  # fmt: skip
 
 
 def parse_start(raw: Sequence[Any]) -> StartResult:
@@ -124,10 +125,11 @@ def parse_transition(raw: Sequence[Any]) -> TransitionResult:
     """Decode transition.lua's reply."""
     state = text_of(raw[1])
     pending = len(raw) > 3 and int(raw[3]) == 1
-    stale = len(raw) > 4 and text_of(raw[4]) == "stale"
+    refusal = text_of(raw[4]) if len(raw) > 4 else ""
     return TransitionResult(
-        bool(int(raw[0])), JobState(state) if state else None, int(raw[2]), pending, stale
-    )
+        bool(int(raw[0])), JobState(state) if state else None, int(raw[2]), pending,
+        stale=refusal == "stale", unrecorded=refusal == "unrecorded",
+    )  # fmt: skip
 
 
 def encode_cursor(score: float, job_id: str) -> str:

@@ -63,6 +63,8 @@ class TransitionResult:
 
     `callback_pending`: the job finished with a completion callback to enqueue. `stale`: the
     write came from a run that is no longer the job's current attempt, and was refused.
+    `unrecorded`: refused because the record never counted the run's attempt (its start was
+    lost with a failover): the run's message must go back to the queue, not be acked.
     """
 
     applied: bool
@@ -70,6 +72,7 @@ class TransitionResult:
     attempts: int
     callback_pending: bool = False
     stale: bool = False
+    unrecorded: bool = False
 
 
 @dataclass(frozen=True)

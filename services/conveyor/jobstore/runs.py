@@ -45,3 +45,27 @@ class Fence:
     def owner(cls, owner: str) -> "Fence":
         """The fence of whatever run the process `owner` ('<host>:<pid>') is running."""
         return cls("owner", owner)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One delivery a worker holds, to renew (renew.lua): kombu's delivery tag ('' for none),
+    the queue whose running set holds the job ('' to leave it alone), the job's id, and
+    whether the delivery is still in its start grace (renewed even before its run started;
+    after it, only once the record shows that this delivery's run started).
+    """
+
+    tag: str
+    queue: str
+    job_id: str
+    in_grace: bool
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a renewal did: how many deliveries' leases it renewed, and the jobs of the
+    deliveries past their start grace whose run never started (their leases now lapse).
+    """
+
+    renewed: int
+    lapsed: tuple[str, ...] = ()

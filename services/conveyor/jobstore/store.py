@@ -54,9 +54,11 @@ class JobStore(StoreUpkeep):
 
     # -- a delivery's verbs ---------------------------------------------------------------
 
-    def start(self, job_id: str, generation: int | None = None, owner: str = "") -> StartResult:
-        """Begin a delivery of the message of `generation` in process `owner` (start.lua);
-        the result's `attempts` is the run's fence.
+    def start(
+        self, job_id: str, generation: int | None = None, owner: str = "", delivery: str = ""
+    ) -> StartResult:
+        """Begin a delivery (tag `delivery`) of the message of `generation` in process `owner`
+        (start.lua); the result's `attempts` is the run's fence.
         """
         args = _calls.start_args(
             self.keys.prefix,
@@ -66,6 +68,7 @@ class JobStore(StoreUpkeep):
             generation,
             owner,
             uuid.uuid4().hex,  # one per call: a resent call is recognised, a new one is not
+            delivery,
         )
         return _calls.parse_start(START.run(self.client, args))
 

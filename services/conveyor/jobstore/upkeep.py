@@ -16,6 +16,7 @@ from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.machine import DUE_MESSAGE_STATES, Verb, listed, transition
 from conveyor.jobstore.model import text_of
+from conveyor.jobstore.runs import Lease, Renewal
 from conveyor.jobstore.scripts import HEARTBEAT, PROMOTE, RECOVER_INFLIGHT, RENEW, REPAIR
 
 # kombu's separator inside binding members, and a Conveyor worker's node name
@@ -123,17 +124,18 @@ class StoreUpkeep:
                 pipe.execute()
         return len(dead)
 
-    def renew_leases(
-        self, unacked_index: str, tags: Sequence[str], running: Sequence[tuple[str, str]]
-    ) -> int:
-        """Renew this worker's deliveries' leases and its `(queue, job id)` runs in the running
-        sets, at Redis' clock; returns how many deliveries were renewed.
+    def renew_leases(self, unacked_index: str, leases: Sequence[Lease]) -> Renewal:
+        """Renew this worker's deliveries' leases and their runs in the running sets, at
+        Redis' clock: those in their start grace, and after it those whose run started
+        (the record names the delivery); the others are left to lapse.
         """
-        if not tags and not running:
-            return 0
-        pairs = [item for pair in running for item in pair]
-        args = [self.keys.prefix, unacked_index, len(tags), *tags, *pairs]
-        return int(RENEW.run(self.client, args))
+        if not leases:
+            return Renewal(0)
+        groups = [(lease.tag, lease.queue, lease.job_id, "1" if lease.in_grace else "0")
+                  for lease in leases]  # fmt: skip
+        args = [self.keys.prefix, unacked_index, *(item for group in groups for item in group)]
+        renewed, *lapsed = RENEW.run(self.client, args)
+        return Renewal(int(renewed), tuple(text_of(job_id) for job_id in lapsed))
 
     def stuck_runs(
         self, queue: str, older_than_seconds: float, limit: int = 100

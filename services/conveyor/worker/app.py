@@ -1,6 +1,9 @@
 """`create_celery`: a worker's Celery app, its services, tasks and bootsteps."""
 
+from functools import partial
+
 from celery import Celery
+from celery.signals import worker_process_init
 from prometheus_client import CollectorRegistry
 
 from conveyor.celery_config import attach_services, celery_config
@@ -16,7 +19,7 @@ from conveyor.worker.job_metrics import JobMetricsRecorder, MetricsServer
 from conveyor.worker.leases import LeaseRenewer
 from conveyor.worker.lifecycle import ConveyorTask, JobRunner
 from conveyor.worker.liveness import LivenessBeat
-from conveyor.worker.services import WorkerServices
+from conveyor.worker.services import WorkerServices, unlock_pool_in_child
 from conveyor.worker.shutdown import ShutdownDeadline
 
 
@@ -42,6 +45,7 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
         health=WorkerHealth(settings.worker.heartbeat_max_age_seconds),
     )
     attach_services(app, services)
+    worker_process_init.connect(partial(unlock_pool_in_child, store.client), weak=False)
     JobMetricsRecorder(metrics).connect()
     observability.connect(settings)
     for spec in catalog.values():

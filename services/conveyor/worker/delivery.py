@@ -35,6 +35,7 @@ class Delivery:
     due_at: float | None
     soft_time_limit: float | None
     time_limit: float | None
+    tag: str = ""  # kombu's delivery tag ('' when unknown): fresh on every redelivery
 
     @classmethod
     def of(cls, spec: TaskSpec, request: Any) -> "Delivery":
@@ -50,6 +51,7 @@ class Delivery:
         )
         max_retries = header(MAX_RETRIES_HEADER)
         time_limit, soft_time_limit = request.timelimit or (None, None)
+        properties = getattr(request, "properties", None) or {}
         return cls(
             job_id=request.id,
             task=spec.name,
@@ -62,6 +64,7 @@ class Delivery:
             due_at=float(due) if due else None,
             soft_time_limit=soft_time_limit,
             time_limit=time_limit,
+            tag=str(properties.get("delivery_tag") or ""),
         )
 
     def queue_wait(self, now: float | None = None) -> float | None:

@@ -59,7 +59,8 @@ class JobRunner:
         delivery = Delivery.of(spec, request)
         job_id = delivery.job_id
         with _requeue_on_broker_error(job_id), _shielded():
-            started = self.store.start(job_id, delivery.generation, owner=process_owner())
+            started = self.store.start(job_id, delivery.generation, owner=process_owner(),
+                                       delivery=delivery.tag)  # fmt: skip
         if started.verdict is StartVerdict.SKIP:
             # Cancelled, finished by an earlier delivery, or expired: never run it (again).
             log.info("job %s not run: state is %s", job_id, started.previous_state or "unknown")
@@ -153,6 +154,7 @@ class JobRunner:
                 retries=delivery.retries + 1,
                 fence=attempt.fence,
             )
+        _requeue_if_unrecorded(attempt, done)
         if done.stale:
             log.warning("job %s: retry of a superseded attempt discarded", job_id)
         else:
@@ -193,6 +195,7 @@ class JobRunner:
         dead_lettered: bool = False,
     ) -> None:
         """Announce the attempt's end; enqueue the completion callback of a terminal state."""
+        _requeue_if_unrecorded(attempt, done)
         if done.stale:
             log.warning("job %s: outcome of a superseded attempt discarded", attempt.job_id)
             outcome = "superseded"
@@ -283,6 +286,18 @@ def _requeue_on_broker_error(job_id: str) -> Iterator[None]:
     except RedisError as exc:
         log.warning("job %s: job store unreachable (%s); handing the message back", job_id, exc)
         raise Reject(exc, requeue=True) from exc
+
+
+def _requeue_if_unrecorded(attempt: "_Attempt", done: TransitionResult) -> None:
+    """Hand the message back when the record never counted this run's start (lost with a
+    failover: the promoted replica had the delivery's claim but not its start). Acking it
+    would leave the job `queued` with its message nowhere; the next delivery runs it again.
+    """
+    if done.unrecorded:
+        log.warning("job %s: the record lost this run's start (a failover); its outcome is "
+                    "discarded and the message handed back", attempt.job_id)  # fmt: skip
+        attempt.finished("superseded")  # discarded, as a superseded run's outcome is
+        raise Reject("run not recorded", requeue=True)
 
 
 class ConveyorRequest(Request):

@@ -109,6 +109,17 @@ class ReliableChannel(kombu_redis.Channel):
         """Conveyor's key names, under the prefix of the broker's transport options."""
         return KeySpace(self.conveyor_key_prefix)
 
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        # kombu builds the pool lazily; a reject or ack on a channel whose connection was
+        # already closed, or the restore of its unacked messages as Celery closes it after a
+        # lost connection, then fails with an AttributeError (`'NoneType' object has no
+        # attribute 'hostname'`) that ends the worker: seen after a Sentinel failover, and
+        # after a `kill -9` of a standalone Redis (2 of 3 workers exited). As a connection
+        # error it is retried or ignored (the messages stay unacked and are restored).
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("broker connection already closed")
+        return super()._get_pool(asynchronous)
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         if timeout is None:
             timeout = self.brpop_timeout
@@ -263,14 +274,6 @@ class ReliableSentinelChannel(ReliableChannel, kombu_redis.SentinelChannel):
     connection_class = PrimaryConnection
     connection_class_ssl = PrimarySSLConnection
     _handed_back_at = 0.0
-
-    def _get_pool(self, asynchronous: bool = False) -> Any:
-        # kombu builds the Sentinel pool lazily; a reject or ack on a channel whose connection
-        # a failover already closed then fails with an AttributeError that ends the worker.
-        # As a connection error it is retried (the message stays unacked and is restored).
-        if self.connection.client is None:
-            raise redis.exceptions.ConnectionError("broker connection closed during a failover")
-        return super()._get_pool(asynchronous)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if monotonic() - self._handed_back_at >= self.HAND_BACK_EVERY_SECONDS:

@@ -2,17 +2,35 @@
 -- acked delivery is never resurrected), and of its jobs in their queue's running set (XX too:
 -- the renewals are how the stuck-job sweep tells a live run from an abandoned one).
 --
--- ARGV: 1 prefix, 2 the unacked index (kombu's key), 3 number of delivery tags N,
---       4 .. 3+N delivery tags, then (queue, job id) pairs.
--- Returns the number of deliveries renewed.
-local prefix, index, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- A delivery is renewed while it is in its start grace (the worker judges that: it has held
+-- it for less than WORKER__START_GRACE_LEASES visibility timeouts), and after it only if its
+-- run started: the job's record names this delivery (start.lua's `delivery`). A delivery
+-- whose pool child hung before starting it would otherwise be renewed for ever, its job
+-- `queued` and its message unacked; now its lease lapses and kombu's sweep redelivers it.
+--
+-- ARGV: 1 prefix, 2 the unacked index (kombu's key), then one group of four per delivery:
+--       delivery tag ('' for none), queue ('' when the running set is not renewed), job id,
+--       '1' when the delivery is in its start grace, else '0'.
+-- Returns {number of deliveries renewed, then the job ids of deliveries left to lapse}.
+local prefix, index = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local renewed = 0
-for i = 4, 3 + n do
-  renewed = renewed + redis.call('ZADD', index, 'XX', 'CH', now, ARGV[i])
+local renewed, lapsed = 0, {}
+for i = 3, #ARGV, 4 do
+  local tag, queue, id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local held = ARGV[i + 3] == '1'
+  if not held and tag ~= '' then
+    held = redis.call('HGET', key_job(prefix, id), 'delivery') == tag
+  end
+  if held then
+    if tag ~= '' then
+      renewed = renewed + redis.call('ZADD', index, 'XX', 'CH', now, tag)
+    end
+    if queue ~= '' then
+      redis.call('ZADD', key_running(prefix, queue), 'XX', 'CH', t[1], id)
+    end
+  else
+    lapsed[#lapsed + 1] = id
+  end
 end
-for i = 4 + n, #ARGV, 2 do
-  redis.call('ZADD', key_running(prefix, ARGV[i]), 'XX', 'CH', t[1], ARGV[i + 1])
-end
-return renewed
+return {renewed, unpack(lapsed)}

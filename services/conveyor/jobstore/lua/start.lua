@@ -5,7 +5,11 @@
 --       5 the message's generation ('' when it carries none), 6 the states a delivery may
 --       start from as '|a|b|' (conveyor.jobstore.machine), 7 the process that runs it
 --       ('<host>:<pid>'), 8 this delivery's start token (the same call sent again, when
---       redis-py resends it after a lost reply, must not count another attempt or a death).
+--       redis-py resends it after a lost reply, must not count another attempt or a death),
+--       9 the delivery's tag ('' when unknown), kept as the record's `delivery`: the worker's
+--       lease renewer keeps renewing a delivery past its start grace only once this shows
+--       that the delivery's run started (a pool child that hangs before it lets the lease
+--       lapse, and the message is redelivered).
 -- The new attempt's number is its fence: every write of this run carries it, and is refused
 -- once another attempt has started (a paused worker never overwrites a newer outcome).
 -- Returns {verdict, previous state, attempts, deaths} where verdict is
@@ -38,7 +42,8 @@ if state == 'running' then
 end
 attempts = redis.call('HINCRBY', key, 'attempts', 1)
 redis.call('HSET', key, 'state', 'running', 'started_at', now, 'progress', '', 'finished_at', '',
-           'fence', attempts, 'owner', ARGV[7], 'start_token', ARGV[8])
+           'fence', attempts, 'owner', ARGV[7], 'start_token', ARGV[8],
+           'delivery', ARGV[9] or '')
 move_state_index(prefix, id, state, 'running')
 -- Renewed from now on by this run (a redelivery of a running job keeps its entry otherwise,
 -- with the dead run's last renewal: the repair sweep would take it for abandoned).

@@ -10,7 +10,10 @@
 --       that field must hold (a write from a run that is no longer current is refused),
 --       11.. field/value pairs to set.
 -- Returns {1, previous state, attempts, callback pending (1/0)} on success, {0, current state
--- or '', attempts, 0, 'stale' when the fence refused it} if refused.
+-- or '', attempts, 0, 'stale' when the fence refused it} if refused; 'unrecorded' instead of
+-- 'stale' when the record has not counted the run's attempt at all: its start was lost (a
+-- failover promoted a replica that never received it), so no newer attempt superseded it and
+-- the run's message must not be acked as if its outcome were recorded.
 local prefix, id, allowed, new_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local expire, delayed_op = tonumber(ARGV[5]), ARGV[6]
 
@@ -21,6 +24,11 @@ if not state then
   return {0, '', 0}
 end
 if ARGV[9] ~= '' and redis.call('HGET', key, ARGV[9]) ~= ARGV[10] then
+  -- Attempts only grow (start.lua): fewer than this run's own number means its start is
+  -- not in this record's history.
+  if ARGV[9] == 'fence' and attempts < (tonumber(ARGV[10]) or 0) then
+    return {0, state, attempts, 0, 'unrecorded'}
+  end
   return {0, state, attempts, 0, 'stale'}
 end
 if not allows(allowed, state) then
