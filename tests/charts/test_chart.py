@@ -1290,6 +1290,17 @@ def test_redis_sentinel_topology_is_three_pods_with_a_pdb_and_every_client_uses_
     policy = named(docs, "NetworkPolicy", "-redis")
     ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
     assert ports == {6379, 26379}
+    # Flower follows the Sentinels too: their URLs, and a config module naming the master
+    # (run against real Sentinels by tests/sentinel/test_flower.py).
+    flower = named(docs, "Deployment", "-flower")["spec"]["template"]["spec"]["containers"][0]
+    assert flower["command"] == ["celery", "--config", "conveyor_flower", "flower"]
+    flower_env = {e["name"]: e for e in flower["env"]}
+    urls = flower_env["CELERY_BROKER_URL"]["value"].split(";")
+    assert [u.split("@", 1)[1] for u in urls] == [f"{a}/0" for a in addresses]
+    assert all(u.startswith("sentinel://:$(REDIS_PASSWORD)@") for u in urls)
+    assert "secretKeyRef" in flower_env["SENTINEL_PASSWORD"]["valueFrom"]
+    module = named(docs, "ConfigMap", "-flower-config")["data"]["conveyor_flower.py"]
+    assert '"master_name": "conveyor"' in module
     default = render_values({})
     assert named(default, "StatefulSet", "-redis")["spec"]["replicas"] == 1
     assert not any(d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"].endswith("-redis")

@@ -1,7 +1,9 @@
-"""Flower against a Sentinel group, as docs/reliability.md documents it: the `sentinel://`
-URLs as its broker and a Celery config module naming the master (kombu takes `master_name`
-only as a transport option, never from the URL). It sees the worker and its tasks, and still
-does after a failover.
+"""Flower against a Sentinel group, as the chart runs it (`flower.enabled` with the Sentinel
+topology) and docs/reliability.md documents it: the `sentinel://` URLs as its broker and a
+Celery config module naming the master (kombu takes `master_name` only as a transport option,
+never from the URL). The command, the module and the URL's shape come from the rendered
+chart; the Sentinels' addresses are this machine's. It sees the worker and its tasks, and
+still does after a failover.
 """
 
 import shutil
@@ -11,16 +13,33 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.charts.render import of_kind, render_values, scenario_values
 from tests.sentinel.cluster import MASTER, SentinelGroup
 from tests.sentinel.conftest import ha_platform
 from tests.support.processes import TERMINAL, RedisServer, free_port, wait_for_job, wait_until
 
 pytestmark = pytest.mark.slow
 
-# The documented config module (docs/reliability.md, "Flower"), with the test's master name.
-FLOWER_CONFIG = f"""
-broker_transport_options = {{"master_name": {MASTER!r}}}
-"""
+
+def rendered_flower() -> tuple[list[str], str, str]:
+    """The chart's Flower with the Sentinel topology: its command, its config module, and its
+    broker URL for one Sentinel (`{address}` in place of the in-cluster host)."""
+    values = {**scenario_values("redis-sentinel")}
+    values["redis"] = {**values["redis"], "sentinel": {**values["redis"]["sentinel"],
+                                                        "masterName": MASTER}}  # fmt: skip
+    docs = render_values(values)
+    (flower,) = [
+        d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-flower")
+    ]
+    container = flower["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (config,) = [
+        d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-flower-config")
+    ]
+    first = env["CELERY_BROKER_URL"].split(";")[0]
+    host = first.split("@", 1)[1].split("/", 1)[0]
+    template = first.replace("$(REDIS_PASSWORD)", "").replace(host, "{address}")
+    return container["command"], config["data"]["conveyor_flower.py"], template
 
 
 def test_flower_follows_the_sentinels_through_a_failover(
@@ -28,8 +47,10 @@ def test_flower_follows_the_sentinels_through_a_failover(
 ) -> None:
     celery = shutil.which("celery", path=str(Path(sys.executable).parent))
     assert celery, "flower is a dev dependency"
-    (tmp_path / "conveyor_flower.py").write_text(FLOWER_CONFIG)
-    broker = ";".join(f"sentinel://{address}/0" for address in group.addresses().split(","))
+    command, module, url = rendered_flower()
+    assert command == ["celery", "--config", "conveyor_flower", "flower"]
+    (tmp_path / "conveyor_flower.py").write_text(module)
+    broker = ";".join(url.format(address=a) for a in group.addresses().split(","))
     platform = ha_platform(group, redis_server, log_dir, ack_replicas=1,
                            CONVEYOR_WORKER__SEND_TASK_EVENTS="true")  # fmt: skip
     port = free_port()
@@ -58,9 +79,8 @@ def test_flower_follows_the_sentinels_through_a_failover(
         platform.start_worker("default")
         platform.start(
             "flower",
-            [celery, "--workdir", str(tmp_path), "--config", "conveyor_flower", "-b", broker,
-             "flower", f"--port={port}", "--address=127.0.0.1"],
-            FLOWER_BASIC_AUTH="ops:s3cret",
+            [celery, *command[1:], f"--port={port}", "--address=127.0.0.1"],
+            FLOWER_BASIC_AUTH="ops:s3cret", CELERY_BROKER_URL=broker, PYTHONPATH=str(tmp_path),
         )  # fmt: skip
         wait_until(up, 30, "Flower to start", step=0.2)
         wait_until(lambda: workers() == {"default"}, 60, "Flower to see the worker", step=1)
