@@ -14,7 +14,15 @@ from conveyor.core.catalog import load_catalog
 from conveyor.core.settings import Settings
 from conveyor.jobstore import machine
 from conveyor.jobstore.aio import AsyncJobStore
-from conveyor.jobstore.keys import TEMPLATES, KeySpace, lua_prelude
+from conveyor.jobstore.keys import (
+    NAMES,
+    TEMPLATES,
+    KeySpace,
+    key_gate,
+    lua_prelude,
+    paused_member,
+    task_gate,
+)
 from conveyor.jobstore.machine import TRANSITIONS, Verb
 from conveyor.jobstore.model import JobState
 from conveyor.jobstore.runs import StartVerdict
@@ -83,6 +91,10 @@ def test_generated_key_functions_match_the_python_names(store: JobStore) -> None
         "index_queue": ("low",), "rate_limit": ("t",), "delayed": (), "delayed_messages": (),
         "dead": (), "dead_messages": (), "running": ("low",), "inflight": ("c", "low"),
         "consumers": ("low",), "beat": (), "queue": ("low",),
+        "fair_jobs": ("low", "t"), "fair_tenants": ("low",), "fair_clock": ("low",),
+        "fair_weights": (), "fair_held": ("low",), "fair_parked": ("low",),
+        "fair_active": ("low",), "fair_limits": (), "paused": (), "slots": (), "gate_active": (),
+        "gate_waiting": ("task:demo.echo",),
         "callback_idempotency": ("t", "j1"), "callbacks_pending": (), "pidbox_bindings": (),
     }  # fmt: skip
     assert set(probes) == set(TEMPLATES)
@@ -92,6 +104,18 @@ def test_generated_key_functions_match_the_python_names(store: JobStore) -> None
         member = getattr(keys, name)
         python = member(*args) if callable(member) else member
         assert lua == python, name
+
+
+def test_generated_name_functions_match_the_python_names(store: JobStore) -> None:
+    """Members and gate names the scripts compare are spelled once too."""
+    probes = {"paused_member": (("tier", "low"), paused_member),
+              "task_gate": (("demo.echo",), task_gate),
+              "key_gate": (("t", "demo.echo", "customer-1"), key_gate)}  # fmt: skip
+    assert set(probes) == set(NAMES)
+    for name, (args, python) in probes.items():
+        call = ", ".join(f"'{a}'" for a in args)
+        lua = store.client.eval(f"{lua_prelude()}\nreturn name_{name}({call})", 0)
+        assert lua == python(*args), name
 
 
 def _key_patterns(prefix: str) -> list[re.Pattern[str]]:

@@ -1,4 +1,5 @@
-"""The message the API writes is a normal Celery message: a stock Celery worker runs it."""
+"""The message the API writes is a normal Celery message: a stock Celery worker, with
+Conveyor's transport, runs it."""
 
 import json
 import sys

@@ -5,14 +5,15 @@ import subprocess
 import sys
 import time
 
+import orjson
 import pytest
 import redis
 
 from conveyor.core.catalog import load_catalog
 from conveyor.core.settings import Settings
+from conveyor.jobstore import fairq
 from conveyor.jobstore.aio import AsyncJobStore
 from conveyor.jobstore.runs import StartVerdict
-from conveyor.jobstore.scripts import CLAIM
 from conveyor.jobstore.store import JobStore
 from conveyor.jobstore.submission import Submission
 from conveyor.worker.transport import consumer_id
@@ -94,17 +95,28 @@ async def test_purging_a_job_that_is_not_a_dead_letter_changes_nothing(
     assert store.client.ttl(f"conveyor:job:{job_id}") == -1, "a live job must not get a TTL"
 
 
-def test_claim_only_succeeds_while_the_message_is_still_in_flight(store: JobStore) -> None:
+def test_claim_only_succeeds_while_the_token_is_still_in_flight(store: JobStore) -> None:
     client = store.client
-    args = ["inflight:me", "msg", "unacked", "unacked_index", "tag-1", time.time(), "record"]
-    client.lpush("inflight:me", "msg")
-    assert CLAIM.run(client, args) == 1
-    assert client.hget("unacked", "tag-1") == "record"
-    assert client.llen("inflight:me") == 0
-    # A sweeper already moved it back to the queue: the consumer must drop it.
-    client.hdel("unacked", "tag-1")
-    assert CLAIM.run(client, args) == 0
+    keys = store.keys
+    info = {"exchange": "", "routing_key": "default"}
+    properties = {"delivery_tag": "tag-1", "delivery_info": info}
+    message = orjson.dumps({"body": "", "headers": {"id": "j1"}, "properties": properties})
+    fairq.push(client, keys, "default", "team-a", [message])
+    inflight = keys.inflight("me", "default")
+    token = client.lmove(keys.queue("default"), inflight, "RIGHT", "LEFT")
+    # A sweeper moved the token back to the queue (the consumer looked dead): dropped.
+    client.lmove(inflight, keys.queue("default"), "RIGHT", "RIGHT")
+    assert fairq.claim(client, keys, "default", inflight, token, "unacked", "unacked_index") is None
     assert client.hget("unacked", "tag-1") is None
+    assert fairq.ready_count(client, keys, "default", "team-a") == 1, "the message stays ready"
+
+    token = client.lmove(keys.queue("default"), inflight, "RIGHT", "LEFT")
+    claimed = fairq.claim(client, keys, "default", inflight, token, "unacked", "unacked_index")
+    assert claimed == message.decode()
+    assert orjson.loads(client.hget("unacked", "tag-1")) == [orjson.loads(message), "", "default"]
+    assert client.zscore("unacked_index", "tag-1") is not None
+    assert client.llen(inflight) == 0
+    assert fairq.ready_count(client, keys, "default", "team-a") == 0
 
 
 def test_consumer_ids_differ_between_processes_even_with_the_same_pid() -> None:

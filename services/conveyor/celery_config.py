@@ -63,6 +63,7 @@ def _celery_config(settings: Settings) -> dict[str, object]:
         "broker_transport": TRANSPORT,
         "broker_transport_options": {
             "conveyor_key_prefix": settings.key_prefix,
+            "conveyor_tenant_limit": settings.flow.tenant_concurrency_per_tier,
             "visibility_timeout": settings.worker.visibility_timeout_seconds,
             # One list per queue: the tiers are Conveyor's priorities.
             "priority_steps": [0],

@@ -15,11 +15,13 @@ import httpx
 import orjson
 import redis
 from fastapi import FastAPI
+from kombu.transport.redis import Channel
 
 from conveyor.api.app import create_app
 from conveyor.api.state import ApiState
 from conveyor.core.catalog import TaskCatalog, TaskSpec, load_catalog
 from conveyor.core.settings import Settings
+from conveyor.jobstore import fairq
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.store import JobStore
 from conveyor.worker.lifecycle import JobRunner
@@ -82,6 +84,10 @@ async def serve(
         yield InProcessApi(app, base_url)
 
 
+# kombu's unacked deliveries (the transport's claim records each there).
+UNACKED, UNACKED_INDEX = Channel.unacked_key, Channel.unacked_index_key
+
+
 @dataclass(frozen=True)
 class Message:
     """One Celery message from a queue list, as a worker would receive it."""
@@ -120,11 +126,35 @@ class InProcessWorker:
         self.store = JobStore(self.redis, self.settings)
         self.runner = JobRunner(self.store, CATALOG, self.settings)
 
+    def claim(self, queue: str) -> tuple[Message, str] | None:
+        """The next message of `queue` in fair order and its delivery tag, claimed as the
+        transport claims it (a ready token into an in-flight list, then claim.lua, within
+        the flow-control limits); None when the tier has no token or the claim took nothing
+        (its token parked, or spent on a message now waiting at its gate).
+        """
+        inflight = KEYS.inflight("in-process", queue)
+        token = self.redis.lmove(KEYS.queue(queue), inflight, "RIGHT", "LEFT")
+        if token is None:
+            return None
+        limit = self.settings.flow.tenant_concurrency_per_tier
+        raw = fairq.claim(self.redis, KEYS, queue, inflight, token, UNACKED, UNACKED_INDEX, limit)
+        if raw is None:
+            return None
+        return Message.parse(raw), orjson.loads(raw)["properties"]["delivery_tag"]
+
+    def ack(self, tag: str) -> None:
+        """Ack a claimed delivery as the transport does: its record goes, its slots free."""
+        self.redis.hdel(UNACKED, tag)
+        self.redis.zrem(UNACKED_INDEX, tag)
+        fairq.release(self.redis, KEYS, [tag], self.settings.flow.tenant_concurrency_per_tier)
+
     def take(self, queue: str) -> Message:
-        """The oldest message of `queue` (kombu pushes left and pops right)."""
-        raw = self.redis.rpop(KEYS.queue(queue))
-        assert raw is not None, f"no message on the {queue} queue"
-        return Message.parse(raw)
+        """The next message of `queue` in fair order, claimed and acked at once."""
+        claimed = self.claim(queue)
+        assert claimed is not None, f"nothing to claim on the {queue} queue"
+        message, tag = claimed
+        self.ack(tag)
+        return message
 
     def run(self, message: Message, spec: TaskSpec | None = None) -> None:
         """Deliver `message` to the runner, as a worker's task would."""
@@ -154,8 +184,8 @@ class InProcessWorker:
         return None if score is None else score / 1000
 
     def queued(self, queue: str) -> list[Message]:
-        """The messages waiting on `queue`, oldest first (left in place)."""
-        return [Message.parse(raw) for raw in reversed(self.redis.lrange(KEYS.queue(queue), 0, -1))]
+        """The messages waiting on `queue`, each tenant's oldest first (left in place)."""
+        return [Message.parse(raw) for raw in fairq.ready_messages(self.redis, KEYS, queue)]
 
 
 def problem(response: httpx.Response, status: int) -> dict[str, Any]:

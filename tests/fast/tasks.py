@@ -45,3 +45,21 @@ class DieArgs(TaskArgs):
 def die(ctx: JobContext, args: DieArgs) -> None:
     """Die under the runner, like a worker killed while running the job."""
     raise WorkerDied(ctx.job_id)
+
+
+class LimitedArgs(TaskArgs):
+    """Arguments of `fast.limited` and `fast.keyed`."""
+
+    n: int = 0
+
+
+@task(name="fast.limited", queue=Queue.DEFAULT, args=LimitedArgs, max_concurrency=2)
+def limited(ctx: JobContext, args: LimitedArgs) -> int:
+    """A task of which at most 2 jobs run at once (an external API's limit)."""
+    return args.n
+
+
+@task(name="fast.keyed", queue=Queue.DEFAULT, args=LimitedArgs, concurrency_key_limit=1)
+def keyed(ctx: JobContext, args: LimitedArgs) -> int:
+    """A task of which one job per concurrency key runs at once."""
+    return args.n

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from conveyor.jobstore import fairq
 from tests.fast.harness import KEYS, serve, settings_for
 from tests.support.processes import free_port
 
@@ -32,7 +33,11 @@ async def test_accept_writes_record_and_celery_message_together(
     assert job["queue"] == "high"
     assert job["attempts"] == 0
     assert redis_client.llen(KEYS.queue("high")) == before + 1
-    message = json.loads(redis_client.lindex(KEYS.queue("high"), 0))
+    token = float(redis_client.lindex(KEYS.queue("high"), 0))
+    seconds, micros = redis_client.time()
+    assert 0 <= seconds + micros / 1e6 - token < 5, "the ready token is when it became ready"
+    (message,) = [m for m in map(json.loads, fairq.ready_messages(redis_client, KEYS, "high"))
+                  if m["headers"]["id"] == job["id"]]  # fmt: skip
     assert message["headers"]["id"] == job["id"]
     assert message["headers"]["task"] == "demo.echo"
     assert message["headers"]["eta"] is None

@@ -1,4 +1,7 @@
-"""A stock Celery app, written as any Celery user would, knowing nothing of Conveyor."""
+"""A stock Celery app, written as any Celery user would, knowing nothing of Conveyor but its
+transport: the tiers' lists hold ready tokens and the messages wait per tenant (fair share),
+so a Celery worker consumes them through Conveyor's transport (one setting).
+"""
 
 import json
 
@@ -7,7 +10,11 @@ from celery import Celery
 
 app = Celery("stock")
 app.conf.update(
-    task_serializer="json", accept_content=["json"], task_acks_late=True, task_ignore_result=True
+    task_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_ignore_result=True,
+    broker_transport="conveyor.worker.transport:ReliableTransport",
 )
 
 

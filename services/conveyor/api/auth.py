@@ -206,12 +206,19 @@ def tenant_limits(request: Request, tenant: str) -> TenantLimits:
 
 
 def limits_for(state: ApiState, tenant: str) -> TenantLimits:
-    """The tenant's own rate limit (keys file), or the deployment's."""
+    """The tenant's own limits (keys file) over the deployment's."""
     own = state.keys.ring.tenants.get(tenant)
-    if own is not None:
-        return own
     limits = state.settings.limits
-    return TenantLimits(rate_per_second=limits.rate_per_second, burst=limits.burst)
+    if own is None:
+        return TenantLimits(rate_per_second=limits.rate_per_second, burst=limits.burst)
+    return TenantLimits(
+        rate_per_second=limits.rate_per_second
+        if own.rate_per_second is None
+        else own.rate_per_second,
+        burst=limits.burst if own.burst is None else own.burst,
+        weight=own.weight,
+        concurrency_per_tier=own.concurrency_per_tier,
+    )
 
 
 def rate_limit_headers(limits: TenantLimits, left: int) -> dict[str, str]:

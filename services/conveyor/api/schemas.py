@@ -6,13 +6,15 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model
 
-from conveyor.core.catalog import TaskCatalog
+from conveyor.core.catalog import TaskCatalog, TaskSpec
 from conveyor.core.queues import Queue
 from conveyor.jobstore.listing import ListedJob
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 # The longest time limit any submission may ask for; a task may declare a lower maximum.
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+# A caller's concurrency key: an id of its own (a customer, an account), never free text.
+CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9._:@~-]{1,128}$"
 
 
 class SubmissionBase(BaseModel):
@@ -42,6 +44,18 @@ class SubmissionBase(BaseModel):
     )
 
 
+def _concurrency_key_field(spec: TaskSpec) -> dict[str, Any]:
+    """`concurrency_key` for a task that limits jobs per key; none otherwise (an unknown
+    field: 422).
+    """
+    if not spec.concurrency_key_limit:
+        return {}
+    description = (f"Jobs of this task sharing a key (of this tenant) run at most "
+                   f"{spec.concurrency_key_limit} at a time; the others wait.")  # fmt: skip
+    field = Field(None, pattern=CONCURRENCY_KEY_PATTERN, description=description)
+    return {"concurrency_key": (str | None, field)}
+
+
 def submission_model(catalog: TaskCatalog, max_delay_seconds: int) -> Any:
     """A tagged union of one submission model per task, discriminated by `task`."""
     variants = []
@@ -58,6 +72,7 @@ def submission_model(catalog: TaskCatalog, max_delay_seconds: int) -> Any:
                     Field(default={}, validate_default=True, description="Task arguments."),
                 ),
                 delay_seconds=(float, Field(0.0, ge=0, le=max_delay_seconds)),
+                **_concurrency_key_field(spec),
                 timeout_seconds=(
                     int | None,
                     Field(

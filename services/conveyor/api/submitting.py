@@ -59,6 +59,7 @@ def submission_of(
         delay_seconds=request.delay_seconds,
         idempotency_key=idempotency_key,
         callback_url=str(request.callback_url) if request.callback_url else None,
+        concurrency_key=getattr(request, "concurrency_key", None),
     )
     return spec, submission
 
@@ -71,6 +72,8 @@ def accept_limits(state: ApiState, tenant: TenantLimits, submission: Submission)
         burst=tenant.burst,
         max_queue_depth=limits.max_queue_depth.for_queue(submission.queue),
         max_delayed_jobs=limits.max_delayed_jobs,
+        weight=tenant.weight,
+        concurrency_per_tier=tenant.concurrency_per_tier,
     )
 
 

@@ -10,7 +10,7 @@ tens of milliseconds. The document (YAML) looks like::
         scopes: [jobs:read, jobs:write]
         sha256: 9f86d081884c7d65...
     tenants:
-      team-a: {rate_per_second: 50, burst: 100}
+      team-a: {rate_per_second: 50, burst: 100, weight: 2, concurrency_per_tier: 8}
 """
 
 import hashlib
@@ -62,13 +62,37 @@ class KeyEntry(BaseModel):
         return tenant
 
 
+class TenantEntry(BaseModel):
+    """A tenant's own limits in the keys file; what it leaves out is the deployment's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_per_second: float | None = Field(None, ge=0, description="Submissions per second.")
+    burst: int | None = Field(None, ge=1, description="Submissions in a burst.")
+    weight: float = Field(
+        1.0,
+        ge=0.01,
+        le=100,
+        description="Fair-share weight within a tier: a tenant of weight 2 gets twice the "
+        "claims of a tenant of weight 1 while both have jobs waiting.",
+    )
+    concurrency_per_tier: int | None = Field(
+        None,
+        ge=0,
+        description="Most of its jobs running at once on one tier (0: no limit); unset: "
+        "the deployment's CONVEYOR_FLOW__TENANT_CONCURRENCY_PER_TIER.",
+    )
+
+
 class TenantLimits(BaseModel):
-    """A tenant's own rate limit, overriding the deployment's."""
+    """A tenant's limits as enforced: its own entry over the deployment's defaults."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rate_per_second: float = Field(..., ge=0)
     burst: int = Field(..., ge=1)
+    weight: float = Field(1.0, ge=0.01, le=100)
+    concurrency_per_tier: int | None = Field(None, ge=0)
 
 
 class KeysDocument(BaseModel):
@@ -77,7 +101,7 @@ class KeysDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keys: list[KeyEntry] = Field(default_factory=list)
-    tenants: dict[TenantName, TenantLimits] = Field(default_factory=dict)
+    tenants: dict[TenantName, TenantEntry] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique(self) -> "KeysDocument":

@@ -119,6 +119,11 @@ class TaskSpec:
     # The longest time limit a job of this task may ask for (`timeout_seconds` of a
     # submission; the API refuses more with 422), and the one it gets when it asks none.
     max_timeout_seconds: int | None = None
+    # Flow control at claim: the most jobs of this task running at once across every worker,
+    # and the most sharing one caller-chosen `concurrency_key` (None: no limit; a task without
+    # `concurrency_key_limit` refuses submissions naming a key).
+    max_concurrency: int | None = None
+    concurrency_key_limit: int | None = None
 
     def time_limit(self, requested: int | None, default: int) -> int:
         """The soft time limit of an attempt: the job's own, else the task's, else the
@@ -140,11 +145,15 @@ def task(
     retry: RetryPolicy | None = None,
     timeout_seconds: int | None = None,
     max_timeout_seconds: int | None = None,
+    max_concurrency: int | None = None,
+    concurrency_key_limit: int | None = None,
 ) -> Callable[[Callable[[JobContext, ArgsT], Any]], Callable[[JobContext, ArgsT], Any]]:
     """Declare a task: its public name, default queue and argument model; its default time
     limit per attempt, and the most a submission may ask for (`max_timeout_seconds`: a task
     that calls what a tenant names, like a webhook, must not be held for as long as the
-    tenant likes).
+    tenant likes); how many of its jobs may run at once (`max_concurrency`, e.g. an external
+    API that allows 5 parallel calls) and how many sharing one `concurrency_key` of a tenant
+    (`concurrency_key_limit`, e.g. one per customer).
 
     The decorated function is returned unchanged (it stays directly callable in tests); the
     spec is attached to it and collected by `TaskCatalog.from_modules`.
@@ -155,6 +164,9 @@ def task(
         raise TypeError(f"task {name!r}: args must be a pydantic model class")
     if max_timeout_seconds is not None and (timeout_seconds or 0) > max_timeout_seconds:
         raise TypeError(f"task {name!r}: timeout_seconds exceeds max_timeout_seconds")
+    for limit in (max_concurrency, concurrency_key_limit):
+        if limit is not None and limit < 1:
+            raise TypeError(f"task {name!r}: a concurrency limit must be at least 1")
 
     def register(fn: Callable[[JobContext, ArgsT], Any]) -> Callable[[JobContext, ArgsT], Any]:
         spec = TaskSpec(
@@ -166,6 +178,8 @@ def task(
             timeout_seconds=timeout_seconds,
             description=inspect.cleandoc(fn.__doc__ or ""),
             max_timeout_seconds=max_timeout_seconds,
+            max_concurrency=max_concurrency,
+            concurrency_key_limit=concurrency_key_limit,
         )
         setattr(fn, _SPEC_ATTRIBUTE, spec)
         return fn

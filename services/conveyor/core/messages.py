@@ -24,6 +24,11 @@ QUEUE_HEADER = "conveyor_queue"
 # worker skips a message older than the record's (a stale copy restored after a crash).
 GENERATION_HEADER = "conveyor_generation"
 TENANT_HEADER = "conveyor_tenant"
+# Flow control at claim (claim.lua reads them): the task's limit of running jobs, the caller's
+# concurrency key and the task's limit per key.
+TASK_LIMIT_HEADER = "conveyor_task_limit"
+CONCURRENCY_KEY_HEADER = "conveyor_concurrency_key"
+KEY_LIMIT_HEADER = "conveyor_key_limit"
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _ORIGIN = f"conveyor@{socket.gethostname()}"
@@ -44,6 +49,9 @@ def build_message(
     due_at: float | None = None,
     trace_context: Mapping[str, str] | None = None,
     tenant: str = "",
+    task_limit: int | None = None,
+    concurrency_key: str | None = None,
+    key_limit: int | None = None,
 ) -> bytes:
     """Encode one task message the way kombu's Redis transport stores it in the queue list.
 
@@ -77,6 +85,9 @@ def build_message(
         QUEUE_HEADER: str(queue),
         GENERATION_HEADER: generation,
         TENANT_HEADER: tenant,
+        TASK_LIMIT_HEADER: task_limit,
+        CONCURRENCY_KEY_HEADER: concurrency_key,
+        KEY_LIMIT_HEADER: key_limit,
         # W3C trace context (traceparent, tracestate): the worker's span joins the trace.
         **(trace_context or {}),
     }

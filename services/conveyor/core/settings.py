@@ -166,6 +166,20 @@ class ReplicationSettings(BaseModel):
     )
 
 
+class FlowSettings(BaseModel):
+    """Flow control at claim time (docs/flow-control.md): tenants share each tier fairly
+    (stride scheduling by the keys file's weights) within these limits.
+    """
+
+    tenant_concurrency_per_tier: int = Field(
+        0,
+        ge=0,
+        description="Most jobs of one tenant running at once on one tier, across every "
+        "worker (0: no limit); the keys file can set a tenant's own. Workers, beat and the "
+        "API must agree on it.",
+    )
+
+
 class BeatSettings(BaseModel):
     """The periodic-job scheduler."""
 
@@ -436,6 +450,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
     beat: BeatSettings = BeatSettings()
+    flow: FlowSettings = FlowSettings()
     smtp: SmtpSettings = SmtpSettings()
     webhook: WebhookSettings = WebhookSettings()
     auth: AuthSettings = AuthSettings()

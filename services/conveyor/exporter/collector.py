@@ -25,7 +25,6 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from conveyor.core.messages import DUE_AT_HEADER, ENQUEUED_AT_HEADER
 from conveyor.core.queues import Queue
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.model import JobState
@@ -118,7 +117,7 @@ class BrokerCollector(Collector):
             for queue in queues:
                 for key in queue_keys(queue):
                     pipe.llen(key)
-                pipe.lindex(queue, -1)  # the tail is consumed next: the oldest message
+                pipe.lindex(queue, -1)  # the tail is taken next: the oldest ready token
                 pipe.zcard(self.keys.running(queue))
                 pipe.zcount(self.keys.consumers(queue), now - self.live_window, "+inf")
             for state in states:
@@ -177,13 +176,14 @@ def _gauge(name: str) -> GaugeMetricFamily:
 
 
 def _message_age(raw: Any, now: float) -> float:
-    """Seconds since the message became ready (0 for none, or one without our headers)."""
+    """Seconds since the oldest ready token's message became ready (0 for none).
+
+    The tier's list holds ready tokens (`conveyor.jobstore.fairq`) whose value is that time.
+    """
     if not raw:
         return 0.0
     try:
-        headers = orjson.loads(raw)["headers"]
-        ready = max(float(headers.get(ENQUEUED_AT_HEADER) or now),
-                    float(headers.get(DUE_AT_HEADER) or 0.0))  # fmt: skip
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        ready = float(raw)
+    except (TypeError, ValueError):
         return 0.0
     return max(0.0, now - ready)

@@ -39,6 +39,8 @@ def accept_args(prefix: str, job: NewJob, message: bytes, limits: Limits) -> lis
         limits.burst,
         limits.max_queue_depth,
         limits.max_delayed_jobs,
+        "1" if limits.weight == 1 else repr(float(limits.weight)),
+        "" if limits.concurrency_per_tier is None else limits.concurrency_per_tier,
     ]
 
 

@@ -30,6 +30,26 @@ TEMPLATES: dict[str, str] = {
     "inflight": "{prefix}:inflight:{consumer}:{queue}",
     "consumers": "{prefix}:consumers:{queue}",
     "beat": "{prefix}:beat",
+    # Fair share within a tier (fairq.lua): each tenant's ready messages, the tenants with
+    # ready messages scored by their virtual pass, the tier's virtual clock, and weights.
+    "fair_jobs": "{prefix}:fair:{queue}:jobs:{tenant}",
+    "fair_tenants": "{prefix}:fair:{queue}:tenants",
+    "fair_clock": "{prefix}:fair:{queue}:clock",
+    "fair_weights": "{prefix}:fair:weights",
+    # Flow control (claim.lua, release.lua): tenants held off a tier (paused, or at their
+    # concurrency limit) with their pass, tokens parked while nothing could be claimed, each
+    # tenant's running deliveries per tier, their own limits, what is paused, and the
+    # delivery tag -> slots of every claimed delivery.
+    "fair_held": "{prefix}:fair:{queue}:held",
+    "fair_parked": "{prefix}:fair:{queue}:parked",
+    "fair_active": "{prefix}:fair:{queue}:active",
+    "fair_limits": "{prefix}:fair:limits",
+    "paused": "{prefix}:paused",
+    "slots": "{prefix}:slots",
+    # Gates (a task's limit, a concurrency key's): running deliveries per gate, and the
+    # messages waiting for a gate's slot (or its task's resume), without a token.
+    "gate_active": "{prefix}:gate:active",
+    "gate_waiting": "{prefix}:gate:waiting:{gate}",
     # Celery's remote-control bindings (kombu's key): one member per worker node.
     "pidbox_bindings": "_kombu.binding.celery.pidbox",
     "queue": "{queue}",
@@ -39,6 +59,14 @@ TEMPLATES: dict[str, str] = {
 # a replayed job's next callback must be a new one, so replay.lua deletes it.
 CALLBACK_IDEMPOTENCY = "callback:{job_id}"
 TEMPLATES["callback_idempotency"] = TEMPLATES["idempotency"].replace("{key}", CALLBACK_IDEMPOTENCY)
+
+# Names that are not keys but members and fields the scripts compare (what is paused, the
+# gates of flow control): spelled here too, generated as `name_<name>(...)` Lua functions.
+NAMES: dict[str, str] = {
+    "paused_member": "{kind}:{name}",
+    "task_gate": "task:{task}",
+    "key_gate": "key:{tenant}:{task}:{key}",
+}
 
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -138,6 +166,63 @@ class KeySpace:
         """Sorted set of a queue's consumers, scored by their last heartbeat (seconds)."""
         return self._key("consumers", queue=queue)
 
+    def fair_jobs(self, queue: str, tenant: str) -> str:
+        """List of one tenant's ready messages on a tier (oldest at the tail)."""
+        return self._key("fair_jobs", queue=queue, tenant=tenant)
+
+    def fair_tenants(self, queue: str) -> str:
+        """Sorted set of the tier's tenants with ready messages, scored by virtual pass: the
+        lowest is served next.
+        """
+        return self._key("fair_tenants", queue=queue)
+
+    def fair_clock(self, queue: str) -> str:
+        """The tier's virtual clock: the pass of the tenant served last."""
+        return self._key("fair_clock", queue=queue)
+
+    @property
+    def fair_weights(self) -> str:
+        """Hash of tenant to its fair-share weight (set at accept from the keys file)."""
+        return self._key("fair_weights")
+
+    def fair_held(self, queue: str) -> str:
+        """Sorted set of a tier's tenants held off (paused, or at their concurrency limit),
+        scored by their pass.
+        """
+        return self._key("fair_held", queue=queue)
+
+    def fair_parked(self, queue: str) -> str:
+        """List of a tier's ready tokens parked because no message could be claimed."""
+        return self._key("fair_parked", queue=queue)
+
+    def fair_active(self, queue: str) -> str:
+        """Hash of tenant to its deliveries claimed on a tier and not yet released."""
+        return self._key("fair_active", queue=queue)
+
+    @property
+    def fair_limits(self) -> str:
+        """Hash of tenant to its own concurrency limit per tier (keys file)."""
+        return self._key("fair_limits")
+
+    @property
+    def paused(self) -> str:
+        """Set of what is paused: `tier:<queue>`, `task:<name>`, `tenant:<name>`."""
+        return self._key("paused")
+
+    @property
+    def slots(self) -> str:
+        """Hash of delivery tag to the slots its claim took (released at ack or restore)."""
+        return self._key("slots")
+
+    @property
+    def gate_active(self) -> str:
+        """Hash of gate (`task:<name>`, `key:<tenant>:<task>:<key>`) to deliveries running."""
+        return self._key("gate_active")
+
+    def gate_waiting(self, gate: str) -> str:
+        """List of messages waiting for a slot of `gate` (or their task's resume)."""
+        return self._key("gate_waiting", gate=gate)
+
     @property
     def beat(self) -> str:
         """Prefix of RedBeat's keys (schedule entries and the leader lock)."""
@@ -153,25 +238,49 @@ class KeySpace:
         return self._key("pidbox_bindings")
 
     def queue(self, queue: str) -> str:
-        """The Celery list of a queue (kombu names it after the queue)."""
+        """The Celery list of a queue (kombu names it after the queue). It holds one ready
+        token per ready message (its value the time it became ready), not the messages: a
+        consumer blocks on it, and the claim then picks the message fairly (fairq).
+        """
         return self._key("queue", queue=queue)
 
 
+def paused_member(kind: str, name: str) -> str:
+    """The member of the paused set naming a paused tier, task or tenant."""
+    return NAMES["paused_member"].format(kind=kind, name=name)
+
+
+def task_gate(task: str) -> str:
+    """The gate of a task's concurrency limit (and of its pause)."""
+    return NAMES["task_gate"].format(task=task)
+
+
+def key_gate(tenant: str, task: str, key: str) -> str:
+    """The gate of a tenant's concurrency key of a task."""
+    return NAMES["key_gate"].format(tenant=tenant, task=task, key=key)
+
+
 def lua_prelude() -> str:
-    """Lua functions `key_<name>(prefix, <fields>…)` built from TEMPLATES, for the scripts."""
-    functions = []
-    for name, template in TEMPLATES.items():
-        fields = _FIELD.findall(template)
-        params = ", ".join(dict.fromkeys(["prefix", *fields]))
-        # split() alternates literal text (even places) and field names (odd places).
-        parts = _FIELD.split(template)
-        expression = " .. ".join(
-            part if odd else _lua_string(part)
-            for odd, part in ((i % 2 == 1, p) for i, p in enumerate(parts))
-            if part
-        )
-        functions.append(f"local function key_{name}({params})\n  return {expression}\nend")
+    """Lua functions `key_<name>(prefix, <fields>…)` built from TEMPLATES, and
+    `name_<name>(<fields>…)` from NAMES, for the scripts.
+    """
+    functions = [_lua_function(f"key_{name}", template, ["prefix"])
+                 for name, template in TEMPLATES.items()]  # fmt: skip
+    functions += [_lua_function(f"name_{name}", template, []) for name, template in NAMES.items()]
     return "-- Generated from conveyor.jobstore.keys.TEMPLATES.\n" + "\n".join(functions) + "\n"
+
+
+def _lua_function(function: str, template: str, leading: list[str]) -> str:
+    fields = _FIELD.findall(template)
+    params = ", ".join(dict.fromkeys([*leading, *fields]))
+    # split() alternates literal text (even places) and field names (odd places).
+    parts = _FIELD.split(template)
+    expression = " .. ".join(
+        part if odd else _lua_string(part)
+        for odd, part in ((i % 2 == 1, p) for i, p in enumerate(parts))
+        if part
+    )
+    return f"local function {function}({params})\n  return {expression}\nend"
 
 
 def _lua_string(text: str) -> str:

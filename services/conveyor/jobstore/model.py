@@ -67,6 +67,9 @@ class JobSummary(BaseModel):
     timeout_seconds: int | None = None
     idempotency_key: str | None = None
     callback_url: str | None = None
+    concurrency_key: str | None = Field(
+        None, description="The caller's concurrency key (the task limits jobs sharing one)."
+    )
     created_at: datetime
     scheduled_for: datetime | None = Field(None, description="When a delayed job becomes due.")
     started_at: datetime | None = None
@@ -116,6 +119,7 @@ def _summary_values(record: dict[str, str]) -> dict[str, Any]:
         "timeout_seconds": _int_or_none(record.get("timeout_seconds")),
         "idempotency_key": record.get("idempotency_key") or None,
         "callback_url": record.get("callback_url") or None,
+        "concurrency_key": record.get("concurrency_key") or None,
         "created_at": _timestamp(record["created_at"]),
         "scheduled_for": _timestamp_or_none(record.get("scheduled_for")),
         "started_at": _timestamp_or_none(record.get("started_at")),
@@ -156,6 +160,7 @@ class NewJob:
     created_at: float
     due_at: float | None
     request_hash: str
+    concurrency_key: str | None = None
 
     @property
     def initial_state(self) -> JobState:
@@ -177,6 +182,7 @@ class NewJob:
             "timeout_seconds": "" if self.timeout_seconds is None else str(self.timeout_seconds),
             "idempotency_key": self.idempotency_key or "",
             "callback_url": self.callback_url or "",
+            **({"concurrency_key": self.concurrency_key} if self.concurrency_key else {}),
             "created_at": repr(self.created_at),
             "scheduled_for": "" if self.due_at is None else repr(self.due_at),
         }

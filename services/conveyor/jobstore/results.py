@@ -15,6 +15,11 @@ class Limits:
     burst: int = 1
     max_queue_depth: int = 0
     max_delayed_jobs: int = 0
+    # The tenant's fair-share weight within its tier (claims it gets relative to others).
+    weight: float = 1.0
+    # The tenant's own concurrency limit per tier (None: the deployment's), kept in Redis for
+    # the claims.
+    concurrency_per_tier: int | None = None
 
 
 class AcceptVerdict(StrEnum):

@@ -58,10 +58,10 @@ def _job_script(name: str) -> Lua:
     return Lua("\n".join([lua_prelude(), script_text("_lib"), script_text(name)]))
 
 
-# Every job script; claim.lua stands apart (it is the transport's, and takes kombu's keys).
+# Every job script. The transport's claim and push also take kombu's key names as arguments.
 JOB_SCRIPTS = ("accept", "transition", "promote", "start", "replay", "purge", "ratelimit",
-               "recover_inflight", "heartbeat", "renew", "repair", "read")  # fmt: skip
+               "recover_inflight", "heartbeat", "renew", "repair", "read", "claim",
+               "push", "release", "flow")  # fmt: skip
 (ACCEPT, TRANSITION, PROMOTE, START, REPLAY, PURGE, RATELIMIT, RECOVER_INFLIGHT, HEARTBEAT,
- RENEW, REPAIR, READ) = (_job_script(name) for name in JOB_SCRIPTS)  # fmt: skip
-# The transport's claim takes kombu's key names (and the in-flight list's) as arguments.
-CLAIM = Lua(script_text("claim"))
+ RENEW, REPAIR, READ, CLAIM, PUSH, RELEASE, FLOW) = (_job_script(name)
+                                                    for name in JOB_SCRIPTS)  # fmt: skip

@@ -35,6 +35,7 @@ class Submission:
     delay_seconds: float = 0.0
     idempotency_key: str | None = None
     callback_url: str | None = None
+    concurrency_key: str | None = None
 
     @classmethod
     def of(
@@ -49,6 +50,7 @@ class Submission:
         delay_seconds: float = 0.0,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        concurrency_key: str | None = None,
     ) -> "Submission":
         """A submission of `spec`'s task; what the caller leaves out is the task's default."""
         return cls(
@@ -61,6 +63,7 @@ class Submission:
             delay_seconds=delay_seconds,
             idempotency_key=idempotency_key,
             callback_url=callback_url,
+            concurrency_key=concurrency_key,
         )
 
     def request_hash(self) -> str:
@@ -74,6 +77,7 @@ class Submission:
                 "timeout_seconds": self.timeout_seconds,
                 "delay_seconds": self.delay_seconds,
                 "callback_url": self.callback_url,
+                **({"concurrency_key": self.concurrency_key} if self.concurrency_key else {}),
             },
             option=orjson.OPT_SORT_KEYS,
         )
@@ -118,6 +122,9 @@ def message_for(
         trace_context=trace_context,
         generation=generation,
         tenant=job.tenant,
+        task_limit=spec.max_concurrency,
+        concurrency_key=job.concurrency_key,
+        key_limit=spec.concurrency_key_limit,
     )
 
 
@@ -137,6 +144,7 @@ def prepare(
         timeout_seconds=submission.timeout_seconds,
         idempotency_key=submission.idempotency_key,
         callback_url=submission.callback_url,
+        concurrency_key=submission.concurrency_key,
         created_at=now,
         due_at=due_at,
         request_hash=submission.request_hash(),

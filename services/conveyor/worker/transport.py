@@ -12,6 +12,10 @@ in-flight list of a consumer that died is moved back to the queue by `recover_in
 (run by every worker and by beat) once its heartbeat in the queue's consumer set is older
 than a lease period.
 
+The queue list holds ready tokens, not messages (`conveyor.jobstore.fairq`): the claim picks
+the tier's next message in fair order among tenants. Every way kombu puts a message on a
+queue (a restore, a publish) goes through the same fair push.
+
 Requires Redis >= 6.2 (BLMOVE) and one Redis list per queue (priority steps `[0]`: Conveyor's
 tiers are its priorities).
 """
@@ -22,7 +26,7 @@ import secrets
 import socket
 from functools import cached_property
 from queue import Empty
-from time import monotonic, time
+from time import monotonic
 from typing import Any
 
 import redis
@@ -32,14 +36,21 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid as kombu_uuid
 
+from conveyor.core.messages import DUE_AT_HEADER, ENQUEUED_AT_HEADER, TENANT_HEADER
+from conveyor.core.queues import Queue
 from conveyor.core.redis import PrimaryConnection, PrimarySSLConnection
+from conveyor.jobstore import fairq
 from conveyor.jobstore.keys import KeySpace
-from conveyor.jobstore.scripts import CLAIM
 
 log = logging.getLogger(__name__)
 
-# The broker transport option naming Conveyor's key prefix (`celery_config` sets it).
+# Conveyor's tiers: their lists hold ready tokens (fairq). Any other queue (Celery's
+# remote-control replies) is kombu's own list of messages, consumed with BRPOP.
+TIERS = frozenset(str(queue) for queue in Queue)
+# The broker transport options naming Conveyor's key prefix and a tenant's default concurrency
+# limit per tier (`celery_config` sets them).
 KEY_PREFIX_OPTION = "conveyor_key_prefix"
+TENANT_LIMIT_OPTION = "conveyor_tenant_limit"
 # A fresh token per process: in a container `conveyor` is PID 1 after every restart, and a
 # restarted consumer must not inherit (and keep "alive") its predecessor's in-flight list.
 _TOKEN = secrets.token_hex(4)
@@ -82,9 +93,32 @@ class ReliableQoS(kombu_redis.QoS):
             except kombu_redis.MutexHeld:
                 pass
 
+    def ack(self, delivery_tag: str) -> None:
+        """Kombu's ack, then the release of the delivery's flow-control slots (a release lost
+        to a crash in between is made by the beat leader's sweep of orphaned slots).
+        """
+        super().ack(delivery_tag)
+        self.channel.release_slots([delivery_tag])
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Kombu's reject; a requeue releases the slots in its restore, a drop here."""
+        super().reject(delivery_tag, requeue)
+        if not requeue:
+            self.channel.release_slots([delivery_tag])
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        """Kombu's removal of the unacked record; inside a restore (a pipe given) the slots
+        are released in the same transaction.
+        """
+        result = super()._remove_from_indices(delivery_tag, pipe)
+        if pipe is not None:
+            fairq.release(pipe, self.channel.keys, [delivery_tag], self.channel.tenant_limit)
+        return result
+
     def append(self, message: Any, delivery_tag: str) -> None:
         """Track the delivery; write the unacked record unless the claim did."""
         if self.channel.claimed_tag == delivery_tag:
+            self.channel.claimed_tag = None
             virtual.QoS.append(self, message, delivery_tag)
             return
         super().append(message, delivery_tag)
@@ -95,8 +129,16 @@ class ReliableChannel(kombu_redis.Channel):
 
     QoS = ReliableQoS
     # kombu sets each of these attributes from the broker's transport options.
-    from_transport_options = (*kombu_redis.Channel.from_transport_options, KEY_PREFIX_OPTION)
+    from_transport_options = (
+        *kombu_redis.Channel.from_transport_options,
+        KEY_PREFIX_OPTION,
+        TENANT_LIMIT_OPTION,
+    )
     conveyor_key_prefix = "conveyor"
+    # A tenant's running deliveries per tier unless its own limit is set (0 = none).
+    conveyor_tenant_limit = 0
+    # One list per tier (Conveyor's tiers are its priorities), unless the options say otherwise.
+    priority_steps = [0]  # noqa: RUF012 - kombu's attribute (the options replace it)
     claimed_tag: str | None = None
     _claim_client: Any = None
     _inflight_source: str | None = None
@@ -108,6 +150,21 @@ class ReliableChannel(kombu_redis.Channel):
     def keys(self) -> KeySpace:
         """Conveyor's key names, under the prefix of the broker's transport options."""
         return KeySpace(self.conveyor_key_prefix)
+
+    @property
+    def tenant_limit(self) -> int:
+        """A tenant's running deliveries per tier unless its own limit is set (0 = none)."""
+        return int(self.conveyor_tenant_limit or 0)
+
+    def release_slots(self, tags: list[str]) -> None:
+        """Release the flow-control slots of finished deliveries."""
+        if self._claim_client is None:
+            self._claim_client = self._create_client(asynchronous=False)
+        try:
+            fairq.release(self._claim_client, self.keys, tags, self.tenant_limit)
+        except redis.exceptions.RedisError as exc:
+            # The beat leader's sweep releases slots whose delivery is no longer unacked.
+            log.warning("could not release the slots of %s now (%s); the sweep will", tags, exc)
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         # kombu builds the pool lazily; a reject or ack on a channel whose connection was
@@ -127,19 +184,25 @@ class ReliableChannel(kombu_redis.Channel):
         if not queues:
             return
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        if len(keys) == 1 and not self.global_keyprefix:
-            source = keys[0]
+        tiers = [key for key in keys if key in TIERS]
+        if tiers and not self.global_keyprefix:
             if self._inflight_suspect:
-                self._hand_back(source)
+                for tier in tiers:
+                    self._hand_back(tier)
+            # A ready token must be claimed, never delivered as a message: one tier per poll.
+            # Conveyor's workers serve one; a Celery app consuming several waits on each in
+            # turn (the cycle rotates after every poll), at most a second at a time.
+            source = tiers[0]
+            wait = (timeout or 0) if len(tiers) == 1 else min(timeout or 1, 1)
             self._inflight_source = source
             self._in_poll = self.client.connection
             self._brpop_sent_at = monotonic()
             destination = self.keys.inflight(consumer_id(), source)
             self.client.connection.send_command(
-                "BLMOVE", source, destination, "RIGHT", "LEFT", timeout or 0
+                "BLMOVE", source, destination, "RIGHT", "LEFT", wait
             )
             return
-        # Several lists: kombu's own BRPOP (not used by Conveyor's workers).
+        # Not a tier (Celery's remote-control replies): kombu's own BRPOP.
         self._inflight_source = None
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
@@ -165,9 +228,9 @@ class ReliableChannel(kombu_redis.Channel):
                 self._inflight_suspect = True
                 self.client.connection.disconnect()
                 raise
+            self._queue_cycle.rotate(source)
             if item is None:
                 raise Empty()
-            self._queue_cycle.rotate(source)
             try:
                 self._deliver_claimed(source, item)
             except BaseException:
@@ -178,26 +241,24 @@ class ReliableChannel(kombu_redis.Channel):
             self._in_poll = None
             self._flush_brpop_reauth()
 
-    def _deliver_claimed(self, source: str, item: bytes) -> None:
-        payload = loads(bytes_to_str(item))
-        properties = payload["properties"]
-        tag = properties["delivery_tag"]
-        info = properties["delivery_info"]
-        record = dumps([payload, info["exchange"], info["routing_key"]])
+    def _deliver_claimed(self, source: str, token: bytes) -> None:
         key = self.keys.inflight(consumer_id(), source)
         if self._claim_client is None:
             # One client for every claim: kombu's conn_or_acquire builds a new redis.Redis per
             # call, a tenth of the main process's CPU per delivery (measured with py-spy).
             self._claim_client = self._create_client(asynchronous=False)
-        claim_args = [key, item, self.unacked_key, self.unacked_index_key, tag, time(), record]
         try:
-            claimed = CLAIM.run(self._claim_client, claim_args)
+            item = fairq.claim(self._claim_client, self.keys, source, key, token,
+                               self.unacked_key, self.unacked_index_key,
+                               self.tenant_limit)  # fmt: skip
         except redis.exceptions.ResponseError as exc:
             raise _transient(exc) from exc
-        if not claimed:
-            log.warning("delivery %s was requeued while this consumer looked dead; dropped", tag)
+        if item is None:
+            log.warning("a ready token of %s was requeued while this consumer looked dead, "
+                        "or had no message; dropped", source)  # fmt: skip
             return
-        self.claimed_tag = tag
+        payload = loads(bytes_to_str(item))
+        self.claimed_tag = payload["properties"]["delivery_tag"]
         try:
             self.connection._deliver(payload, source)
         finally:
@@ -206,12 +267,69 @@ class ReliableChannel(kombu_redis.Channel):
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
     ) -> None:
-        """Put an expired delivery's message back with a new delivery tag: the worker that
-        held it may still be alive (paused) and will ack its old tag, which must not remove
-        the lease of the message's next delivery.
+        """Put an expired (or rejected) delivery's message back on its tenant's list, where
+        its next claim takes it (`leftmost`: at the back), with a new delivery tag: the worker
+        that held it may still be alive (paused) and will ack its old tag, which must not
+        remove the lease of the message's next delivery.
         """
         payload["properties"]["delivery_tag"] = kombu_uuid()
-        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        try:
+            payload["headers"]["redelivered"] = True
+            payload["properties"]["delivery_info"]["redelivered"] = True
+        except KeyError:
+            pass
+        for queue in self._lookup(exchange, routing_key):
+            if queue in TIERS:
+                self._fair_push(pipe, queue, payload, front=not leftmost)
+            else:  # kombu's own
+                (pipe.lpush if leftmost else pipe.rpush)(queue, dumps(payload))
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        """A non-blocking get (`basic_get`): a ready token claimed as `_brpop_read` claims it."""
+        if queue not in TIERS:
+            return super()._get(queue, timeout)
+        inflight = self.keys.inflight(consumer_id(), queue)
+        with self.conn_or_acquire() as client:
+            token = client.lmove(queue, inflight, "RIGHT", "LEFT")
+            if token is None:
+                raise Empty()
+            item = fairq.claim(client, self.keys, queue, inflight, token,
+                               self.unacked_key, self.unacked_index_key,
+                               self.tenant_limit)  # fmt: skip
+        if item is None:
+            raise Empty()
+        payload = loads(bytes_to_str(item))
+        # basic_get tracks the delivery next: its unacked record is written already.
+        self.claimed_tag = payload["properties"]["delivery_tag"]
+        return payload
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        """A publish through kombu (not Conveyor's own path: the API and beat write messages
+        in the accept script) joins the fair queue like any other.
+        """
+        if queue not in TIERS:
+            super()._put(queue, message, **kwargs)
+            return
+        with self.conn_or_acquire() as client:
+            self._fair_push(client, queue, message, front=False)
+
+    def _purge(self, queue: str) -> int:
+        """Refused: dropping messages would leave their jobs `queued` for ever (cancel them
+        through the API instead).
+        """
+        if queue not in TIERS:
+            result: int = super()._purge(queue)
+            return result
+        raise NotImplementedError(
+            f"purging {queue} is not supported: cancel its jobs through the Conveyor API"
+        )
+
+    def _fair_push(self, client: Any, queue: str, payload: Any, *, front: bool) -> None:
+        headers = payload.get("headers") or {}
+        ready = max(float(headers.get(ENQUEUED_AT_HEADER) or 0.0),
+                    float(headers.get(DUE_AT_HEADER) or 0.0)) or None  # fmt: skip
+        fairq.push(client, self.keys, queue, str(headers.get(TENANT_HEADER) or ""),
+                   [dumps(payload)], ready=ready, front=front)  # fmt: skip
 
     def _hand_back(self, source: str) -> None:
         """Move anything left in our own in-flight list back to the queue."""
@@ -263,6 +381,7 @@ class ReliableSentinelChannel(ReliableChannel, kombu_redis.SentinelChannel):
     from_transport_options = (
         *kombu_redis.SentinelChannel.from_transport_options,
         KEY_PREFIX_OPTION,
+        TENANT_LIMIT_OPTION,
     )
     # A failover can leave a message in this consumer's in-flight list on the new primary
     # without any error on this channel (the old primary moved it, replicated the move and

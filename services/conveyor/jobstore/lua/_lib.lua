@@ -86,3 +86,90 @@ local function expire_job(prefix, id, seconds)
     redis.call('EXPIRE', key_idempotency(prefix, idem[2] or '', idem[1]), seconds)
   end
 end
+
+-- Fair share within a tier (conveyor.jobstore.fairq, docs/flow-control.md): a ready message
+-- goes onto its tenant's list on the tier; the tenant joins the tier's rotation at the
+-- tier's virtual clock unless it is in it; and one ready token, the time it became ready,
+-- goes onto the tier's list, which consumers block on (claim.lua then picks the message).
+-- `front` puts the message (and its token) where they are taken next: a restored delivery.
+local function fair_push(prefix, queue, tenant, message, ready, front)
+  local push = front and 'RPUSH' or 'LPUSH'
+  redis.call(push, key_fair_jobs(prefix, queue, tenant), message)
+  local clock = redis.call('GET', key_fair_clock(prefix, queue)) or '0'
+  redis.call('ZADD', key_fair_tenants(prefix, queue), 'NX', clock, tenant)
+  redis.call(push, key_queue(prefix, queue), ready)
+end
+
+-- Redis' clock in seconds, as a ready token's value.
+local function now_token()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+
+-- How many more of a tenant's jobs may start on a tier now: 0 when paused or at its
+-- concurrency limit (its own from the keys file, else `default_limit`; 0 = none), else what
+-- its limit leaves (math.huge without one).
+local function tenant_room(prefix, queue, tenant, default_limit)
+  if redis.call('SISMEMBER', key_paused(prefix), name_paused_member('tenant', tenant)) == 1 then
+    return 0
+  end
+  local limit = tonumber(redis.call('HGET', key_fair_limits(prefix), tenant)) or default_limit
+  if limit <= 0 then
+    return math.huge
+  end
+  local running = tonumber(redis.call('HGET', key_fair_active(prefix, queue), tenant)) or 0
+  return math.max(0, limit - running)
+end
+
+-- Whether a tenant is held off a tier: paused, or at its concurrency limit there.
+local function tenant_held(prefix, queue, tenant, default_limit)
+  return tenant_room(prefix, queue, tenant, default_limit) == 0
+end
+
+-- Unless it is still held, put a tenant back in the tier's rotation (if held off it) and move
+-- parked tokens back to the tier's list: up to `tokens`, no more than it has messages waiting
+-- nor than its limit lets start now. Its tokens may have been parked while it was held; a
+-- token moved back that finds nothing to claim is parked again, but one too few would leave a
+-- message waiting for ever.
+local function unhold(prefix, queue, tenant, default_limit, tokens)
+  local room = tenant_room(prefix, queue, tenant, default_limit)
+  if room == 0 then
+    return 0
+  end
+  redis.call('ZREM', key_fair_held(prefix, queue), tenant)
+  local waiting = redis.call('LLEN', key_fair_jobs(prefix, queue, tenant))
+  if waiting == 0 then
+    return 0
+  end
+  local clock = redis.call('GET', key_fair_clock(prefix, queue)) or '0'
+  redis.call('ZADD', key_fair_tenants(prefix, queue), 'NX', clock, tenant)
+  local moved, most = 0, math.min(tokens, waiting, room)
+  local parked, list = key_fair_parked(prefix, queue), key_queue(prefix, queue)
+  while moved < most and redis.call('LMOVE', parked, list, 'RIGHT', 'RIGHT') do
+    moved = moved + 1
+  end
+  return moved
+end
+
+-- Move up to `count` messages waiting at a gate, oldest first, back to their tenants' lists,
+-- each where its tenant's next claim takes it (so pushed newest first), with a new token.
+-- Returns how many moved.
+local function reopen_gate(prefix, gate, count)
+  local waiting = key_gate_waiting(prefix, gate)
+  local entries = {}
+  while #entries < count do
+    local entry = redis.call('RPOP', waiting)
+    if not entry then
+      break
+    end
+    entries[#entries + 1] = entry
+  end
+  for i = #entries, 1, -1 do
+    local entry = entries[i]
+    local first = string.find(entry, '\n', 1, true)
+    local second = string.find(entry, '\n', first + 1, true)
+    local queue, tenant = string.sub(entry, 1, first - 1), string.sub(entry, first + 1, second - 1)
+    fair_push(prefix, queue, tenant, string.sub(entry, second + 1), now_token(), true)
+  end
+  return #entries
+end

@@ -7,7 +7,9 @@
 --       packing arguments was a fifth of the API's CPU per submission; tenant, task, queue
 --       and state are read from it), 3 request hash, 4 creation score (ms), 5 delay (ms;
 --       '0' = run now; the due time is Redis' clock plus the delay, never a caller's clock), 6 Celery message, 7 rate (tokens/s; '0' = unlimited), 8 burst,
---       9 max queue depth ('0' = unlimited), 10 max delayed jobs ('0' = unlimited).
+--       9 max queue depth ('0' = unlimited), 10 max delayed jobs ('0' = unlimited),
+--       11 the tenant's fair-share weight ('1' unless its key names another), 12 its own
+--       concurrency limit per tier ('' = the deployment's).
 -- Returns {1, job id, tokens left} when created, {0, "<job id>\n<request hash>"} for a known
 -- idempotency key, {2, ms until a token} when rate limited, {3, depth} when the queue (or the
 -- delayed set) is full.
@@ -72,7 +74,19 @@ if due > 0 then
   redis.call('ZADD', key_delayed(prefix), due, id)
   redis.call('HSET', key_delayed_messages(prefix), id, message)
 else
-  redis.call('LPUSH', key_queue(prefix, queue), message)
+  fair_push(prefix, queue, tenant, message, now_token(), false)
+end
+-- The weight and limit the tenant's next claims are served with (the keys file's, as this
+-- API replica read it; a no-op HDEL writes nothing).
+if ARGV[11] ~= '1' then
+  redis.call('HSET', key_fair_weights(prefix), tenant, ARGV[11])
+else
+  redis.call('HDEL', key_fair_weights(prefix), tenant)
+end
+if ARGV[12] ~= '' then
+  redis.call('HSET', key_fair_limits(prefix), tenant, ARGV[12])
+else
+  redis.call('HDEL', key_fair_limits(prefix), tenant)
 end
 if idem ~= '' then
   -- No expiry yet: the key must outlive a long delay or backlog. It expires with the record,

@@ -12,16 +12,17 @@ local pushable, becomes_queued = ARGV[4], ARGV[5]
 local delayed, messages = key_delayed(prefix), key_delayed_messages(prefix)
 
 local pushed = 0
-local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
-for _, id in ipairs(due) do
+local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit, 'WITHSCORES')
+for i = 1, #due, 2 do
+  local id, ready = due[i], string.format('%.3f', tonumber(due[i + 1]) / 1000)
   local message = redis.call('HGET', messages, id)
   redis.call('ZREM', delayed, id)
   redis.call('HDEL', messages, id)
-  local record = redis.call('HMGET', key_job(prefix, id), 'state', 'queue')
+  local record = redis.call('HMGET', key_job(prefix, id), 'state', 'queue', 'tenant')
   local state, queue = record[1], record[2]
   -- A job cancelled (or expired) while it waited is dropped here: it never runs.
   if message and state and allows(pushable, state) then
-    redis.call('LPUSH', key_queue(prefix, queue), message)
+    fair_push(prefix, queue, record[3] or '', message, ready, false)
     pushed = pushed + 1
     if allows(becomes_queued, state) then
       redis.call('HSET', key_job(prefix, id), 'state', 'queued')

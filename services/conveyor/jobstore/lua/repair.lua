@@ -9,7 +9,7 @@
 -- Returns 1 when repaired, 0 when the job moved on meanwhile.
 local prefix, id, message = ARGV[1], ARGV[2], ARGV[3]
 local key = key_job(prefix, id)
-local record = redis.call('HMGET', key, 'state', 'queue', 'attempts')
+local record = redis.call('HMGET', key, 'state', 'queue', 'attempts', 'tenant')
 if record[1] ~= 'running' or record[3] ~= ARGV[6] then
   return 0
 end
@@ -20,6 +20,6 @@ end
 redis.call('HSET', key, 'state', 'queued', 'generation', ARGV[5], 'progress', '')
 redis.call('HINCRBY', key, 'repairs', 1)
 move_state_index(prefix, id, 'running', 'queued')
-redis.call('LPUSH', key_queue(prefix, record[2]), message)
+fair_push(prefix, record[2], record[4] or '', message, now_token(), false)
 emit(prefix, id, 'queued', 'state')
 return 1
