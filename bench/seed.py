@@ -13,20 +13,30 @@ BATCH = 1000
 
 
 def accept_jobs(
-    store: JobStore, count: int, queue: Queue, task: str = "demo.echo", args: dict | None = None
+    store: JobStore,
+    count: int,
+    queue: Queue,
+    task: str = "demo.echo",
+    args: dict | None = None,
+    tenants: list[str] | None = None,
+    limits: Limits | None = None,
 ) -> list[bytes]:
-    """Accept `count` jobs (record, indexes, message) and return their messages."""
+    """Accept `count` jobs (record, indexes, message), round robin over `tenants` (one,
+    "bench", by default), and return their messages."""
+    tenants = tenants or ["bench"]
     catalog, settings = load_catalog([]), Settings()
     spec = catalog[task]
     messages: list[bytes] = []
     store.client.script_load(ACCEPT.source)  # pipelined EVALSHAs cannot load it themselves
     for start in range(0, count, BATCH):
         with store.client.pipeline(transaction=False) as pipe:
-            for _ in range(min(BATCH, count - start)):
-                submission = Submission.of(spec, tenant="bench", args=args or {"payload": 1},
+            for n in range(start, min(start + BATCH, count)):
+                tenant = tenants[n % len(tenants)]
+                submission = Submission.of(spec, tenant=tenant, args=args or {"payload": 1},
                                            priority=queue, max_retries=0)  # fmt: skip
                 job, message = prepare(spec, submission, settings.worker)
                 messages.append(message)
-                pipe.evalsha(ACCEPT.sha, 0, *accept_args("conveyor", job, message, Limits()))
+                accept = accept_args("conveyor", job, message, limits or Limits())
+                pipe.evalsha(ACCEPT.sha, 0, *accept)
             pipe.execute()
     return messages

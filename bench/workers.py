@@ -1,7 +1,9 @@
 """Benchmark 2: drain N pre-queued no-op jobs per tier with `conveyor worker` (production
 settings: acks-late, prefetch 1, leases, metrics on, tracing set up with no endpoint) and with
 a bare Celery worker with the same Celery settings, on the same kind of private Redis, the same
-messages and the same concurrency. Prints jobs/s and the ratio.
+messages and the same concurrency; and Conveyor again with the jobs spread over ten weighted
+tenants and a per-tenant concurrency limit checked on every claim (fair share and limits on).
+Prints jobs/s and the ratios.
 
     python -m bench.workers [--jobs 20000] [--concurrency 4] [--runs 3]
 """
@@ -13,6 +15,7 @@ from bench.harness import PYTHON, Proc, conveyor_env, median, redis_server, rss_
 from bench.seed import accept_jobs
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
+from conveyor.jobstore.results import Limits
 from conveyor.jobstore.store import JobStore
 
 
@@ -21,7 +24,12 @@ def drain(kind: str, queue: Queue, jobs: int, concurrency: int) -> tuple[float, 
     with redis_server() as server:
         client = server.client()
         store = JobStore(server.client(), Settings())
-        messages = accept_jobs(store, jobs, queue)
+        if kind == "fair":
+            # Ten tenants with weights, a per-tenant limit that is checked on every claim.
+            tenants = [f"tenant-{n}" for n in range(10)]
+            messages = accept_jobs(store, jobs, queue, tenants=tenants, limits=Limits(weight=2))
+        else:
+            messages = accept_jobs(store, jobs, queue)
         if kind == "bare":
             client.delete(str(queue), "conveyor:index:all")  # the same messages, no records
             for start in range(0, len(messages), 5000):
@@ -57,6 +65,8 @@ def drain(kind: str, queue: Queue, jobs: int, concurrency: int) -> tuple[float, 
                 str(concurrency),
             ]
             env = conveyor_env(server.url)
+            if kind == "fair":
+                env["CONVEYOR_FLOW__TENANT_CONCURRENCY_PER_TIER"] = "1000"
         assert client.llen(str(queue)) == jobs
         worker = Proc(f"{kind}-worker", argv, env)
         try:
@@ -70,7 +80,7 @@ def drain(kind: str, queue: Queue, jobs: int, concurrency: int) -> tuple[float, 
             memory = {"main": rss_mb(pids[0]), "child": max(rss_mb(p) for p in pids[1:])}
         finally:
             worker.stop()
-        if kind == "conveyor":
+        if kind != "bare":
             done = client.zcard("conveyor:index:state:succeeded")
             assert done == jobs, f"{done} of {jobs} jobs recorded as succeeded"
     return elapsed, memory
@@ -85,18 +95,20 @@ def main() -> None:
     options = parser.parse_args()
     rows = []
     for tier in options.tiers:
-        rates: dict[str, list[float]] = {"conveyor": [], "bare": []}
+        rates: dict[str, list[float]] = {"conveyor": [], "fair": [], "bare": []}
         memory: dict[str, dict[str, float]] = {}
         for _ in range(options.runs):
-            for kind in ("conveyor", "bare"):
+            for kind in ("conveyor", "fair", "bare"):
                 seconds, memory[kind] = drain(kind, Queue(tier), options.jobs, options.concurrency)
                 rates[kind].append(options.jobs / seconds)
         conveyor, bare = median(rates["conveyor"]), median(rates["bare"])
+        fair = median(rates["fair"])
         rows.append(
             [
                 tier,
                 options.jobs,
                 f"{conveyor:,.0f}",
+                f"{fair:,.0f} ({fair / conveyor:.2f}x)",
                 f"{bare:,.0f}",
                 f"{conveyor / bare:.2f}",
                 f"{memory['conveyor']['main']:.0f} / {memory['conveyor']['child']:.0f}",
@@ -109,6 +121,7 @@ def main() -> None:
                 "tier",
                 "jobs",
                 "conveyor jobs/s",
+                "10 tenants + limits jobs/s",
                 "bare Celery jobs/s",
                 "ratio",
                 "conveyor RSS MB main/child",

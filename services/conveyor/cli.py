@@ -400,9 +400,10 @@ def webhooks_listen(
 
 
 def _client_commands() -> None:
-    from conveyor.client.cli import jobs_app, tasks
+    from conveyor.client.cli import flow_app, jobs_app, tasks
 
     app.add_typer(jobs_app, name="jobs")
+    app.add_typer(flow_app, name="flow")
     app.command("tasks")(tasks)
 
 

@@ -4,8 +4,10 @@ A job over a limit waits without a worker slot and without polling: its token is
 spent on it as it moves to its gate's waiting list) until a slot frees or a resume.
 """
 
+import json
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import redis
 from kombu import Connection
@@ -18,7 +20,8 @@ from conveyor.jobstore.fairq import FlowKind
 from conveyor.jobstore.keys import key_gate, task_gate
 from conveyor.jobstore.submission import Submission
 from conveyor.worker.transport import ReliableTransport
-from tests.fast.harness import CATALOG, KEYS, InProcessWorker, settings_for
+from tests.fast.harness import CATALOG, KEYS, InProcessApi, InProcessWorker, settings_for
+from tests.support.auth import TEAM_A_KEY
 
 
 def submit(worker: InProcessWorker, tenant: str, task: str = "demo.echo", count: int = 1,
@@ -176,3 +179,67 @@ def test_a_restored_delivery_gives_its_slots_back(
     ids = [job for job, _ in claim_all(worker)]
     assert ids[0] == first.headers["id"]
     assert len(ids) == 2
+
+
+async def test_admins_pause_list_and_resume_over_the_api(
+    api: InProcessApi, redis_client: "redis.Redis"
+) -> None:
+    async with api.client() as admin, api.client(TEAM_A_KEY) as tenant:
+        assert (await admin.put("/v1/admin/pauses/tier/low")).status_code == 201
+        assert (await admin.put("/v1/admin/pauses/tier/low")).status_code == 200, "idempotent"
+        assert (await admin.put("/v1/admin/pauses/task/demo.echo")).status_code == 201
+        assert (await admin.put("/v1/admin/pauses/tenant/team-b")).status_code == 201
+        listed = (await admin.get("/v1/admin/pauses")).json()["paused"]
+        assert listed == [{"kind": "task", "name": "demo.echo"},
+                          {"kind": "tenant", "name": "team-b"},
+                          {"kind": "tier", "name": "low"}]  # fmt: skip
+        assert fairq.paused(redis_client, KEYS)[0] == (FlowKind.TASK, "demo.echo")
+        # Only admins; a name that could never be paused is a 422; resuming twice a 404.
+        assert (await tenant.put("/v1/admin/pauses/tier/high")).status_code == 403
+        assert (await tenant.get("/v1/admin/pauses")).status_code == 403
+        assert (await admin.put("/v1/admin/pauses/tier/urgent")).status_code == 422
+        assert (await admin.put("/v1/admin/pauses/task/no.such")).status_code == 422
+        assert (await admin.put("/v1/admin/pauses/tenant/Bad%20Name")).status_code == 422
+        assert (await admin.put("/v1/admin/pauses/queue/low")).status_code == 422
+        assert (await admin.delete("/v1/admin/pauses/tier/low")).status_code == 204
+        missing = await admin.delete("/v1/admin/pauses/tier/low")
+        assert missing.status_code == 404
+        assert missing.json()["type"] == "urn:conveyor:problem:not-paused"
+        assert len((await admin.get("/v1/admin/pauses")).json()["paused"]) == 2
+
+
+async def test_a_concurrency_key_is_accepted_only_by_a_task_that_limits_keys(
+    client: httpx.AsyncClient, redis_client: "redis.Redis"
+) -> None:
+    keyed = {"task": "fast.keyed", "args": {"n": 1}, "concurrency_key": "customer-1"}
+    accepted = await client.post("/v1/jobs", json=keyed)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["concurrency_key"] == "customer-1"
+    (message,) = [json.loads(m) for m in fairq.ready_messages(redis_client, KEYS, "default")]
+    assert message["headers"]["conveyor_concurrency_key"] == "customer-1"
+    assert message["headers"]["conveyor_key_limit"] == 1
+    unkeyed = await client.post("/v1/jobs", json={**keyed, "task": "demo.echo", "args": {}})
+    assert unkeyed.status_code == 422
+    assert "concurrency_key" in unkeyed.text
+    bad = await client.post("/v1/jobs", json={**keyed, "concurrency_key": "a b\nc"})
+    assert bad.status_code == 422
+
+
+def test_acks_release_their_slots_in_the_same_round_trip(
+    settings: Settings, worker: InProcessWorker
+) -> None:
+    """The first ack of a channel loads the release script; later ones queue it by SHA in
+    the ack's own pipeline. Both release, and a NOSCRIPT (a fresh primary) falls back."""
+    submit(worker, "team-a", "fast.limited", count=4)
+    with Connection(settings.redis_dsn(), transport=ReliableTransport) as connection:
+        channel = connection.default_channel
+        for round_ in range(3):
+            first, second = (channel.basic_get("default", no_ack=False) for _ in range(2))
+            assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) == "2"
+            if round_ == 2:
+                worker.redis.script_flush()  # as after a failover to a primary without it
+            first.ack()
+            second.ack()
+            assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) is None
+            assert worker.redis.hlen(KEYS.slots) == 0
+            submit(worker, "team-a", "fast.limited", count=2)

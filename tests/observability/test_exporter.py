@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.exporter.collector import BrokerCollector, live_worker_window
+from conveyor.jobstore import fairq
+from conveyor.jobstore.fairq import FlowKind
 from conveyor.jobstore.keys import KeySpace
 from conveyor.telemetry.metrics import EXPORTER_METRICS
 from tests.support.processes import RedisServer, free_port
@@ -61,3 +63,24 @@ def test_a_worker_counts_until_it_misses_two_heartbeats(
     assert found[("conveyor_workers", (("queue", "default"),))] == 2
     assert found[("conveyor_workers", (("queue", "high"),))] == 0
     assert found[("conveyor_workers", (("queue", "low"),))] == 0
+
+
+def test_flow_control_shows_what_is_paused_and_held(
+    redis_server: RedisServer, redis_db: int
+) -> None:
+    client = redis_server.client(redis_db)
+    keys = KeySpace("conveyor")
+    fairq.pause(client, keys, FlowKind.TIER, "low")
+    fairq.pause(client, keys, FlowKind.TENANT, "team-a")
+    fairq.pause(client, keys, FlowKind.TENANT, "team-b")
+    client.lpush(keys.fair_parked("low"), "1.0", "2.0")
+    client.lpush(keys.queue("default"), f"{time.time() - 30:.3f}")
+    found = scrape(client)
+    assert found[("conveyor_queue_paused", (("queue", "low"),))] == 1
+    assert found[("conveyor_queue_paused", (("queue", "high"),))] == 0
+    assert found[("conveyor_paused", (("kind", "tenant"),))] == 2
+    assert found[("conveyor_paused", (("kind", "task"),))] == 0
+    assert found[("conveyor_queue_held", (("queue", "low"),))] == 2
+    assert found[("conveyor_queue_length", (("queue", "low"),))] == 0
+    # The oldest ready token's value is when its job became ready.
+    assert 29 < found[("conveyor_queue_oldest_message_age_seconds", (("queue", "default"),))] < 60

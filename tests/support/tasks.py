@@ -141,3 +141,37 @@ def escape(ctx: JobContext, args: EscapeArgs) -> None:
     if args.mode == "base":
         raise _Escape("escaping")
     raise _Unprintable
+
+
+class KeyedArgs(TaskArgs):
+    """Arguments of `tests.keyed`."""
+
+    redis_url: str
+    seconds: float = Field(1.0, ge=0, le=60)
+    label: str = Field("run", pattern=r"^[a-z0-9-]+$", description="Names its alive keys.")
+
+
+@task(name="tests.keyed", queue=Queue.DEFAULT, args=KeyedArgs, concurrency_key_limit=3)
+def keyed(ctx: JobContext, args: KeyedArgs) -> dict[str, int]:
+    """Run `seconds` while keeping a short-lived `alive:<label>:<job>:<pid>` key fresh, so a
+    test can count the runs alive at any moment from Redis (a SIGKILLed run's key lapses in
+    0.5 s); count executions and completions as `tests.work` does.
+    """
+    import os
+    import time
+
+    import redis
+
+    client = redis.Redis.from_url(args.redis_url)
+    alive = f"alive:{args.label}:{ctx.job_id}:{os.getpid()}"
+    try:
+        client.hincrby("executions", ctx.job_id, 1)
+        deadline = time.monotonic() + args.seconds
+        while time.monotonic() < deadline:
+            client.set(alive, 1, px=500)
+            time.sleep(0.1)
+        client.delete(alive)
+        client.hincrby("completions", ctx.job_id, 1)
+        return {"attempt": ctx.attempt}
+    finally:
+        client.close()

@@ -27,6 +27,7 @@ from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.events import BLOCK_SECONDS, events_router
 from conveyor.api.jobs import jobs_router
 from conveyor.api.meta import meta_router
+from conveyor.api.pauses import pauses_router
 from conveyor.api.request_metrics import MetricsMiddleware
 from conveyor.api.schemas import submission_model
 from conveyor.api.state import ApiState
@@ -117,6 +118,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app.include_router(jobs_router(catalog, body))
     app.include_router(events_router())
     app.include_router(dead_letters_router())
+    app.include_router(pauses_router())
     app.include_router(meta_router())
     _serve_docs(app)
     default_openapi = app.openapi

@@ -190,6 +190,12 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
             ("promote", self.store.promote_due),
             ("recover in-flight", lambda: self.store.recover_inflight(lease)),
             ("pending callbacks", self._enqueue_pending_callbacks),
+            (
+                "flow control",
+                lambda: self.store.sweep_flow(
+                    Channel.unacked_key, self.settings.flow.tenant_concurrency_per_tier
+                ),
+            ),
         ]
         if time.monotonic() >= self._next_repair:
             self._next_repair = time.monotonic() + lease

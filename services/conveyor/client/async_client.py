@@ -148,6 +148,20 @@ class AsyncClient:
         response = await self._request("POST", f"/v1/jobs/{job_id}/cancel", params=params)
         return Job.model_validate(response.json())
 
+    async def pause(self, kind: str, name: str) -> bool:
+        """Pause a tier, task or tenant (admin); True when it was not paused yet."""
+        response = await self._request("PUT", f"/v1/admin/pauses/{kind}/{name}")
+        return response.status_code == 201
+
+    async def resume(self, kind: str, name: str) -> None:
+        """Resume a paused tier, task or tenant (admin); NotFound when it was not paused."""
+        await self._request("DELETE", f"/v1/admin/pauses/{kind}/{name}")
+
+    async def paused(self) -> builtins.list[tuple[str, str]]:
+        """What is paused, as (kind, name) pairs (admin)."""
+        items = (await self._request("GET", "/v1/admin/pauses")).json()["paused"]
+        return [(item["kind"], item["name"]) for item in items]
+
     async def tasks(self) -> builtins.list[dict[str, Any]]:
         """The task catalogue, with each task's argument schema."""
         tasks: builtins.list[dict[str, Any]] = (await self._request("GET", "/v1/tasks")).json()

@@ -22,6 +22,7 @@ from conveyor.client._base import JobEvent
 from conveyor.client.errors import ConveyorError, TransportError, WaitTimeout
 from conveyor.client.sync_client import Client
 from conveyor.core.queues import Queue
+from conveyor.jobstore.fairq import FlowKind
 from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job, JobState, JobSummary
 
@@ -51,6 +52,8 @@ OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text, or j
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 jobs_app = typer.Typer(help="Submit, follow, list and cancel jobs.", no_args_is_help=True)
+flow_app = typer.Typer(help="Pause and resume tiers, tasks and tenants (admin).",
+                       no_args_is_help=True)  # fmt: skip
 out = Console()
 err = Console(stderr=True)
 
@@ -340,6 +343,46 @@ def cancel(
     """Cancel a job that has not finished."""
     with _session(url, api_key) as client:
         _print_job(client.cancel(resolve_job_id(client, job_id), terminate=terminate), output)
+
+
+FlowKindArg = Annotated[FlowKind, typer.Argument(help="tier, task or tenant.")]
+FlowName = Annotated[str, typer.Argument(help="The tier, task or tenant name.")]
+
+
+@flow_app.command("pause")
+def pause(
+    kind: FlowKindArg, name: FlowName, url: Url = DEFAULT_URL, api_key: ApiKey = None
+) -> None:
+    """Pause a tier, task or tenant: its jobs stay queued, running ones finish."""
+    with _session(url, api_key) as client:
+        newly = client.pause(str(kind), name)
+    out.print(f"paused {kind} {name}" if newly else f"{kind} {name} was already paused")
+
+
+@flow_app.command("resume")
+def resume(
+    kind: FlowKindArg, name: FlowName, url: Url = DEFAULT_URL, api_key: ApiKey = None
+) -> None:
+    """Resume a paused tier, task or tenant: its jobs start again, oldest first."""
+    with _session(url, api_key) as client:
+        client.resume(str(kind), name)
+    out.print(f"resumed {kind} {name}")
+
+
+@flow_app.command("list")
+def paused(
+    url: Url = DEFAULT_URL, api_key: ApiKey = None, output: OutputOption = Output.TEXT
+) -> None:
+    """Print what is paused."""
+    with _session(url, api_key) as client:
+        found = client.paused()
+    if output is Output.JSON:
+        out.print_json(json.dumps([{"kind": kind, "name": name} for kind, name in found]))
+        return
+    for kind, name in found:
+        out.print(f"{kind} {name}")
+    if not found:
+        out.print("nothing is paused")
 
 
 def tasks(

@@ -146,6 +146,19 @@ class Client:
             self._request("POST", f"/v1/jobs/{job_id}/cancel", params=params).json()
         )
 
+    def pause(self, kind: str, name: str) -> bool:
+        """Pause a tier, task or tenant (admin); True when it was not paused yet."""
+        return self._request("PUT", f"/v1/admin/pauses/{kind}/{name}").status_code == 201
+
+    def resume(self, kind: str, name: str) -> None:
+        """Resume a paused tier, task or tenant (admin); NotFound when it was not paused."""
+        self._request("DELETE", f"/v1/admin/pauses/{kind}/{name}")
+
+    def paused(self) -> builtins.list[tuple[str, str]]:
+        """What is paused, as (kind, name) pairs (admin)."""
+        items = self._request("GET", "/v1/admin/pauses").json()["paused"]
+        return [(item["kind"], item["name"]) for item in items]
+
     def tasks(self) -> builtins.list[dict[str, Any]]:
         """The task catalogue, with each task's argument schema."""
         tasks: builtins.list[dict[str, Any]] = self._request("GET", "/v1/tasks").json()

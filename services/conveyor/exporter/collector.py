@@ -26,8 +26,9 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from conveyor.core.queues import Queue
+from conveyor.jobstore.fairq import FlowKind
 from conveyor.jobstore.keys import KeySpace
-from conveyor.jobstore.model import JobState
+from conveyor.jobstore.model import JobState, text_of
 from conveyor.telemetry.metrics import EXPORTER_METRICS
 
 log = logging.getLogger(__name__)
@@ -120,12 +121,14 @@ class BrokerCollector(Collector):
                 pipe.lindex(queue, -1)  # the tail is taken next: the oldest ready token
                 pipe.zcard(self.keys.running(queue))
                 pipe.zcount(self.keys.consumers(queue), now - self.live_window, "+inf")
+                pipe.llen(self.keys.fair_parked(queue))
             for state in states:
                 pipe.zcard(self.keys.index_state(state))
             pipe.hlen(Channel.unacked_key)
             pipe.zrange(Channel.unacked_index_key, 0, 0, withscores=True)
             pipe.zcard(self.keys.delayed)
             pipe.zcard(self.keys.dead)
+            pipe.smembers(self.keys.paused)
             replies: list[Any] = pipe.execute()
         it = iter(replies)
         for queue in queues:
@@ -137,6 +140,7 @@ class BrokerCollector(Collector):
             families["conveyor_queue_running"].add_metric([queue], running)
             families["conveyor_queue_demand"].add_metric([queue], length + running)
             families["conveyor_workers"].add_metric([queue], int(next(it)))
+            families["conveyor_queue_held"].add_metric([queue], int(next(it)))
         for state in states:
             families["conveyor_jobs"].add_metric([state], int(next(it)))
         families["conveyor_unacked_deliveries"].add_metric([], int(next(it)))
@@ -145,6 +149,13 @@ class BrokerCollector(Collector):
         families["conveyor_unacked_oldest_age_seconds"].add_metric([], max(0.0, lease_age))
         families["conveyor_delayed_jobs"].add_metric([], int(next(it)))
         families["conveyor_dead_letters"].add_metric([], int(next(it)))
+        paused = [text_of(m).partition(":") for m in next(it)]
+        for kind in FlowKind:
+            count = sum(1 for k, _, _ in paused if k == kind)
+            families["conveyor_paused"].add_metric([str(kind)], count)
+        for queue in queues:
+            is_paused = any(k == FlowKind.TIER and name == queue for k, _, name in paused)
+            families["conveyor_queue_paused"].add_metric([queue], 1 if is_paused else 0)
 
     @staticmethod
     def _families() -> dict[str, GaugeMetricFamily]:
@@ -158,7 +169,8 @@ _OWN = ("conveyor_exporter_up", "conveyor_exporter_scrape_duration_seconds",
 
 def _label_sets() -> Iterator[tuple[str, list[str]]]:
     """(family, label values) of every series read from Redis: the same on every scrape."""
-    values = {"queue": [str(q) for q in Queue], "state": [str(s) for s in JobState]}
+    values = {"queue": [str(q) for q in Queue], "state": [str(s) for s in JobState],
+              "kind": [str(k) for k in FlowKind]}  # fmt: skip
     for metric in EXPORTER_METRICS:
         if metric.name in _OWN:
             continue

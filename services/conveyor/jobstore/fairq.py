@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from conveyor.core.queues import Queue
 from conveyor.jobstore.keys import KeySpace
@@ -65,6 +66,13 @@ def push(client: Any, keys: KeySpace, queue: str, tenant: str, messages: Sequenc
         PUSH.run(client, args)
 
 
+def release_by_sha(pipe: Any, keys: KeySpace, tags: Sequence[str], tenant_limit: int = 0) -> None:
+    """`release` queued in a pipeline by the script's SHA (the caller knows it is loaded; a
+    NOSCRIPT comes back as that command's error).
+    """
+    pipe.evalsha(RELEASE.sha, 0, keys.prefix, tenant_limit, *tags)
+
+
 class FlowKind(StrEnum):
     """What can be paused."""
 
@@ -94,15 +102,40 @@ def resume(client: "redis.Redis", keys: KeySpace, kind: FlowKind, name: str,
     return was_paused
 
 
+async def pause_async(client: "redis.asyncio.Redis", keys: KeySpace, kind: FlowKind,
+                      name: str) -> bool:  # fmt: skip
+    """`pause`, on an asyncio client (the API's)."""
+    return int(await FLOW.run_async(client, [keys.prefix, "pause", str(kind), name, 0, 0])) == 1
+
+
+async def resume_async(client: "redis.asyncio.Redis", keys: KeySpace, kind: FlowKind,
+                       name: str, tenant_limit: int = 0) -> bool:  # fmt: skip
+    """`resume`, on an asyncio client (the API's)."""
+    tiers = [str(q) for q in Queue]
+    args = [keys.prefix, "resume", str(kind), name, tenant_limit, RESUME_BATCH, *tiers]
+    moved = int(await FLOW.run_async(client, args))
+    was_paused = moved != -1
+    while moved >= RESUME_BATCH:
+        moved = int(await FLOW.run_async(client, args))
+    return was_paused
+
+
+async def paused_async(client: "redis.asyncio.Redis", keys: KeySpace) -> list[tuple[FlowKind, str]]:
+    """`paused`, on an asyncio client (the API's)."""
+    return _parse_paused(await client.smembers(keys.paused))
+
+
 def sweep(client: "redis.Redis", keys: KeySpace, unacked: str, tenant_limit: int = 0) -> int:
     """Flow control's upkeep (the beat leader, every tick): release the slots of deliveries
     no longer unacked (their release was lost with a crash or a failover), and put back held
     tenants that may run again (their limit was raised). Returns the slots released.
     """
-    orphaned = []
-    for tag in _texts(client.hkeys(keys.slots)):
-        if not client.hexists(unacked, tag):
-            orphaned.append(tag)
+    tags = _texts(client.hkeys(keys.slots))
+    with client.pipeline(transaction=False) as pipe:
+        for tag in tags:
+            pipe.hexists(unacked, tag)
+        still = pipe.execute()
+    orphaned = [tag for tag, held in zip(tags, still, strict=True) if not held]
     released = 0
     for start in range(0, len(orphaned), RESUME_BATCH):
         batch = orphaned[start : start + RESUME_BATCH]
@@ -114,8 +147,12 @@ def sweep(client: "redis.Redis", keys: KeySpace, unacked: str, tenant_limit: int
 
 def paused(client: "redis.Redis", keys: KeySpace) -> list[tuple[FlowKind, str]]:
     """What is paused, sorted."""
+    return _parse_paused(client.smembers(keys.paused))
+
+
+def _parse_paused(members: Iterable[bytes | str]) -> list[tuple[FlowKind, str]]:
     found = []
-    for member in _texts(client.smembers(keys.paused)):
+    for member in _texts(members):
         kind, _, name = member.partition(":")
         found.append((FlowKind(kind), name))
     return sorted(found)

@@ -12,7 +12,7 @@ import orjson
 import redis
 
 from conveyor.core.queues import Queue
-from conveyor.jobstore import _calls
+from conveyor.jobstore import _calls, fairq
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.machine import DUE_MESSAGE_STATES, Verb, listed, transition
 from conveyor.jobstore.model import text_of
@@ -97,6 +97,12 @@ class StoreUpkeep:
             int(RECOVER_INFLIGHT.run(self.client, [self.keys.prefix, str(queue), "", ttl_seconds]))
             for queue in Queue
         )
+
+    def sweep_flow(self, unacked_key: str, tenant_limit: int) -> int:
+        """Flow control's upkeep (`fairq.sweep`): slots whose release was lost, tokens of
+        tenants that may run again. Returns the slots released.
+        """
+        return fairq.sweep(self.client, self.keys, unacked_key, tenant_limit)
 
     def prune_dead_nodes(self, ttl_seconds: float) -> int:
         """Drop the remote-control bindings (and mailboxes) of worker nodes whose consumer has

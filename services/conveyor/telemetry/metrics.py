@@ -227,7 +227,11 @@ class ExporterMetric:
 
 
 EXPORTER_METRICS = (
-    ExporterMetric("conveyor_queue_length", "Messages waiting in the queue.", ("queue",)),
+    ExporterMetric(
+        "conveyor_queue_length",
+        "Jobs ready to run on the queue (flow control's held jobs are conveyor_queue_held).",
+        ("queue",),
+    ),
     ExporterMetric(
         "conveyor_queue_oldest_message_age_seconds",
         "Age of the oldest waiting message (since enqueued, or since due when delayed).",
@@ -247,6 +251,16 @@ EXPORTER_METRICS = (
         "conveyor_workers",
         "Live workers consuming the queue (a heartbeat within 2.5 heartbeat intervals).",
         ("queue",),
+    ),
+    ExporterMetric(
+        "conveyor_queue_held",
+        "Jobs of the queue held back by flow control (the tier or their tenant paused, or "
+        "their tenant at its concurrency limit): waiting, but not in the scaling signal.",
+        ("queue",),
+    ),
+    ExporterMetric("conveyor_queue_paused", "1 while the queue (tier) is paused.", ("queue",)),
+    ExporterMetric(
+        "conveyor_paused", "How many tiers, tasks and tenants are paused, by kind.", ("kind",)
     ),
     ExporterMetric(
         "conveyor_jobs", "Job records by state (finished ones until they expire).", ("state",)

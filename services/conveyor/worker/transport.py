@@ -94,11 +94,15 @@ class ReliableQoS(kombu_redis.QoS):
                 pass
 
     def ack(self, delivery_tag: str) -> None:
-        """Kombu's ack, then the release of the delivery's flow-control slots (a release lost
-        to a crash in between is made by the beat leader's sweep of orphaned slots).
+        """Kombu's ack with the release of the delivery's flow-control slots in the same
+        round trip (a release lost to a failover is made by the beat leader's sweep).
         """
-        super().ack(delivery_tag)
-        self.channel.release_slots([delivery_tag])
+        pipe = self._remove_from_indices(delivery_tag)
+        released = self.channel.release_in(pipe, delivery_tag)
+        results = pipe.execute(raise_on_error=False)
+        if not released or isinstance(results[-1], redis.exceptions.ResponseError):
+            self.channel.release_slots([delivery_tag])  # the script was not loaded yet
+        virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Kombu's reject; a requeue releases the slots in its restore, a drop here."""
@@ -141,6 +145,7 @@ class ReliableChannel(kombu_redis.Channel):
     priority_steps = [0]  # noqa: RUF012 - kombu's attribute (the options replace it)
     claimed_tag: str | None = None
     _claim_client: Any = None
+    _release_loaded = False
     _inflight_source: str | None = None
     # True for every new channel: after a reconnect Celery builds a fresh channel, and a
     # message the old one had moved may still sit in this consumer's in-flight list.
@@ -156,12 +161,22 @@ class ReliableChannel(kombu_redis.Channel):
         """A tenant's running deliveries per tier unless its own limit is set (0 = none)."""
         return int(self.conveyor_tenant_limit or 0)
 
+    def release_in(self, pipe: Any, tag: str) -> bool:
+        """Queue the release of a delivery's slots in `pipe` (EVALSHA: False until this
+        channel has loaded the script once, through `release_slots`).
+        """
+        if not self._release_loaded:
+            return False
+        fairq.release_by_sha(pipe, self.keys, [tag], self.tenant_limit)
+        return True
+
     def release_slots(self, tags: list[str]) -> None:
         """Release the flow-control slots of finished deliveries."""
         if self._claim_client is None:
             self._claim_client = self._create_client(asynchronous=False)
         try:
             fairq.release(self._claim_client, self.keys, tags, self.tenant_limit)
+            self._release_loaded = True
         except redis.exceptions.RedisError as exc:
             # The beat leader's sweep releases slots whose delivery is no longer unacked.
             log.warning("could not release the slots of %s now (%s); the sweep will", tags, exc)
