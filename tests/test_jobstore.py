@@ -21,6 +21,7 @@ from conveyor.jobstore.keys import (
     key_gate,
     lua_prelude,
     paused_member,
+    quota_queued,
     task_gate,
 )
 from conveyor.jobstore.machine import TRANSITIONS, Verb
@@ -94,7 +95,7 @@ def test_generated_key_functions_match_the_python_names(store: JobStore) -> None
         "fair_jobs": ("low", "t"), "fair_tenants": ("low",), "fair_clock": ("low",),
         "fair_weights": (), "fair_held": ("low",), "fair_parked": ("low",),
         "fair_active": ("low",), "fair_limits": (), "paused": (), "slots": (), "gate_active": (),
-        "gate_waiting": ("task:demo.echo",),
+        "gate_waiting": ("task:demo.echo",), "quota": ("t",),
         "callback_idempotency": ("t", "j1"), "callbacks_pending": (), "pidbox_bindings": (),
     }  # fmt: skip
     assert set(probes) == set(TEMPLATES)
@@ -110,7 +111,8 @@ def test_generated_name_functions_match_the_python_names(store: JobStore) -> Non
     """Members and gate names the scripts compare are spelled once too."""
     probes = {"paused_member": (("tier", "low"), paused_member),
               "task_gate": (("demo.echo",), task_gate),
-              "key_gate": (("t", "demo.echo", "customer-1"), key_gate)}  # fmt: skip
+              "key_gate": (("t", "demo.echo", "customer-1"), key_gate),
+              "quota_queued": (("low",), quota_queued)}  # fmt: skip
     assert set(probes) == set(NAMES)
     for name, (args, python) in probes.items():
         call = ", ".join(f"'{a}'" for a in args)

@@ -231,6 +231,7 @@ async def test_full_queues_push_back(redis_url: str, redis_client: "redis.Redis"
             response = await client.post("/v1/jobs", json=low)
             body = problem(response, 503)
             assert body["type"] == "urn:conveyor:problem:queue-full"
+            assert not any(c.isdigit() for c in body["detail"]), "the depth is not revealed"
             assert response.headers["retry-after"] == "7"
         assert redis_client.llen(KEYS.queue("low")) == 3
         # A replay of an accepted request still finds its job; other queues still accept.

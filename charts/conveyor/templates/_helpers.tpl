@@ -367,7 +367,12 @@ CONVEYOR_JOBS__RETENTION_SECONDS: {{ .config.retentionSeconds | int | quote }}
 CONVEYOR_JOBS__DEAD_LETTER_RETENTION_SECONDS: {{ .config.deadLetterRetentionSeconds | int | quote }}
 CONVEYOR_WORKER__VISIBILITY_TIMEOUT_SECONDS: {{ .config.visibilityTimeoutSeconds | int | quote }}
 CONVEYOR_BEAT__LOCK_TIMEOUT_SECONDS: {{ .beat.lockTimeoutSeconds | int | quote }}
-CONVEYOR_FLOW__TENANT_CONCURRENCY_PER_TIER: {{ .config.flow.tenantConcurrencyPerTier | int | quote }}
+{{- with .config.flow }}
+CONVEYOR_FLOW__TENANT_CONCURRENCY_PER_TIER: {{ .tenantConcurrencyPerTier | int | quote }}
+CONVEYOR_FLOW__TENANT_MAX_QUEUED_PER_TIER: {{ .tenantMaxQueuedPerTier | int | quote }}
+CONVEYOR_FLOW__TENANT_MAX_DELAYED: {{ .tenantMaxDelayed | int | quote }}
+CONVEYOR_FLOW__TENANT_MAX_BYTES: {{ .tenantMaxBytes | int64 | quote }}
+{{- end }}
 CONVEYOR_METRICS__MULTIPROCESS_DIR: "/tmp/metrics"
 CONVEYOR_WORKER__HEARTBEAT_FILE: "/tmp/heartbeat"
 CONVEYOR_SCHEDULE_FILE: "/etc/conveyor/schedule.yaml"

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 
@@ -24,6 +24,7 @@ from conveyor.core.apikeys import (
     KeysDocument,
     Principal,
     Scope,
+    TenantEntry,
     TenantLimits,
     parse_keys,
 )
@@ -205,20 +206,26 @@ def tenant_limits(request: Request, tenant: str) -> TenantLimits:
     return limits_for(state_of(request), tenant)
 
 
+_T = TypeVar("_T")
+
+
 def limits_for(state: ApiState, tenant: str) -> TenantLimits:
     """The tenant's own limits (keys file) over the deployment's."""
-    own = state.keys.ring.tenants.get(tenant)
-    limits = state.settings.limits
-    if own is None:
-        return TenantLimits(rate_per_second=limits.rate_per_second, burst=limits.burst)
+    own = state.keys.ring.tenants.get(tenant) or TenantEntry()
+    limits, flow = state.settings.limits, state.settings.flow
     return TenantLimits(
-        rate_per_second=limits.rate_per_second
-        if own.rate_per_second is None
-        else own.rate_per_second,
-        burst=limits.burst if own.burst is None else own.burst,
+        rate_per_second=_own_or(own.rate_per_second, limits.rate_per_second),
+        burst=_own_or(own.burst, limits.burst),
         weight=own.weight,
         concurrency_per_tier=own.concurrency_per_tier,
+        max_queued_per_tier=_own_or(own.max_queued_per_tier, flow.tenant_max_queued_per_tier),
+        max_delayed=_own_or(own.max_delayed, flow.tenant_max_delayed),
+        max_bytes=_own_or(own.max_bytes, flow.tenant_max_bytes),
     )
+
+
+def _own_or(own: _T | None, deployment: _T) -> _T:
+    return deployment if own is None else own
 
 
 def rate_limit_headers(limits: TenantLimits, left: int) -> dict[str, str]:

@@ -74,6 +74,9 @@ def accept_limits(state: ApiState, tenant: TenantLimits, submission: Submission)
         max_delayed_jobs=limits.max_delayed_jobs,
         weight=tenant.weight,
         concurrency_per_tier=tenant.concurrency_per_tier,
+        max_queued_per_tier=tenant.max_queued_per_tier,
+        max_delayed_per_tenant=tenant.max_delayed,
+        max_bytes=tenant.max_bytes,
     )
 
 
@@ -104,10 +107,19 @@ async def answer(
         return _refused(
             503,
             "Queue full",
-            f"The {submission.queue} queue holds {outcome.depth} jobs, its limit; "
-            "nothing was accepted. Retry later.",
+            # Never the depth: one tenant must not learn how much the others have queued.
+            f"The {submission.queue} queue is full; nothing was accepted. Retry later.",
             slug="queue-full",
             headers={"Retry-After": str(retry_after)},
+        )
+    if verdict is AcceptVerdict.QUOTA_EXCEEDED and outcome.quota is not None:
+        count("quota_exceeded").inc()
+        return _refused(
+            429,
+            "Quota exceeded",
+            _quota_detail(outcome.quota.name, outcome.quota.limit, submission),
+            slug="quota-exceeded",
+            headers={"Retry-After": str(state.settings.limits.backpressure_retry_after_seconds)},
         )
     if verdict is AcceptVerdict.NOT_REPLICATED:
         count("broker_error").inc()  # a replication shortfall
@@ -206,3 +218,13 @@ def _check_urls(state: ApiState, request: SubmissionBase, args: Any) -> None:
                 slug="validation-error",
                 errors=[{"pointer": pointer, "detail": str(exc)}],
             ) from None
+
+
+def _quota_detail(quota: str, limit: int, submission: Submission) -> str:
+    """The tenant's own quota, in its own numbers (never another tenant's or the total)."""
+    what = {
+        "queued": f"{limit} jobs waiting on the {submission.queue} tier",
+        "delayed": f"{limit} delayed jobs",
+        "bytes": f"{limit} bytes of waiting and delayed jobs",
+    }.get(quota, quota)
+    return f"This tenant's quota of {what} is reached; nothing was accepted. Retry later."

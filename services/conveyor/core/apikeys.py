@@ -82,6 +82,11 @@ class TenantEntry(BaseModel):
         description="Most of its jobs running at once on one tier (0: no limit); unset: "
         "the deployment's CONVEYOR_FLOW__TENANT_CONCURRENCY_PER_TIER.",
     )
+    max_queued_per_tier: int | None = Field(
+        None, ge=0, description="Quota of jobs waiting per tier (0: none; unset: the deployment's)."
+    )
+    max_delayed: int | None = Field(None, ge=0, description="Quota of delayed jobs.")
+    max_bytes: int | None = Field(None, ge=0, description="Quota of bytes of waiting messages.")
 
 
 class TenantLimits(BaseModel):
@@ -93,6 +98,9 @@ class TenantLimits(BaseModel):
     burst: int = Field(..., ge=1)
     weight: float = Field(1.0, ge=0.01, le=100)
     concurrency_per_tier: int | None = Field(None, ge=0)
+    max_queued_per_tier: int = Field(0, ge=0)
+    max_delayed: int = Field(0, ge=0)
+    max_bytes: int = Field(0, ge=0)
 
 
 class KeysDocument(BaseModel):

@@ -178,6 +178,21 @@ class FlowSettings(BaseModel):
         "worker (0: no limit); the keys file can set a tenant's own. Workers, beat and the "
         "API must agree on it.",
     )
+    tenant_max_queued_per_tier: int = Field(
+        0,
+        ge=0,
+        description="Most jobs of one tenant waiting on one tier; past it its submissions get "
+        "429 (0: no quota; the global LIMITS__MAX_QUEUE_DEPTH still applies).",
+    )
+    tenant_max_delayed: int = Field(
+        0, ge=0, description="Most delayed jobs (and retry backoffs) of one tenant (0: none)."
+    )
+    tenant_max_bytes: int = Field(
+        268_435_456,
+        ge=0,
+        description="Most bytes of one tenant's waiting and delayed messages (its jobs' "
+        "arguments, mostly); past it its submissions get 429 (0: no quota).",
+    )
 
 
 class BeatSettings(BaseModel):

@@ -15,6 +15,7 @@ from conveyor.jobstore.results import (
     AcceptVerdict,
     InvalidCursorError,
     Limits,
+    Quota,
     TransitionResult,
 )
 from conveyor.jobstore.runs import Fence, StartResult, StartVerdict
@@ -41,6 +42,9 @@ def accept_args(prefix: str, job: NewJob, message: bytes, limits: Limits) -> lis
         limits.max_delayed_jobs,
         "1" if limits.weight == 1 else repr(float(limits.weight)),
         "" if limits.concurrency_per_tier is None else limits.concurrency_per_tier,
+        limits.max_queued_per_tier,
+        limits.max_delayed_per_tenant,
+        limits.max_bytes,
     ]
 
 
@@ -57,6 +61,9 @@ def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:
         return AcceptResult(AcceptVerdict.EXISTING if same else AcceptVerdict.CONFLICT, existing_id)
     if code == 2:
         return AcceptResult(AcceptVerdict.RATE_LIMITED, retry_after_ms=int(raw[1]))
+    if code == 4:
+        quota = Quota(text_of(raw[1]), int(raw[2]))
+        return AcceptResult(AcceptVerdict.QUOTA_EXCEEDED, quota=quota)
     return AcceptResult(AcceptVerdict.QUEUE_FULL, depth=int(raw[1]))
 
 

@@ -50,6 +50,9 @@ TEMPLATES: dict[str, str] = {
     # messages waiting for a gate's slot (or its task's resume), without a token.
     "gate_active": "{prefix}:gate:active",
     "gate_waiting": "{prefix}:gate:waiting:{gate}",
+    # A tenant's usage its quotas are checked against at accept: messages waiting per tier,
+    # delayed messages, and the bytes of both.
+    "quota": "{prefix}:quota:{tenant}",
     # Celery's remote-control bindings (kombu's key): one member per worker node.
     "pidbox_bindings": "_kombu.binding.celery.pidbox",
     "queue": "{queue}",
@@ -66,6 +69,7 @@ NAMES: dict[str, str] = {
     "paused_member": "{kind}:{name}",
     "task_gate": "task:{task}",
     "key_gate": "key:{tenant}:{task}:{key}",
+    "quota_queued": "queued:{queue}",
 }
 
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -223,6 +227,10 @@ class KeySpace:
         """List of messages waiting for a slot of `gate` (or their task's resume)."""
         return self._key("gate_waiting", gate=gate)
 
+    def quota(self, tenant: str) -> str:
+        """Hash of a tenant's usage: `queued:<tier>` messages waiting, `delayed`, `bytes`."""
+        return self._key("quota", tenant=tenant)
+
     @property
     def beat(self) -> str:
         """Prefix of RedBeat's keys (schedule entries and the leader lock)."""
@@ -258,6 +266,11 @@ def task_gate(task: str) -> str:
 def key_gate(tenant: str, task: str, key: str) -> str:
     """The gate of a tenant's concurrency key of a task."""
     return NAMES["key_gate"].format(tenant=tenant, task=task, key=key)
+
+
+def quota_queued(queue: str) -> str:
+    """The field of a tenant's usage counting its messages waiting on a tier."""
+    return NAMES["quota_queued"].format(queue=queue)
 
 
 def lua_prelude() -> str:

@@ -20,6 +20,11 @@ class Limits:
     # The tenant's own concurrency limit per tier (None: the deployment's), kept in Redis for
     # the claims.
     concurrency_per_tier: int | None = None
+    # The tenant's own quotas (0: none): messages waiting per tier, delayed messages, and the
+    # bytes of both.
+    max_queued_per_tier: int = 0
+    max_delayed_per_tenant: int = 0
+    max_bytes: int = 0
 
 
 class AcceptVerdict(StrEnum):
@@ -30,6 +35,8 @@ class AcceptVerdict(StrEnum):
     CONFLICT = "conflict"
     RATE_LIMITED = "rate_limited"
     QUEUE_FULL = "queue_full"
+    # The tenant's own quota (queued per tier, delayed, bytes) would be exceeded.
+    QUOTA_EXCEEDED = "quota_exceeded"
     # Recorded on the primary, but too few replicas confirmed it in time (replicated
     # acknowledgement): not acknowledged; a retry under the same idempotency key finds it.
     NOT_REPLICATED = "not_replicated"
@@ -39,13 +46,23 @@ class AcceptVerdict(StrEnum):
 
 
 @dataclass(frozen=True)
+class Quota:
+    """A tenant's quota a submission would exceed: `queued` (per tier), `delayed` or `bytes`,
+    and its value.
+    """
+
+    name: str
+    limit: int
+
+
+@dataclass(frozen=True)
 class AcceptResult:
     """What accept did: created a job, found the idempotency key's job (the same request, or
     a CONFLICT: another request under the same key), or refused.
 
     `job_id` is set for CREATED, EXISTING and CONFLICT; `job` (as accepted) and `tokens_left`
-    for CREATED; `retry_after_ms` for RATE_LIMITED; `depth` for QUEUE_FULL; `replicas` (those
-    that confirmed) for NOT_REPLICATED.
+    for CREATED; `retry_after_ms` for RATE_LIMITED; `depth` for QUEUE_FULL; `quota` for
+    QUOTA_EXCEEDED; `replicas` (those that confirmed) for NOT_REPLICATED.
     """
 
     verdict: AcceptVerdict
@@ -55,6 +72,7 @@ class AcceptResult:
     retry_after_ms: int = 0
     depth: int = 0
     replicas: int = 0
+    quota: Quota | None = None
 
     @property
     def created(self) -> bool:

@@ -45,7 +45,8 @@ EXCEPTION_ALLOWLIST = frozenset(
 OUTCOMES = ("succeeded", "failed", "retried", "cancelled", "superseded")
 # What a POST /v1/jobs ended as.
 SUBMISSION_OUTCOMES = (
-    "accepted", "duplicate", "conflict", "rejected", "rate_limited", "queue_full", "broker_error",
+    "accepted", "duplicate", "conflict", "rejected", "rate_limited", "queue_full",
+    "quota_exceeded", "broker_error",
 )  # fmt: skip
 # What a reload of a changed API keys file ended as.
 KEYS_RELOAD_OUTCOMES = ("loaded", "failed")

@@ -87,12 +87,29 @@ local function expire_job(prefix, id, seconds)
   end
 end
 
+-- A tenant's usage its quotas are checked against (accept.lua): `field` (messages waiting on
+-- a tier, or delayed) moves by `count`, its bytes by `bytes`; a field back at zero is dropped.
+local function quota_add(prefix, tenant, field, count, bytes)
+  local key = key_quota(prefix, tenant)
+  if redis.call('HINCRBY', key, field, count) <= 0 then
+    redis.call('HDEL', key, field)
+  end
+  if redis.call('HINCRBY', key, 'bytes', bytes) <= 0 then
+    redis.call('HDEL', key, 'bytes')
+  end
+end
+
 -- Fair share within a tier (conveyor.jobstore.fairq, docs/flow-control.md): a ready message
 -- goes onto its tenant's list on the tier; the tenant joins the tier's rotation at the
 -- tier's virtual clock unless it is in it; and one ready token, the time it became ready,
 -- goes onto the tier's list, which consumers block on (claim.lua then picks the message).
 -- `front` puts the message (and its token) where they are taken next: a restored delivery.
-local function fair_push(prefix, queue, tenant, message, ready, front)
+-- `counted`: the message enters the tenant's waiting usage (all but a gate's reopening; a
+-- claim takes it out).
+local function fair_push(prefix, queue, tenant, message, ready, front, counted)
+  if counted then
+    quota_add(prefix, tenant, name_quota_queued(queue), 1, #message)
+  end
   local push = front and 'RPUSH' or 'LPUSH'
   redis.call(push, key_fair_jobs(prefix, queue, tenant), message)
   local clock = redis.call('GET', key_fair_clock(prefix, queue)) or '0'
@@ -169,7 +186,7 @@ local function reopen_gate(prefix, gate, count)
     local first = string.find(entry, '\n', 1, true)
     local second = string.find(entry, '\n', first + 1, true)
     local queue, tenant = string.sub(entry, 1, first - 1), string.sub(entry, first + 1, second - 1)
-    fair_push(prefix, queue, tenant, string.sub(entry, second + 1), now_token(), true)
+    fair_push(prefix, queue, tenant, string.sub(entry, second + 1), now_token(), true, false)
   end
   return #entries
 end

@@ -9,10 +9,12 @@
 --       '0' = run now; the due time is Redis' clock plus the delay, never a caller's clock), 6 Celery message, 7 rate (tokens/s; '0' = unlimited), 8 burst,
 --       9 max queue depth ('0' = unlimited), 10 max delayed jobs ('0' = unlimited),
 --       11 the tenant's fair-share weight ('1' unless its key names another), 12 its own
---       concurrency limit per tier ('' = the deployment's).
+--       concurrency limit per tier ('' = the deployment's), 13 the tenant's quota of messages
+--       waiting per tier, 14 of delayed messages, 15 of bytes of both ('0' = none).
 -- Returns {1, job id, tokens left} when created, {0, "<job id>\n<request hash>"} for a known
 -- idempotency key, {2, ms until a token} when rate limited, {3, depth} when the queue (or the
--- delayed set) is full.
+-- delayed set) is full, {4, quota, its value} when the tenant's own quota ('queued', 'delayed'
+-- or 'bytes') would be exceeded.
 local prefix, record = ARGV[1], cjson.decode(ARGV[2])
 local request_hash, score, delay = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local message, rate, burst = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -53,10 +55,28 @@ if delay > 0 then
     end
   end
 elseif max_depth > 0 then
+  -- Every message waiting on the tier: ready (a token in its list) or held back (parked).
   local depth = redis.call('LLEN', key_queue(prefix, queue))
+                + redis.call('LLEN', key_fair_parked(prefix, queue))
   if depth >= max_depth then
     return {3, depth}
   end
+end
+
+-- The tenant's own quotas (its usage is kept by quota_add as messages come and go).
+local usage = redis.call('HMGET', key_quota(prefix, tenant), name_quota_queued(queue), 'delayed',
+                         'bytes')
+local max_queued, max_delayed_own, max_bytes = tonumber(ARGV[13]), tonumber(ARGV[14]),
+                                               tonumber(ARGV[15])
+if delay > 0 then
+  if max_delayed_own > 0 and (tonumber(usage[2]) or 0) >= max_delayed_own then
+    return {4, 'delayed', max_delayed_own}
+  end
+elseif max_queued > 0 and (tonumber(usage[1]) or 0) >= max_queued then
+  return {4, 'queued', max_queued}
+end
+if max_bytes > 0 and (tonumber(usage[3]) or 0) + #message > max_bytes then
+  return {4, 'bytes', max_bytes}
 end
 
 local flat = {}
@@ -73,8 +93,9 @@ redis.call('ZADD', key_index_queue(prefix, queue), score, id)
 if due > 0 then
   redis.call('ZADD', key_delayed(prefix), due, id)
   redis.call('HSET', key_delayed_messages(prefix), id, message)
+  quota_add(prefix, tenant, 'delayed', 1, #message)
 else
-  fair_push(prefix, queue, tenant, message, now_token(), false)
+  fair_push(prefix, queue, tenant, message, now_token(), false, true)
 end
 -- The weight and limit the tenant's next claims are served with (the keys file's, as this
 -- API replica read it; a no-op HDEL writes nothing).

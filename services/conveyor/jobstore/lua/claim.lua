@@ -105,6 +105,7 @@ for _ = 1, 1000 do
         redis.call('ZADD', tenants, pass + 1 / weight, tenant)
       end
       redis.call('SET', key_fair_clock(prefix, queue), pass)
+      quota_add(prefix, tenant, name_quota_queued(queue), -1, -#message)
 
       local properties = decoded['properties']
       local tag, info = properties['delivery_tag'], properties['delivery_info']

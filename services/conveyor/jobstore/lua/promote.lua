@@ -20,9 +20,12 @@ for i = 1, #due, 2 do
   redis.call('HDEL', messages, id)
   local record = redis.call('HMGET', key_job(prefix, id), 'state', 'queue', 'tenant')
   local state, queue = record[1], record[2]
+  if message then
+    quota_add(prefix, record[3] or '', 'delayed', -1, -#message)
+  end
   -- A job cancelled (or expired) while it waited is dropped here: it never runs.
   if message and state and allows(pushable, state) then
-    fair_push(prefix, queue, record[3] or '', message, ready, false)
+    fair_push(prefix, queue, record[3] or '', message, ready, false, true)
     pushed = pushed + 1
     if allows(becomes_queued, state) then
       redis.call('HSET', key_job(prefix, id), 'state', 'queued')

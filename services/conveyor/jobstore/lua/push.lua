@@ -7,6 +7,6 @@
 local prefix, queue, tenant = ARGV[1], ARGV[2], ARGV[3]
 local ready = ARGV[4] ~= '' and ARGV[4] or now_token()
 for i = 6, #ARGV do
-  fair_push(prefix, queue, tenant, ARGV[i], ready, ARGV[5] == '1')
+  fair_push(prefix, queue, tenant, ARGV[i], ready, ARGV[5] == '1', true)
 end
 return #ARGV - 5

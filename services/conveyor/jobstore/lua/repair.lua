@@ -20,6 +20,6 @@ end
 redis.call('HSET', key, 'state', 'queued', 'generation', ARGV[5], 'progress', '')
 redis.call('HINCRBY', key, 'repairs', 1)
 move_state_index(prefix, id, 'running', 'queued')
-fair_push(prefix, record[2], record[4] or '', message, now_token(), false)
+fair_push(prefix, record[2], record[4] or '', message, now_token(), false, true)
 emit(prefix, id, 'queued', 'state')
 return 1

@@ -32,7 +32,7 @@ for i = 3, #ARGV do
     -- This run's completion callback is a new delivery, not a replay of the last one.
     redis.call('DEL', key_callback_idempotency(prefix, tenant, id))
     move_state_index(prefix, id, record[1], 'queued')
-    fair_push(prefix, record[2], tenant, message, now_token(), false)
+    fair_push(prefix, record[2], tenant, message, now_token(), false, true)
     emit(prefix, id, 'queued', 'state')
     replayed = replayed + 1
   end

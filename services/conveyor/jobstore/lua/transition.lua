@@ -43,11 +43,18 @@ move_state_index(prefix, id, state, new_state)
 emit(prefix, id, new_state, state == new_state and 'progress' or 'state')
 
 if delayed_op == 'add' then
+  local replaced = redis.call('HGET', key_delayed_messages(prefix), id)
   redis.call('ZADD', key_delayed(prefix), now_ms() + tonumber(ARGV[7]), id)
   redis.call('HSET', key_delayed_messages(prefix), id, ARGV[8])
+  quota_add(prefix, redis.call('HGET', key, 'tenant') or '', 'delayed', replaced and 0 or 1,
+            #ARGV[8] - (replaced and #replaced or 0))
 elseif delayed_op == 'drop' then
+  local dropped = redis.call('HGET', key_delayed_messages(prefix), id)
   redis.call('ZREM', key_delayed(prefix), id)
   redis.call('HDEL', key_delayed_messages(prefix), id)
+  if dropped then
+    quota_add(prefix, redis.call('HGET', key, 'tenant') or '', 'delayed', -1, -#dropped)
+  end
 elseif delayed_op == 'dead' then
   redis.call('ZADD', key_dead(prefix), now_ms(), id)
   redis.call('HSET', key_dead_messages(prefix), id, ARGV[8])
