@@ -98,7 +98,7 @@ def resume(client: "redis.Redis", keys: KeySpace, kind: FlowKind, name: str,
     moved = int(FLOW.run(client, args))
     was_paused = moved != -1
     while moved >= RESUME_BATCH:
-        moved = int(FLOW.run(client, args))
+        moved = int(FLOW.run(client, [*args[:1], "drain", *args[2:]]))
     return was_paused
 
 
@@ -116,7 +116,7 @@ async def resume_async(client: "redis.asyncio.Redis", keys: KeySpace, kind: Flow
     moved = int(await FLOW.run_async(client, args))
     was_paused = moved != -1
     while moved >= RESUME_BATCH:
-        moved = int(await FLOW.run_async(client, args))
+        moved = int(await FLOW.run_async(client, [*args[:1], "drain", *args[2:]]))
     return was_paused
 
 

@@ -147,6 +147,7 @@ class ReliableChannel(kombu_redis.Channel):
     _claim_client: Any = None
     _release_loaded = False
     _inflight_source: str | None = None
+    _poll_others = False
     # True for every new channel: after a reconnect Celery builds a fresh channel, and a
     # message the old one had moved may still sit in this consumer's in-flight list.
     _inflight_suspect = True
@@ -200,7 +201,11 @@ class ReliableChannel(kombu_redis.Channel):
             return
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         tiers = [key for key in keys if key in TIERS]
-        if tiers and not self.global_keyprefix:
+        others = [key for key in keys if key not in TIERS]
+        mixed = bool(tiers and others)
+        if mixed:  # tiers and kombu's own lists on one channel: poll them in turn
+            self._poll_others = not self._poll_others
+        if tiers and not self.global_keyprefix and not (mixed and self._poll_others):
             if self._inflight_suspect:
                 for tier in tiers:
                     self._hand_back(tier)
@@ -208,7 +213,7 @@ class ReliableChannel(kombu_redis.Channel):
             # Conveyor's workers serve one; a Celery app consuming several waits on each in
             # turn (the cycle rotates after every poll), at most a second at a time.
             source = tiers[0]
-            wait = (timeout or 0) if len(tiers) == 1 else min(timeout or 1, 1)
+            wait = (timeout or 0) if len(keys) == 1 else min(timeout or 1, 1)
             self._inflight_source = source
             self._in_poll = self.client.connection
             self._brpop_sent_at = monotonic()
@@ -221,6 +226,8 @@ class ReliableChannel(kombu_redis.Channel):
         self._inflight_source = None
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
+        if mixed and not self.global_keyprefix:
+            keys, timeout = others, min(timeout or 1, 1)
         command = ["BRPOP", *keys, timeout or 0]
         if self.global_keyprefix:
             command = self.client._prefix_args(command)
@@ -317,6 +324,16 @@ class ReliableChannel(kombu_redis.Channel):
         # basic_get tracks the delivery next: its unacked record is written already.
         self.claimed_tag = payload["properties"]["delivery_tag"]
         return payload
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """Kombu's basic_get; without ack, the claimed delivery is finished at once (its
+        unacked record and slots go), as kombu's own get removes the message.
+        """
+        message = super().basic_get(queue, no_ack, **kwargs)
+        if message is not None and no_ack and queue in TIERS:
+            self.claimed_tag = None
+            self.qos.ack(str(message.delivery_tag))
+        return message
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         """A publish through kombu (not Conveyor's own path: the API and beat write messages

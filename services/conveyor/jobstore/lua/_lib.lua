@@ -171,15 +171,24 @@ end
 -- Move up to `count` messages waiting at a gate, oldest first, back to their tenants' lists,
 -- each where its tenant's next claim takes it (so pushed newest first), with a new token.
 -- Returns how many moved.
-local function reopen_gate(prefix, gate, count)
+local function reopen_gate(prefix, gate, count, default_limit)
   local waiting = key_gate_waiting(prefix, gate)
-  local entries = {}
-  while #entries < count do
+  local entries, runnable = {}, 0
+  while runnable < count do
     local entry = redis.call('RPOP', waiting)
     if not entry then
       break
     end
     entries[#entries + 1] = entry
+    -- A message of a held tenant or paused tier leaves the gate (its tenant's list keeps it)
+    -- without taking the slot: the next waiter gets it.
+    local first = string.find(entry, '\n', 1, true)
+    local second = string.find(entry, '\n', first + 1, true)
+    local queue, tenant = string.sub(entry, 1, first - 1), string.sub(entry, first + 1, second - 1)
+    if redis.call('SISMEMBER', key_paused(prefix), name_paused_member('tier', queue)) == 0
+        and tenant_room(prefix, queue, tenant, default_limit) > 0 then
+      runnable = runnable + 1
+    end
   end
   for i = #entries, 1, -1 do
     local entry = entries[i]

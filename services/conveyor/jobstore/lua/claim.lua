@@ -30,6 +30,21 @@ local default_limit = tonumber(ARGV[7])
 if redis.call('LREM', inflight, 1, token) == 0 then
   return false
 end
+-- A message the previous version queued (its tiers' lists held messages, and an old API
+-- replica still pushes them during a rolling update): it joins its tenant's list, where it
+-- is taken next, and this claim goes on as for its token.
+if string.sub(token, 1, 1) == '{' then
+  local headers = cjson.decode(token)['headers']
+  local tenant = type(headers) == 'table' and headers['conveyor_tenant'] or ''
+  if type(tenant) ~= 'string' then
+    tenant = ''
+  end
+  quota_add(prefix, tenant, name_quota_queued(queue), 1, #token)
+  redis.call('RPUSH', key_fair_jobs(prefix, queue, tenant), token)
+  local clock = redis.call('GET', key_fair_clock(prefix, queue)) or '0'
+  redis.call('ZADD', key_fair_tenants(prefix, queue), 'NX', clock, tenant)
+  token = now_token()
+end
 local paused = key_paused(prefix)
 local function park()
   redis.call('LPUSH', key_fair_parked(prefix, queue), token)
@@ -94,15 +109,23 @@ for _ = 1, 1000 do
       local task = tostring(headers['task'])
       local gates = gates_of(headers, tenant, task)
       local closed = closed_gate(gates, task)
+      if redis.call('ZSCORE', tenants, tenant) then
+        local weight = tonumber(redis.call('HGET', key_fair_weights(prefix), tenant)) or 1
+        redis.call('ZADD', tenants, pass + 1 / weight, tenant)
+      end
       if closed then
         -- It waits for the gate with this token spent on it (one message, one token).
         redis.call('LPUSH', key_gate_waiting(prefix, closed),
                    queue .. '\n' .. tenant .. '\n' .. message)
+        -- It may be the message a freed slot of another of its gates let go: that slot
+        -- goes to the next message waiting there.
+        for _, gate in ipairs(gates) do
+          if gate[1] ~= closed
+              and (tonumber(redis.call('HGET', gate_active, gate[1])) or 0) < gate[2] then
+            reopen_gate(prefix, gate[1], 1, default_limit)
+          end
+        end
         return false
-      end
-      if redis.call('ZSCORE', tenants, tenant) then
-        local weight = tonumber(redis.call('HGET', key_fair_weights(prefix), tenant)) or 1
-        redis.call('ZADD', tenants, pass + 1 / weight, tenant)
       end
       redis.call('SET', key_fair_clock(prefix, queue), pass)
       quota_add(prefix, tenant, name_quota_queued(queue), -1, -#message)

@@ -22,13 +22,21 @@ if verb == 'sweep' then
     local queue = ARGV[i]
     if redis.call('LLEN', key_fair_parked(prefix, queue)) > 0
         and redis.call('SISMEMBER', paused, name_paused_member('tier', queue)) == 0 then
-      local held = redis.call('ZRANGE', key_fair_held(prefix, queue), 0, -1)
-      local listed = redis.call('ZRANGE', key_fair_tenants(prefix, queue), 0, -1)
-      for _, tenants in ipairs({held, listed}) do
-        for _, tenant in ipairs(tenants) do
-          moved = moved + unhold(prefix, queue, tenant, default_limit, batch)
-        end
+      for _, tenant in ipairs(redis.call('ZRANGE', key_fair_held(prefix, queue), 0, -1)) do
+        unhold(prefix, queue, tenant, default_limit, 0)
       end
+      -- Only the tokens missing: what the rotation's tenants may start, less those ready.
+      local parked, list = key_fair_parked(prefix, queue), key_queue(prefix, queue)
+      local want = -redis.call('LLEN', list)
+      for _, tenant in ipairs(redis.call('ZRANGE', key_fair_tenants(prefix, queue), 0, -1)) do
+        local room = tenant_room(prefix, queue, tenant, default_limit)
+        want = want + math.min(room, redis.call('LLEN', key_fair_jobs(prefix, queue, tenant)))
+      end
+      local here = 0
+      while here < math.min(want, batch) and redis.call('LMOVE', parked, list, 'RIGHT', 'RIGHT') do
+        here = here + 1
+      end
+      moved = moved + here
     end
   end
   return moved
@@ -36,7 +44,10 @@ end
 if verb == 'pause' then
   return redis.call('SADD', paused, member)
 end
-local was = redis.call('SREM', paused, member)
+local was = verb == 'drain' and 1 or redis.call('SREM', paused, member)
+if was == 0 then
+  return -1
+end
 local moved = 0
 if kind == 'tier' then
   local parked, list = key_fair_parked(prefix, name), key_queue(prefix, name)
@@ -44,7 +55,7 @@ if kind == 'tier' then
     moved = moved + 1
   end
 elseif kind == 'task' then
-  moved = reopen_gate(prefix, name_task_gate(name), batch)
+  moved = reopen_gate(prefix, name_task_gate(name), batch, default_limit)
 elseif kind == 'tenant' then
   for i = 7, #ARGV do
     moved = moved + unhold(prefix, ARGV[i], name, default_limit, batch)

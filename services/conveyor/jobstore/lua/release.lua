@@ -14,9 +14,14 @@ for i = 3, #ARGV do
   if held then
     redis.call('HDEL', slots, ARGV[i])
     released = released + 1
-    local parts = {}
-    for part in string.gmatch(held, '[^\n]+') do
-      parts[#parts + 1] = part
+    local parts, from = {}, 1
+    while true do
+      local nl = string.find(held, '\n', from, true)
+      parts[#parts + 1] = string.sub(held, from, nl and nl - 1 or -1)
+      if not nl then
+        break
+      end
+      from = nl + 1
     end
     local queue, tenant = parts[1], parts[2]
     local active = key_fair_active(prefix, queue)
@@ -28,7 +33,7 @@ for i = 3, #ARGV do
       if redis.call('HINCRBY', gate_active, parts[j], -1) <= 0 then
         redis.call('HDEL', gate_active, parts[j])
       end
-      reopen_gate(prefix, parts[j], 1)
+      reopen_gate(prefix, parts[j], 1, default_limit)
     end
   end
 end
