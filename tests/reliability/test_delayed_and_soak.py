@@ -15,6 +15,7 @@ import pytest
 import redis as redis_lib
 
 from tests.reliability.conftest import FAST, record_figure
+from tests.support.auth import TEAM_A_KEY, TEAM_B_KEY
 from tests.support.processes import (
     TERMINAL,
     Platform,
@@ -132,10 +133,13 @@ class Chaos(threading.Thread):
 def test_soak_5000_jobs_with_random_worker_deaths_pauses_and_redis_restarts(
     log_dir: Path, tmp_path: Path
 ) -> None:
+    """With fair share and limits on: three tenants share the tiers, each limited to one
+    running job per tier (two workers of two children per tier: the limit binds)."""
     total, escapes = 5000, 100
     server = start_redis(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
     platform = Platform(server, 0, log_dir,
-                        **{**FAST, "CONVEYOR_WORKER__CONCURRENCY": "2"},
+                        **{**FAST, "CONVEYOR_WORKER__CONCURRENCY": "2",
+                           "CONVEYOR_FLOW__TENANT_CONCURRENCY_PER_TIER": "1"},
                         CONVEYOR_WORKER__HEARTBEAT_FILE=str(tmp_path / "hb"))  # fmt: skip
     lock = threading.Lock()
 
@@ -157,8 +161,10 @@ def test_soak_5000_jobs_with_random_worker_deaths_pauses_and_redis_restarts(
         chaos.start()
         ids: list[str] = []
         escaped: set[str] = set()
-        with platform.http() as client:
+        with platform.http() as admin, platform.http(TEAM_A_KEY) as team_a, \
+                platform.http(TEAM_B_KEY) as team_b:  # fmt: skip
             for n in range(total):
+                client = (admin, team_a, team_b)[(n // 3) % 3]  # each on every tier
                 body: dict[str, object] = {
                     "task": "tests.work",
                     "args": {"redis_url": platform.redis_url, "seconds": 0.05},
@@ -183,6 +189,16 @@ def test_soak_5000_jobs_with_random_worker_deaths_pauses_and_redis_restarts(
                 chaos.stop_event.set()
                 chaos.join(30)
         elapsed = time.monotonic() - started
+
+        # Every slot a claim took is released: by acks, and by the restores of the deliveries
+        # of killed or paused workers once their leases lapse (no beat sweep runs here).
+        def slots_released() -> bool:
+            try:
+                return platform.redis.hlen("conveyor:slots") == 0
+            except redis_lib.RedisError:
+                return False
+
+        wait_until(slots_released, 3 * lease + 10, "every flow-control slot released", step=0.5)
         states: dict[str, int] = {}
         for state in ("queued", "scheduled", "running", "retrying", *TERMINAL):
             states[state] = platform.redis.zcard(f"conveyor:index:state:{state}")
