@@ -221,6 +221,13 @@ OVERVIEW = Dashboard(
               description="Backlog divided by the finishing rate of the last 5 minutes; "
                           "0 for an empty queue; \"no consumers\" when no live worker "
                           "consumes the tier, \"not draining\" when workers finish nothing."),
+        Panel("Held by flow control",
+              [(f"sum by (queue) (conveyor_queue_held{{{QUEUE}}})", "held {{queue}}"),
+               (f"max by (queue) (conveyor_queue_paused{{{QUEUE}}})", "paused {{queue}}"),
+               (f"max by (kind) (conveyor_paused{{{SCOPE}}})", "{{kind}}s paused")],
+              description="Jobs waiting on a paused tier or tenant, or on their tenant's "
+                          "concurrency limit (not in the scaling signal); what is paused "
+                          "(GET /v1/admin/pauses names it)."),
         Panel("Delayed jobs and dead letters",
               [(f"sum(conveyor_delayed_jobs{{{SCOPE}}})", "delayed"),
                (f"sum(conveyor_dead_letters{{{SCOPE}}})", "dead letters")]),
