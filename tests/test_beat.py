@@ -9,7 +9,13 @@ import pytest
 from conveyor.beat.schedule import load_schedule
 from conveyor.core.catalog import load_catalog
 from tests.conftest import fresh_db
-from tests.support.processes import Platform, RedisServer, conveyor_argv, wait_until
+from tests.support.processes import (
+    Platform,
+    RedisServer,
+    conveyor_argv,
+    start_redis,
+    wait_until,
+)
 
 SCHEDULE = """
 schedules:
@@ -118,3 +124,30 @@ def test_schedule_file_is_checked_against_the_catalogue(tmp_path: Path) -> None:
 def test_bad_schedule_files_are_refused(tmp_path: Path, text: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         load_schedule(write(tmp_path, text), load_catalog([]))
+
+
+@pytest.mark.slow
+def test_a_beat_started_while_redis_refuses_writes_waits_and_then_schedules(
+    log_dir: Path, tmp_path: Path
+) -> None:
+    """Found by the failover test's review: beat writes its schedule before its loop, outside
+    the tick's error handling, so a primary refusing writes at that moment (an isolated old
+    primary during a failover: NOREPLICAS) ended the beat process. It now retries."""
+    server = start_redis(tmp_path / "redis", "--min-replicas-to-write", "1")
+    schedule_file = tmp_path / "schedule.yaml"
+    schedule_file.write_text(SCHEDULE)
+    platform = Platform(server, 0, log_dir, CONVEYOR_SCHEDULE_FILE=str(schedule_file),
+                        CONVEYOR_BEAT__MAX_INTERVAL_SECONDS="0.5",
+                        CONVEYOR_REDIS_DURABILITY_CHECK="off")  # fmt: skip
+    try:
+        beat = platform.start("beat", conveyor_argv("beat"))
+        beat.wait_for_log("could not write the schedule", timeout=30)
+        time.sleep(2)
+        assert beat.process.poll() is None, beat.log()[-3000:]
+        server.client().config_set("min-replicas-to-write", 0)
+        beat.wait_for_log("scheduled run of ping", timeout=30)
+        assert platform.redis.exists("conveyor:beat:lock")
+    finally:
+        platform.stop()
+        server.process.kill()
+        server.process.wait()

@@ -117,6 +117,10 @@ def test_kill_9_the_primary_repeatedly_loses_no_acknowledged_job(
     to_failover: list[float] = []
     try:
         start_all(platform, exporter_port)
+        beat = next(s for s in platform.services if s.name == "beat")
+        lock = sentinel_client(group)
+        # Beat is started unawaited; let it lead before the first kill, not race it.
+        wait_until(lambda: lock.exists(f"{KEYS.beat}:lock"), 60, "beat to take its lock")
         submitter = Submitter(platform.base_url, platform.redis_url, "kill").start()
         wait_until(lambda: submitter.count() >= 200, 60, "submissions before the first kill")
         for _ in range(kills):
@@ -141,7 +145,12 @@ def test_kill_9_the_primary_repeatedly_loses_no_acknowledged_job(
         states = wait_terminal(group, submitter.accepted, 180)
         executions, starts = ledger(platform)
         exporter_ok = wait_until(lambda: exporter_answers(exporter_port), 30, "the exporter")
-        beat_lock = sentinel_client(group).exists(f"{KEYS.beat}:lock")
+        # Leadership follows the primary: beat alive, lock held (again) within a lock timeout.
+        beat_alive = beat.process.poll() is None
+        try:
+            beat_lock = wait_until(lambda: lock.exists(f"{KEYS.beat}:lock"), 35, "beat lock")
+        except AssertionError:
+            beat_lock = 0
     finally:
         if submitter is not None:
             submitter.stop()
@@ -173,7 +182,8 @@ def test_kill_9_the_primary_repeatedly_loses_no_acknowledged_job(
     assert all(t is not None for t in to_start), "no job started after a kill"
     assert {j: n for j, n in rerun.items() if not explained(j)} == {}
     assert exporter_ok
-    assert beat_lock
+    assert beat_alive, beat.log()[-3000:]
+    assert beat_lock, beat.log()[-3000:]
 
 
 def test_isolated_old_primary_rejoins_as_replica_and_loses_nothing(

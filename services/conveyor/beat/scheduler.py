@@ -75,6 +75,7 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._next_repair = 0.0
         # Set once this beat holds the lock (RedBeat takes it at start, in beat_init).
         self._leading = True
+        self._schedule_written = False
         super().__init__(app, *args, **kwargs)
 
     def apply_async(
@@ -111,6 +112,8 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         try:
             if not self._lead():
                 return retry
+            if not self._schedule_written:
+                self.setup_schedule()
             interval: float = super().tick(*args, **kwargs)
         except LockError as exc:
             self._leading = False
@@ -141,6 +144,18 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._leading = True
         self.setup_schedule()
         return True
+
+    def setup_schedule(self) -> None:
+        """RedBeat's, but a Redis error leaves it to a later tick: at start it runs before the
+        loop (outside `tick`), where an error would end the beat process.
+        """
+        try:
+            super().setup_schedule()
+        except RedisError as exc:
+            self._schedule_written = False
+            log.warning("beat: could not write the schedule (%s); retrying next tick", exc)
+        else:
+            self._schedule_written = True
 
     def close(self) -> None:
         """Release the lock (RedBeat) and stop claiming leadership."""
