@@ -4,17 +4,47 @@ catalogue, so OpenAPI shows every task's own argument schema and validation name
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model, model_validator
 
 from conveyor.core.catalog import TaskCatalog, TaskSpec
 from conveyor.core.queues import Queue
 from conveyor.jobstore.listing import ListedJob
+from conveyor.jobstore.model import UniqueMode
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 # The longest time limit any submission may ask for; a task may declare a lower maximum.
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 # A caller's concurrency key: an id of its own (a customer, an account), never free text.
 CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9._:@~-]{1,128}$"
+
+
+class UniqueRequest(BaseModel):
+    """Uniqueness of a submission among the tenant's jobs of the same task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: UniqueMode = Field(
+        ...,
+        description="`queued`: while a job with the same key has not started; `active`: "
+        "until it finishes; `ttl`: for `ttl_seconds` after it was accepted; `debounce`: a "
+        "delayed job with the same key that has not started takes this submission's "
+        "arguments and due time (needs `delay_seconds`). The job answering is returned "
+        "with 200, as for an idempotent replay.",
+    )
+    key: str | None = Field(
+        None,
+        pattern=CONCURRENCY_KEY_PATTERN,
+        description="Defaults to a fingerprint of the arguments (for debounce: the task).",
+    )
+    ttl_seconds: int | None = Field(
+        None, ge=1, le=30 * 24 * 3600, description="How long the key holds (`ttl` mode only)."
+    )
+
+    @model_validator(mode="after")
+    def _ttl_for_ttl_mode(self) -> "UniqueRequest":
+        if (self.mode is UniqueMode.TTL) != (self.ttl_seconds is not None):
+            raise ValueError("ttl_seconds is required for mode ttl, and only for it")
+        return self
 
 
 class SubmissionBase(BaseModel):
@@ -41,6 +71,9 @@ class SubmissionBase(BaseModel):
     )
     callback_url: HttpUrl | None = Field(
         None, description="Receives a signed POST of the job when it reaches a terminal state."
+    )
+    unique: UniqueRequest | None = Field(
+        None, description="Answer with an existing job of the same key instead of a new one."
     )
 
 

@@ -3,10 +3,12 @@ what POST /v1/jobs and POST /v1/jobs/batch share, so that one job submitted eith
 checked, accepted, counted and answered alike.
 """
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydantic import AnyUrl
 
 from conveyor.api.auth import rate_limit_headers, too_many_requests
@@ -18,7 +20,7 @@ from conveyor.core.apikeys import TenantLimits
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.netguard import NetGuard, UnsafeUrlError
 from conveyor.jobstore.keys import callback_idempotency_key
-from conveyor.jobstore.model import Job
+from conveyor.jobstore.model import Job, UniqueMode, UniqueSpec
 from conveyor.jobstore.results import AcceptResult, AcceptVerdict, Limits
 from conveyor.jobstore.submission import Submission
 
@@ -49,10 +51,11 @@ def submission_of(
     _check_urls(state, request, args_model)
     limits = state.settings.limits
     check_args_shape(args_model.model_dump(), limits.max_args_depth, limits.max_string_length)
+    args = args_model.model_dump(mode="json")
     submission = Submission.of(
         spec,
         tenant=tenant,
-        args=args_model.model_dump(mode="json"),
+        args=args,
         priority=request.priority,
         max_retries=request.max_retries,
         timeout_seconds=request.timeout_seconds,
@@ -60,8 +63,32 @@ def submission_of(
         idempotency_key=idempotency_key,
         callback_url=str(request.callback_url) if request.callback_url else None,
         concurrency_key=getattr(request, "concurrency_key", None),
+        unique=_unique_of(request, args),
     )
     return spec, submission
+
+
+def _unique_of(request: SubmissionBase, args: dict[str, Any]) -> UniqueSpec | None:
+    """The submission's uniqueness, its key defaulted: a fingerprint of the arguments (the
+    task alone for debounce, whose arguments change).
+    """
+    unique = request.unique
+    if unique is None:
+        return None
+    if unique.mode is UniqueMode.DEBOUNCE and not request.delay_seconds:
+        raise ProblemError(
+            422,
+            "Invalid request",
+            "Debounce needs a delay: the job waits that long for later submissions; see errors.",
+            slug="validation-error",
+            errors=[{"pointer": "#/delay_seconds", "detail": "debounce needs delay_seconds > 0"}],
+        )
+    key = unique.key
+    if key is None:
+        canonical = orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
+        fingerprint = "args-" + hashlib.sha256(canonical).hexdigest()[:32]
+        key = "task" if unique.mode is UniqueMode.DEBOUNCE else fingerprint
+    return UniqueSpec(key=key, mode=unique.mode, ttl_seconds=unique.ttl_seconds or 0)
 
 
 def accept_limits(state: ApiState, tenant: TenantLimits, submission: Submission) -> Limits:

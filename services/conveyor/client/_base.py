@@ -92,6 +92,8 @@ def submission_body(
     max_retries: int | None,
     timeout_seconds: int | None,
     callback_url: str | None,
+    concurrency_key: str | None = None,
+    unique: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The POST /v1/jobs body. Every submission carries an idempotency key (a random one
     unless given), so retrying it after a lost response can never create a second job.
@@ -107,6 +109,8 @@ def submission_body(
         "max_retries": max_retries,
         "timeout_seconds": timeout_seconds,
         "callback_url": callback_url,
+        "concurrency_key": concurrency_key,
+        "unique": dict(unique) if unique is not None else None,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     return body

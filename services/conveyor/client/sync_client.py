@@ -73,8 +73,13 @@ class Client:
         max_retries: int | None = None,
         timeout_seconds: int | None = None,
         callback_url: str | None = None,
+        concurrency_key: str | None = None,
+        unique: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Submit a job; returns it as accepted (or as it is, for a replayed idempotency key)."""
+        """Submit a job; returns it as accepted, or the job answering for it (a replayed
+        idempotency key, or `unique`: `{"mode": "queued"|"active"|"ttl"|"debounce", "key"?,
+        "ttl_seconds"?}`).
+        """
         body = submission_body(
             task,
             args,
@@ -84,6 +89,8 @@ class Client:
             max_retries=max_retries,
             timeout_seconds=timeout_seconds,
             callback_url=callback_url,
+            concurrency_key=concurrency_key,
+            unique=unique,
         )
         return Job.model_validate(self._request("POST", "/v1/jobs", json=body).json())
 

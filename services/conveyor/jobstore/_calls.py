@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from conveyor.jobstore.machine import Expiry, Transition, Verb, transition
+from conveyor.jobstore.machine import ACTIVE_STATES, Expiry, Transition, Verb, listed, transition
 from conveyor.jobstore.model import JobState, NewJob, text_of
 from conveyor.jobstore.results import (
     AcceptResult,
@@ -45,6 +45,7 @@ def accept_args(prefix: str, job: NewJob, message: bytes, limits: Limits) -> lis
         limits.max_queued_per_tier,
         limits.max_delayed_per_tenant,
         limits.max_bytes,
+        listed(ACTIVE_STATES),
     ]
 
 

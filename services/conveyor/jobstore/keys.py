@@ -14,6 +14,8 @@ from dataclasses import dataclass
 TEMPLATES: dict[str, str] = {
     "job": "{prefix}:job:{job_id}",
     "idempotency": "{prefix}:idem:{tenant}:{key}",
+    # A uniqueness lock: the job holding a tenant's task + unique key (accept.lua).
+    "unique": "{prefix}:unique:{tenant}:{task}:{key}",
     "events": "{prefix}:events:{job_id}",
     "index_all": "{prefix}:index:all",
     "index_tenant": "{prefix}:index:tenant:{tenant}",
@@ -96,6 +98,10 @@ class KeySpace:
     def idempotency(self, tenant: str, key: str) -> str:
         """String mapping a tenant's idempotency key to the job id and request hash."""
         return self._key("idempotency", tenant=tenant, key=key)
+
+    def unique(self, tenant: str, task: str, key: str) -> str:
+        """String naming the job that holds a tenant's uniqueness key of a task."""
+        return self._key("unique", tenant=tenant, task=task, key=key)
 
     def events(self, job_id: str) -> str:
         """Stream of a job's state and progress changes (ids are the SSE event ids)."""

@@ -91,6 +91,10 @@ TRANSITIONS: dict[Verb, Transition] = {
 DUE_MESSAGE_STATES = (S, RT)
 
 
+# The states a job is active in (not finished): what `unique.mode = active` covers.
+ACTIVE_STATES = tuple(s for s in JobState if not s.is_terminal)
+
+
 def listed(states: tuple[JobState, ...]) -> str:
     """States as the scripts take them: '|a|b|'."""
     return "|" + "|".join(states) + "|"

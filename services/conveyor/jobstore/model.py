@@ -144,6 +144,29 @@ def _timestamp_or_none(raw: str | None) -> datetime | None:
     return _timestamp(raw) if raw else None
 
 
+class UniqueMode(StrEnum):
+    """How long a submission's uniqueness key holds (docs/flow-control.md)."""
+
+    QUEUED = "queued"
+    ACTIVE = "active"
+    TTL = "ttl"
+    DEBOUNCE = "debounce"
+
+
+@dataclass(frozen=True)
+class UniqueSpec:
+    """A submission's uniqueness: its key (per tenant and task), mode, and TTL (ttl mode)."""
+
+    key: str
+    mode: UniqueMode
+    ttl_seconds: int = 0
+
+    def fields(self) -> dict[str, str]:
+        """The record's fields for it."""
+        return {"unique_key": self.key, "unique_mode": str(self.mode),
+                "unique_ttl": str(self.ttl_seconds)}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class NewJob:
     """A validated submission, ready to be written by the accept script."""
@@ -161,6 +184,9 @@ class NewJob:
     due_at: float | None
     request_hash: str
     concurrency_key: str | None = None
+    # Uniqueness (accept.lua): the tenant's key for this task, its mode, and for `ttl` mode
+    # how long the key holds.
+    unique: UniqueSpec | None = None
 
     @property
     def initial_state(self) -> JobState:
@@ -183,6 +209,7 @@ class NewJob:
             "idempotency_key": self.idempotency_key or "",
             "callback_url": self.callback_url or "",
             **({"concurrency_key": self.concurrency_key} if self.concurrency_key else {}),
+            **(self.unique.fields() if self.unique else {}),
             "created_at": repr(self.created_at),
             "scheduled_for": "" if self.due_at is None else repr(self.due_at),
         }

@@ -19,7 +19,7 @@ from conveyor.core.catalog import TaskSpec
 from conveyor.core.messages import build_message
 from conveyor.core.queues import Queue
 from conveyor.core.settings import WorkerSettings
-from conveyor.jobstore.model import Job, NewJob
+from conveyor.jobstore.model import Job, NewJob, UniqueSpec
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Submission:
     idempotency_key: str | None = None
     callback_url: str | None = None
     concurrency_key: str | None = None
+    unique: UniqueSpec | None = None
 
     @classmethod
     def of(
@@ -51,6 +52,7 @@ class Submission:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         concurrency_key: str | None = None,
+        unique: UniqueSpec | None = None,
     ) -> "Submission":
         """A submission of `spec`'s task; what the caller leaves out is the task's default."""
         return cls(
@@ -64,6 +66,7 @@ class Submission:
             idempotency_key=idempotency_key,
             callback_url=callback_url,
             concurrency_key=concurrency_key,
+            unique=unique,
         )
 
     def request_hash(self) -> str:
@@ -78,6 +81,7 @@ class Submission:
                 "delay_seconds": self.delay_seconds,
                 "callback_url": self.callback_url,
                 **({"concurrency_key": self.concurrency_key} if self.concurrency_key else {}),
+                **({"unique": self.unique.fields()} if self.unique else {}),
             },
             option=orjson.OPT_SORT_KEYS,
         )
@@ -145,6 +149,7 @@ def prepare(
         idempotency_key=submission.idempotency_key,
         callback_url=submission.callback_url,
         concurrency_key=submission.concurrency_key,
+        unique=submission.unique,
         created_at=now,
         due_at=due_at,
         request_hash=submission.request_hash(),

@@ -81,9 +81,18 @@ local function expire_job(prefix, id, seconds)
   redis.call('EXPIRE', key, seconds)
   redis.call('EXPIRE', key_events(prefix, id), seconds)
   -- The idempotency key lives as long as its job: from acceptance until the record expires.
-  local idem = redis.call('HMGET', key, 'idempotency_key', 'tenant')
+  local idem = redis.call('HMGET', key, 'idempotency_key', 'tenant', 'unique_key', 'task',
+                         'unique_mode')
   if idem[1] and idem[1] ~= '' then
     redis.call('EXPIRE', key_idempotency(prefix, idem[2] or '', idem[1]), seconds)
+  end
+  -- A uniqueness lock this job still holds goes with it (one another job took is left alone;
+  -- a `ttl` lock keeps its own time).
+  if idem[3] and idem[3] ~= '' and idem[5] ~= 'ttl' then
+    local lock = key_unique(prefix, idem[2] or '', idem[4] or '', idem[3])
+    if redis.call('GET', lock) == id then
+      redis.call('EXPIRE', lock, seconds)
+    end
   end
 end
 

@@ -11,6 +11,11 @@
 --       11 the tenant's fair-share weight ('1' unless its key names another), 12 its own
 --       concurrency limit per tier ('' = the deployment's), 13 the tenant's quota of messages
 --       waiting per tier, 14 of delayed messages, 15 of bytes of both ('0' = none).
+-- The record's `unique_key` and `unique_mode` (queued, active, ttl, debounce) ask for
+-- uniqueness: while a job of the same tenant, task and key is still queued (or scheduled),
+-- active (not finished), or within `unique_ttl` seconds, that job is the answer, as for an
+-- idempotent replay; debounce replaces a still-delayed job's arguments and pushes its due time
+-- instead (see docs/flow-control.md).
 -- Returns {1, job id, tokens left} when created, {0, "<job id>\n<request hash>"} for a known
 -- idempotency key, {2, ms until a token} when rate limited, {3, depth} when the queue (or the
 -- delayed set) is full, {4, quota, its value} when the tenant's own quota ('queued', 'delayed'
@@ -41,6 +46,36 @@ if idem ~= '' then
   local existing = redis.call('GET', ikey)
   if existing then
     return {0, existing}
+  end
+end
+
+-- Uniqueness: the lock's holder answers while it is in a state the mode covers.
+local ukey, umode = record['unique_key'] or '', record['unique_mode'] or ''
+local lock = ukey ~= '' and key_unique(prefix, tenant, task, ukey) or nil
+if lock then
+  local holder = redis.call('GET', lock)
+  local held_state = holder and redis.call('HGET', key_job(prefix, holder), 'state')
+  if held_state then
+    local covered = (umode == 'ttl')
+      or (umode == 'queued' and (held_state == 'queued' or held_state == 'scheduled'))
+      or (umode == 'active' and allows(ARGV[16], held_state))
+    if covered then
+      return {0, holder .. '\n' .. request_hash}
+    end
+    local pending = redis.call('HGET', key_delayed_messages(prefix), holder)
+    if umode == 'debounce' and held_state == 'scheduled' and pending then
+      -- The holder takes this submission's arguments and due time; its message is this one,
+      -- with the holder's id (ids are UUIDs: a plain replacement).
+      local replaced = string.gsub(message, (string.gsub(id, '%-', '%%-')), holder)
+      local due_at = now_ms() + delay
+      redis.call('HSET', key_job(prefix, holder), 'args', record['args'], 'scheduled_for',
+                 string.format('%.3f', due_at / 1000))
+      redis.call('ZADD', key_delayed(prefix), due_at, holder)
+      redis.call('HSET', key_delayed_messages(prefix), holder, replaced)
+      quota_add(prefix, tenant, 'delayed', 0, #replaced - #pending)
+      emit(prefix, holder, 'scheduled', 'progress')
+      return {0, holder .. '\n' .. request_hash}
+    end
   end
 end
 
@@ -108,6 +143,13 @@ if ARGV[12] ~= '' then
   redis.call('HSET', key_fair_limits(prefix), tenant, ARGV[12])
 else
   redis.call('HDEL', key_fair_limits(prefix), tenant)
+end
+if lock then
+  if umode == 'ttl' then
+    redis.call('SET', lock, id, 'EX', tonumber(record['unique_ttl']) or 1)
+  else
+    redis.call('SET', lock, id)  -- expires with the record (expire_job)
+  end
 end
 if idem ~= '' then
   -- No expiry yet: the key must outlive a long delay or backlog. It expires with the record,
