@@ -96,6 +96,7 @@ def test_generated_key_functions_match_the_python_names(store: JobStore) -> None
         "fair_weights": (), "fair_held": ("low",), "fair_parked": ("low",),
         "fair_active": ("low",), "fair_limits": (), "paused": (), "slots": (), "gate_active": (),
         "gate_waiting": ("task:demo.echo",), "quota": ("t",), "unique": ("t", "demo.echo", "k"),
+        "answered": ("j1",),
         "callback_idempotency": ("t", "j1"), "callbacks_pending": (), "pidbox_bindings": (),
     }  # fmt: skip
     assert set(probes) == set(TEMPLATES)

@@ -16,6 +16,8 @@ TEMPLATES: dict[str, str] = {
     "idempotency": "{prefix}:idem:{tenant}:{key}",
     # A uniqueness lock: the job holding a tenant's task + unique key (accept.lua).
     "unique": "{prefix}:unique:{tenant}:{task}:{key}",
+    # The idempotency keys of submissions a job's uniqueness answered (accept.lua).
+    "answered": "{prefix}:answered:{job_id}",
     "events": "{prefix}:events:{job_id}",
     "index_all": "{prefix}:index:all",
     "index_tenant": "{prefix}:index:tenant:{tenant}",
@@ -98,6 +100,10 @@ class KeySpace:
     def idempotency(self, tenant: str, key: str) -> str:
         """String mapping a tenant's idempotency key to the job id and request hash."""
         return self._key("idempotency", tenant=tenant, key=key)
+
+    def answered(self, job_id: str) -> str:
+        """Set of the idempotency keys of submissions the job's uniqueness answered."""
+        return self._key("answered", job_id=job_id)
 
     def unique(self, tenant: str, task: str, key: str) -> str:
         """String naming the job that holds a tenant's uniqueness key of a task."""

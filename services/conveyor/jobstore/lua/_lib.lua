@@ -86,6 +86,12 @@ local function expire_job(prefix, id, seconds)
   if idem[1] and idem[1] ~= '' then
     redis.call('EXPIRE', key_idempotency(prefix, idem[2] or '', idem[1]), seconds)
   end
+  -- So do the keys of submissions its uniqueness answered (accept.lua).
+  local answered = key_answered(prefix, id)
+  for _, other in ipairs(redis.call('SMEMBERS', answered)) do
+    redis.call('EXPIRE', key_idempotency(prefix, idem[2] or '', other), seconds)
+  end
+  redis.call('EXPIRE', answered, seconds)
   -- A uniqueness lock this job still holds goes with it (one another job took is left alone;
   -- a `ttl` lock keeps its own time).
   if idem[3] and idem[3] ~= '' and idem[5] ~= 'ttl' then

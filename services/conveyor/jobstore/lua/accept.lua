@@ -49,17 +49,35 @@ if idem ~= '' then
   end
 end
 
+-- A submission the holder answers keeps that answer under its idempotency key (a retry
+-- after a lost response must not make another job); the key goes with the holder's record.
+local function answered_by(holder)
+  if idem ~= '' then
+    redis.call('SET', ikey, holder .. '\n' .. request_hash)
+    local ttl = redis.call('TTL', key_job(prefix, holder))
+    if ttl > 0 then
+      redis.call('EXPIRE', ikey, ttl)
+    else
+      redis.call('SADD', key_answered(prefix, holder), idem)
+    end
+  end
+end
+
 -- Uniqueness: the lock's holder answers while it is in a state the mode covers.
 local ukey, umode = record['unique_key'] or '', record['unique_mode'] or ''
 local lock = ukey ~= '' and key_unique(prefix, tenant, task, ukey) or nil
 if lock then
   local holder = redis.call('GET', lock)
-  local held_state = holder and redis.call('HGET', key_job(prefix, holder), 'state')
+  local held = holder and redis.call('HMGET', key_job(prefix, holder), 'state', 'created_at',
+                                     'queue') or {}
+  local held_state = held[1]
   if held_state then
-    local covered = (umode == 'ttl')
+    local ttl_end = ((tonumber(held[2]) or 0) + (tonumber(record['unique_ttl']) or 0)) * 1000
+    local covered = (umode == 'ttl' and ttl_end > now_ms())
       or (umode == 'queued' and (held_state == 'queued' or held_state == 'scheduled'))
       or (umode == 'active' and allows(ARGV[16], held_state))
     if covered then
+      answered_by(holder)
       return {0, holder .. '\n' .. request_hash}
     end
     local pending = redis.call('HGET', key_delayed_messages(prefix), holder)
@@ -67,9 +85,27 @@ if lock then
       -- The holder takes this submission's arguments and due time; its message is this one,
       -- with the holder's id (ids are UUIDs: a plain replacement).
       local replaced = string.gsub(message, (string.gsub(id, '%-', '%%-')), holder)
+      local max_bytes = tonumber(ARGV[15])
+      local used = tonumber(redis.call('HGET', key_quota(prefix, tenant), 'bytes')) or 0
+      if max_bytes > 0 and #replaced > #pending and used + #replaced - #pending > max_bytes then
+        return {4, 'bytes', max_bytes}
+      end
       local due_at = now_ms() + delay
+      -- The record takes all the message carries, not only the arguments: the worker runs
+      -- the message (tier, retries, time limit, concurrency key).
       redis.call('HSET', key_job(prefix, holder), 'args', record['args'], 'scheduled_for',
-                 string.format('%.3f', due_at / 1000))
+                 string.format('%.3f', due_at / 1000), 'queue', queue,
+                 'max_retries', record['max_retries'], 'timeout_seconds', record['timeout_seconds'],
+                 'callback_url', record['callback_url'],
+                 'concurrency_key', record['concurrency_key'] or '')
+      if held[3] ~= queue then
+        local at = redis.call('ZSCORE', key_index_queue(prefix, held[3]), holder)
+        redis.call('ZREM', key_index_queue(prefix, held[3]), holder)
+        if at then
+          redis.call('ZADD', key_index_queue(prefix, queue), at, holder)
+        end
+      end
+      answered_by(holder)
       redis.call('ZADD', key_delayed(prefix), due_at, holder)
       redis.call('HSET', key_delayed_messages(prefix), holder, replaced)
       quota_add(prefix, tenant, 'delayed', 0, #replaced - #pending)

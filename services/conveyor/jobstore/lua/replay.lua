@@ -10,7 +10,8 @@ for i = 3, #ARGV do
   local id = ARGV[i]
   local message = redis.call('HGET', messages, id)
   local key = key_job(prefix, id)
-  local record = redis.call('HMGET', key, 'state', 'queue', 'idempotency_key', 'tenant')
+  local record = redis.call('HMGET', key, 'state', 'queue', 'idempotency_key', 'tenant',
+                           'unique_key', 'task', 'unique_mode')
   redis.call('ZREM', dead, id)
   redis.call('HDEL', messages, id)
   if message and record[1] and allows(replayable, record[1]) then
@@ -29,6 +30,17 @@ for i = 3, #ARGV do
     if record[3] and record[3] ~= '' then
       redis.call('PERSIST', key_idempotency(prefix, tenant, record[3]))
     end
+    -- So does the uniqueness lock it still holds (a `ttl` lock keeps its own time).
+    if record[5] and record[5] ~= '' and record[7] ~= 'ttl' then
+      local lock = key_unique(prefix, tenant, record[6] or '', record[5])
+      if redis.call('GET', lock) == id then
+        redis.call('PERSIST', lock)
+      end
+    end
+    for _, other in ipairs(redis.call('SMEMBERS', key_answered(prefix, id))) do
+      redis.call('PERSIST', key_idempotency(prefix, tenant, other))
+    end
+    redis.call('PERSIST', key_answered(prefix, id))
     -- This run's completion callback is a new delivery, not a replay of the last one.
     redis.call('DEL', key_callback_idempotency(prefix, tenant, id))
     move_state_index(prefix, id, record[1], 'queued')
