@@ -194,13 +194,13 @@ async def test_admins_pause_list_and_resume_over_the_api(
                           {"kind": "tenant", "name": "team-b"},
                           {"kind": "tier", "name": "low"}]  # fmt: skip
         assert fairq.paused(redis_client, KEYS)[0] == (FlowKind.TASK, "demo.echo")
-        # Only admins; a name that could never be paused is a 422; resuming twice a 404.
+        # Only admins; a name that could never be paused is a 404; resuming twice too.
         assert (await tenant.put("/v1/admin/pauses/tier/high")).status_code == 403
         assert (await tenant.get("/v1/admin/pauses")).status_code == 403
-        assert (await admin.put("/v1/admin/pauses/tier/urgent")).status_code == 422
-        assert (await admin.put("/v1/admin/pauses/task/no.such")).status_code == 422
-        assert (await admin.put("/v1/admin/pauses/tenant/Bad%20Name")).status_code == 422
-        assert (await admin.put("/v1/admin/pauses/queue/low")).status_code == 422
+        for unknown in ("tier/urgent", "task/no.such", "tenant/Bad%20Name", "queue/low"):
+            answer = await admin.put(f"/v1/admin/pauses/{unknown}")
+            assert answer.status_code == 404
+            assert answer.json()["type"] == "urn:conveyor:problem:unknown-pause-target"
         assert (await admin.delete("/v1/admin/pauses/tier/low")).status_code == 204
         missing = await admin.delete("/v1/admin/pauses/tier/low")
         assert missing.status_code == 404

@@ -48,19 +48,21 @@ def pauses_router() -> APIRouter:
     @router.put("/{kind}/{name}", response_model=Pause, summary="Pause a tier, task or tenant",
                 responses={200: {"description": "Already paused"},
                            201: {"description": "Paused"}})  # fmt: skip
-    async def pause(kind: FlowKind, name: str, state: State, _: Admin, response: Response) -> Pause:
-        """Stop starting its jobs: they stay queued (durable), running ones finish. Idempotent."""
-        _check(state, kind, name)
-        if await fairq.pause_async(state.redis, state.store.keys, kind, name):
+    async def pause(kind: str, name: str, state: State, _: Admin, response: Response) -> Pause:
+        """Stop starting its jobs: they stay queued (durable), running ones finish. Idempotent.
+        `kind` is `tier`, `task` or `tenant`.
+        """
+        target = _target(state, kind, name)
+        if await fairq.pause_async(state.redis, state.store.keys, target, name):
             response.status_code = 201
-        return Pause(kind=kind, name=name)
+        return Pause(kind=target, name=name)
 
     @router.delete("/{kind}/{name}", status_code=204, summary="Resume a tier, task or tenant")
-    async def resume(kind: FlowKind, name: str, state: State, _: Admin) -> Response:
+    async def resume(kind: str, name: str, state: State, _: Admin) -> Response:
         """Start its jobs again, oldest first; 404 when it was not paused."""
-        _check(state, kind, name)
+        target = _target(state, kind, name)
         limit = state.settings.flow.tenant_concurrency_per_tier
-        if not await fairq.resume_async(state.redis, state.store.keys, kind, name, limit):
+        if not await fairq.resume_async(state.redis, state.store.keys, target, name, limit):
             raise ProblemError(404, "Not paused", f"The {kind} {name!r} is not paused.",
                                slug="not-paused")  # fmt: skip
         return Response(status_code=204)
@@ -68,13 +70,20 @@ def pauses_router() -> APIRouter:
     return router
 
 
-def _check(state: State, kind: FlowKind, name: str) -> None:
-    """A name that could never be paused is a 422, not a pause of nothing."""
-    known = {
-        FlowKind.TIER: name in {str(q) for q in Queue},
-        FlowKind.TASK: name in state.catalog,
-        FlowKind.TENANT: bool(_TENANT.match(name)) or name == SYSTEM_TENANT,
-    }[kind]
-    if not known:
-        raise ProblemError(422, "Unknown name", f"There is no {kind} {name!r} to pause.",
-                           slug="validation-error")  # fmt: skip
+def _target(state: State, kind: str, name: str) -> FlowKind:
+    """What the path names; a kind or name that could never be paused is a 404 (as every
+    path that names nothing), not a pause of nothing.
+    """
+    target = next((k for k in FlowKind if k == kind), None)
+    known = (
+        target is not None
+        and {
+            FlowKind.TIER: name in {str(q) for q in Queue},
+            FlowKind.TASK: name in state.catalog,
+            FlowKind.TENANT: bool(_TENANT.match(name)) or name == SYSTEM_TENANT,
+        }[target]
+    )
+    if target is None or not known:
+        raise ProblemError(404, "Nothing to pause", f"There is no {kind} {name!r} to pause.",
+                           slug="unknown-pause-target")  # fmt: skip
+    return target
