@@ -169,3 +169,25 @@ def test_a_connection_error_says_where_it_tried(platform: Platform) -> None:
     assert f"cannot reach the API at {url}" in result.stderr
     assert "is the platform running?" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_submit_many_sends_json_lines_through_the_batch_route(platform: Platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lines = [json.dumps({"task": "demo.echo", "args": {"payload": n}}) for n in range(3)]
+    lines.insert(1, "")
+    good = tmp_path / "jobs.jsonl"
+    good.write_text("\n".join(lines) + "\n")
+    accepted = run(platform, "jobs", "submit-many", str(good), "-o", "json")
+    assert accepted.returncode == 0, accepted.stderr
+    outcomes = json.loads(accepted.stdout)
+    assert [o["status"] for o in outcomes] == [202, 202, 202]
+    assert len({o["id"] for o in outcomes}) == 3
+
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(lines[0] + "\n" + json.dumps({"task": "demo.sleep", "args": {"seconds": -1}}))
+    refused = run(platform, "jobs", "submit-many", str(mixed))
+    assert refused.returncode == 1
+    assert "1 of 2 accepted" in refused.stdout
+    assert "line 2: 422" in refused.stdout
+    not_json = tmp_path / "bad.jsonl"
+    not_json.write_text("{nope\n")
+    assert run(platform, "jobs", "submit-many", str(not_json)).returncode == 5

@@ -240,6 +240,57 @@ def submit(
     raise typer.Exit(code)
 
 
+@jobs_app.command("submit-many")
+def submit_many(
+    source: Annotated[
+        str,
+        typer.Argument(help="JSON lines, one POST /v1/jobs body each: a file, or - (stdin)."),
+    ],
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    output: OutputOption = Output.TEXT,
+) -> None:
+    """Submit many jobs through POST /v1/jobs/batch (each accepted or refused on its own,
+    each with an idempotency key, refusals for a moment retried); exit 1 if any was refused.
+    """
+    bodies = _load_bodies(source)
+    with _session(url, api_key) as client:
+        outcomes = client.submit_many(bodies)
+    refused = [(n, o) for n, o in enumerate(outcomes, 1) if not o.ok]
+    if output is Output.JSON:
+        out.print_json(json.dumps([
+            {"line": n, "status": o.status, "id": o.job.id if o.job else None,
+             "problem": o.problem} for n, o in enumerate(outcomes, 1)
+        ]))  # fmt: skip
+    else:
+        out.print(f"{len(outcomes) - len(refused)} of {len(outcomes)} accepted")
+        for n, outcome in refused:
+            problem = outcome.problem or {}
+            out.print(f"line {n}: {outcome.status} {problem.get('title', '')}: "
+                      f"{problem.get('detail', '')}")  # fmt: skip
+    if refused:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _load_bodies(source: str) -> list[dict[str, Any]]:
+    """POST /v1/jobs bodies from JSON lines (blank lines skipped); a bad line is exit 5."""
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    bodies = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            body = json.loads(line)
+        except json.JSONDecodeError as exc:
+            err.print(f"[red]line {number} is not JSON: {exc}[/red]")
+            raise typer.Exit(EXIT_ERROR) from None
+        if not isinstance(body, dict):
+            err.print(f"[red]line {number} is not a JSON object[/red]")
+            raise typer.Exit(EXIT_ERROR)
+        bodies.append(body)
+    return bodies
+
+
 JobId = Annotated[
     str, typer.Argument(help="Job id, or the start of one (among the newest 1000 jobs).")
 ]
