@@ -248,10 +248,16 @@ def run(
     alerts = Alerts(prom)
     client = drill.platform.http()
     try:
-        for i in range(5):  # some finished jobs for the rate panels
-            client.post("/v1/jobs", json={"task": "demo.echo", "args": {"payload": i}})
-        wait_until(lambda: (prom.value('sum(conveyor_jobs_completed_total{outcome="succeeded"})')
-                            or 0) >= 5, 30, "jobs to finish", 0.5)  # fmt: skip
+        # Some finished jobs for the rate panels, in two rounds scraped apart: a histogram's
+        # series appears with its first observation, so only a later round gives its buckets
+        # an increase over the rate window (one round alone left the quantile panels empty
+        # when the jobs finished before the worker's first scrape).
+        for round_ in (1, 2):
+            for i in range(5):
+                client.post("/v1/jobs", json={"task": "demo.echo", "args": {"payload": i}})
+            wait_until(lambda r=round_: (prom.value(
+                'sum(conveyor_jobs_completed_total{outcome="succeeded"})') or 0) >= 5 * r,
+                30, "jobs to finish", 0.5)  # fmt: skip
         wait_until(lambda: not alerts.active(), 30, "a quiet start", 0.5)
         yield "healthy", prom
 
