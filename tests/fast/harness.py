@@ -24,6 +24,7 @@ from conveyor.core.settings import Settings
 from conveyor.jobstore import fairq
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.store import JobStore
+from conveyor.jobstore.submission import Submission
 from conveyor.worker.lifecycle import JobRunner
 from tests.support.auth import ADMIN_KEY, KEYS_FILE, bearer
 
@@ -147,6 +148,23 @@ class InProcessWorker:
         self.redis.hdel(UNACKED, tag)
         self.redis.zrem(UNACKED_INDEX, tag)
         fairq.release(self.redis, KEYS, [tag], self.settings.flow.tenant_concurrency_per_tier)
+
+    def submit_as(self, tenant: str, task: str = "demo.echo", count: int = 1,
+                  **extra: Any) -> list[str]:  # fmt: skip
+        """Submit `count` jobs of `task` (no arguments) for `tenant` through the store."""
+        spec = CATALOG[task]
+        return [self.store.submit(spec, Submission.of(spec, tenant=tenant, args={},
+                                                      **extra)).job_id
+                for _ in range(count)]  # fmt: skip
+
+    def claim_all(self, queue: str = "default") -> list[tuple[str, str]]:
+        """Claim until the tier's list has no token left: (job id, tag) of each claimed."""
+        claimed = []
+        while self.redis.llen(KEYS.queue(queue)):
+            got = self.claim(queue)
+            if got is not None:
+                claimed.append((got[0].job_id, got[1]))
+        return claimed
 
     def take(self, queue: str) -> Message:
         """The next message of `queue` in fair order, claimed and acked at once."""

@@ -18,28 +18,9 @@ from conveyor.core.settings import Settings
 from conveyor.jobstore import fairq
 from conveyor.jobstore.fairq import FlowKind
 from conveyor.jobstore.keys import key_gate, task_gate
-from conveyor.jobstore.submission import Submission
 from conveyor.worker.transport import ReliableTransport
-from tests.fast.harness import CATALOG, KEYS, InProcessApi, InProcessWorker, settings_for
+from tests.fast.harness import KEYS, InProcessApi, InProcessWorker, settings_for
 from tests.support.auth import TEAM_A_KEY
-
-
-def submit(worker: InProcessWorker, tenant: str, task: str = "demo.echo", count: int = 1,
-           **extra: object) -> list[str]:  # fmt: skip
-    spec = CATALOG[task]
-    return [worker.store.submit(spec, Submission.of(spec, tenant=tenant, args={},
-                                                    **extra)).job_id  # type: ignore[arg-type]
-            for _ in range(count)]  # fmt: skip
-
-
-def claim_all(worker: InProcessWorker, queue: str = "default") -> list[tuple[str, str]]:
-    """Claim until the tier's list has no token left: (job id, tag) of each claimed."""
-    claimed = []
-    while worker.redis.llen(KEYS.queue(queue)):
-        got = worker.claim(queue)
-        if got is not None:
-            claimed.append((got[0].job_id, got[1]))
-    return claimed
 
 
 def tokens_and_messages(client: "redis.Redis", queue: str = "default") -> tuple[int, int]:
@@ -61,9 +42,9 @@ def test_a_tenant_at_its_limit_waits_without_a_slot_and_another_runs(
     limited_worker: InProcessWorker,
 ) -> None:
     worker = limited_worker
-    a_jobs = submit(worker, "team-a", count=5)
-    (b_job,) = submit(worker, "team-b")
-    claimed = claim_all(worker)
+    a_jobs = worker.submit_as("team-a", count=5)
+    (b_job,) = worker.submit_as("team-b")
+    claimed = worker.claim_all()
     # A runs 2 (its limit), B its one; A's other 3 wait, their tokens parked (no polling).
     assert sorted(job for job, _ in claimed) == sorted([*a_jobs[:2], b_job])
     assert worker.redis.llen(KEYS.queue("default")) == 0
@@ -74,22 +55,22 @@ def test_a_tenant_at_its_limit_waits_without_a_slot_and_another_runs(
     # One of A's finishes: exactly one of A's waiting jobs becomes claimable, the next oldest.
     worker.ack(next(tag for job, tag in claimed if job == a_jobs[0]))
     assert worker.redis.llen(KEYS.queue("default")) == 1
-    (again,) = claim_all(worker)
+    (again,) = worker.claim_all()
     assert again[0] == a_jobs[2]
-    assert claim_all(worker) == []
+    assert worker.claim_all() == []
     # Raising the limit (the keys file's own) frees A's backlog at the beat leader's sweep.
     worker.redis.hset(KEYS.fair_limits, "team-a", 10)
     fairq.sweep(worker.redis, KEYS, Channel.unacked_key, tenant_limit=2)
-    assert sorted(job for job, _ in claim_all(worker)) == sorted(a_jobs[3:])
+    assert sorted(job for job, _ in worker.claim_all()) == sorted(a_jobs[3:])
     assert tokens_and_messages(worker.redis) == (0, 0)
 
 
 def test_a_task_limit_holds_its_jobs_at_the_gate_and_lets_one_in_per_free_slot(
     worker: InProcessWorker,
 ) -> None:
-    jobs = submit(worker, "team-a", "fast.limited", count=4)
-    (other,) = submit(worker, "team-a")
-    claimed = claim_all(worker)
+    jobs = worker.submit_as("team-a", "fast.limited", count=4)
+    (other,) = worker.submit_as("team-a")
+    claimed = worker.claim_all()
     assert sorted(job for job, _ in claimed) == sorted([*jobs[:2], other])
     gate = KEYS.gate_waiting(task_gate("fast.limited"))
     assert worker.redis.llen(gate) == 2, "two wait at the task's gate, with no token"
@@ -98,55 +79,55 @@ def test_a_task_limit_holds_its_jobs_at_the_gate_and_lets_one_in_per_free_slot(
 
     worker.ack(claimed[0][1])  # one finishes: one waiting job goes back with a new token
     assert worker.redis.llen(gate) == 1
-    (next_one,) = claim_all(worker)
+    (next_one,) = worker.claim_all()
     assert next_one[0] == jobs[2]
     assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) == "2"
 
 
 def test_a_concurrency_key_limits_only_the_jobs_sharing_it(worker: InProcessWorker) -> None:
-    first, second = submit(worker, "team-a", "fast.keyed", count=2, concurrency_key="cust-1")
-    (elsewhere,) = submit(worker, "team-a", "fast.keyed", concurrency_key="cust-2")
-    (other_tenant,) = submit(worker, "team-b", "fast.keyed", concurrency_key="cust-1")
-    claimed = dict(claim_all(worker))
+    first, second = worker.submit_as("team-a", "fast.keyed", count=2, concurrency_key="cust-1")
+    (elsewhere,) = worker.submit_as("team-a", "fast.keyed", concurrency_key="cust-2")
+    (other_tenant,) = worker.submit_as("team-b", "fast.keyed", concurrency_key="cust-1")
+    claimed = dict(worker.claim_all())
     assert set(claimed) == {first, elsewhere, other_tenant}, "keys are per tenant"
     waiting = KEYS.gate_waiting(key_gate("team-a", "fast.keyed", "cust-1"))
     assert worker.redis.llen(waiting) == 1
     worker.ack(claimed[first])
-    assert [job for job, _ in claim_all(worker)] == [second]
+    assert [job for job, _ in worker.claim_all()] == [second]
 
 
 def test_a_paused_tier_parks_its_tokens_and_resume_puts_every_one_back(
     worker: InProcessWorker,
 ) -> None:
-    jobs = submit(worker, "team-a", count=3)
+    jobs = worker.submit_as("team-a", count=3)
     assert fairq.pause(worker.redis, KEYS, FlowKind.TIER, "default")
     assert not fairq.pause(worker.redis, KEYS, FlowKind.TIER, "default"), "already paused"
-    assert claim_all(worker) == []
+    assert worker.claim_all() == []
     assert worker.redis.llen(KEYS.fair_parked("default")) == 3
     assert fairq.paused(worker.redis, KEYS) == [(FlowKind.TIER, "default")]
     assert fairq.resume(worker.redis, KEYS, FlowKind.TIER, "default")
     assert not fairq.resume(worker.redis, KEYS, FlowKind.TIER, "default"), "not paused now"
-    assert [job for job, _ in claim_all(worker)] == jobs
+    assert [job for job, _ in worker.claim_all()] == jobs
 
 
 def test_a_paused_tenant_is_held_while_others_run(worker: InProcessWorker) -> None:
-    a_jobs = submit(worker, "team-a", count=2)
+    a_jobs = worker.submit_as("team-a", count=2)
     fairq.pause(worker.redis, KEYS, FlowKind.TENANT, "team-a")
-    b_jobs = submit(worker, "team-b", count=2)
-    assert sorted(job for job, _ in claim_all(worker)) == sorted(b_jobs)
+    b_jobs = worker.submit_as("team-b", count=2)
+    assert sorted(job for job, _ in worker.claim_all()) == sorted(b_jobs)
     assert tokens_and_messages(worker.redis) == (2, 2)
     fairq.resume(worker.redis, KEYS, FlowKind.TENANT, "team-a")
-    assert [job for job, _ in claim_all(worker)] == a_jobs
+    assert [job for job, _ in worker.claim_all()] == a_jobs
 
 
 def test_a_paused_task_waits_at_its_gate_until_resumed(worker: InProcessWorker) -> None:
     fairq.pause(worker.redis, KEYS, FlowKind.TASK, "demo.echo")
-    echo = submit(worker, "team-a", count=2)
-    steps = submit(worker, "team-a", "fast.steps")
-    assert [job for job, _ in claim_all(worker)] == steps
+    echo = worker.submit_as("team-a", count=2)
+    steps = worker.submit_as("team-a", "fast.steps")
+    assert [job for job, _ in worker.claim_all()] == steps
     assert worker.redis.llen(KEYS.gate_waiting(task_gate("demo.echo"))) == 2
     fairq.resume(worker.redis, KEYS, FlowKind.TASK, "demo.echo")
-    assert [job for job, _ in claim_all(worker)] == echo
+    assert [job for job, _ in worker.claim_all()] == echo
 
 
 def test_slots_whose_release_was_lost_are_released_by_the_sweep(
@@ -155,20 +136,20 @@ def test_slots_whose_release_was_lost_are_released_by_the_sweep(
     """A failover can lose an ack's release (or the unacked record with it): the beat
     leader's sweep releases every slot whose delivery is no longer unacked."""
     worker = limited_worker
-    jobs = submit(worker, "team-a", count=3)
-    claimed = claim_all(worker)
+    jobs = worker.submit_as("team-a", count=3)
+    claimed = worker.claim_all()
     assert len(claimed) == 2
     for _, tag in claimed:  # acked, but the release never ran
         worker.redis.hdel(Channel.unacked_key, tag)
     assert fairq.sweep(worker.redis, KEYS, Channel.unacked_key, tenant_limit=2) == 2
     assert worker.redis.hlen(KEYS.slots) == 0
-    assert [job for job, _ in claim_all(worker)] == jobs[2:]
+    assert [job for job, _ in worker.claim_all()] == jobs[2:]
 
 
 def test_a_restored_delivery_gives_its_slots_back(
     settings: Settings, worker: InProcessWorker
 ) -> None:
-    submit(worker, "team-a", "fast.limited", count=3)
+    worker.submit_as("team-a", "fast.limited", count=3)
     with Connection(settings.redis_dsn(), transport=ReliableTransport) as connection:
         channel = connection.default_channel
         first = channel.basic_get("default", no_ack=False)
@@ -176,7 +157,7 @@ def test_a_restored_delivery_gives_its_slots_back(
         channel.qos.restore_unacked()  # a worker shutting down hands it back
     assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) is None
     assert worker.redis.hlen(KEYS.slots) == 0
-    ids = [job for job, _ in claim_all(worker)]
+    ids = [job for job, _ in worker.claim_all()]
     assert ids[0] == first.headers["id"]
     assert len(ids) == 2
 
@@ -230,7 +211,7 @@ def test_acks_release_their_slots_in_the_same_round_trip(
 ) -> None:
     """The first ack of a channel loads the release script; later ones queue it by SHA in
     the ack's own pipeline. Both release, and a NOSCRIPT (a fresh primary) falls back."""
-    submit(worker, "team-a", "fast.limited", count=4)
+    worker.submit_as("team-a", "fast.limited", count=4)
     with Connection(settings.redis_dsn(), transport=ReliableTransport) as connection:
         channel = connection.default_channel
         for round_ in range(3):
@@ -242,4 +223,4 @@ def test_acks_release_their_slots_in_the_same_round_trip(
             second.ack()
             assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) is None
             assert worker.redis.hlen(KEYS.slots) == 0
-            submit(worker, "team-a", "fast.limited", count=2)
+            worker.submit_as("team-a", "fast.limited", count=2)

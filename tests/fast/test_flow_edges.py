@@ -25,23 +25,6 @@ from conveyor.worker.transport import ReliableTransport
 from tests.fast.harness import CATALOG, KEYS, InProcessWorker, settings_for
 
 
-def submit(worker: InProcessWorker, tenant: str, task: str = "demo.echo", count: int = 1,
-           **extra: object) -> list[str]:  # fmt: skip
-    spec = CATALOG[task]
-    return [worker.store.submit(spec, Submission.of(spec, tenant=tenant, args={},
-                                                    **extra)).job_id  # type: ignore[arg-type]
-            for _ in range(count)]  # fmt: skip
-
-
-def claim_all(worker: InProcessWorker, queue: str = "default") -> list[tuple[str, str]]:
-    claimed = []
-    while worker.redis.llen(KEYS.queue(queue)):
-        got = worker.claim(queue)
-        if got is not None:
-            claimed.append((got[0].job_id, got[1]))
-    return claimed
-
-
 @pytest.fixture
 def limited_worker(redis_url: str) -> Iterator[InProcessWorker]:
     """A worker whose tenants may run 2 jobs at once per tier."""
@@ -64,9 +47,9 @@ def test_a_tenantless_delivery_releases_its_slots(
     gate, the script errors on a nil tenant). After max_concurrency such deliveries the
     task's gate is closed for every tenant, for ever (the sweep cannot help: the slot record
     is already gone)."""
-    submit(worker, "team-a", "fast.limited")
+    worker.submit_as("team-a", "fast.limited")
     body = orjson.loads(fairq.ready_messages(worker.redis, KEYS, "default")[0])
-    claim_all(worker)  # run the API's own copy out of the way
+    worker.claim_all()  # run the API's own copy out of the way
     worker.redis.delete(KEYS.gate_active, KEYS.slots, KEYS.fair_active("default"))
     headers = {k: v for k, v in body["headers"].items() if k != "conveyor_tenant"}
     with Connection(settings.redis_dsn(), transport=ReliableTransport) as connection:
@@ -82,7 +65,7 @@ def test_a_tenantless_delivery_releases_its_slots(
             message.ack()
     assert worker.redis.hgetall(KEYS.fair_active("default")) == {}, "tenant '' counter leaked"
     assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) is None, "gate leaked"
-    (third,) = claim_all(worker)
+    (third,) = worker.claim_all()
     assert third[0] == "stock-2"
 
 
@@ -94,18 +77,18 @@ def test_a_gate_slot_is_not_spent_on_a_paused_tenants_message(worker: InProcessW
     tenant is paused (or at its tier limit, or its tier paused) the message is held and its
     token parked, but the gate's slot is not given to the next waiter: team-b's job waits at
     the gate of a task with 0 of 2 running, until team-a is resumed."""
-    b_running = submit(worker, "team-b", "fast.limited", count=2)
-    running = dict(claim_all(worker))
+    b_running = worker.submit_as("team-b", "fast.limited", count=2)
+    running = dict(worker.claim_all())
     assert set(running) == set(b_running)
-    submit(worker, "team-a", "fast.limited", count=2)
-    assert claim_all(worker) == [], "team-a's two wait at the task's gate"
-    (b_waiting,) = submit(worker, "team-b", "fast.limited")
-    assert claim_all(worker) == []
+    worker.submit_as("team-a", "fast.limited", count=2)
+    assert worker.claim_all() == [], "team-a's two wait at the task's gate"
+    (b_waiting,) = worker.submit_as("team-b", "fast.limited")
+    assert worker.claim_all() == []
     fairq.pause(worker.redis, KEYS, FlowKind.TENANT, "team-a")
     for tag in running.values():
         worker.ack(tag)
     assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) is None, "0 running"
-    assert [job for job, _ in claim_all(worker)] == [b_waiting]
+    assert [job for job, _ in worker.claim_all()] == [b_waiting]
 
 
 def test_a_gate_slot_is_not_spent_on_a_tenant_at_its_limit(
@@ -113,17 +96,17 @@ def test_a_gate_slot_is_not_spent_on_a_tenant_at_its_limit(
 ) -> None:
     """The same with a tenant at its per-tier limit (its two long jobs of another task)."""
     worker = limited_worker
-    submit(worker, "team-c", "fast.limited", count=2)
-    running = dict(claim_all(worker))
-    submit(worker, "team-a", "fast.limited", count=2)
-    assert claim_all(worker) == []
-    (b_waiting,) = submit(worker, "team-b", "fast.limited")
-    assert claim_all(worker) == []
-    submit(worker, "team-a", "demo.echo", count=2)
-    assert len(claim_all(worker)) == 2, "team-a now at its limit with two long jobs"
+    worker.submit_as("team-c", "fast.limited", count=2)
+    running = dict(worker.claim_all())
+    worker.submit_as("team-a", "fast.limited", count=2)
+    assert worker.claim_all() == []
+    (b_waiting,) = worker.submit_as("team-b", "fast.limited")
+    assert worker.claim_all() == []
+    worker.submit_as("team-a", "demo.echo", count=2)
+    assert len(worker.claim_all()) == 2, "team-a now at its limit with two long jobs"
     for tag in running.values():
         worker.ack(tag)
-    assert [job for job, _ in claim_all(worker)] == [b_waiting]
+    assert [job for job, _ in worker.claim_all()] == [b_waiting]
 
 
 # -- (e) fairness: a gated backlog is served before everyone else --------------------------
@@ -134,10 +117,10 @@ def test_a_gated_backlog_does_not_starve_another_tenant(worker: InProcessWorker)
     same tenant heads the rotation again: team-b's job waits behind every one of team-a's
     jobs on a busy concurrency key (or a paused task), one claim round trip each — not
     "at most one claim per tenant before B's"."""
-    (first,) = submit(worker, "team-a", "fast.keyed", concurrency_key="cust-1")
-    assert [job for job, _ in claim_all(worker)] == [first]  # cust-1 busy from now on
-    submit(worker, "team-a", "fast.keyed", count=50, concurrency_key="cust-1")
-    (b_job,) = submit(worker, "team-b")
+    (first,) = worker.submit_as("team-a", "fast.keyed", concurrency_key="cust-1")
+    assert [job for job, _ in worker.claim_all()] == [first]  # cust-1 busy from now on
+    worker.submit_as("team-a", "fast.keyed", count=50, concurrency_key="cust-1")
+    (b_job,) = worker.submit_as("team-b")
     attempts = 0
     while True:
         attempts += 1
@@ -155,11 +138,11 @@ def test_the_sweep_leaves_held_tokens_parked(worker: InProcessWorker) -> None:
     min(waiting, room) parked tokens for it although its messages already have their tokens
     on the list: every tick, team-a's held jobs (parked) move into the tier's list, i.e.
     into conveyor_queue_length and the KEDA signal, and conveyor_queue_held reads 0."""
-    submit(worker, "team-a", count=10)
+    worker.submit_as("team-a", count=10)
     worker.redis.hset(KEYS.fair_limits, "team-a", 2)  # its own limit (the keys file's)
-    assert len(claim_all(worker)) == 2
+    assert len(worker.claim_all()) == 2
     assert worker.redis.llen(KEYS.fair_parked("default")) == 8
-    submit(worker, "team-b", count=50)
+    worker.submit_as("team-b", count=50)
     fairq.sweep(worker.redis, KEYS, Channel.unacked_key, tenant_limit=0)
     assert worker.redis.llen(KEYS.queue("default")) == 50
     assert worker.redis.llen(KEYS.fair_parked("default")) == 8
@@ -170,8 +153,8 @@ def test_resuming_what_is_not_paused_says_so(limited_worker: InProcessWorker) ->
     tenants') back and reports them: the API answers 204, not 404, and the held jobs flood
     the scaling signal."""
     worker = limited_worker
-    submit(worker, "team-a", count=5)
-    claim_all(worker)
+    worker.submit_as("team-a", count=5)
+    worker.claim_all()
     assert worker.redis.llen(KEYS.fair_parked("default")) == 3
     assert not fairq.resume(worker.redis, KEYS, FlowKind.TIER, "default", tenant_limit=2)
     assert worker.redis.llen(KEYS.fair_parked("default")) == 3
@@ -211,7 +194,7 @@ def test_basic_get_without_ack_leaves_no_delivery_behind(
     """basic_get(no_ack=True) now claims through claim.lua, which always writes the unacked
     record and the slots; nobody acks it, so the slots stay taken and kombu restores the
     message after the visibility timeout: delivered twice (stock kombu removes it)."""
-    submit(worker, "team-a", "fast.limited")
+    worker.submit_as("team-a", "fast.limited")
     with Connection(settings.redis_dsn(), transport=ReliableTransport) as connection:
         message = connection.default_channel.basic_get("default", no_ack=True)
         assert message is not None
@@ -235,13 +218,13 @@ def test_a_task_slot_is_not_left_idle_when_its_reopened_message_waits_for_its_ke
                                                        concurrency_key=key)).job_id  # fmt: skip
 
     one("k1"), one("k2")
-    running = dict(claim_all(worker))
+    running = dict(worker.claim_all())
     assert len(running) == 2
     one("k1")  # waits at the task's gate (2 of 2 running)
     free_key = one("k3")  # waits there too, behind it
-    assert claim_all(worker) == []
+    assert worker.claim_all() == []
     worker.ack(list(running.values())[1])  # k2's job ends: the task runs 1 of 2
-    assert [job for job, _ in claim_all(worker)] == [free_key]
+    assert [job for job, _ in worker.claim_all()] == [free_key]
 
 
 # -- (a) an upgrade: messages queued by the previous version ----------------------------------
@@ -253,7 +236,7 @@ def test_a_message_queued_before_the_upgrade_still_runs(worker: InProcessWorker)
     message for a ready token: with no tenant in the rotation it parks it, and the job stays
     `queued` for ever (no sweep or repair looks at queued jobs); a parked 'token' later claims
     someone else's message."""
-    (job,) = submit(worker, "team-a")
+    (job,) = worker.submit_as("team-a")
     message = worker.redis.rpop(KEYS.fair_jobs("default", "team-a"))
     worker.redis.delete(KEYS.queue("default"), KEYS.fair_tenants("default"))
     worker.redis.lpush(KEYS.queue("default"), message)  # the previous version's layout

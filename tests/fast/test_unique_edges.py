@@ -8,19 +8,8 @@ import pytest
 import redis
 
 from tests.fast.harness import KEYS, InProcessApi, InProcessWorker, serve, settings_for
+from tests.fast.test_unique import echo, post
 from tests.support.auth import TEAM_A_KEY, TEST_KEYS, keys_document
-
-
-def echo(payload: object, mode: str, **extra: object) -> dict[str, object]:
-    unique: dict[str, object] = {"mode": mode}
-    unique.update(extra.pop("unique", {}))  # type: ignore[call-overload]
-    return {"task": "demo.echo", "args": {"payload": payload}, "unique": unique, **extra}
-
-
-async def post(client: httpx.AsyncClient, body: dict[str, object]) -> tuple[int, str]:
-    response = await client.post("/v1/jobs", json=body)
-    assert response.status_code in (200, 202), response.text
-    return response.status_code, response.json()["id"]
 
 
 async def test_debounce_keeps_the_record_and_the_message_in_step(
