@@ -71,8 +71,33 @@ def wait_terminal(
             pipe.hget(KEYS.job(job_id), "state")
         found = dict(zip(ids, pipe.execute(), strict=True))
         stuck = {i: s for i, s in found.items() if s not in TERMINAL}
-        raise AssertionError(f"{len(stuck)} not terminal: {list(stuck.items())[:10]}") from None
+        raise AssertionError(
+            f"{len(stuck)} not terminal: {list(stuck.items())[:10]}\n"
+            f"{queue_state(client, list(stuck)[:5])}"
+        ) from None
     return result
+
+
+def queue_state(client: "redis.Redis[str]", stuck: list[str]) -> str:
+    """Where the broker's messages are (tiers' tokens, tenants' lists, parked, unacked,
+    in-flight) and the records of a few stuck jobs: what a failure needs to explain itself.
+    """
+    lines = []
+    for tier in ("high", "default", "low"):
+        tenants = client.zrange(KEYS.fair_tenants(tier), 0, -1, withscores=True)
+        waiting = {t: client.llen(KEYS.fair_jobs(tier, t)) for t, _ in tenants}
+        lines.append(
+            f"{tier}: tokens={client.llen(KEYS.queue(tier))} tenants={tenants} waiting={waiting}"
+            f" parked={client.llen(KEYS.fair_parked(tier))}"
+            f" held={client.zrange(KEYS.fair_held(tier), 0, -1)}"
+            f" active={client.hgetall(KEYS.fair_active(tier))}"
+        )
+    lines.append(f"unacked={client.hlen('unacked')} paused={client.smembers(KEYS.paused)}")
+    for key in client.scan_iter(match=f"{KEYS.prefix}:*inflight*", count=1000):
+        lines.append(f"{key}: {client.llen(key)}")
+    for job_id in stuck:
+        lines.append(f"{job_id}: {client.hgetall(KEYS.job(job_id))}")
+    return "\n".join(lines)
 
 
 def ledger(platform: Platform) -> tuple[dict[str, int], dict[str, list[float]]]:

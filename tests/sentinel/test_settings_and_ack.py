@@ -183,9 +183,9 @@ def _submit(settings: Settings, port: int, key: str) -> tuple[AcceptVerdict, str
     return asyncio.run(run())
 
 
-def _ack(replicas: int) -> Settings:
+def _ack(replicas: int, timeout_ms: int = 100) -> Settings:
     env = {"CONVEYOR_REDIS_REPLICATION__ACK_REPLICAS": str(replicas),
-           "CONVEYOR_REDIS_REPLICATION__ACK_TIMEOUT_MS": "100"}  # fmt: skip
+           "CONVEYOR_REDIS_REPLICATION__ACK_TIMEOUT_MS": str(timeout_ms)}  # fmt: skip
     with mock.patch.dict("os.environ", env):
         return Settings()
 
@@ -202,16 +202,23 @@ def test_replicated_acknowledgement_refuses_until_a_replica_has_the_job(tmp_path
         replica = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port))
 
         def linked() -> bool:
+            # Online as the primary sees it (WAIT counts only those), not only as the replica
+            # does: the replica reports its link up as soon as it has loaded the snapshot.
+            info = primary.client().info("replication")
             return (
                 replica is not None
                 and replica.client().info("replication").get("master_link_status") == "up"
+                and info.get("slave0", {}).get("state") == "online"
             )
 
         wait_until(linked, 20, "the replica to sync")
         # The retry under the same key: acknowledged now, still one job, and on the replica.
-        assert _submit(_ack(1), primary.port, "k1")[:2] == (AcceptVerdict.EXISTING, job_id)
+        # A generous WAIT: a replica's acknowledgement can take longer than 100 ms on a busy
+        # machine, and these two must be confirmed (the refusals keep 100 ms).
+        patient = _ack(1, timeout_ms=10_000)
+        assert _submit(patient, primary.port, "k1")[:2] == (AcceptVerdict.EXISTING, job_id)
         assert replica.client().exists(f"conveyor:job:{job_id}") == 1
-        verdict, new_id, confirmed = _submit(_ack(1), primary.port, "k3")
+        verdict, new_id, confirmed = _submit(patient, primary.port, "k3")
         assert (verdict, confirmed) == (AcceptVerdict.CREATED, 0)
         assert replica.client().exists(f"conveyor:job:{new_id}") == 1
         assert _submit(_ack(2), primary.port, "k4")[0] is AcceptVerdict.NOT_REPLICATED

@@ -54,8 +54,24 @@ def script_text(name: str) -> str:
     return _FILES.joinpath(f"{name}.lua").read_text()
 
 
+# Redis 7 script flags (the shebang line), so that Redis judges a script before it runs it.
+# A script without flags is a write script: a replica (READONLY), a primary short of its
+# good replicas (`min-replicas-to-write`: NOREPLICAS) and a full Redis (OOM) refuse it whole.
+# Unflagged, a script ran until its first write: one that only read (a `start` of a job the
+# node did not know) was answered by a demoted or isolated old primary, and the worker acked
+# a message whose job it took for gone.
+SCRIPT_FLAGS = {
+    # Only reads: any node may answer (an API read during a failover).
+    "read": "no-writes",
+    # Frees memory (dead letters leave, their records expire): it must run when Redis is full.
+    "purge": "allow-oom",
+}
+
+
 def _job_script(name: str) -> Lua:
-    return Lua("\n".join([lua_prelude(), script_text("_lib"), script_text(name)]))
+    flags = SCRIPT_FLAGS.get(name)
+    shebang = f"#!lua flags={flags}" if flags else "#!lua"
+    return Lua("\n".join([shebang, lua_prelude(), script_text("_lib"), script_text(name)]))
 
 
 # Every job script. The transport's claim and push also take kombu's key names as arguments.
