@@ -149,11 +149,17 @@ def test_beat_leader_lock_follows_the_sentinels(sentinel_settings: Settings) -> 
 
 
 class _Refusing:
+    def info(self, _: str) -> dict[str, str]:
+        raise redis.ResponseError("unknown command 'INFO'")
+
     def config_get(self, _: str) -> dict[str, str]:
         raise redis.ResponseError("unknown command 'CONFIG'")
 
 
 class _Evicting:
+    def info(self, _: str) -> dict[str, str]:
+        return {"redis_version": "7.2.4"}
+
     def config_get(self, name: str) -> dict[str, str]:
         return {name: {"maxmemory-policy": "volatile-lru", "appendonly": "no"}[name]}
 
@@ -166,6 +172,17 @@ def test_managed_mode_trusts_a_redis_whose_config_is_disabled() -> None:
     with pytest.raises(UnsafeRedisError, match="maxmemory-policy") as refused:
         check_durability(_Evicting(), DurabilityCheck.MANAGED)  # type: ignore[arg-type]
     assert "appendonly" not in str(refused.value)
+
+
+class _Old(_Evicting):
+    def info(self, _: str) -> dict[str, str]:
+        return {"redis_version": "6.2.14"}
+
+
+def test_a_redis_older_than_7_is_refused_whatever_the_mode() -> None:
+    for mode in DurabilityCheck:
+        with pytest.raises(UnsafeRedisError, match=r"6\.2\.14 is too old.*>= 7\.0"):
+            check_durability(_Old(), mode)  # type: ignore[arg-type]
 
 
 def _submit(settings: Settings, port: int, key: str) -> tuple[AcceptVerdict, str, int]:

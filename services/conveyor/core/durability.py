@@ -25,6 +25,21 @@ class UnsafeRedisError(RuntimeError):
 
 
 CONFIG_DISABLED = "CONFIG GET is not allowed: cannot verify maxmemory-policy and appendonly"
+# BLMOVE (6.2) and the job store's script flags (7.0): on an older Redis every script fails.
+MINIMUM_VERSION = (7, 0)
+
+
+def version_problem(client: "redis.Redis") -> str | None:
+    """Why this Redis is too old for Conveyor, or None (also when INFO is not allowed)."""
+    try:
+        version = str(client.info("server").get("redis_version", ""))
+    except ResponseError:
+        return None
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if len(parts) == 2 and parts < MINIMUM_VERSION:
+        wanted = ".".join(map(str, MINIMUM_VERSION))
+        return f"Redis {version} is too old: Conveyor needs Redis >= {wanted} (script flags)"
+    return None
 
 
 def durability_problems(client: "redis.Redis", *, managed: bool = False) -> list[str]:
@@ -54,7 +69,16 @@ def durability_problems(client: "redis.Redis", *, managed: bool = False) -> list
 
 
 def check_durability(client: "redis.Redis", mode: DurabilityCheck) -> list[str]:
-    """Warn about (or refuse) a Redis that could lose jobs; returns the problems found."""
+    """Warn about (or refuse) a Redis that could lose jobs; returns the problems found. A
+    Redis too old to run Conveyor's scripts is refused whatever the mode.
+    """
+    try:
+        too_old = version_problem(client)
+    except RedisError as exc:
+        log.warning("could not check the Redis version (unreachable?): %s", exc)
+        too_old = None
+    if too_old is not None:
+        raise UnsafeRedisError(too_old)
     if mode is DurabilityCheck.OFF:
         return []
     try:

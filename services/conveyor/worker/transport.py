@@ -16,8 +16,8 @@ The queue list holds ready tokens, not messages (`conveyor.jobstore.fairq`): the
 the tier's next message in fair order among tenants. Every way kombu puts a message on a
 queue (a restore, a publish) goes through the same fair push.
 
-Requires Redis >= 6.2 (BLMOVE) and one Redis list per queue (priority steps `[0]`: Conveyor's
-tiers are its priorities).
+Requires Redis >= 7.0 (BLMOVE; the job store's script flags) and one Redis list per queue
+(priority steps `[0]`: Conveyor's tiers are its priorities).
 """
 
 import logging
