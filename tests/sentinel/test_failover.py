@@ -127,13 +127,14 @@ def exporter_answers(port: int) -> bool:
     return response.status_code == 200
 
 
-# Five kills take about 2.5 min here; the 180 s suite default would cut a slow run short.
-# A failure or timeout fails the test (no xfail: nothing swallowed).
+# Three kills in a row: each of the three nodes is killed once as primary and rejoins, about
+# 1.8 min here (five, as measured for docs/reliability.md, cost the suite a minute more). The
+# 180 s suite default would cut a slow run short. A failure or timeout fails the test.
 @pytest.mark.timeout(720)
 def test_kill_9_the_primary_repeatedly_loses_no_acknowledged_job(
     group: SentinelGroup, redis_server: RedisServer, log_dir: Path
 ) -> None:
-    kills = 5
+    kills = 3
     platform = ha_platform(group, redis_server, log_dir, ack_replicas=1)
     exporter_port = free_port()
     submitter: Submitter | None = None

@@ -130,12 +130,23 @@ class Service:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.process.pid, signum)
 
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM, wait, then SIGKILL the whole group so no prefork child outlives a test."""
-        if self.process.poll() is None:
+    _terminated_at: float | None = None
+
+    def terminate(self) -> None:
+        """SIGTERM once, without waiting (`stop` then waits for it)."""
+        if self._terminated_at is None and self.process.poll() is None:
             self.signal(signal.SIGTERM)
+            self._terminated_at = time.monotonic()
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM (unless `terminate` sent it), wait up to `timeout` from that signal, then
+        SIGKILL the whole group so no prefork child outlives a test.
+        """
+        self.terminate()
+        if self._terminated_at is not None:
+            left = max(0.0, timeout - (time.monotonic() - self._terminated_at))
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout)
+                self.process.wait(left)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         code = self.process.wait()
@@ -226,6 +237,11 @@ class Platform:
         return httpx.Client(base_url=self.base_url, timeout=10, headers=headers)
 
     def stop(self) -> None:
+        """Stop every service: all are signalled first, so their graceful shutdowns overlap
+        (one after the other, the suite spent minutes in teardowns).
+        """
+        for service in reversed(self.services):
+            service.terminate()
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
