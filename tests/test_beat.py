@@ -5,9 +5,13 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
+from redbeat.schedulers import RedBeatScheduler  # type: ignore[import-untyped]
 
 from conveyor.beat.schedule import load_schedule
+from conveyor.beat.scheduler import ConveyorScheduler
 from conveyor.core.catalog import load_catalog
+from conveyor.core.settings import Settings
 from tests.conftest import fresh_db
 from tests.support.processes import (
     Platform,
@@ -151,3 +155,31 @@ def test_a_beat_started_while_redis_refuses_writes_waits_and_then_schedules(
         platform.stop()
         server.process.kill()
         server.process.wait()
+
+
+def test_a_refused_tick_drops_the_lock_connections_so_beat_leaves_an_isolated_primary(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the failover review: RedBeat's client does not leave a primary that refuses
+    writes (NOREPLICAS: an isolated old primary still reachable from beat), so beat kept
+    extending its lock there, tick after tick, scheduling nothing for the whole partition.
+    A refused tick now closes the lock's connections: the next one connects afresh (with
+    Sentinel, to the primary the Sentinels name)."""
+    client = redis.Redis(port=redis_server.port, db=fresh_db(redis_server))
+    scheduler = ConveyorScheduler.__new__(ConveyorScheduler)
+    scheduler.settings = Settings()
+    scheduler.lock = client.lock("conveyor:beat:lock", timeout=30)
+    scheduler._leading = True
+    scheduler._schedule_written = True
+
+    def refused(self: object, *args: object, **kwargs: object) -> float:
+        raise redis.ResponseError("NOREPLICAS Not enough good replicas to write.")
+
+    monkeypatch.setattr(RedBeatScheduler, "tick", refused)
+    client.ping()  # a pooled connection, as a leading beat holds
+    pooled = list(client.connection_pool._available_connections)  # type: ignore[attr-defined]
+    assert pooled
+    assert all(c._sock is not None for c in pooled)
+    assert scheduler.tick() == Settings().worker.delayed_poll_seconds
+    assert all(c._sock is None for c in pooled)  # closed: the next tick connects afresh
+    client.close()

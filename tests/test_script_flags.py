@@ -16,7 +16,9 @@ import pytest
 import redis
 
 from conveyor.core.settings import Settings
+from conveyor.exporter.collector import BrokerCollector, read_demand
 from conveyor.jobstore import scripts
+from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.runs import StartVerdict
 from conveyor.jobstore.store import JobStore
 from tests.support.processes import RedisServer, start_redis, wait_until
@@ -112,6 +114,31 @@ def test_out_of_memory_refuses_a_write_script_whole_but_not_a_purge(tmp_path: Pa
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             JobStore(client, Settings()).start("j1", 1, owner="w:1", delivery="tag")
         assert scripts.PURGE.run(client, ["conveyor", 60, "j1"]) == 1
+        # The exporter's primary check answers too: metrics matter most when Redis is full.
+        assert scripts.PRIMARY.run(client, []) == 1
     finally:
         full.process.terminate()
         full.process.wait(10)
+
+
+def test_the_autoscaler_signal_is_never_read_from_a_demoted_node(
+    primary_and_replica: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    """The exporter only reads, so nothing used to refuse it: pointed at a demoted (or
+    isolated) old primary it served that node's frozen demand to KEDA for as long as its
+    connection lived. It now asks the node to confirm it is the primary on every read.
+    """
+    primary, replica = primary_and_replica
+    keys = KeySpace("conveyor")
+    assert read_demand(primary.client(), keys, "default").demand == 0
+    with pytest.raises(redis.exceptions.ReadOnlyError):
+        read_demand(replica.client(), keys, "default")
+    families = {m.name: m for m in BrokerCollector(replica.client(), keys, 30).collect()}
+    assert [s.value for s in families["conveyor_exporter_up"].samples] == [0]
+    isolated = start_redis(tmp_path / "isolated", "--min-replicas-to-write", "1")
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="NOREPLICAS"):
+            read_demand(isolated.client(), keys, "default")
+    finally:
+        isolated.process.terminate()
+        isolated.process.wait(10)

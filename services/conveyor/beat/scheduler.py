@@ -122,11 +122,25 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
             return retry
         except RedisError as exc:
             log.warning("beat: Redis unavailable (%s); retrying", exc)
+            self._drop_lock_connections()
             return retry
         self.metrics.leader.set(1)
         self.metrics.last_tick.set(time.time())
         self._housekeeping()
         return min(interval, retry)
+
+    def _drop_lock_connections(self) -> None:
+        """Close the leader lock's connections, so that the next tick connects afresh (with
+        Sentinel: to the primary the Sentinels name now). RedBeat's client does not leave an
+        isolated old primary on its refusal (NOREPLICAS), so beat kept extending, and then
+        retaking, its lock on that node for as long as the partition lasted.
+        """
+        if self.lock is None:
+            return
+        try:
+            self.lock.redis.connection_pool.disconnect()
+        except Exception:  # a failing hook is logged, never ends beat
+            log.exception("beat: could not close the leader lock's connections")
 
     def _lead(self) -> bool:
         """Whether this beat holds the leader lock, taking it if it is free."""

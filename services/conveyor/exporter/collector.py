@@ -29,6 +29,7 @@ from conveyor.core.queues import Queue
 from conveyor.jobstore.fairq import FlowKind
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.model import JobState, text_of
+from conveyor.jobstore.store import confirm_primary
 from conveyor.telemetry.metrics import EXPORTER_METRICS
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,10 @@ class Demand:
 
 
 def read_demand(client: "redis.Redis", keys: KeySpace, queue: str) -> Demand:
-    """One pipelined round trip of O(1) reads; raises RedisError rather than guess a zero."""
+    """O(1) reads of the current primary; raises RedisError rather than guess a zero (or
+    serve a demoted node's frozen demand to the autoscaler).
+    """
+    confirm_primary(client)
     with client.pipeline(transaction=False) as pipe:
         for key in queue_keys(queue):
             pipe.llen(key)
@@ -114,6 +118,7 @@ class BrokerCollector(Collector):
     def _fill(self, families: dict[str, GaugeMetricFamily], now: float) -> None:
         queues = [str(q) for q in Queue]
         states = [str(s) for s in JobState]
+        confirm_primary(self.client)  # never a demoted node's frozen figures
         with self.client.pipeline(transaction=False) as pipe:
             for queue in queues:
                 for key in queue_keys(queue):

@@ -65,6 +65,8 @@ SCRIPT_FLAGS = {
     "read": "no-writes",
     # Frees memory (dead letters leave, their records expire): it must run when Redis is full.
     "purge": "allow-oom",
+    # The primary check of clients that only read: answered when Redis is full too.
+    "primary": "allow-oom",
 }
 
 
@@ -77,7 +79,7 @@ def _job_script(name: str) -> Lua:
 # Every job script. The transport's claim and push also take kombu's key names as arguments.
 JOB_SCRIPTS = ("accept", "transition", "promote", "start", "replay", "purge", "ratelimit",
                "recover_inflight", "heartbeat", "renew", "repair", "read", "claim",
-               "push", "release", "flow")  # fmt: skip
+               "push", "release", "flow", "primary")  # fmt: skip
 (ACCEPT, TRANSITION, PROMOTE, START, REPLAY, PURGE, RATELIMIT, RECOVER_INFLIGHT, HEARTBEAT,
- RENEW, REPAIR, READ, CLAIM, PUSH, RELEASE, FLOW) = (_job_script(name)
+ RENEW, REPAIR, READ, CLAIM, PUSH, RELEASE, FLOW, PRIMARY) = (_job_script(name)
                                                     for name in JOB_SCRIPTS)  # fmt: skip

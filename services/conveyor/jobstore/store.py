@@ -23,11 +23,21 @@ from conveyor.jobstore.results import AcceptResult, Limits, TransitionResult
 from conveyor.jobstore.runs import Fence, StartResult
 from conveyor.jobstore.scripts import (
     ACCEPT,
+    PRIMARY,
     START,
     TRANSITION,
 )
 from conveyor.jobstore.submission import Submission, prepare
 from conveyor.jobstore.upkeep import StoreUpkeep
+
+
+def confirm_primary(client: "redis.Redis") -> None:
+    """Raise unless `client` talks to a primary that may write: a replica or an isolated old
+    primary refuses (READONLY, NOREPLICAS; a Sentinel-managed connection then reconnects to
+    the current primary). For a client that only reads: a read is never refused, so without
+    this it keeps reading a demoted node's frozen data for as long as its connection lives.
+    """
+    PRIMARY.run(client, [])
 
 
 class JobStore(StoreUpkeep):
