@@ -61,7 +61,7 @@ def submit(store: JobStore, **extra: object) -> str:
 # -- key names: one source ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [*JOB_SCRIPTS, "_lib"])
+@pytest.mark.parametrize("name", [*JOB_SCRIPTS, "_lib", "_workflow"])
 def test_no_script_spells_a_key_name_of_its_own(name: str) -> None:
     """Every key a script touches comes from a generated key_* function: no string literal
     in a script has the shape of a key (a ':')."""
@@ -79,7 +79,7 @@ def test_every_key_function_a_script_calls_is_generated() -> None:
     generated = set(re.findall(r"local function (key_\w+)", lua_prelude()))
     assert generated == {f"key_{name}" for name in TEMPLATES}
     called = {f for name in JOB_SCRIPTS for f in re.findall(r"\bkey_\w+", script_text(name))}
-    called |= set(re.findall(r"\bkey_\w+", script_text("_lib")))
+    called |= set(re.findall(r"\bkey_\w+", script_text("_lib") + script_text("_workflow")))
     assert called <= generated, called - generated
 
 
@@ -96,7 +96,9 @@ def test_generated_key_functions_match_the_python_names(store: JobStore) -> None
         "fair_weights": (), "fair_held": ("low",), "fair_parked": ("low",),
         "fair_active": ("low",), "fair_limits": (), "paused": (), "slots": (), "gate_active": (),
         "gate_waiting": ("task:demo.echo",), "quota": ("t",), "unique": ("t", "demo.echo", "k"),
-        "answered": ("j1",),
+        "answered": ("j1",), "workflow": ("w1",), "workflow_messages": ("w1",),
+        "workflow_events": ("w1",), "workflow_index_all": (), "workflow_index_tenant": ("t",),
+        "workflow_idempotency": ("t", "k"),
         "callback_idempotency": ("t", "j1"), "callbacks_pending": (), "pidbox_bindings": (),
     }  # fmt: skip
     assert set(probes) == set(TEMPLATES)

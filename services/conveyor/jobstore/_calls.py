@@ -19,6 +19,7 @@ from conveyor.jobstore.results import (
     TransitionResult,
 )
 from conveyor.jobstore.runs import Fence, StartResult, StartVerdict
+from conveyor.jobstore.workflow import WorkflowEnd, WorkflowState
 
 
 def ms(timestamp: float) -> str:
@@ -81,14 +82,25 @@ def start_args(
     """ARGV for start.lua."""
     allowed = transition(Verb.START).allowed
     return [prefix, job_id, repr(now), max_deaths, "" if generation is None else generation,
-            allowed, owner, token, delivery]  # fmt: skip
+            allowed, owner, token, delivery, transition(Verb.SKIP).allowed]  # fmt: skip
 
 
 def parse_start(raw: Sequence[Any]) -> StartResult:
     """Decode start.lua's reply."""
-    verdict, state, attempts, deaths = raw
+    verdict, state, attempts, deaths = raw[:4]
     previous = JobState(text_of(state)) if state else None
-    return StartResult(StartVerdict(text_of(verdict)), previous, int(attempts), int(deaths))
+    inputs = text_of(raw[4]) if len(raw) > 4 else ""
+    return StartResult(
+        StartVerdict(text_of(verdict)), previous, int(attempts), int(deaths), inputs=inputs,
+        workflow_ended=_workflow_end(raw, 5),
+    )
+
+
+def _workflow_end(raw: Sequence[Any], at: int) -> WorkflowEnd | None:
+    """The workflow a script's step ended: its outcome and how long it took."""
+    if len(raw) <= at + 1:
+        return None
+    return WorkflowEnd(WorkflowState(text_of(raw[at])), float(text_of(raw[at + 1])))
 
 
 def expiry_seconds(rule: Transition, retention: int, dead_letter_retention: int) -> int:
@@ -139,6 +151,7 @@ def parse_transition(raw: Sequence[Any]) -> TransitionResult:
     return TransitionResult(
         bool(int(raw[0])), JobState(state) if state else None, int(raw[2]), pending,
         stale=refusal == "stale", unrecorded=refusal == "unrecorded",
+        workflow_ended=_workflow_end(raw, 5),
     )  # fmt: skip
 
 

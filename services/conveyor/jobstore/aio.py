@@ -28,6 +28,7 @@ from conveyor.jobstore.results import (
 )
 from conveyor.jobstore.scripts import ACCEPT, PURGE, RATELIMIT, READ, REPLAY, TRANSITION, Lua
 from conveyor.jobstore.submission import Submission, prepare
+from conveyor.jobstore.workflow_store import WorkflowVerbs
 
 # The verdicts that write (or found written) a job, which replicated acknowledgement confirms.
 _REPLICATED_VERDICTS = (AcceptVerdict.CREATED, AcceptVerdict.EXISTING)
@@ -36,8 +37,8 @@ _REPLICATED_VERDICTS = (AcceptVerdict.CREATED, AcceptVerdict.EXISTING)
 DEAD_LETTER_BATCH = 500
 
 
-class AsyncJobStore:
-    """Asynchronous job store for the API."""
+class AsyncJobStore(WorkflowVerbs):
+    """Asynchronous job store for the API (its workflow verbs: `WorkflowVerbs`)."""
 
     def __init__(self, client: "redis.asyncio.Redis", settings: Settings) -> None:
         self.client = client

@@ -19,6 +19,16 @@ TEMPLATES: dict[str, str] = {
     # The idempotency keys of submissions a job's uniqueness answered (accept.lua).
     "answered": "{prefix}:answered:{job_id}",
     "events": "{prefix}:events:{job_id}",
+    # Workflows (workflow.lua): the workflow's record, every step's message kept for the
+    # workflow's life (a waiting step's until its parents finish; all of them so that a
+    # resumed workflow can queue a skipped step again), its event stream, its indexes, and
+    # its idempotency keys (apart from the jobs': a key names a job or a workflow, never both).
+    "workflow": "{prefix}:workflow:{workflow_id}",
+    "workflow_messages": "{prefix}:workflow:{workflow_id}:messages",
+    "workflow_events": "{prefix}:workflow:{workflow_id}:events",
+    "workflow_index_all": "{prefix}:workflows:all",
+    "workflow_index_tenant": "{prefix}:workflows:tenant:{tenant}",
+    "workflow_idempotency": "{prefix}:wfidem:{tenant}:{key}",
     "index_all": "{prefix}:index:all",
     "index_tenant": "{prefix}:index:tenant:{tenant}",
     "index_state": "{prefix}:index:state:{state}",
@@ -112,6 +122,31 @@ class KeySpace:
     def events(self, job_id: str) -> str:
         """Stream of a job's state and progress changes (ids are the SSE event ids)."""
         return self._key("events", job_id=job_id)
+
+    def workflow(self, workflow_id: str) -> str:
+        """Hash holding one workflow's record (its steps are job records)."""
+        return self._key("workflow", workflow_id=workflow_id)
+
+    def workflow_messages(self, workflow_id: str) -> str:
+        """Hash of a workflow's step job ids to their Celery messages."""
+        return self._key("workflow_messages", workflow_id=workflow_id)
+
+    def workflow_events(self, workflow_id: str) -> str:
+        """Stream of a workflow's step changes and its own (ids are the SSE event ids)."""
+        return self._key("workflow_events", workflow_id=workflow_id)
+
+    @property
+    def workflow_index_all(self) -> str:
+        """Sorted set of every workflow id, scored by creation time (ms)."""
+        return self._key("workflow_index_all")
+
+    def workflow_index_tenant(self, tenant: str) -> str:
+        """Workflows of one tenant."""
+        return self._key("workflow_index_tenant", tenant=tenant)
+
+    def workflow_idempotency(self, tenant: str, key: str) -> str:
+        """String mapping a tenant's workflow idempotency key to the workflow and request."""
+        return self._key("workflow_idempotency", tenant=tenant, key=key)
 
     @property
     def index_all(self) -> str:

@@ -44,6 +44,8 @@ SUMMARY_FIELDS = (
     "timeout_seconds",
     "idempotency_key",
     "callback_url",
+    "workflow",
+    "step",
     "created_at",
     "scheduled_for",
     "started_at",

@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from conveyor.jobstore.model import JobState
 
+W = JobState.WAITING
 Q, S, RN, RT = JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING, JobState.RETRYING
 OK, F, C = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
 
@@ -28,6 +29,9 @@ class Verb(StrEnum):
     HAND_BACK = "hand_back"
     REPLAY = "replay"
     PURGE = "purge"
+    RELEASE = "release"
+    SKIP = "skip"
+    REVIVE = "revive"
 
 
 class Expiry(StrEnum):
@@ -74,7 +78,7 @@ TRANSITIONS: dict[Verb, Transition] = {
                    "a permanent error, or the hard time limit"),
         Transition(Verb.DEAD_LETTER, (RN, Q), F, Expiry.DEAD_LETTER_RETENTION, "worker",
                    "retries exhausted, or poison; the message waits in the dead-letter set"),
-        Transition(Verb.CANCEL, (Q, S, RN, RT), C, Expiry.RETENTION, "API",
+        Transition(Verb.CANCEL, (W, Q, S, RN, RT), C, Expiry.RETENTION, "API",
                    "a delayed job's message is dropped; a running one stops"),
         Transition(Verb.HAND_BACK, (RN,), Q, Expiry.KEEP, "worker (shutdown)",
                    "not a death; the message is requeued as the consumer closes"),
@@ -82,6 +86,13 @@ TRANSITIONS: dict[Verb, Transition] = {
                    "dead letters only; `deaths` reset, `attempts` go on"),
         Transition(Verb.PURGE, (F,), F, Expiry.RETENTION, "API (admin)",
                    "dead letters only; the record stays readable until it expires"),
+        Transition(Verb.RELEASE, (W,), Q, Expiry.KEEP, "a parent's finishing verb",
+                   "workflow step: its last parent succeeded; its kept message is queued"),
+        Transition(Verb.SKIP, (W, Q, S, RT), C, Expiry.KEEP, "a parent's verb, start",
+                   "workflow step: a parent failed, or its workflow halted (fail fast); "
+                   "expires with its workflow"),
+        Transition(Verb.REVIVE, (C,), W, Expiry.KEEP, "replay of a step",
+                   "workflow step skipped by a failure: waits (or is queued) again"),
     )
 }  # fmt: skip
 

@@ -17,6 +17,8 @@ from conveyor.core.queues import Queue
 class JobState(StrEnum):
     """Where a job is in its life."""
 
+    # A workflow step whose parents have not all succeeded: recorded, its message kept aside.
+    WAITING = "waiting"
     QUEUED = "queued"
     SCHEDULED = "scheduled"
     RUNNING = "running"
@@ -70,6 +72,8 @@ class JobSummary(BaseModel):
     concurrency_key: str | None = Field(
         None, description="The caller's concurrency key (the task limits jobs sharing one)."
     )
+    workflow_id: str | None = Field(None, description="The workflow this job is a step of.")
+    step: str | None = Field(None, description="Its step's name in that workflow.")
     created_at: datetime
     scheduled_for: datetime | None = Field(None, description="When a delayed job becomes due.")
     started_at: datetime | None = None
@@ -120,6 +124,8 @@ def _summary_values(record: dict[str, str]) -> dict[str, Any]:
         "idempotency_key": record.get("idempotency_key") or None,
         "callback_url": record.get("callback_url") or None,
         "concurrency_key": record.get("concurrency_key") or None,
+        "workflow_id": record.get("workflow") or None,
+        "step": record.get("step") or None,
         "created_at": _timestamp(record["created_at"]),
         "scheduled_for": _timestamp_or_none(record.get("scheduled_for")),
         "started_at": _timestamp_or_none(record.get("started_at")),

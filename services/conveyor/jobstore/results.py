@@ -5,6 +5,7 @@ from enum import StrEnum
 
 from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job, JobState
+from conveyor.jobstore.workflow import WorkflowEnd
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class TransitionResult:
     callback_pending: bool = False
     stale: bool = False
     unrecorded: bool = False
+    # The job was a workflow's last step to finish: the workflow's outcome and duration.
+    workflow_ended: WorkflowEnd | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from conveyor.jobstore.model import JobState
+from conveyor.jobstore.workflow import WorkflowEnd
 
 
 class StartVerdict(StrEnum):
@@ -18,12 +19,17 @@ class StartVerdict(StrEnum):
 
 @dataclass(frozen=True)
 class StartResult:
-    """The verdict, with the record's state before, its attempts and deaths."""
+    """The verdict, with the record's state before, its attempts and deaths; for a workflow
+    step, what it takes from its parents (`inputs`: a JSON object of argument values, '' for
+    nothing, '!<job id>' when that parent's result is gone), and the workflow a skip ended.
+    """
 
     verdict: StartVerdict
     previous_state: JobState | None
     attempts: int
     deaths: int
+    inputs: str = ""
+    workflow_ended: WorkflowEnd | None = None
 
 
 @dataclass(frozen=True)

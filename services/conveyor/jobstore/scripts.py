@@ -73,13 +73,15 @@ SCRIPT_FLAGS = {
 def _job_script(name: str) -> Lua:
     flags = SCRIPT_FLAGS.get(name)
     shebang = f"#!lua flags={flags}" if flags else "#!lua"
-    return Lua("\n".join([shebang, lua_prelude(), script_text("_lib"), script_text(name)]))
+    parts = [shebang, lua_prelude(), script_text("_lib"), script_text("_workflow"), script_text(name)]
+    return Lua("\n".join(parts))
 
 
 # Every job script. The transport's claim and push also take kombu's key names as arguments.
 JOB_SCRIPTS = ("accept", "transition", "promote", "start", "replay", "purge", "ratelimit",
                "recover_inflight", "heartbeat", "renew", "repair", "read", "claim",
-               "push", "release", "flow", "primary")  # fmt: skip
+               "push", "release", "flow", "primary", "accept_workflow",
+               "cancel_workflow")  # fmt: skip
 (ACCEPT, TRANSITION, PROMOTE, START, REPLAY, PURGE, RATELIMIT, RECOVER_INFLIGHT, HEARTBEAT,
- RENEW, REPAIR, READ, CLAIM, PUSH, RELEASE, FLOW, PRIMARY) = (_job_script(name)
-                                                    for name in JOB_SCRIPTS)  # fmt: skip
+ RENEW, REPAIR, READ, CLAIM, PUSH, RELEASE, FLOW, PRIMARY, ACCEPT_WORKFLOW,
+ CANCEL_WORKFLOW) = (_job_script(name) for name in JOB_SCRIPTS)  # fmt: skip

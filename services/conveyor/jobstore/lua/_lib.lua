@@ -38,10 +38,10 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A token bucket refilled at `rate` tokens per second up to `burst`; takes one token if there
--- is one. Returns taken (1/0), whole tokens left, and ms until the next token.
--- A rate of 0 means no limit.
-local function take_token(bucket, rate, burst)
+-- A token bucket refilled at `rate` tokens per second up to `burst`; takes `cost` tokens if
+-- there are as many (a workflow takes one per step). Returns taken (1/0), whole tokens left,
+-- and ms until there are enough. A rate of 0 means no limit.
+local function take_tokens(bucket, rate, burst, cost)
   if rate <= 0 then
     return 1, burst, 0
   end
@@ -51,33 +51,51 @@ local function take_token(bucket, rate, burst)
   local at = tonumber(saved[2]) or now
   tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
   local taken = 0
-  if tokens >= 1 then
-    tokens = tokens - 1
+  if tokens >= cost then
+    tokens = tokens - cost
     taken = 1
   end
   redis.call('HSET', bucket, 'tokens', tostring(tokens), 'at', tostring(now))
   -- A full bucket is the same as no bucket: let idle tenants' keys go.
   redis.call('PEXPIRE', bucket, math.ceil(burst * 1000 / rate) + 1000)
   local wait = 0
-  if tokens < 1 then
-    wait = math.ceil((1 - tokens) * 1000 / rate)
+  if taken == 0 then
+    wait = math.ceil((cost - tokens) * 1000 / rate)
   end
   return taken, math.floor(tokens), wait
+end
+
+local function take_token(bucket, rate, burst)
+  return take_tokens(bucket, rate, burst, 1)
 end
 
 -- Each job's changes (state, progress) as a Redis stream, read by GET /v1/jobs/{id}/events.
 -- Its entries' ids are the SSE event ids, so a client resumes with Last-Event-ID. It lives as
 -- long as the job record: no expiry until the job finishes, then the same retention.
 -- `kind` is 'state' for a change of state, 'progress' for a progress report.
+-- A workflow step's changes also go to its workflow's stream, named by step and job.
 local function emit(prefix, id, state, kind)
-  local record = redis.call('HMGET', key_job(prefix, id), 'progress', 'attempts')
+  local record = redis.call('HMGET', key_job(prefix, id), 'progress', 'attempts', 'workflow',
+                            'step')
   redis.call('XADD', key_events(prefix, id), 'MAXLEN', '~', 1000, '*', 'kind', kind,
              'state', state, 'progress', record[1] or '', 'attempts', record[2] or '0')
+  if record[3] and record[3] ~= '' then
+    redis.call('XADD', key_workflow_events(prefix, record[3]), 'MAXLEN', '~', 10000, '*',
+               'kind', kind, 'step', record[4] or '', 'job', id, 'state', state,
+               'progress', record[1] or '', 'attempts', record[2] or '0')
+  end
 end
 
 -- Expire a finished job's record, its event stream and its idempotency key together.
+-- A step of a workflow that has not finished keeps its record (its children read its result,
+-- a resumed workflow its state): the workflow's end expires them all (_workflow.lua).
 local function expire_job(prefix, id, seconds)
   local key = key_job(prefix, id)
+  local workflow = redis.call('HGET', key, 'workflow')
+  if workflow and workflow ~= ''
+      and redis.call('HGET', key_workflow(prefix, workflow), 'state') == 'running' then
+    return
+  end
   redis.call('EXPIRE', key, seconds)
   redis.call('EXPIRE', key_events(prefix, id), seconds)
   -- The idempotency key lives as long as its job: from acceptance until the record expires.

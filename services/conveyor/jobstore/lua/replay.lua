@@ -2,16 +2,19 @@
 --
 -- ARGV: 1 prefix, 2 the states a dead letter may be replayed from as '|a|b|'
 --       (conveyor.jobstore.machine), 3.. job ids.
--- Returns the number replayed (ids not in the dead-letter set are ignored).
+-- Returns the number replayed (ids not in the dead-letter set are ignored, and so are steps
+-- of a cancelled workflow, which stay dead letters); a step's workflow resumes (_workflow.lua).
 local prefix, replayable = ARGV[1], ARGV[2]
 local dead, messages = key_dead(prefix), key_dead_messages(prefix)
 local replayed = 0
-for i = 3, #ARGV do
-  local id = ARGV[i]
+local function replay_one(id)
   local message = redis.call('HGET', messages, id)
   local key = key_job(prefix, id)
   local record = redis.call('HMGET', key, 'state', 'queue', 'idempotency_key', 'tenant',
-                           'unique_key', 'task', 'unique_mode')
+                           'unique_key', 'task', 'unique_mode', 'workflow')
+  if wf_cancelled(prefix, record[8]) then
+    return  -- a step of a cancelled workflow stays a dead letter: its workflow is over
+  end
   redis.call('ZREM', dead, id)
   redis.call('HDEL', messages, id)
   if message and record[1] and allows(replayable, record[1]) then
@@ -46,7 +49,12 @@ for i = 3, #ARGV do
     move_state_index(prefix, id, record[1], 'queued')
     fair_push(prefix, record[2], tenant, message, now_token(), false, true)
     emit(prefix, id, 'queued', 'state')
+    -- Its workflow resumes from here: the steps its failure skipped wait for it again.
+    wf_resume(prefix, id, record[1])
     replayed = replayed + 1
   end
+end
+for i = 3, #ARGV do
+  replay_one(ARGV[i])
 end
 return replayed

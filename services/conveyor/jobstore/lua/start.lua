@@ -9,26 +9,40 @@
 --       9 the delivery's tag ('' when unknown), kept as the record's `delivery`: the worker's
 --       lease renewer keeps renewing a delivery past its start grace only once this shows
 --       that the delivery's run started (a pool child that hangs before it lets the lease
---       lapse, and the message is redelivered).
+--       lapse, and the message is redelivered), 10 the states a step of a halted workflow
+--       is skipped from (verb skip).
 -- The new attempt's number is its fence: every write of this run carries it, and is refused
 -- once another attempt has started (a paused worker never overwrites a newer outcome).
--- Returns {verdict, previous state, attempts, deaths} where verdict is
+-- Returns {verdict, previous state, attempts, deaths, inputs} where inputs is what a workflow
+-- step takes from its parents (_workflow.lua wf_inputs; '' for none), the workflow's outcome
+-- and seconds follow a skip that ended its workflow, and verdict is
 --   'run'     the job is now running: run it;
 --   'skip'    cancelled, finished, expired, or a stale copy of an older generation:
 --             do not run it, just ack the message;
 --   'poison'  its workers died under it too often: dead-letter it instead.
 local prefix, id, now, max_deaths = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local key = key_job(prefix, id)
-local current = redis.call('HMGET', key, 'state', 'attempts', 'deaths', 'generation')
+local current = redis.call('HMGET', key, 'state', 'attempts', 'deaths', 'generation', 'workflow',
+                          'inputs')
 local state = current[1]
 local attempts, deaths = tonumber(current[2] or '0'), tonumber(current[3] or '0')
 if not state then
   return {'skip', '', 0, 0}
 end
 if ARGV[8] ~= '' and redis.call('HGET', key, 'start_token') == ARGV[8] then
-  return {'run', '', attempts, deaths}
+  return {'run', '', attempts, deaths, wf_inputs(prefix, id, current[6])}
 end
 if ARGV[5] ~= '' and tonumber(ARGV[5]) < tonumber(current[4] or '0') then
+  return {'skip', state, attempts, deaths}
+end
+-- A step of a workflow that halted (failed fast, or cancelled) never starts: skipped, and
+-- counted in its workflow, which this may end.
+if allows(ARGV[10], state) and wf_halted(prefix, current[5]) then
+  wf_skip(prefix, id, state, 'its workflow halted before this step started')
+  local ended = wf_settle(prefix, id, 'cancelled')
+  if ended then
+    return {'skip', state, attempts, deaths, '', ended[1], tostring(ended[2])}
+  end
   return {'skip', state, attempts, deaths}
 end
 if not allows(ARGV[6], state) then
@@ -52,4 +66,4 @@ if queue then
   redis.call('ZADD', key_running(prefix, queue), redis.call('TIME')[1], id)
 end
 emit(prefix, id, 'running', 'state')
-return {'run', state, attempts, deaths}
+return {'run', state, attempts, deaths, wf_inputs(prefix, id, current[6])}

@@ -9,7 +9,8 @@
 --       'fence' for a run's attempt token, 'owner' for the process running it), 10 the value
 --       that field must hold (a write from a run that is no longer current is refused),
 --       11.. field/value pairs to set.
--- Returns {1, previous state, attempts, callback pending (1/0)} on success, {0, current state
+-- Returns {1, previous state, attempts, callback pending (1/0)} on success (and '', the
+-- workflow's outcome and its seconds when this ended the job's workflow), {0, current state
 -- or '', attempts, 0, 'stale' when the fence refused it} if refused; 'unrecorded' instead of
 -- 'stale' when the record has not counted the run's attempt at all: its start was lost (a
 -- failover promoted a replica that never received it), so no newer attempt superseded it and
@@ -62,6 +63,9 @@ end
 if expire > 0 then
   expire_job(prefix, id, expire)
 end
+-- A workflow step's end settles its workflow in the same step (_workflow.lua): children
+-- released or skipped, and the workflow ended when it was the last.
+local ended = expire > 0 and wf_settle(prefix, id, new_state) or nil
 -- A terminal job with a completion callback is marked pending in the same step: the callback
 -- is enqueued by whoever made the change, and by the beat leader's sweep if that party dies
 -- (or Redis refuses the enqueue) before it clears the mark.
@@ -69,5 +73,8 @@ local pending = 0
 if expire > 0 and (redis.call('HGET', key, 'callback_url') or '') ~= '' then
   redis.call('ZADD', key_callbacks_pending(prefix), now_ms(), id)
   pending = 1
+end
+if ended then
+  return {1, state, attempts, pending, '', ended[1], tostring(ended[2])}
 end
 return {1, state, attempts, pending}
