@@ -103,10 +103,12 @@ def test_a_chain_runs_in_order_and_passes_each_result_on(h: Harness) -> None:
     h.succeed(ids["a"], {"n": 1})
     assert h.states(wf.workflow_id)["b"] == "queued"
     started = h.store.start(ids["b"])
-    assert orjson.loads(started.inputs) == {"payload": {"n": 1}}
+    assert started.inputs is not None
+    assert started.inputs.values == {"payload": {"n": 1}}
     h.store.succeed(ids["b"], '{"n": 2}', Fence.attempt(started.attempts))
     started = h.store.start(ids["c"])
-    assert orjson.loads(started.inputs) == {"payload": [{"n": 2}]}
+    assert started.inputs is not None
+    assert started.inputs.values == {"payload": [{"n": 2}]}
     done = h.store.succeed(ids["c"], '"end"', Fence.attempt(started.attempts))
     assert done.workflow_ended is not None
     assert done.workflow_ended.outcome is WorkflowState.SUCCEEDED
@@ -115,7 +117,8 @@ def test_a_chain_runs_in_order_and_passes_each_result_on(h: Harness) -> None:
     assert (final.steps_done, final.steps_succeeded) == (3, 3)
     assert [s.result for s in final.steps] == [{"n": 1}, {"n": 2}, "end"]
     # Ended: everything it kept expires together, with the jobs' retention.
-    assert 0 < h.client.ttl(f"conveyor:workflow:{wf.workflow_id}") <= SETTINGS.jobs.retention_seconds
+    retention = SETTINGS.jobs.retention_seconds
+    assert 0 < h.client.ttl(f"conveyor:workflow:{wf.workflow_id}") <= retention
     assert 0 < h.client.ttl(f"conveyor:job:{ids['a']}") <= SETTINGS.jobs.retention_seconds
 
 
@@ -133,7 +136,8 @@ def test_a_diamond_joins_once_after_both_branches(h: Harness) -> None:
     # Every step's message was pushed exactly once (nothing claims them here).
     assert h.client.llen("conveyor:fair:default:jobs:t1") == 4
     started = h.store.start(ids["d"])
-    assert orjson.loads(started.inputs) == {"payload": ["from b", "from c"]}  # depends_on order
+    assert started.inputs is not None
+    assert started.inputs.values == {"payload": ["from b", "from c"]}
 
 
 def test_fail_fast_skips_what_waits_and_what_has_not_started(h: Harness) -> None:
@@ -151,7 +155,8 @@ def test_fail_fast_skips_what_waits_and_what_has_not_started(h: Harness) -> None
     assert skipped.workflow_ended.outcome is WorkflowState.FAILED
     final = h.get(wf.workflow_id)
     assert (final.steps_succeeded, final.steps_failed, final.steps_cancelled) == (1, 1, 2)
-    assert final.steps[3].error is not None and final.steps[3].error.type == "Skipped"
+    assert final.steps[3].error is not None
+    assert final.steps[3].error.type == "Skipped"
 
 
 def test_continue_runs_independent_branches_and_skips_only_descendants(h: Harness) -> None:
@@ -164,7 +169,8 @@ def test_continue_runs_independent_branches_and_skips_only_descendants(h: Harnes
     assert h.states(wf.workflow_id) == {"a": "succeeded", "b": "failed", "c": "queued",
                                         "d": "cancelled", "e": "cancelled"}  # fmt: skip
     done = h.succeed(ids["c"], 2)
-    assert done.workflow_ended is not None and done.workflow_ended.outcome is WorkflowState.FAILED
+    assert done.workflow_ended is not None
+    assert done.workflow_ended.outcome is WorkflowState.FAILED
 
 
 def test_replaying_a_dead_lettered_step_resumes_the_workflow(h: Harness) -> None:
@@ -198,8 +204,10 @@ def test_cancel_stops_every_step_and_nothing_queued_runs(h: Harness) -> None:
     ids = h.ids(wf.workflow_id)
     h.store.start(ids["a"])  # running
     cancelled = h.run(h.astore.cancel_workflow(wf.workflow_id, "t1"))
-    assert cancelled.found and cancelled.running_steps == (ids["a"],)
-    assert cancelled.ended is not None and cancelled.ended.outcome is WorkflowState.CANCELLED
+    assert cancelled.found
+    assert cancelled.running_steps == (ids["a"],)
+    assert cancelled.ended is not None
+    assert cancelled.ended.outcome is WorkflowState.CANCELLED
     assert set(h.states(wf.workflow_id).values()) == {JobState.CANCELLED}
     assert h.store.start(ids["b"]).verdict is StartVerdict.SKIP
     # Another tenant cannot see it or cancel it.
@@ -211,9 +219,11 @@ def test_cancel_stops_every_step_and_nothing_queued_runs(h: Harness) -> None:
 def test_a_refused_workflow_writes_nothing(h: Harness) -> None:
     steps = [step(f"s{i}") for i in range(5)]
     refused = h.accept(plan(*steps), Limits(rate_per_second=1, burst=3))
-    assert refused.verdict is AcceptVerdict.RATE_LIMITED and refused.over_burst
+    assert refused.verdict is AcceptVerdict.RATE_LIMITED
+    assert refused.over_burst
     full = h.accept(plan(*steps), depths={"default": 4})
-    assert full.verdict is AcceptVerdict.QUEUE_FULL and full.queue == "default"
+    assert full.verdict is AcceptVerdict.QUEUE_FULL
+    assert full.queue == "default"
     quota = h.accept(plan(*steps), Limits(max_queued_per_tier=2))
     assert quota.verdict is AcceptVerdict.QUOTA_EXCEEDED
     keys = {k for k in h.client.scan_iter() if not k.startswith("conveyor:ratelimit:")}
@@ -224,6 +234,7 @@ def test_idempotency_keys_answer_with_the_same_workflow(h: Harness) -> None:
     first = h.accept(plan(step("a"), key="k1"))
     again = h.accept(plan(step("a"), key="k1"))
     other = h.accept(plan(step("a"), step("b"), key="k1"))
-    assert again.verdict is AcceptVerdict.EXISTING and again.workflow_id == first.workflow_id
+    assert again.verdict is AcceptVerdict.EXISTING
+    assert again.workflow_id == first.workflow_id
     assert other.verdict is AcceptVerdict.CONFLICT
     assert h.client.zcard("conveyor:workflows:all") == 1

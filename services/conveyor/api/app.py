@@ -31,6 +31,7 @@ from conveyor.api.pauses import pauses_router
 from conveyor.api.request_metrics import MetricsMiddleware
 from conveyor.api.schemas import submission_model
 from conveyor.api.state import ApiState
+from conveyor.api.workflows import workflows_router
 from conveyor.core.catalog import TaskCatalog, catalog_for
 from conveyor.core.redis import async_client, stream_client
 from conveyor.core.settings import Settings
@@ -96,7 +97,8 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app = FastAPI(
         title="Conveyor",
         version=__version__,
-        description="Submit jobs, follow their progress, read their results, cancel them.",
+        description="Submit jobs and workflows, follow their progress, read their results, "
+        "cancel them.",
         lifespan=lifespan,
         docs_url=None,  # served below, from the package's own copies of the UIs
         redoc_url=None,
@@ -117,6 +119,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app.include_router(batch_router(catalog, body, settings.limits.max_batch_jobs))
     app.include_router(jobs_router(catalog, body))
     app.include_router(events_router())
+    app.include_router(workflows_router())
     app.include_router(dead_letters_router())
     app.include_router(pauses_router())
     app.include_router(meta_router())

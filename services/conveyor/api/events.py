@@ -12,6 +12,7 @@ exactly the events it missed. Events:
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
@@ -34,13 +35,21 @@ STREAM_MAXLEN = 1000
 
 async def _followed_job(job_id: str, state: State, principal: Reader) -> AsyncIterator[Job]:
     # A dependency, so an unknown (or another tenant's) job is a 404, and a full process a
-    # 503, before the stream starts. The slot is checked and taken in one step (no await in
-    # between: concurrent requests cannot all pass the check), and given back by the
-    # dependency's teardown, which runs once the stream is over, or the request is, however
-    # it ended.
+    # 503, before the stream starts; the slot is given back by the dependency's teardown,
+    # which runs once the stream is over, or the request is, however it ended.
     job = await existing_job(state, job_id, principal)
+    async with stream_slot(state, principal.tenant):
+        yield job
+
+
+@asynccontextmanager
+async def stream_slot(state: ApiState, tenant: str) -> AsyncIterator[None]:
+    """One of the process's event-stream slots for `tenant` (429 past the tenant's own
+    limit, 503 past the process's), held for the block. It is checked and taken in one step
+    (no await in between: concurrent requests cannot all pass the check).
+    """
     limits, streams = state.settings.api, state.open_streams
-    if streams.by_tenant[principal.tenant] >= limits.max_event_streams_per_tenant:
+    if streams.by_tenant[tenant] >= limits.max_event_streams_per_tenant:
         # The tenant's own limit, named as such: it says nothing about other tenants.
         raise ProblemError(
             429,
@@ -58,11 +67,11 @@ async def _followed_job(job_id: str, state: State, principal: Reader) -> AsyncIt
             slug="streams-exhausted",
             headers={"Retry-After": "5"},
         )
-    streams.opened(principal.tenant)
+    streams.opened(tenant)
     try:
-        yield job
+        yield
     finally:
-        streams.closed(principal.tenant)
+        streams.closed(tenant)
 
 
 def events_router() -> APIRouter:
@@ -77,7 +86,7 @@ def events_router() -> APIRouter:
     async def job_events(
         job: Annotated[Job, Depends(_followed_job)],
         state: State,
-        last_event_id: Annotated[str | None, Depends(_last_event_id)],
+        last_event_id: Annotated[str | None, Depends(last_event_id_header)],
     ) -> AsyncIterator[ServerSentEvent]:
         """Stream the job's changes until it reaches a terminal state: first the job itself
         (`job`), then `state` and `progress` events, then the final `job`. Reconnect with
@@ -90,7 +99,7 @@ def events_router() -> APIRouter:
     return router
 
 
-async def _last_event_id(
+async def last_event_id_header(
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", pattern=EVENT_ID_PATTERN)
     ] = None,
@@ -118,7 +127,7 @@ async def follow(
     client: redis.asyncio.Redis = state.streams
     key = state.store.keys.events(job_id)
     deadline = time.monotonic() + state.settings.api.events_max_seconds
-    if last_event_id is not None and not await _lost_events(client, key, last_event_id):
+    if last_event_id is not None and not await lost_events(client, key, last_event_id):
         cursor = last_event_id
         # Resuming a finished job with nothing left to send: end with the job itself, or a
         # reconnecting EventSource would wait out every stream and reconnect forever.
@@ -176,7 +185,7 @@ async def _snapshot(state: ApiState, key: str, job_id: str) -> tuple[Job | None,
     return decode_record(record), (last[0][0] if last else "0-0")
 
 
-async def _lost_events(client: redis.asyncio.Redis, key: str, last_event_id: str) -> bool:
+async def lost_events(client: redis.asyncio.Redis, key: str, last_event_id: str) -> bool:
     """Whether events after `last_event_id` may have been trimmed from the stream, so that a
     snapshot must come first (a needless snapshot is harmless; a silent gap is not).
     """

@@ -165,7 +165,7 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 slug="job-finished",
             )
         if outcome.applied and outcome.previous_state is JobState.RUNNING:
-            await run_in_threadpool(_revoke, state, job_id, terminate)
+            await run_in_threadpool(revoke, state, job_id, terminate)
         job = await existing_job(state, job_id, principal)
         if outcome.callback_pending:
             await _enqueue_callback(state, job)
@@ -179,7 +179,8 @@ def job_response(job: Job, status: int, headers: dict[str, str]) -> Response:
     return Response(job.model_dump_json(), status, headers, media_type="application/json")
 
 
-def _revoke(state: ApiState, job_id: str, terminate: bool) -> None:
+def revoke(state: ApiState, job_id: str, terminate: bool) -> None:
+    """Stop a running job's attempt (killed with `terminate`), through Celery's control."""
     # Imported here: only cancelling a running job needs a Celery client in the API process.
     from conveyor.celery_config import control_app
 

@@ -381,6 +381,20 @@ class JobSettings(BaseModel):
     )
 
 
+class WorkflowSettings(BaseModel):
+    """Bounds of workflows (docs/workflows.md)."""
+
+    max_steps: int = Field(
+        1000, ge=1, le=10_000, description="Most steps one workflow may have (422 beyond)."
+    )
+    max_input_bytes: int = Field(
+        1_048_576,
+        ge=1,
+        description="Most bytes of parents' results one step may take as arguments; a step "
+        "that would take more fails (permanently) instead of running.",
+    )
+
+
 class MetricsSettings(BaseModel):
     """Prometheus endpoints."""
 
@@ -471,6 +485,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
     jobs: JobSettings = JobSettings()
+    workflows: WorkflowSettings = WorkflowSettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("task_modules", mode="before")

@@ -18,7 +18,7 @@ from conveyor.jobstore.results import (
     Quota,
     TransitionResult,
 )
-from conveyor.jobstore.runs import Fence, StartResult, StartVerdict
+from conveyor.jobstore.runs import Fence, StartResult, StartVerdict, StepInputs
 from conveyor.jobstore.workflow import WorkflowEnd, WorkflowState
 
 
@@ -89,11 +89,26 @@ def parse_start(raw: Sequence[Any]) -> StartResult:
     """Decode start.lua's reply."""
     verdict, state, attempts, deaths = raw[:4]
     previous = JobState(text_of(state)) if state else None
-    inputs = text_of(raw[4]) if len(raw) > 4 else ""
     return StartResult(
-        StartVerdict(text_of(verdict)), previous, int(attempts), int(deaths), inputs=inputs,
+        StartVerdict(text_of(verdict)),
+        previous,
+        int(attempts),
+        int(deaths),
+        inputs=_inputs(raw[4]) if len(raw) > 4 else None,
         workflow_ended=_workflow_end(raw, 5),
     )
+
+
+def _inputs(raw: Any) -> StepInputs | None:
+    """A step's inputs from start.lua: name, JSON value, ... or '!' and a parent's id."""
+    if not isinstance(raw, list):
+        return None
+    values = [text_of(v) for v in raw]
+    if values[:1] == ["!"]:
+        return StepInputs({}, missing_parent=values[1])
+    pairs = list(zip(values[::2], values[1::2], strict=True))
+    return StepInputs({name: orjson.loads(value) for name, value in pairs},
+                      size=sum(len(value) for _, value in pairs))  # fmt: skip
 
 
 def _workflow_end(raw: Sequence[Any], at: int) -> WorkflowEnd | None:

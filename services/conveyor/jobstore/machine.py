@@ -88,7 +88,7 @@ TRANSITIONS: dict[Verb, Transition] = {
                    "dead letters only; the record stays readable until it expires"),
         Transition(Verb.RELEASE, (W,), Q, Expiry.KEEP, "a parent's finishing verb",
                    "workflow step: its last parent succeeded; its kept message is queued"),
-        Transition(Verb.SKIP, (W, Q, S, RT), C, Expiry.KEEP, "a parent's verb, start",
+        Transition(Verb.SKIP, (W, Q, S, RN, RT), C, Expiry.KEEP, "a parent's verb, start",
                    "workflow step: a parent failed, or its workflow halted (fail fast); "
                    "expires with its workflow"),
         Transition(Verb.REVIVE, (C,), W, Expiry.KEEP, "replay of a step",

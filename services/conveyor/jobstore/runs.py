@@ -4,6 +4,7 @@ write of the run carries (refused once it is no longer the job's current attempt
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from conveyor.jobstore.model import JobState
 from conveyor.jobstore.workflow import WorkflowEnd
@@ -20,16 +21,26 @@ class StartVerdict(StrEnum):
 @dataclass(frozen=True)
 class StartResult:
     """The verdict, with the record's state before, its attempts and deaths; for a workflow
-    step, what it takes from its parents (`inputs`: a JSON object of argument values, '' for
-    nothing, '!<job id>' when that parent's result is gone), and the workflow a skip ended.
+    step, what it takes from its parents (None: nothing), and the workflow a skip ended.
     """
 
     verdict: StartVerdict
     previous_state: JobState | None
     attempts: int
     deaths: int
-    inputs: str = ""
+    inputs: "StepInputs | None" = None
     workflow_ended: WorkflowEnd | None = None
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """The arguments a workflow step takes from its parents' results, or the parent whose
+    result is gone (expired or purged) when it cannot have them.
+    """
+
+    values: dict[str, Any]
+    missing_parent: str | None = None
+    size: int = 0  # bytes of the results' JSON
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ SCRIPT_FLAGS = {
 def _job_script(name: str) -> Lua:
     flags = SCRIPT_FLAGS.get(name)
     shebang = f"#!lua flags={flags}" if flags else "#!lua"
-    parts = [shebang, lua_prelude(), script_text("_lib"), script_text("_workflow"), script_text(name)]
+    parts = [shebang, lua_prelude(), *map(script_text, ("_lib", "_workflow", name))]
     return Lua("\n".join(parts))
 
 

@@ -197,8 +197,10 @@ class Workflow(WorkflowSummary):
 
 
 # The workflow record's fields a summary is read from.
-WORKFLOW_FIELDS = ("id", "tenant", "name", "state", "policy", "steps", "done", "succeeded",
-                   "failed", "cancelled", "idempotency_key", "created_at", "finished_at")  # fmt: skip
+WORKFLOW_FIELDS = (
+    *("id", "tenant", "name", "state", "policy", "steps", "done", "succeeded", "failed"),
+    *("cancelled", "idempotency_key", "created_at", "finished_at"),
+)
 # A step's job record fields the workflow's resource shows.
 STEP_FIELDS = ("id", "step", "task", "queue", "state", "parents", "progress", "error", "result",
                "attempts", "started_at", "finished_at")  # fmt: skip

@@ -18,6 +18,7 @@ from conveyor.jobstore.scripts import ACCEPT_WORKFLOW, CANCEL_WORKFLOW
 from conveyor.jobstore.workflow import (
     STEP_FIELDS,
     WORKFLOW_FIELDS,
+    PreparedWorkflow,
     Workflow,
     WorkflowEnd,
     WorkflowPlan,
@@ -45,6 +46,7 @@ class WorkflowAcceptResult:
     queue: str = ""
     quota: Quota | None = None
     replicas: int = 0
+    workflow: Workflow | None = None  # as accepted (CREATED)
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,10 @@ class WorkflowVerbs:
             args += [orjson.dumps(record), message]
         replication = self.settings.redis_replication
         async with self.client.client() as conn:
-            result = _parse_accept(await ACCEPT_WORKFLOW.run_async(conn, args), prepared.request_hash)
+            result = _parse_accept(await ACCEPT_WORKFLOW.run_async(conn, args), prepared)
             if not replication.ack_replicas or result.verdict not in (
-                AcceptVerdict.CREATED, AcceptVerdict.EXISTING
+                AcceptVerdict.CREATED,
+                AcceptVerdict.EXISTING,
             ):
                 return result
             if result.verdict is AcceptVerdict.EXISTING:
@@ -147,29 +150,34 @@ class WorkflowVerbs:
         """Workflows newest first (a tenant's own index only, or every tenant's)."""
         index = (self.keys.workflow_index_tenant(tenant) if tenant is not None
                  else self.keys.workflow_index_all)  # fmt: skip
-        bound_score, bound_id = "+inf", None
+        bound_score, bound_id = "+inf", ""
         if cursor is not None:
-            score, bound_id = _calls.decode_cursor(cursor)
-            bound_score = str(score)
+            cursor_score, bound_id = _calls.decode_cursor(cursor)
+            bound_score = str(cursor_score)
         found: list[WorkflowSummary] = []
         last: tuple[float, str] | None = None
-        more, budget = True, limit * 20
+        more, budget, batch = True, limit * 20, limit + 1
         while len(found) < limit and budget > 0:
-            reply = await self.client.zrevrangebyscore(
-                index, bound_score, "-inf", start=0, num=limit + 1, withscores=True
+            reply: list[Any] = await self.client.zrevrangebyscore(
+                index, bound_score, "-inf", start=0, num=batch, withscores=True
             )
             rows = [(_text(m), float(s)) for m, s in reply]
-            fresh = [(m, s) for m, s in rows
-                     if bound_id is None or not (s == float(bound_score) and m >= bound_id)]  # fmt: skip
+            # Entries sharing the cursor's score come in descending id order: skip those seen.
+            at_bound = float(bound_score)
+            fresh = [(m, s) for m, s in rows if not (s == at_bound and bound_id and m >= bound_id)]
             if not fresh:
-                more = False
-                break
+                if len(rows) < batch:
+                    more = False
+                    break
+                batch *= 2  # more equal scores than the batch: widen and read again
+                continue
             async with self.client.pipeline(transaction=False) as pipe:
                 for workflow_id, _ in fresh:
                     pipe.hmget(self.keys.workflow(workflow_id), WORKFLOW_FIELDS)
                 records = await pipe.execute()
-            expired = []
+            expired, consumed = [], 0
             for (workflow_id, score), values in zip(fresh, records, strict=True):
+                consumed += 1
                 budget -= 1
                 last = (score, workflow_id)
                 summary = decode_summary(values)
@@ -181,7 +189,7 @@ class WorkflowVerbs:
                     break
             if expired:
                 await self.client.zrem(index, *expired)
-            if len(rows) <= limit and last == fresh[-1]:
+            if last is None or (consumed == len(fresh) and len(rows) < batch):
                 more = False
                 break
             bound_score, bound_id = str(int(last[0])), last[1]
@@ -206,13 +214,14 @@ class WorkflowVerbs:
         )  # fmt: skip
 
 
-def _parse_accept(raw: Any, request_hash: str) -> WorkflowAcceptResult:
+def _parse_accept(raw: Any, prepared: PreparedWorkflow) -> WorkflowAcceptResult:
     code = int(raw[0])
     if code == 1:
-        return WorkflowAcceptResult(AcceptVerdict.CREATED, _text(raw[1]), tokens_left=int(raw[2]))
+        return WorkflowAcceptResult(AcceptVerdict.CREATED, _text(raw[1]), tokens_left=int(raw[2]),
+                                    workflow=_as_accepted(prepared))  # fmt: skip
     if code == 0:
         existing, _, existing_hash = _text(raw[1]).partition("\n")
-        same = existing_hash == request_hash
+        same = existing_hash == prepared.request_hash
         return WorkflowAcceptResult(
             AcceptVerdict.EXISTING if same else AcceptVerdict.CONFLICT, existing
         )
@@ -225,6 +234,16 @@ def _parse_accept(raw: Any, request_hash: str) -> WorkflowAcceptResult:
     return WorkflowAcceptResult(
         AcceptVerdict.QUOTA_EXCEEDED, quota=Quota(_text(raw[1]), int(raw[2]))
     )
+
+
+def _as_accepted(prepared: PreparedWorkflow) -> Workflow:
+    """The workflow as just accepted, from what was written (no read back)."""
+    record = {**prepared.record, "state": "running", "steps": str(len(prepared.steps)),
+              "done": "0", "succeeded": "0", "failed": "0", "cancelled": "0"}  # fmt: skip
+    summary = decode_summary([record.get(f) for f in WORKFLOW_FIELDS])
+    assert summary is not None
+    steps = [[step.get(f) for f in STEP_FIELDS] for step, _ in prepared.steps]
+    return decode_workflow(summary, steps)
 
 
 def _text(value: Any) -> str:

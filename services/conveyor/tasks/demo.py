@@ -64,3 +64,27 @@ def fail(ctx: JobContext, args: FailArgs) -> dict[str, int]:
     if args.mode == "retryable":
         raise RetryableError(args.message)
     raise PermanentError(args.message)
+
+
+class SquareArgs(TaskArgs):
+    """Arguments of `demo.square`."""
+
+    x: float = Field(..., description="The number to square.")
+
+
+@task(name="demo.square", queue=Queue.DEFAULT, args=SquareArgs)
+def square(ctx: JobContext, args: SquareArgs) -> float:
+    """Return x squared: a step whose result the next one takes (workflows)."""
+    return args.x * args.x
+
+
+class SumArgs(TaskArgs):
+    """Arguments of `demo.sum`."""
+
+    values: list[float] = Field(..., max_length=10_000, description="The numbers to add.")
+
+
+@task(name="demo.sum", queue=Queue.DEFAULT, args=SumArgs)
+def sum_values(ctx: JobContext, args: SumArgs) -> float:
+    """Return the sum of `values`: a fan-in step taking every parent's result."""
+    return sum(args.values)

@@ -123,6 +123,7 @@ class WorkerMetrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self.workflows = WorkflowMetrics(registry)
 
     def count_from_zero(self, queues: Iterable[str], tasks: Iterable[str]) -> None:
         """Create every job counter of `queues` x `tasks` (every outcome) at 0, and the active
@@ -134,6 +135,7 @@ class WorkerMetrics:
         tier's children are replaced (the main process's own 0 keeps the series alive).
         """
         tasks = tuple(tasks)
+        self.workflows.count_from_zero(submissions=False)
         for queue in queues:
             self.active.labels(queue).set(0)
             for task in tasks:
@@ -142,6 +144,56 @@ class WorkerMetrics:
                     counter.labels(queue, task)
                 for outcome in OUTCOMES:
                     self.completed.labels(queue, task, outcome)
+
+
+# How a workflow ends (conveyor.jobstore.workflow.WorkflowState's terminal values).
+WORKFLOW_OUTCOMES = ("succeeded", "failed", "cancelled")
+# How a workflow submission is answered.
+WORKFLOW_SUBMISSION_OUTCOMES = (
+    *("accepted", "duplicate", "rejected", "rate_limited", "queue_full", "quota_exceeded"),
+    *("conflict", "broker_error"),
+)
+WORKFLOW_DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+class WorkflowMetrics:
+    """Workflows by outcome and duration: recorded where a workflow ends (the worker whose
+    step ended it, or the API that cancelled it), and submissions in the API.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.ended = Counter(
+            "conveyor_workflows_ended",
+            "Workflows that ended, by outcome: " + ", ".join(WORKFLOW_OUTCOMES) + ".",
+            ("outcome",),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "conveyor_workflow_duration_seconds",
+            "From a workflow's acceptance to its end, by outcome.",
+            ("outcome",),
+            buckets=WORKFLOW_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.submissions = Counter(
+            "conveyor_api_workflow_submissions",
+            "Workflow submissions by outcome: " + ", ".join(WORKFLOW_SUBMISSION_OUTCOMES) + ".",
+            ("outcome",),
+            registry=registry,
+        )
+
+    def workflow_ended(self, outcome: str, seconds: float) -> None:
+        """Count one workflow's end."""
+        self.ended.labels(outcome).inc()
+        self.duration.labels(outcome).observe(seconds)
+
+    def count_from_zero(self, *, submissions: bool) -> None:
+        """Every outcome's series at 0 (and the submissions', in the API)."""
+        for outcome in WORKFLOW_OUTCOMES:
+            self.ended.labels(outcome)
+        if submissions:
+            for outcome in WORKFLOW_SUBMISSION_OUTCOMES:
+                self.submissions.labels(outcome)
 
 
 class ApiMetrics:
@@ -184,6 +236,8 @@ class ApiMetrics:
         )
         for outcome in KEYS_RELOAD_OUTCOMES:
             self.keys_reloads.labels(outcome)
+        self.workflows = WorkflowMetrics(registry)
+        self.workflows.count_from_zero(submissions=True)
 
     def keys_reloaded(self, loaded: bool) -> None:
         """Count one reload of the keys file."""

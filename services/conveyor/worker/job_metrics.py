@@ -9,7 +9,7 @@ from celery import bootsteps
 
 from conveyor.telemetry.metrics import WorkerMetrics, exception_label
 from conveyor.telemetry.prometheus import scrape_registry, serve
-from conveyor.worker.job_signals import job_finished, job_started
+from conveyor.worker.job_signals import job_finished, job_started, workflow_ended
 from conveyor.worker.services import services_of
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ class JobMetricsRecorder:
         """Subscribe to the job events (inherited by the children forked afterwards)."""
         job_started.connect(self.on_started, weak=False)
         job_finished.connect(self.on_finished, weak=False)
+        workflow_ended.connect(self.on_workflow_ended, weak=False)
 
     def on_started(
         self,
@@ -67,6 +68,12 @@ class JobMetricsRecorder:
         if runtime_seconds is not None:
             m.active.labels(queue).dec()
             m.runtime.labels(queue, task, outcome).observe(runtime_seconds)
+
+    def on_workflow_ended(
+        self, sender: Any = None, outcome: str = "", seconds: float = 0.0, **_: Any
+    ) -> None:
+        """A workflow ended with a step of this process."""
+        self.metrics.workflows.workflow_ended(outcome, seconds)
 
 
 class MetricsServer(bootsteps.StartStopStep):

@@ -16,3 +16,7 @@ job_started = Signal(name="conveyor.job_started")
 #: job took over), runtime_seconds (float | None), exception (type name | None),
 #: dead_lettered (bool).
 job_finished = Signal(name="conveyor.job_finished")
+
+#: A workflow ended with the step this process finished or skipped. Arguments: workflow_id,
+#: outcome ("succeeded", "failed", "cancelled"), seconds (since it was accepted).
+workflow_ended = Signal(name="conveyor.workflow_ended")

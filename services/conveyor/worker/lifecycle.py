@@ -24,16 +24,17 @@ from redis.exceptions import RedisError
 
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import JobContext, TaskCatalog, TaskSpec
-from conveyor.core.errors import JobCancelledError, JobSupersededError
+from conveyor.core.errors import JobCancelledError, JobSupersededError, PermanentError
 from conveyor.core.queues import Queue
 from conveyor.core.sanitize import Sanitizer
 from conveyor.core.settings import Settings
 from conveyor.jobstore.model import JobError, JobState
 from conveyor.jobstore.results import TransitionResult
-from conveyor.jobstore.runs import Fence, StartVerdict
+from conveyor.jobstore.runs import Fence, StartVerdict, StepInputs
 from conveyor.jobstore.store import JobStore
+from conveyor.jobstore.workflow import WorkflowEnd
 from conveyor.worker.delivery import Delivery
-from conveyor.worker.job_signals import job_finished, job_started
+from conveyor.worker.job_signals import job_finished, job_started, workflow_ended
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class JobRunner:
         if started.verdict is StartVerdict.SKIP:
             # Cancelled, finished by an earlier delivery, or expired: never run it (again).
             log.info("job %s not run: state is %s", job_id, started.previous_state or "unknown")
+            _announce_workflow_end(job_id, started.workflow_ended)
             return
         if started.verdict is StartVerdict.POISON:
             error = JobError(
@@ -99,6 +101,8 @@ class JobRunner:
             settings=self.settings,
         )
         try:
+            if started.inputs is not None:
+                kwargs = {**kwargs, **self._inputs(started.inputs)}
             result = spec.run(ctx, kwargs)
             encoded = orjson.dumps(result)
         except JobCancelledError:
@@ -121,6 +125,20 @@ class JobRunner:
         with _requeue_on_broker_error(job_id), _shielded():
             done = self.store.succeed(job_id, encoded.decode(), fence)
         self._finished(attempt, done, "succeeded")
+
+    def _inputs(self, inputs: StepInputs) -> dict[str, Any]:
+        """A workflow step's arguments from its parents' results (it fails, permanently,
+        when one is gone or they are too large).
+        """
+        if inputs.missing_parent is not None:
+            missing = inputs.missing_parent
+            raise PermanentError(f"the result of parent job {missing} is gone (expired or "
+                                 "purged); the step cannot have its inputs")  # fmt: skip
+        limit = self.settings.workflows.max_input_bytes
+        if inputs.size > limit:
+            raise PermanentError(f"the parents' results are {inputs.size} bytes; a step takes "
+                                 f"at most {limit} (WORKFLOWS__MAX_INPUT_BYTES)")  # fmt: skip
+        return inputs.values
 
     def _failed(
         self,
@@ -201,6 +219,7 @@ class JobRunner:
             outcome = "superseded"
         attempt.finished(outcome, exception=exception,
                          dead_lettered=dead_lettered and done.applied)  # fmt: skip
+        _announce_workflow_end(attempt.job_id, done.workflow_ended)
         if done.applied and done.callback_pending:
             self.after_terminal(attempt.job_id)
 
@@ -253,6 +272,13 @@ class _Attempt:
             exception=exception,
             dead_lettered=dead_lettered,
         )
+
+
+def _announce_workflow_end(job_id: str, ended: WorkflowEnd | None) -> None:
+    if ended is not None:
+        log.info("workflow of job %s %s after %.1fs", job_id, ended.outcome, ended.seconds)
+        workflow_ended.send(sender=None, job_id=job_id, outcome=str(ended.outcome),
+                            seconds=ended.seconds)  # fmt: skip
 
 
 def process_owner(pid: int = 0) -> str:

@@ -154,9 +154,9 @@ local function wf_halted(prefix, workflow)
   return halted ~= nil and halted ~= false and halted ~= ''
 end
 
--- What a starting step takes from its parents: a JSON object of argument name -> the named
--- parent's result, or the list of every parent's result in `depends_on` order ('*'); '' when
--- it takes nothing. A parent whose result is gone makes it '!' followed by that parent's id.
+-- What a starting step takes from its parents: argument name, JSON value, ... (the named
+-- parent's result, or the list of every parent's result in `depends_on` order for '*'); ''
+-- when it takes nothing. A parent whose result is gone makes it '!' and that parent's id.
 local function wf_inputs(prefix, id, inputs)
   if not inputs or inputs == '' then
     return ''
@@ -177,9 +177,10 @@ local function wf_inputs(prefix, id, inputs)
     if source == '*' then
       value = '[' .. table.concat(results, ',') .. ']'
     end
-    parts[#parts + 1] = cjson.encode(name) .. ':' .. value
+    parts[#parts + 1] = name
+    parts[#parts + 1] = value
   end
-  return '{' .. table.concat(parts, ',') .. '}'
+  return parts
 end
 
 -- Resume the workflow of step `id`, a dead letter being replayed: it counts as not done
