@@ -191,3 +191,38 @@ def test_submit_many_sends_json_lines_through_the_batch_route(platform: Platform
     not_json = tmp_path / "bad.jsonl"
     not_json.write_text("{nope\n")
     assert run(platform, "jobs", "submit-many", str(not_json)).returncode == 5
+
+
+def test_workflows_submit_wait_draws_a_bar_over_steps_and_exits_with_the_outcome(
+    platform: Platform, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    chord = tmp_path / "chord.json"
+    chord.write_text(json.dumps({"chord": {
+        "parallel": [{"task": "demo.sleep", "args": {"seconds": 0.5}} for _ in range(3)],
+        "then": {"task": "demo.echo", "inputs": {"payload": "*"}},
+    }}))  # fmt: skip
+    code, screen = run_in_pty(platform, "workflows", "submit", str(chord), "--wait")
+    assert code == 0, screen
+    assert "━" in screen  # the bar over the steps
+    assert "/4" in screen  # M/N steps done
+    assert "succeeded" in screen
+    assert "step-3" in screen
+
+    failing = tmp_path / "failing.json"
+    failing.write_text(json.dumps({"chain": [
+        {"task": "demo.fail", "args": {"mode": "permanent", "message": "boom"}},
+        {"task": "demo.echo"},
+    ]}))  # fmt: skip
+    failed = run(platform, "workflows", "submit", str(failing), "--wait", "-o", "json")
+    assert failed.returncode == 1, failed.stderr
+    workflow = json.loads(failed.stdout)
+    assert [s["state"] for s in workflow["steps"]] == ["failed", "cancelled"]
+    got = json.loads(run(platform, "workflows", "get", workflow["id"], "-o", "json").stdout)
+    assert got["state"] == "failed"
+    listed = run(platform, "workflows", "list", "--state", "failed")
+    assert workflow["id"] in listed.stdout
+    not_an_object = tmp_path / "list.json"
+    not_an_object.write_text("[1]")
+    invalid = run(platform, "workflows", "submit", str(not_an_object))
+    assert invalid.returncode == 2
+    assert "JSON object" in invalid.stderr

@@ -23,6 +23,8 @@ from conveyor.client import (
     Unauthorized,
     ValidationFailed,
     WaitTimeout,
+    WorkflowEvent,
+    WorkflowState,
 )
 from tests.conftest import fresh_db, started_platform
 from tests.support.auth import ADMIN_KEY, TEAM_A_READER_KEY, TEST_KEYS, keys_document
@@ -265,3 +267,89 @@ def test_429_and_503_are_retried_after_retry_after(
             assert limited.value.retry_after == 1.0
     finally:
         platform.stop()
+
+
+# -- workflows against real workers (issue 20) -----------------------------------------------
+
+
+def test_a_chain_passes_results_through_real_workers(client: Client) -> None:
+    events: list[WorkflowEvent] = []
+    workflow = client.submit_workflow({"chain": [
+        {"task": "demo.square", "args": {"x": 3}},
+        {"task": "demo.square", "inputs": {"x": "step-0"}},
+        {"task": "demo.square", "inputs": {"x": "step-1"}, "priority": "low"},
+    ]})  # fmt: skip
+    done = client.wait_workflow(workflow.id, timeout=60, on_event=events.append)
+    assert done.state is WorkflowState.SUCCEEDED
+    assert [s.result for s in done.steps] == [9, 81, 6561]
+    assert events[0].event == "workflow"
+    assert events[-1].is_terminal
+    # Every step's change came through, across the 1 s stream reconnections.
+    ended = {e.data["step"] for e in events if e.event == "step" and e.data["state"] == "succeeded"}
+    assert ended == {"step-0", "step-1", "step-2"}
+
+
+def test_a_chord_callback_receives_all_ten_results(client: Client) -> None:
+    workflow = client.submit_workflow({"chord": {
+        "parallel": [{"task": "demo.square", "args": {"x": i}} for i in range(10)],
+        "then": {"name": "total", "task": "demo.sum", "inputs": {"values": "*"}},
+    }})  # fmt: skip
+    done = client.wait_workflow(workflow.id, timeout=60)
+    assert done.state is WorkflowState.SUCCEEDED
+    total = done.steps[-1]
+    assert (total.name, total.result, total.attempts) == ("total", 285, 1)
+
+
+def test_a_diamond_joins_once_after_both_branches(client: Client) -> None:
+    workflow = client.submit_workflow({"steps": [
+        {"name": "a", "task": "demo.sleep", "args": {"seconds": 0.2}},
+        {"name": "b", "task": "demo.sleep", "args": {"seconds": 1}, "depends_on": ["a"]},
+        {"name": "c", "task": "demo.sleep", "args": {"seconds": 0.2}, "depends_on": ["a"]},
+        {"name": "d", "task": "demo.echo", "depends_on": ["b", "c"], "inputs": {"payload": "*"}},
+    ]})  # fmt: skip
+    done = client.wait_workflow(workflow.id, timeout=60)
+    steps = {s.name: s for s in done.steps}
+    assert done.state is WorkflowState.SUCCEEDED
+    assert steps["d"].attempts == 1
+    assert steps["d"].result == {"payload": [{"slept": 1.0}, {"slept": 0.2}]}
+    d_started = steps["d"].started_at
+    assert d_started is not None
+    assert all(f is not None and f <= d_started for f in (steps["b"].finished_at,
+                                                          steps["c"].finished_at))  # fmt: skip
+
+
+def test_cancelling_a_workflow_mid_way_runs_nothing_more(client: Client) -> None:
+    workflow = client.submit_workflow({"chain": [
+        {"task": "demo.sleep", "args": {"seconds": 30}},
+        *[{"task": "demo.echo", "args": {"payload": i}} for i in range(3)],
+    ]})  # fmt: skip
+    deadline = time.monotonic() + 30
+    while client.get_workflow(workflow.id).steps[0].state != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cancelled = client.cancel_workflow(workflow.id, terminate=True)
+    assert cancelled.state is WorkflowState.CANCELLED
+    time.sleep(2)  # whatever a worker would still run, it would have started by now
+    after = client.get_workflow(workflow.id)
+    assert [s.state for s in after.steps] == ["cancelled"] * 4
+    assert [s.attempts for s in after.steps] == [1, 0, 0, 0]
+    listed = [w.id for w in client.list_workflows(state="cancelled")]
+    assert workflow.id in listed
+
+
+def test_the_async_client_follows_workflows_too(live: Platform) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(live.base_url, ADMIN_KEY) as client:
+            workflow = await client.submit_workflow(
+                {"chain": [{"task": "demo.square", "args": {"x": 2}},
+                           {"task": "demo.square", "inputs": {"x": "step-0"}}]}
+            )  # fmt: skip
+            events: list[WorkflowEvent] = []
+            done = await client.wait_workflow(workflow.id, timeout=60, on_event=events.append)
+            assert [s.result for s in done.steps] == [4, 16]
+            assert events[-1].is_terminal
+            assert workflow.id in [w.id async for w in client.list_workflows(page_size=1)]
+            with pytest.raises(NotFound):
+                await client.get_workflow("00000000-0000-4000-8000-000000000000")
+
+    asyncio.run(scenario())

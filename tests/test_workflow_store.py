@@ -20,13 +20,8 @@ from conveyor.jobstore.results import AcceptVerdict, Limits
 from conveyor.jobstore.runs import Fence, StartVerdict
 from conveyor.jobstore.store import JobStore
 from conveyor.jobstore.submission import Submission
-from conveyor.jobstore.workflow import (
-    FailurePolicy,
-    StepPlan,
-    Workflow,
-    WorkflowPlan,
-    WorkflowState,
-)
+from conveyor.jobstore.workflow import StepPlan, WorkflowPlan
+from conveyor.jobstore.workflow_model import FailurePolicy, Workflow, WorkflowState
 from conveyor.jobstore.workflow_store import WorkflowAcceptResult
 from tests.support.processes import RedisServer
 

@@ -18,7 +18,8 @@ from conveyor.core.netguard import NetGuard, UnsafeUrlError
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
 from conveyor.jobstore.submission import Submission
-from conveyor.jobstore.workflow import ALL_PARENTS, FailurePolicy, StepPlan, WorkflowPlan
+from conveyor.jobstore.workflow import ALL_PARENTS, StepPlan, WorkflowPlan
+from conveyor.jobstore.workflow_model import FailurePolicy
 
 STEP_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 

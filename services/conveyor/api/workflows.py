@@ -25,7 +25,7 @@ from conveyor.api.workflow_plan import WorkflowRequest, plan_of
 from conveyor.core.apikeys import TENANT_PATTERN, Principal, Scope, TenantLimits
 from conveyor.core.queues import Queue
 from conveyor.jobstore.results import AcceptVerdict, InvalidCursorError, Limits
-from conveyor.jobstore.workflow import Workflow, WorkflowState, WorkflowSummary
+from conveyor.jobstore.workflow_model import Workflow, WorkflowState, WorkflowSummary
 from conveyor.jobstore.workflow_store import WorkflowAcceptResult
 from conveyor.telemetry.tracing import tracer
 

@@ -8,7 +8,7 @@ with Client("https://jobs.example.com", api_key="cvk_...") as conveyor:
     print(done.state, done.result)
 """
 
-from conveyor.client._base import BatchOutcome, JobEvent
+from conveyor.client._base import BatchOutcome, JobEvent, WorkflowEvent
 from conveyor.client.async_client import AsyncClient
 from conveyor.client.errors import (
     ApiError,
@@ -29,8 +29,14 @@ from conveyor.client.errors import (
 from conveyor.client.sync_client import Client
 from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job, JobState
+from conveyor.jobstore.workflow_model import Workflow, WorkflowState, WorkflowStep, WorkflowSummary
 
 __all__ = [
+    "Workflow",
+    "WorkflowEvent",
+    "WorkflowState",
+    "WorkflowStep",
+    "WorkflowSummary",
     "ApiError",
     "AsyncClient",
     "BadRequest",

@@ -12,6 +12,7 @@ import httpx
 from conveyor import __version__
 from conveyor.client.errors import WaitTimeout, retry_after
 from conveyor.jobstore.model import Job
+from conveyor.jobstore.workflow_model import Workflow
 
 RETRIED_STATUSES = frozenset({429, 503})
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -45,6 +46,41 @@ class JobEvent:
     def job(self) -> Job:
         """The job carried by a `job` event."""
         return Job.model_validate(self.data)
+
+
+@dataclass(frozen=True)
+class WorkflowEvent:
+    """One Server-Sent Event of a workflow: `workflow` (the whole workflow), `step` (a step's
+    state changed) or `progress` (a step reported progress); a step's carry `step`, `job_id`,
+    `state`, `attempts` and `progress`.
+    """
+
+    id: str
+    event: str
+    data: dict[str, Any]
+
+    @property
+    def is_terminal(self) -> bool:
+        """The workflow ended: this is the last event, and `workflow()` has every step."""
+        return self.event == "workflow" and self.data["state"] in TERMINAL
+
+    def workflow(self) -> Workflow:
+        """The workflow carried by a `workflow` event."""
+        return Workflow.model_validate(self.data)
+
+
+def workflow_body(workflow: Mapping[str, Any]) -> dict[str, Any]:
+    """The POST /v1/workflows body, with an idempotency key (a random one unless given), so
+    retrying it after a lost response can never create a second workflow.
+    """
+    key = workflow.get("idempotency_key") or f"client-{uuid.uuid4()}"
+    return {**workflow, "idempotency_key": key}
+
+
+def workflow_list_params(state: str | None, tenant: str | None, limit: int) -> dict[str, Any]:
+    """Query parameters of GET /v1/workflows."""
+    params = {"state": state, "tenant": tenant, "limit": limit}
+    return {name: value for name, value in params.items() if value is not None}
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class AmbiguousJobId(ConveyorError):
 
 
 @contextmanager
-def _session(url: str, api_key: str | None) -> Iterator[Client]:
+def session(url: str, api_key: str | None) -> Iterator[Client]:
     """A client whose API and connection errors end the command with exit code 5 (and a
     connection error says where it tried, and how to point elsewhere).
     """
@@ -137,7 +137,7 @@ def _print_job(job: Job, output: Output) -> None:
         ("id", job.id),
         ("task", job.task),
         ("queue", str(job.queue)),
-        ("state", _styled_state(job.state)),
+        ("state", styled_state(job.state)),
         ("attempts", str(job.attempts)),
         ("created", job.created_at.isoformat()),
         ("finished", job.finished_at.isoformat() if job.finished_at else "-"),
@@ -156,9 +156,10 @@ def _print_job(job: Job, output: Output) -> None:
         out.print_json(json.dumps(job.result))
 
 
-def _styled_state(state: JobState) -> str:
-    colour = {JobState.SUCCEEDED: "green", JobState.FAILED: "red", JobState.CANCELLED: "yellow"}
-    return f"[{colour.get(state, 'cyan')}]{state}[/]"
+def styled_state(state: str) -> str:
+    """A job's or workflow's state, coloured by outcome."""
+    colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}
+    return f"[{colour.get(str(state), 'cyan')}]{state}[/]"
 
 
 def _follow(client: Client, job_id: str, timeout: float | None, output: Output) -> int:
@@ -223,7 +224,7 @@ def submit(
 ) -> None:
     """Submit a job; with --wait, show its progress and exit with its outcome."""
     arguments = _load_args(args)
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         job = client.submit(
             task,
             arguments,
@@ -254,7 +255,7 @@ def submit_many(
     each with an idempotency key, refusals for a moment retried); exit 1 if any was refused.
     """
     bodies = _load_bodies(source)
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         outcomes = client.submit_many(bodies)
     refused = [(n, o) for n, o in enumerate(outcomes, 1) if not o.ok]
     if output is Output.JSON:
@@ -304,7 +305,7 @@ def get(
     output: OutputOption = Output.TEXT,
 ) -> None:
     """Show a job: state, progress, result or error."""
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         _print_job(client.get(resolve_job_id(client, job_id)), output)
 
 
@@ -317,7 +318,7 @@ def watch(
     output: OutputOption = Output.TEXT,
 ) -> None:
     """Follow a job to its end with a live progress bar; exit with its outcome."""
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         code = _follow(client, resolve_job_id(client, job_id), timeout, output)
     raise typer.Exit(code)
 
@@ -335,7 +336,7 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first (pages are fetched as needed)."""
     jobs: list[ListedJob] = []
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         for job in client.list(
             state=str(state) if state else None,
             task=task,
@@ -378,7 +379,7 @@ def jobs_table(jobs: Sequence[JobSummary], width: int) -> Table:
     columns = [Column(name, no_wrap=True) for name in names]
     table = Table(*columns, box=None, pad_edge=False, padding=(0, 1), header_style="bold")
     for row, job in zip(rows, jobs, strict=True):
-        cells = {**row, "state": _styled_state(job.state)}
+        cells = {**row, "state": styled_state(job.state)}
         table.add_row(*(cells[name] for name in names))
     return table
 
@@ -392,7 +393,7 @@ def cancel(
     output: OutputOption = Output.TEXT,
 ) -> None:
     """Cancel a job that has not finished."""
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         _print_job(client.cancel(resolve_job_id(client, job_id), terminate=terminate), output)
 
 
@@ -405,7 +406,7 @@ def pause(
     kind: FlowKindArg, name: FlowName, url: Url = DEFAULT_URL, api_key: ApiKey = None
 ) -> None:
     """Pause a tier, task or tenant: its jobs stay queued, running ones finish."""
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         newly = client.pause(str(kind), name)
     out.print(f"paused {kind} {name}" if newly else f"{kind} {name} was already paused")
 
@@ -415,7 +416,7 @@ def resume(
     kind: FlowKindArg, name: FlowName, url: Url = DEFAULT_URL, api_key: ApiKey = None
 ) -> None:
     """Resume a paused tier, task or tenant: its jobs start again, oldest first."""
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         client.resume(str(kind), name)
     out.print(f"resumed {kind} {name}")
 
@@ -425,7 +426,7 @@ def paused(
     url: Url = DEFAULT_URL, api_key: ApiKey = None, output: OutputOption = Output.TEXT
 ) -> None:
     """Print what is paused."""
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         found = client.paused()
     if output is Output.JSON:
         out.print_json(json.dumps([{"kind": kind, "name": name} for kind, name in found]))
@@ -442,7 +443,7 @@ def tasks(
     output: OutputOption = Output.TEXT,
 ) -> None:
     """Print the task catalogue with each task's argument schema."""
-    with _session(url, api_key) as client:
+    with session(url, api_key) as client:
         catalogue = client.tasks()
     if output is Output.JSON:
         out.print_json(json.dumps(catalogue))

@@ -4,7 +4,7 @@ import builtins
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 from httpx_sse import SSEError, connect_sse
@@ -16,16 +16,22 @@ from conveyor.client._base import (
     JobEvent,
     Options,
     RetryPolicy,
+    WorkflowEvent,
     batch_bodies,
     batch_outcomes,
     list_params,
     stream_timeout,
     submission_body,
     unreachable,
+    workflow_body,
+    workflow_list_params,
 )
 from conveyor.client.errors import ConveyorError, NotFound, TransportError, WaitTimeout, error_for
 from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job
+from conveyor.jobstore.workflow_model import Workflow, WorkflowState, WorkflowSummary
+
+EventT = TypeVar("EventT", JobEvent, WorkflowEvent)
 
 
 class Client:
@@ -210,9 +216,96 @@ class Client:
                 raise WaitTimeout(job_id)
             time.sleep(poll_interval)
 
+    def submit_workflow(self, workflow: Mapping[str, Any]) -> Workflow:
+        """Submit a workflow (the POST /v1/workflows body: `steps`, `chain` or `chord`, and
+        `failure_policy`, `name`, `idempotency_key`); returns it as accepted (or as it is,
+        for a replay of its idempotency key, which every submission carries).
+        """
+        response = self._request("POST", "/v1/workflows", json=workflow_body(workflow))
+        return Workflow.model_validate(response.json())
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        """The workflow now, with every step."""
+        response = self._request("GET", f"/v1/workflows/{workflow_id}")
+        return Workflow.model_validate(response.json())
+
+    def list_workflows(
+        self, *, state: str | None = None, tenant: str | None = None, page_size: int = 100
+    ) -> Iterator[WorkflowSummary]:
+        """Workflows newest first, page after page as the iteration goes."""
+        params = workflow_list_params(state, tenant, page_size)
+        while True:
+            page = (self._request("GET", "/v1/workflows", params=params)).json()
+            for item in page["items"]:
+                yield WorkflowSummary.model_validate(item)
+            if not page.get("next_cursor"):
+                return
+            params = {**params, "cursor": page["next_cursor"]}
+
+    def cancel_workflow(self, workflow_id: str, *, terminate: bool = False) -> Workflow:
+        """Cancel every step that has not finished (`terminate` kills running ones)."""
+        params = {"terminate": "true"} if terminate else {}
+        path = f"/v1/workflows/{workflow_id}/cancel"
+        return Workflow.model_validate((self._request("POST", path, params=params)).json())
+
+    def workflow_events(
+        self, workflow_id: str, *, last_event_id: str | None = None
+    ) -> Iterator[WorkflowEvent]:
+        """The workflow's events until it ends: a `workflow` snapshot, each step's changes
+        (`step`, `progress`), and a final `workflow`. A dropped connection is resumed.
+        """
+        return self._stream(f"/v1/workflows/{workflow_id}/events", f"workflow {workflow_id}",
+                            workflow_id, last_event_id, None, WorkflowEvent)  # fmt: skip
+
+    def wait_workflow(
+        self,
+        workflow_id: str,
+        *,
+        timeout: float | None = None,
+        on_event: Callable[[WorkflowEvent], None] | None = None,
+        poll_interval: float = 1.0,
+    ) -> Workflow:
+        """Block until the workflow ends; returns it with every step's result or error.
+        Follows its event stream (calling `on_event` for each event), polling when the
+        stream is unavailable. Raises WaitTimeout after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        path = f"/v1/workflows/{workflow_id}/events"
+        try:
+            for event in self._stream(path, f"workflow {workflow_id}", workflow_id, None,
+                                         deadline, WorkflowEvent):  # fmt: skip
+                if on_event is not None:
+                    on_event(event)
+                if event.is_terminal:
+                    return event.workflow()
+        except (NotFound, WaitTimeout):
+            raise
+        except ConveyorError:
+            pass  # the stream failed: poll instead
+        while True:
+            workflow = self.get_workflow(workflow_id)
+            if workflow.state is not WorkflowState.RUNNING:
+                return workflow
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(workflow_id)
+            time.sleep(poll_interval)
+
     def _events(
         self, job_id: str, last_event_id: str | None, deadline: float | None
     ) -> Iterator[JobEvent]:
+        return self._stream(f"/v1/jobs/{job_id}/events", f"job {job_id}", job_id,
+                            last_event_id, deadline, JobEvent)  # fmt: skip
+
+    def _stream(
+        self,
+        path: str,
+        what: str,
+        resource_id: str,
+        last_event_id: str | None,
+        deadline: float | None,
+        make: Callable[[str, str, dict[str, Any]], EventT],
+    ) -> Iterator[EventT]:
+        job_id = resource_id
         failures = 0
         while True:
             headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
@@ -220,7 +313,7 @@ class Client:
                 with connect_sse(
                     self._http,
                     "GET",
-                    f"/v1/jobs/{job_id}/events",
+                    path,
                     headers=headers,
                     timeout=stream_timeout(self.options.timeout, deadline, job_id),
                 ) as source:
@@ -230,7 +323,7 @@ class Client:
                     for sse in source.iter_sse():
                         if not sse.data:
                             continue  # a keep-alive comment, not an event
-                        event = JobEvent(sse.id, sse.event, sse.json())
+                        event = make(sse.id, sse.event, sse.json())
                         last_event_id, failures = event.id, 0
                         yield event
                         if event.is_terminal:
@@ -240,9 +333,7 @@ class Client:
                 stream_timeout(self.options.timeout, deadline, job_id)  # past it: WaitTimeout
                 failures += 1
                 if failures > self.options.retry.max_retries:
-                    raise TransportError(
-                        self._unreachable(f"event stream of job {job_id}", exc)
-                    ) from exc
+                    raise TransportError(self._unreachable(f"event stream of {what}", exc)) from exc
                 time.sleep(self.options.retry.delay(failures, None))
             # The server closes streams after a while: reconnecting resumes them.
 

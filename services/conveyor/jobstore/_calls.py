@@ -19,7 +19,7 @@ from conveyor.jobstore.results import (
     TransitionResult,
 )
 from conveyor.jobstore.runs import Fence, StartResult, StartVerdict, StepInputs
-from conveyor.jobstore.workflow import WorkflowEnd, WorkflowState
+from conveyor.jobstore.workflow_model import WorkflowEnd, WorkflowState
 
 
 def ms(timestamp: float) -> str:

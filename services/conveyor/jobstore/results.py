@@ -5,7 +5,7 @@ from enum import StrEnum
 
 from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job, JobState
-from conveyor.jobstore.workflow import WorkflowEnd
+from conveyor.jobstore.workflow_model import WorkflowEnd
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from conveyor.jobstore.model import JobState
-from conveyor.jobstore.workflow import WorkflowEnd
+from conveyor.jobstore.workflow_model import WorkflowEnd
 
 
 class StartVerdict(StrEnum):

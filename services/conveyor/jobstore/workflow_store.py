@@ -15,18 +15,16 @@ from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.machine import Verb, transition
 from conveyor.jobstore.results import AcceptVerdict, Limits, Quota
 from conveyor.jobstore.scripts import ACCEPT_WORKFLOW, CANCEL_WORKFLOW
-from conveyor.jobstore.workflow import (
+from conveyor.jobstore.workflow import PreparedWorkflow, WorkflowPlan, prepare_workflow
+from conveyor.jobstore.workflow_model import (
     STEP_FIELDS,
     WORKFLOW_FIELDS,
-    PreparedWorkflow,
     Workflow,
     WorkflowEnd,
-    WorkflowPlan,
     WorkflowState,
     WorkflowSummary,
     decode_summary,
     decode_workflow,
-    prepare_workflow,
 )
 
 

@@ -32,7 +32,7 @@ from conveyor.jobstore.model import JobError, JobState
 from conveyor.jobstore.results import TransitionResult
 from conveyor.jobstore.runs import Fence, StartVerdict, StepInputs
 from conveyor.jobstore.store import JobStore
-from conveyor.jobstore.workflow import WorkflowEnd
+from conveyor.jobstore.workflow_model import WorkflowEnd
 from conveyor.worker.delivery import Delivery
 from conveyor.worker.job_signals import job_finished, job_started, workflow_ended
 
