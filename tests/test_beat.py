@@ -28,7 +28,17 @@ schedules:
     args: {payload: tick}
     interval_seconds: 1
     queue: high
+  - name: flow
+    interval_seconds: 1
+    tenant: ops
+    workflow:
+      chain: [{task: demo.square, args: {x: 2}}, {task: demo.square, inputs: {x: step-0}}]
 """
+
+
+def scheduled_workflows(platform: Platform) -> list[dict[str, str]]:
+    ids = platform.redis.zrange("conveyor:workflows:all", 0, -1)
+    return [platform.redis.hgetall(f"conveyor:workflow:{wf_id}") for wf_id in ids]
 
 
 def scheduled_jobs(platform: Platform) -> list[dict[str, str]]:
@@ -75,6 +85,13 @@ def test_two_beats_one_leader_and_failover(
         assert takeover <= 3 + 2, f"standby took {takeover:.1f}s (lock timeout 3 s)"
         ticks = [job["idempotency_key"] for job in scheduled_jobs(platform)]
         assert len(ticks) == len(set(ticks))
+        # The workflow entry starts one workflow per tick, across the failover too.
+        workflows = scheduled_workflows(platform)
+        flow_ticks = [w["idempotency_key"] for w in workflows]
+        assert len(flow_ticks) >= 4
+        assert len(flow_ticks) == len(set(flow_ticks))
+        assert {w["tenant"] for w in workflows} == {"ops"}
+        assert all(key.startswith("schedule:flow:") for key in flow_ticks)
     finally:
         platform.stop()
 
@@ -103,10 +120,32 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_a_scheduled_workflow_is_checked_as_the_api_checks_one(tmp_path: Path) -> None:
+    catalog = load_catalog([])
+    jobs = load_schedule(write(tmp_path, SCHEDULE), catalog)
+    assert jobs[1].workflow is not None
+    assert jobs[1].task is None
+    cycle = """
+schedules:
+  - name: loop
+    interval_seconds: 5
+    workflow:
+      steps:
+        - {name: a, task: demo.echo, depends_on: [b]}
+        - {name: b, task: demo.echo, depends_on: [a]}
+"""
+    with pytest.raises(ValueError, match="cycle"):
+        load_schedule(write(tmp_path, cycle), catalog)
+    both = ("schedules: [{name: a, task: demo.echo, workflow: {chain: [{task: demo.echo}]}, "
+            "interval_seconds: 1}]")  # fmt: skip
+    with pytest.raises(ValueError, match="exactly one of task and workflow"):
+        load_schedule(write(tmp_path, both), catalog)
+
+
 def test_schedule_file_is_checked_against_the_catalogue(tmp_path: Path) -> None:
     catalog = load_catalog([])
     jobs = load_schedule(write(tmp_path, SCHEDULE), catalog)
-    assert [j.name for j in jobs] == ["ping"]
+    assert [j.name for j in jobs] == ["ping", "flow"]
     cron = "schedules: [{name: n, task: demo.echo, cron: '*/5 * * * *'}]"
     assert load_schedule(write(tmp_path, cron), catalog)[0].cron == "*/5 * * * *"
 

@@ -194,7 +194,8 @@ def test_submit_many_sends_json_lines_through_the_batch_route(platform: Platform
 
 
 def test_workflows_submit_wait_draws_a_bar_over_steps_and_exits_with_the_outcome(
-    platform: Platform, tmp_path  # type: ignore[no-untyped-def]
+    platform: Platform,
+    tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
     chord = tmp_path / "chord.json"
     chord.write_text(json.dumps({"chord": {

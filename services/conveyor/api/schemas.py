@@ -6,14 +6,12 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model, model_validator
 
+from conveyor.core.bounds import IDEMPOTENCY_KEY_PATTERN, MAX_TIMEOUT_SECONDS
 from conveyor.core.catalog import TaskCatalog, TaskSpec
 from conveyor.core.queues import Queue
 from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import UniqueMode
 
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
-# The longest time limit any submission may ask for; a task may declare a lower maximum.
-MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 # A caller's concurrency key: an id of its own (a customer, an account), never free text.
 CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9._:@~-]{1,128}$"
 

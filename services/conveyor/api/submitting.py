@@ -14,9 +14,10 @@ from pydantic import AnyUrl
 from conveyor.api.auth import rate_limit_headers, too_many_requests
 from conveyor.api.limits import check_args_shape
 from conveyor.api.problems import ProblemError
-from conveyor.api.schemas import IDEMPOTENCY_KEY_PATTERN, SubmissionBase
+from conveyor.api.schemas import SubmissionBase
 from conveyor.api.state import ApiState
 from conveyor.core.apikeys import TenantLimits
+from conveyor.core.bounds import IDEMPOTENCY_KEY_PATTERN
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.netguard import NetGuard, UnsafeUrlError
 from conveyor.jobstore.keys import callback_idempotency_key

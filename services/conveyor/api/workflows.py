@@ -21,9 +21,9 @@ from conveyor.api.jobs import revoke
 from conveyor.api.pages import Cursor, Limit, invalid_cursor
 from conveyor.api.problems import ProblemError
 from conveyor.api.submitting import idempotency_key
-from conveyor.api.workflow_plan import WorkflowRequest, plan_of
 from conveyor.core.apikeys import TENANT_PATTERN, Principal, Scope, TenantLimits
 from conveyor.core.queues import Queue
+from conveyor.core.workflow_plan import InvalidWorkflowError, WorkflowRequest, plan_of
 from conveyor.jobstore.results import AcceptVerdict, InvalidCursorError, Limits
 from conveyor.jobstore.workflow_model import Workflow, WorkflowState, WorkflowSummary
 from conveyor.jobstore.workflow_store import WorkflowAcceptResult
@@ -71,7 +71,12 @@ def workflows_router() -> APIRouter:
         limit or quota, 503 when a tier is full.
         """
         key = idempotency_key(body.idempotency_key, idempotency_key_header)
-        plan = plan_of(body, state.catalog, state.settings, principal.tenant, key)
+        try:
+            plan = plan_of(body, state.catalog, state.settings, principal.tenant, key)
+        except InvalidWorkflowError as exc:
+            errors = [{"pointer": p, "detail": d} for p, d in exc.errors]
+            raise ProblemError(422, "Invalid workflow", exc.detail, slug="validation-error",
+                               errors=errors) from None  # fmt: skip
         tenant = tenant_limits(http_request, principal.tenant)
         limits = _limits(tenant)
         depths = {str(q): state.settings.limits.max_queue_depth.for_queue(q) for q in Queue}

@@ -26,7 +26,8 @@ def create_beat(
     `ConveyorScheduler` finds through the app (the caller serves their metrics registry).
     """
     catalog = catalog if catalog is not None else catalog_for(settings)
-    jobs = load_schedule(settings.schedule_file, catalog) if settings.schedule_file else []
+    schedule_file = settings.schedule_file
+    jobs = load_schedule(schedule_file, catalog, settings) if schedule_file else []
     app = Celery("conveyor-beat", set_as_current=False)
     app.conf.update(celery_config(settings))
     keys = KeySpace(settings.key_prefix)

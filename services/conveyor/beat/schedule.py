@@ -12,6 +12,12 @@ schedules:
     interval_seconds: 60
     queue: high    # optional; defaults to the task's queue
     tenant: ops    # optional; the tenant that owns (and may read) the runs; default `system`
+  - name: hourly-report         # a workflow instead of a task: POST /v1/workflows's body
+    cron: "0 * * * *"
+    workflow:
+      chord:
+        parallel: [{task: demo.square, args: {x: 2}}, {task: demo.square, args: {x: 3}}]
+        then: {task: demo.sum, inputs: {values: "*"}}
 """
 
 from pathlib import Path
@@ -21,9 +27,15 @@ import yaml
 from celery.schedules import BaseSchedule, crontab, schedule
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from conveyor.core.apikeys import TenantName
+from conveyor.core.apikeys import SYSTEM_TENANT, TenantName
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
+from conveyor.core.settings import Settings
+from conveyor.core.workflow_plan import InvalidWorkflowError, WorkflowRequest, plan_of
+
+# The task name of a schedule entry that starts a workflow (no task has it: names have a dot
+# only after a module, and the scheduler recognises it before looking a task up).
+WORKFLOW_ENTRY = "conveyor:workflow"
 
 
 class ScheduledJob(BaseModel):
@@ -32,8 +44,11 @@ class ScheduledJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-    task: str
+    task: str | None = Field(None, description="The task of each run (or `workflow`).")
     args: dict[str, Any] = Field(default_factory=dict)
+    workflow: WorkflowRequest | None = Field(
+        None, description="A workflow started by each run, as POST /v1/workflows takes it."
+    )
     cron: str | None = Field(None, description="Five-field cron expression, in UTC.")
     interval_seconds: float | None = Field(None, gt=0)
     queue: Queue | None = Field(None, description="Queue tier; defaults to the task's own.")
@@ -55,6 +70,10 @@ class ScheduledJob(BaseModel):
     def _one_timing(self) -> Self:
         if (self.cron is None) == (self.interval_seconds is None):
             raise ValueError(f"{self.name}: set exactly one of cron and interval_seconds")
+        if (self.task is None) == (self.workflow is None):
+            raise ValueError(f"{self.name}: set exactly one of task and workflow")
+        if self.workflow is not None and (self.args or self.queue):
+            raise ValueError(f"{self.name}: a workflow's steps carry their own args and queues")
         return self
 
     def celery_schedule(self) -> BaseSchedule:
@@ -80,27 +99,39 @@ class ScheduleFile(BaseModel):
     schedules: list[ScheduledJob] = Field(default_factory=list)
 
 
-def load_schedule(path: Path, catalog: TaskCatalog) -> list[ScheduledJob]:
-    """Read and check the file: unique names, known tasks, arguments valid for each task."""
+def load_schedule(
+    path: Path, catalog: TaskCatalog, settings: Settings | None = None
+) -> list[ScheduledJob]:
+    """Read and check the file: unique names, known tasks, arguments valid for each task,
+    and each workflow valid as the API would take it.
+    """
     data = yaml.safe_load(path.read_text()) or {}
     jobs = ScheduleFile.model_validate(data).schedules
     names = [job.name for job in jobs]
     if len(names) != len(set(names)):
         raise ValueError(f"{path}: schedule names must be unique")
     for job in jobs:
-        if job.task not in catalog:
+        if job.workflow is not None:
+            try:
+                plan_of(job.workflow, catalog, settings or Settings(), SYSTEM_TENANT, None)
+            except InvalidWorkflowError as exc:
+                raise ValueError(f"{path}: {job.name}: {exc}") from None
+            continue
+        if job.task is None or job.task not in catalog:
             raise ValueError(f"{path}: {job.name}: unknown task {job.task!r}")
         catalog[job.task].args_model.model_validate(job.args)
     return jobs
 
 
 def beat_schedule(jobs: list[ScheduledJob]) -> dict[str, dict[str, Any]]:
-    """Celery's `beat_schedule` setting for the jobs."""
+    """Celery's `beat_schedule` setting for the jobs (a workflow's entry names
+    WORKFLOW_ENTRY as its task and carries the workflow as its arguments).
+    """
     return {
         job.name: {
-            "task": job.task,
+            "task": job.task or WORKFLOW_ENTRY,
             "schedule": job.celery_schedule(),
-            "kwargs": job.args,
+            "kwargs": job.args if job.workflow is None else job.workflow.model_dump(mode="json"),
             "options": {
                 **({"queue": str(job.queue)} if job.queue else {}),
                 **({"tenant": job.tenant} if job.tenant else {}),

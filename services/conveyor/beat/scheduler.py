@@ -21,11 +21,13 @@ from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis  # type: ignore[i
 from redis.exceptions import LockError, RedisError
 
 from conveyor import celery_config
+from conveyor.beat.schedule import WORKFLOW_ENTRY
 from conveyor.core.apikeys import SYSTEM_TENANT
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
+from conveyor.core.workflow_plan import WorkflowRequest, plan_of
 from conveyor.jobstore.store import JobStore
 from conveyor.jobstore.submission import Submission, message_for
 from conveyor.telemetry.metrics import BeatMetrics
@@ -84,6 +86,9 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         """Submit one run. The idempotency key names the tick, so it is enqueued once."""
         due_at: datetime = entry.due_at
         entry = self.reserve(entry) if advance else entry
+        key = f"schedule:{entry.name}:{int(due_at.timestamp())}"
+        if entry.task == WORKFLOW_ENTRY:
+            return self._start_workflow(entry, key)
         spec = self.catalog[entry.task]
         queue = entry.options.get("queue")
         submission = Submission.of(
@@ -91,13 +96,24 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
             tenant=entry.options.get("tenant") or SYSTEM_TENANT,
             args=dict(entry.kwargs),
             priority=Queue(queue) if queue else None,
-            idempotency_key=f"schedule:{entry.name}:{int(due_at.timestamp())}",
+            idempotency_key=key,
         )
         outcome = self.store.submit(spec, submission)
         self.metrics.runs.labels(entry.name).inc()
         self.metrics.last_run.labels(entry.name).set(time.time())
         log.info("scheduled run of %s: job %s", entry.name, outcome.job_id)
         return SubmittedRun(outcome.job_id)
+
+    def _start_workflow(self, entry: Any, key: str) -> SubmittedRun:
+        """Start one run of a scheduled workflow, once per tick (its idempotency key)."""
+        request = WorkflowRequest.model_validate(dict(entry.kwargs))
+        tenant = entry.options.get("tenant") or SYSTEM_TENANT
+        plan = plan_of(request, self.catalog, self.settings, tenant, key)
+        outcome = self.store.submit_workflow(plan)
+        self.metrics.runs.labels(entry.name).inc()
+        self.metrics.last_run.labels(entry.name).set(time.time())
+        log.info("scheduled run of %s: workflow %s", entry.name, outcome.workflow_id)
+        return SubmittedRun(outcome.workflow_id)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One scheduler tick, then housekeeping; never sleeps past the promotion interval.

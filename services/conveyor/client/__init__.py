@@ -32,11 +32,6 @@ from conveyor.jobstore.model import Job, JobState
 from conveyor.jobstore.workflow_model import Workflow, WorkflowState, WorkflowStep, WorkflowSummary
 
 __all__ = [
-    "Workflow",
-    "WorkflowEvent",
-    "WorkflowState",
-    "WorkflowStep",
-    "WorkflowSummary",
     "ApiError",
     "AsyncClient",
     "BadRequest",
@@ -58,4 +53,9 @@ __all__ = [
     "Unauthorized",
     "ValidationFailed",
     "WaitTimeout",
+    "Workflow",
+    "WorkflowEvent",
+    "WorkflowState",
+    "WorkflowStep",
+    "WorkflowSummary",
 ]

@@ -23,12 +23,19 @@ from conveyor.jobstore.results import AcceptResult, Limits, TransitionResult
 from conveyor.jobstore.runs import Fence, StartResult
 from conveyor.jobstore.scripts import (
     ACCEPT,
+    ACCEPT_WORKFLOW,
     PRIMARY,
     START,
     TRANSITION,
 )
 from conveyor.jobstore.submission import Submission, prepare
 from conveyor.jobstore.upkeep import StoreUpkeep
+from conveyor.jobstore.workflow import WorkflowPlan
+from conveyor.jobstore.workflow_store import (
+    WorkflowAcceptResult,
+    accept_workflow_args,
+    parse_accept,
+)
 
 
 def confirm_primary(client: "redis.Redis") -> None:
@@ -61,6 +68,13 @@ class JobStore(StoreUpkeep):
         job, message = prepare(spec, submission, self.settings.worker)
         args = _calls.accept_args(self.keys.prefix, job, message, Limits())
         return _calls.parse_accept(ACCEPT.run(self.client, args), job)
+
+    def submit_workflow(self, plan: WorkflowPlan) -> WorkflowAcceptResult:
+        """Accept a workflow atomically (for the platform's own: periodic runs; no tenant
+        limit applies, since refusing them would lose them).
+        """
+        prepared, args = accept_workflow_args(self.settings, plan, Limits(), {})
+        return parse_accept(ACCEPT_WORKFLOW.run(self.client, args), prepared)
 
     # -- a delivery's verbs ---------------------------------------------------------------
 

@@ -80,29 +80,10 @@ class WorkflowVerbs:
         """Accept `plan` atomically: every step recorded and the roots queued, or nothing.
         `depths`: each tier's depth limit (0: none).
         """
-        jobs = self.settings.jobs
-        prepared = prepare_workflow(
-            plan, self.settings.worker, retention_seconds=jobs.retention_seconds,
-            dead_letter_retention_seconds=jobs.dead_letter_retention_seconds, now=time.time(),
-        )  # fmt: skip
-        args: list[Any] = [
-            self.keys.prefix,
-            orjson.dumps(prepared.record),
-            prepared.request_hash,
-            _calls.ms(time.time()),
-            repr(float(limits.rate_per_second)),
-            limits.burst,
-            orjson.dumps(depths),
-            "1" if limits.weight == 1 else repr(float(limits.weight)),
-            "" if limits.concurrency_per_tier is None else limits.concurrency_per_tier,
-            limits.max_queued_per_tier,
-            limits.max_bytes,
-        ]
-        for record, message in prepared.steps:
-            args += [orjson.dumps(record), message]
+        prepared, args = accept_workflow_args(self.settings, plan, limits, depths)
         replication = self.settings.redis_replication
         async with self.client.client() as conn:
-            result = _parse_accept(await ACCEPT_WORKFLOW.run_async(conn, args), prepared)
+            result = parse_accept(await ACCEPT_WORKFLOW.run_async(conn, args), prepared)
             if not replication.ack_replicas or result.verdict not in (
                 AcceptVerdict.CREATED,
                 AcceptVerdict.EXISTING,
@@ -212,7 +193,36 @@ class WorkflowVerbs:
         )  # fmt: skip
 
 
-def _parse_accept(raw: Any, prepared: PreparedWorkflow) -> WorkflowAcceptResult:
+def accept_workflow_args(
+    settings: Settings, plan: WorkflowPlan, limits: Limits, depths: dict[str, int]
+) -> tuple[PreparedWorkflow, list[Any]]:
+    """The workflow's records and messages, and ARGV of accept_workflow.lua for them."""
+    jobs = settings.jobs
+    now = time.time()
+    prepared = prepare_workflow(
+        plan, settings.worker, retention_seconds=jobs.retention_seconds,
+        dead_letter_retention_seconds=jobs.dead_letter_retention_seconds, now=now,
+    )  # fmt: skip
+    args: list[Any] = [
+        settings.key_prefix,
+        orjson.dumps(prepared.record),
+        prepared.request_hash,
+        _calls.ms(now),
+        repr(float(limits.rate_per_second)),
+        limits.burst,
+        orjson.dumps(depths),
+        "1" if limits.weight == 1 else repr(float(limits.weight)),
+        "" if limits.concurrency_per_tier is None else limits.concurrency_per_tier,
+        limits.max_queued_per_tier,
+        limits.max_bytes,
+    ]
+    for record, message in prepared.steps:
+        args += [orjson.dumps(record), message]
+    return prepared, args
+
+
+def parse_accept(raw: Any, prepared: PreparedWorkflow) -> WorkflowAcceptResult:
+    """Decode accept_workflow.lua's reply."""
     code = int(raw[0])
     if code == 1:
         return WorkflowAcceptResult(AcceptVerdict.CREATED, _text(raw[1]), tokens_left=int(raw[2]),

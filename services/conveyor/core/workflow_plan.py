@@ -1,6 +1,7 @@
 """A workflow request, and the plan it becomes: the DAG expanded from its sugar (`chain`,
 `chord`), every step checked (its task, arguments, parents, inputs), cycles and sizes refused
-with a 422 whose pointers name the places, and the steps put parents first.
+with `InvalidWorkflowError` naming each place (the API answers it as a 422; beat refuses a
+schedule file holding one), and the steps put parents first.
 """
 
 from collections import deque
@@ -10,9 +11,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.networks import AnyUrl
 
-from conveyor.api.limits import check_args_shape
-from conveyor.api.problems import ProblemError, field_errors
-from conveyor.api.schemas import IDEMPOTENCY_KEY_PATTERN, MAX_TIMEOUT_SECONDS
+from conveyor.core.bounds import IDEMPOTENCY_KEY_PATTERN, MAX_TIMEOUT_SECONDS, shape_faults
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.netguard import NetGuard, UnsafeUrlError
 from conveyor.core.queues import Queue
@@ -22,6 +21,15 @@ from conveyor.jobstore.workflow import ALL_PARENTS, StepPlan, WorkflowPlan
 from conveyor.jobstore.workflow_model import FailurePolicy
 
 STEP_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class InvalidWorkflowError(ValueError):
+    """A workflow that cannot be accepted: (JSON pointer, what is wrong) of each fault."""
+
+    def __init__(self, errors: Sequence[tuple[str, str]], detail: str | None = None) -> None:
+        self.errors = list(errors)
+        self.detail = detail or "The workflow is not valid; see errors."
+        super().__init__(self.detail + " " + "; ".join(f"{p}: {d}" for p, d in self.errors))
 
 
 class StepRequest(BaseModel):
@@ -128,15 +136,9 @@ def _no_depends_on(step: StepRequest, pointer: str) -> None:
         raise invalid([(f"{pointer}/depends_on", "a chain's or chord's shape gives the parents")])
 
 
-def invalid(errors: Sequence[tuple[str, str]], detail: str | None = None) -> ProblemError:
-    """A 422 naming each place."""
-    return ProblemError(
-        422,
-        "Invalid workflow",
-        detail or "The workflow is not valid; see errors.",
-        slug="validation-error",
-        errors=[{"pointer": p, "detail": d} for p, d in errors],
-    )
+def invalid(errors: Sequence[tuple[str, str]], detail: str | None = None) -> InvalidWorkflowError:
+    """The error naming each place."""
+    return InvalidWorkflowError(errors, detail)
 
 
 def plan_of(
@@ -146,7 +148,7 @@ def plan_of(
     tenant: str,
     idempotency_key: str | None,
 ) -> WorkflowPlan:
-    """The validated plan of `request`, or a ProblemError (422) naming every fault found."""
+    """The validated plan of `request`; InvalidWorkflowError names every fault found."""
     steps, place = expand(request)
     chord_then = request.chord is not None
 
@@ -232,15 +234,13 @@ def _check_step(
         left = [e for e in exc.errors()
                 if not (e["type"] == "missing" and e["loc"][:1]
                         and str(e["loc"][0]) in step.inputs)]  # fmt: skip
-        errors += [(f"{pointer}/args" + e.pointer.removeprefix("#"), e.detail)
-                   for e in field_errors(left)]  # fmt: skip
+        errors += [(f"{pointer}/args" + "".join(f"/{part}" for part in e["loc"]), e["msg"])
+                   for e in left]  # fmt: skip
         return errors
     limits = settings.limits
-    try:
-        check_args_shape(model.model_dump(), limits.max_args_depth, limits.max_string_length)
-    except ProblemError as exc:
-        errors += [(f"{pointer}/args" + str(e.pointer).removeprefix("#/args"), e.detail)
-                   for e in exc.problem.errors or []]  # fmt: skip
+    for place, fault in shape_faults(model.model_dump(), limits.max_args_depth,
+                                     limits.max_string_length):  # fmt: skip
+        errors.append((f"{pointer}/args{place}", fault))
     guard = NetGuard(settings.webhook.allowed_networks)
     for name, value in model.__dict__.items():
         if isinstance(value, AnyUrl):
