@@ -79,3 +79,11 @@ def platform(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]
     )
     yield platform
     platform.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--workflow-soak",
+        default="300",
+        help="How many random workflows the workflow soak runs (its figures: 1000).",
+    )

@@ -82,8 +82,10 @@ class Chaos(threading.Thread):
     KINDS = ("kill", "term", "pause", "pause-main", "redis")
 
     def __init__(self, platform: Platform, workers: list[tuple[str, Service]], seed: int,
-                 redis: Callable[[], None], lease: float) -> None:  # fmt: skip
+                 redis: Callable[[], None], lease: float,
+                 weights: tuple[int, ...] = (4, 4, 1, 1, 1)) -> None:  # fmt: skip
         super().__init__(daemon=True)
+        self.weights = weights
         self.platform = platform
         self.workers = workers
         self.random = random.Random(seed)
@@ -102,7 +104,7 @@ class Chaos(threading.Thread):
 
         try:
             while not self.stop_event.wait(self.random.uniform(1.0, 2.5)):
-                kind = self.random.choices(self.KINDS, weights=(4, 4, 1, 1, 1))[0]
+                kind = self.random.choices(self.KINDS, weights=self.weights)[0]
                 self.faults[kind] += 1
                 index = self.random.randrange(len(self.workers))
                 queue, victim = self.workers[index]

@@ -1,5 +1,7 @@
 """A task module loaded through CONVEYOR_TASK_MODULES, as a client team's would be."""
 
+from typing import Any
+
 from pydantic import Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -173,5 +175,37 @@ def keyed(ctx: JobContext, args: KeyedArgs) -> dict[str, int]:
         client.delete(alive)
         client.hincrby("completions", ctx.job_id, 1)
         return {"attempt": ctx.attempt}
+    finally:
+        client.close()
+
+
+class JoinArgs(TaskArgs):
+    """Arguments of `tests.join`."""
+
+    redis_url: str
+    parents: list[dict[str, Any]] = Field(..., description="Every parent's result (inputs: *).")
+    expected: int = Field(..., ge=1, description="How many parents the step has.")
+
+
+@task(
+    name="tests.join",
+    queue=Queue.DEFAULT,
+    args=JoinArgs,
+    retry=RetryPolicy(max_retries=20, backoff_seconds=0.2, backoff_factor=1.5,
+                      max_backoff_seconds=2.0, retry_on=(RetryableError, RedisConnectionError)),
+)  # fmt: skip
+def join(ctx: JobContext, args: JoinArgs) -> dict[str, int]:
+    """A workflow's fan-in step: count this execution as `tests.work` does, and fail unless
+    it received every parent's result (each a `tests.work` or `tests.join` result).
+    """
+    import redis
+
+    if len(args.parents) != args.expected or not all("attempt" in p for p in args.parents):
+        raise ValueError(f"expected {args.expected} parents' results, got {args.parents!r}")
+    client = redis.Redis.from_url(args.redis_url)
+    try:
+        executions = int(client.hincrby("executions", ctx.job_id, 1))
+        client.hincrby("completions", ctx.job_id, 1)
+        return {"executions": executions, "attempt": ctx.attempt}
     finally:
         client.close()
