@@ -3,12 +3,14 @@ validation with pointers, tenant isolation, cancel, failure policies, resume by 
 rate limits and idempotency, and the workflow's event stream.
 """
 
+import time
 from typing import Any
 
 import httpx
 import orjson
 import redis
 
+from conveyor.worker.job_signals import job_started
 from tests.fast.harness import KEYS, InProcessWorker, problem, serve, settings_for, sse_events
 from tests.support.auth import TEAM_A_KEY, TEAM_B_KEY
 
@@ -222,3 +224,26 @@ async def test_the_event_stream_follows_every_step_to_the_end(
         ("step-1", "running"),
         ("step-1", "succeeded"),
     ]
+
+
+async def test_a_steps_queue_wait_starts_when_its_parents_release_it(
+    client: httpx.AsyncClient, worker: InProcessWorker
+) -> None:
+    waits: dict[str, float] = {}
+
+    def record(sender: object, job_id: str = "", wait_seconds: float | None = None,
+               **_: Any) -> None:  # fmt: skip
+        assert wait_seconds is not None
+        waits[job_id] = wait_seconds
+
+    job_started.connect(record, weak=False)
+    try:
+        body = {"chain": [square(2), square(inputs={"x": "step-0"})]}
+        workflow = (await client.post("/v1/workflows", json=body)).json()
+        time.sleep(1.0)  # the root waits in its queue; the child waits for its parent
+        run_all(worker)
+    finally:
+        job_started.disconnect(record)
+    root, child = (s["job_id"] for s in workflow["steps"])
+    assert waits[root] >= 1.0
+    assert waits[child] < 0.5  # released just before it ran: not a second of queue wait

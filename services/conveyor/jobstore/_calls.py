@@ -95,7 +95,8 @@ def parse_start(raw: Sequence[Any]) -> StartResult:
         int(attempts),
         int(deaths),
         inputs=_inputs(raw[4]) if len(raw) > 4 else None,
-        workflow_ended=_workflow_end(raw, 5),
+        released_at=float(text_of(raw[5])) if len(raw) > 5 and raw[5] else None,
+        workflow_ended=_workflow_end(raw, 6),
     )
 
 

@@ -29,6 +29,7 @@ class StartResult:
     attempts: int
     deaths: int
     inputs: "StepInputs | None" = None
+    released_at: float | None = None  # when its workflow queued it (Redis time)
     workflow_ended: WorkflowEnd | None = None
 
 

@@ -67,11 +67,16 @@ class Delivery:
             tag=str(properties.get("delivery_tag") or ""),
         )
 
-    def queue_wait(self, now: float | None = None) -> float | None:
-        """Start time minus max(enqueue time, due time), from the headers the API sets."""
+    def queue_wait(
+        self, now: float | None = None, released_at: float | None = None
+    ) -> float | None:
+        """Start time minus max(enqueue time, due time), from the headers the API sets, or
+        the time its workflow released it (`released_at`: a step waits for its parents
+        before it waits in the queue, and only the latter is queue wait).
+        """
         if self.enqueued_at is None:
             return None
-        ready = max(self.enqueued_at, self.due_at or 0.0)
+        ready = max(self.enqueued_at, self.due_at or 0.0, released_at or 0.0)
         return max(0.0, (time.time() if now is None else now) - ready)
 
     @property

@@ -87,7 +87,7 @@ class JobRunner:
             task=spec.name,
             queue=delivery.queue,
             attempt=started.attempts,
-            wait_seconds=delivery.queue_wait(),
+            wait_seconds=delivery.queue_wait(released_at=started.released_at),
             redelivered=started.previous_state is JobState.RUNNING,
         )
         log.info("job started (attempt %d)", started.attempts)

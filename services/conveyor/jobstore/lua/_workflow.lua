@@ -14,7 +14,9 @@ local function wf_release(prefix, workflow, id)
   local key = key_job(prefix, id)
   local record = redis.call('HMGET', key, 'queue', 'tenant')
   local message = redis.call('HGET', key_workflow_messages(prefix, workflow), id)
-  redis.call('HSET', key, 'state', 'queued')
+  local t = redis.call('TIME')
+  redis.call('HSET', key, 'state', 'queued',
+             'released_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
   move_state_index(prefix, id, 'waiting', 'queued')
   emit(prefix, id, 'queued', 'state')
   if message then
@@ -46,12 +48,12 @@ end
 -- kept. Returns {outcome, seconds it took} when it ended now, else nil.
 local function wf_finish_if_done(prefix, workflow)
   local wkey = key_workflow(prefix, workflow)
-  local w = redis.call('HMGET', wkey, 'state', 'steps', 'done', 'succeeded', 'halted',
-                       'created_at', 'retention', 'dead_retention', 'order', 'tenant',
-                       'idempotency_key')
+  local w = redis.call('HMGET', wkey, 'state', 'steps', 'done')
   if w[1] ~= 'running' or tonumber(w[3] or '0') < tonumber(w[2] or '0') then
     return nil
   end
+  w = redis.call('HMGET', wkey, 'state', 'steps', 'done', 'succeeded', 'halted', 'created_at',
+                 'retention', 'dead_retention', 'order', 'tenant', 'idempotency_key')
   local outcome = 'failed'
   if tonumber(w[4] or '0') >= tonumber(w[2] or '0') then
     outcome = 'succeeded'
@@ -94,7 +96,7 @@ local function wf_settle(prefix, id, state)
     return nil
   end
   local wkey = key_workflow(prefix, workflow)
-  local w = redis.call('HMGET', wkey, 'state', 'halted', 'policy', 'order')
+  local w = redis.call('HMGET', wkey, 'state', 'halted', 'policy')
   if w[1] ~= 'running' then
     return nil
   end
@@ -125,7 +127,7 @@ local function wf_settle(prefix, id, state)
       halted = 'failed'
       redis.call('HSET', wkey, 'halted', halted)
       local name = redis.call('HGET', key_job(prefix, id), 'step') or id
-      for _, other in ipairs(wf_list(w[4])) do
+      for _, other in ipairs(wf_list(redis.call('HGET', wkey, 'order'))) do
         if redis.call('HGET', key_job(prefix, other), 'state') == 'waiting' then
           wf_skip(prefix, other, 'waiting', 'step ' .. name .. ' ' .. state
                   .. ' and the workflow fails fast')

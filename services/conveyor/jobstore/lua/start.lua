@@ -13,9 +13,10 @@
 --       is skipped from (verb skip).
 -- The new attempt's number is its fence: every write of this run carries it, and is refused
 -- once another attempt has started (a paused worker never overwrites a newer outcome).
--- Returns {verdict, previous state, attempts, deaths, inputs} where inputs is what a workflow
--- step takes from its parents (_workflow.lua wf_inputs; '' for none), the workflow's outcome
--- and seconds follow a skip that ended its workflow, and verdict is
+-- Returns {verdict, previous state, attempts, deaths, inputs, released at} where inputs is what
+-- a workflow step takes from its parents (_workflow.lua wf_inputs; '' for none) and released
+-- at when its parents released it ('' for none); the workflow's outcome and seconds follow a
+-- skip that ended its workflow; and verdict is
 --   'run'     the job is now running: run it;
 --   'skip'    cancelled, finished, expired, or a stale copy of an older generation:
 --             do not run it, just ack the message;
@@ -23,14 +24,14 @@
 local prefix, id, now, max_deaths = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local key = key_job(prefix, id)
 local current = redis.call('HMGET', key, 'state', 'attempts', 'deaths', 'generation', 'workflow',
-                          'inputs')
+                          'inputs', 'released_at')
 local state = current[1]
 local attempts, deaths = tonumber(current[2] or '0'), tonumber(current[3] or '0')
 if not state then
   return {'skip', '', 0, 0}
 end
 if ARGV[8] ~= '' and redis.call('HGET', key, 'start_token') == ARGV[8] then
-  return {'run', '', attempts, deaths, wf_inputs(prefix, id, current[6])}
+  return {'run', '', attempts, deaths, wf_inputs(prefix, id, current[6]), current[7] or ''}
 end
 if ARGV[5] ~= '' and tonumber(ARGV[5]) < tonumber(current[4] or '0') then
   return {'skip', state, attempts, deaths}
@@ -41,7 +42,7 @@ if allows(ARGV[10], state) and wf_halted(prefix, current[5]) then
   wf_skip(prefix, id, state, 'its workflow halted before this step started')
   local ended = wf_settle(prefix, id, 'cancelled')
   if ended then
-    return {'skip', state, attempts, deaths, '', ended[1], tostring(ended[2])}
+    return {'skip', state, attempts, deaths, '', '', ended[1], tostring(ended[2])}
   end
   return {'skip', state, attempts, deaths}
 end
@@ -66,4 +67,4 @@ if queue then
   redis.call('ZADD', key_running(prefix, queue), redis.call('TIME')[1], id)
 end
 emit(prefix, id, 'running', 'state')
-return {'run', state, attempts, deaths, wf_inputs(prefix, id, current[6])}
+return {'run', state, attempts, deaths, wf_inputs(prefix, id, current[6]), current[7] or ''}
