@@ -79,6 +79,9 @@ bench: install  ## Run every benchmark (about 26 minutes on 2 cores).
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.growth
 	$(BIN)/python -m bench.probes
+	$(BIN)/python -m bench.batch
+	$(BIN)/python -m bench.fairness
+	$(BIN)/python -m bench.workflows
 
 lint: install-dev
 	$(BIN)/ruff check services tests bench tools

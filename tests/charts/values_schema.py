@@ -136,6 +136,8 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "config.smtp.security": {"enum": ["none", "starttls", "tls"]},
     "config.visibilityTimeoutSeconds": {"minimum": 2},
     "config.retentionSeconds": {"minimum": 60},
+    "config.workflows.maxSteps": {"minimum": 1, "maximum": 10000},
+    "config.workflows.maxInputBytes": {"minimum": 1},
     "api.service.type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
     "api.workers": {"minimum": 1},
     "api.replicas": {"minimum": 1},

@@ -1,10 +1,17 @@
 """The metric catalogue: every metric family Conveyor exports, read from the metric classes."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from conveyor.telemetry.metrics import EXPORTER_METRICS, ApiMetrics, BeatMetrics, WorkerMetrics
+from conveyor.telemetry.metrics import (
+    EXPORTER_METRICS,
+    ApiMetrics,
+    BeatMetrics,
+    WorkerMetrics,
+    WorkflowMetrics,
+)
 
 # Components that serve their metrics from one process. prometheus-client then also exposes
 # `<counter>_created` (when each labelled counter was created); the multiprocess aggregate of
@@ -43,12 +50,29 @@ def metric_catalogue() -> list[MetricInfo]:
     for component, cls in (("worker", WorkerMetrics), ("api", ApiMetrics), ("beat", BeatMetrics)):
         registry = CollectorRegistry()
         metrics = cls(registry)
-        for metric in vars(metrics).values():
+        for metric in _declared(metrics):
             kind = metric._type
             name = metric._name + ("_total" if kind == "counter" else "")
+            seen = next((i for i, m in enumerate(found) if m.name == name), None)
+            if seen is not None:  # declared by more than one component (workflows' ends)
+                found[seen] = replace(
+                    found[seen], component=f"{found[seen].component}, {component}"
+                )
+                continue
             found.append(MetricInfo(name, kind, tuple(metric._labelnames),
                                     metric._documentation, component))  # fmt: skip
     found += [MetricInfo(m.name, "gauge", m.labels, m.help, "exporter") for m in EXPORTER_METRICS]
+    return found
+
+
+def _declared(metrics: object) -> list[Any]:
+    """The metrics a metrics class declares, those of classes it holds (WorkflowMetrics) too."""
+    found = []
+    for value in vars(metrics).values():
+        if isinstance(value, WorkflowMetrics):
+            found += _declared(value)
+        else:
+            found.append(value)
     return found
 
 

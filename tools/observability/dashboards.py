@@ -237,6 +237,16 @@ OVERVIEW = Dashboard(
         Panel("Exporter scrape time",
               [(f"max(conveyor_exporter_scrape_duration_seconds{{{SCOPE}}})", "scrape")], "s",
               description="One pipelined Redis round trip; flat whatever the queue length."),
+        Panel("Workflows ended per second",
+              [(f"sum by (outcome) (rate(conveyor_workflows_ended_total{{{SCOPE}}}[{RATE}]))",
+                "{{outcome}}")], "ops",
+              description="Counted by the worker whose step ended the workflow, or the API "
+                          "that cancelled it (docs/workflows.md)."),
+        Panel("Workflow duration",
+              [(f"histogram_quantile({q}, sum by (le) "
+                f"(rate(conveyor_workflow_duration_seconds_bucket{{{SCOPE}}}[{RATE}])))",
+                f"p{int(q * 100)}") for q in (0.5, 0.95)], "s",
+              description="From acceptance to the last step's end, every outcome."),
     ],
 )
 
@@ -318,6 +328,10 @@ API = Dashboard(
                 "{{route}}")], "s"),
         Panel("Submissions by outcome",
               [(f"sum by (outcome) (rate(conveyor_api_submissions_total{{{SCOPE}}}[{RATE}]))",
+                "{{outcome}}")], "reqps"),
+        Panel("Workflow submissions by outcome",
+              [(f"sum by (outcome) "
+                f"(rate(conveyor_api_workflow_submissions_total{{{SCOPE}}}[{RATE}]))",
                 "{{outcome}}")], "reqps"),
         Panel("Accept latency (record + enqueue)",
               [(f"histogram_quantile({q}, sum by (le) "

@@ -366,6 +366,8 @@ CONVEYOR_REDIS_REPLICATION__ACK_TIMEOUT_MS: {{ .config.replicatedAck.timeoutMs |
 CONVEYOR_JOBS__RETENTION_SECONDS: {{ .config.retentionSeconds | int | quote }}
 CONVEYOR_JOBS__DEAD_LETTER_RETENTION_SECONDS: {{ .config.deadLetterRetentionSeconds | int | quote }}
 CONVEYOR_WORKER__VISIBILITY_TIMEOUT_SECONDS: {{ .config.visibilityTimeoutSeconds | int | quote }}
+CONVEYOR_WORKFLOWS__MAX_STEPS: {{ .config.workflows.maxSteps | int | quote }}
+CONVEYOR_WORKFLOWS__MAX_INPUT_BYTES: {{ .config.workflows.maxInputBytes | int64 | quote }}
 CONVEYOR_BEAT__LOCK_TIMEOUT_SECONDS: {{ .beat.lockTimeoutSeconds | int | quote }}
 {{- with .config.flow }}
 CONVEYOR_FLOW__TENANT_CONCURRENCY_PER_TIER: {{ .tenantConcurrencyPerTier | int | quote }}

@@ -212,7 +212,7 @@ def _limits(tenant: TenantLimits) -> Limits:
 async def _answer(
     state: ApiState, outcome: WorkflowAcceptResult, tenant: TenantLimits, steps: int
 ) -> Response:
-    count = state.metrics.workflows.submissions.labels
+    count = state.metrics.workflow_submissions.labels
     location = {"Location": f"/v1/workflows/{outcome.workflow_id}"}
     verdict = outcome.verdict
     retry_after = str(state.settings.limits.backpressure_retry_after_seconds)

@@ -163,13 +163,13 @@ def plan_of(
     errors: list[tuple[str, str]] = []
     index: dict[str, int] = {}
     for n, step in enumerate(steps):
-        assert step.name is not None  # named by expand in every shape but `steps`
-        if step.name in index:
-            errors.append((f"{where(n)}/name", f"another step is named {step.name!r}"))
-        index.setdefault(step.name, n)
-    for n, step in enumerate(steps):
+        # Named by expand in every shape but `steps`.
         if step.name is None:
             errors.append((f"{where(n)}/name", "every step of `steps` needs a name"))
+        elif step.name in index:
+            errors.append((f"{where(n)}/name", f"another step is named {step.name!r}"))
+        else:
+            index[step.name] = n
     if errors:
         raise invalid(errors)
     plans: list[StepPlan] = []

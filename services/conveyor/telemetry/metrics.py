@@ -135,7 +135,7 @@ class WorkerMetrics:
         tier's children are replaced (the main process's own 0 keeps the series alive).
         """
         tasks = tuple(tasks)
-        self.workflows.count_from_zero(submissions=False)
+        self.workflows.count_from_zero()
         for queue in queues:
             self.active.labels(queue).set(0)
             for task in tasks:
@@ -157,8 +157,8 @@ WORKFLOW_DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
 class WorkflowMetrics:
-    """Workflows by outcome and duration: recorded where a workflow ends (the worker whose
-    step ended it, or the API that cancelled it), and submissions in the API.
+    """Workflows by outcome and duration, recorded where a workflow ends: the worker whose
+    step ended it, or the API that cancelled it (both processes declare these).
     """
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
@@ -175,25 +175,17 @@ class WorkflowMetrics:
             buckets=WORKFLOW_DURATION_BUCKETS,
             registry=registry,
         )
-        self.submissions = Counter(
-            "conveyor_api_workflow_submissions",
-            "Workflow submissions by outcome: " + ", ".join(WORKFLOW_SUBMISSION_OUTCOMES) + ".",
-            ("outcome",),
-            registry=registry,
-        )
 
     def workflow_ended(self, outcome: str, seconds: float) -> None:
         """Count one workflow's end."""
         self.ended.labels(outcome).inc()
         self.duration.labels(outcome).observe(seconds)
 
-    def count_from_zero(self, *, submissions: bool) -> None:
-        """Every outcome's series at 0 (and the submissions', in the API)."""
+    def count_from_zero(self) -> None:
+        """Every outcome's series at 0 (the duration's buckets too)."""
         for outcome in WORKFLOW_OUTCOMES:
             self.ended.labels(outcome)
-        if submissions:
-            for outcome in WORKFLOW_SUBMISSION_OUTCOMES:
-                self.submissions.labels(outcome)
+            self.duration.labels(outcome)
 
 
 class ApiMetrics:
@@ -236,8 +228,16 @@ class ApiMetrics:
         )
         for outcome in KEYS_RELOAD_OUTCOMES:
             self.keys_reloads.labels(outcome)
+        self.workflow_submissions = Counter(
+            "conveyor_api_workflow_submissions",
+            "Workflow submissions by outcome: " + ", ".join(WORKFLOW_SUBMISSION_OUTCOMES) + ".",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in WORKFLOW_SUBMISSION_OUTCOMES:
+            self.workflow_submissions.labels(outcome)
         self.workflows = WorkflowMetrics(registry)
-        self.workflows.count_from_zero(submissions=True)
+        self.workflows.count_from_zero()
 
     def keys_reloaded(self, loaded: bool) -> None:
         """Count one reload of the keys file."""
