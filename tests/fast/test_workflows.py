@@ -249,3 +249,19 @@ async def test_a_steps_queue_wait_starts_when_its_parents_release_it(
     root, child = (s["job_id"] for s in workflow["steps"])
     assert waits[root] >= 1.0
     assert waits[child] < 0.5  # released just before it ran: not a second of queue wait
+
+
+async def test_cancelling_one_step_stops_what_depends_on_it(
+    client: httpx.AsyncClient, worker: InProcessWorker
+) -> None:
+    body = {"failure_policy": "continue", "steps": [
+        square(2, name="a"), square(3, name="b"),
+        square(name="after-b", depends_on=["b"], inputs={"x": "b"}),
+    ]}  # fmt: skip
+    workflow = (await client.post("/v1/workflows", json=body)).json()
+    b = workflow["steps"][1]["job_id"]
+    assert (await client.post(f"/v1/jobs/{b}/cancel")).json()["state"] == "cancelled"
+    run_all(worker)
+    done = (await client.get(f"/v1/workflows/{workflow['id']}")).json()
+    assert [s["state"] for s in done["steps"]] == ["succeeded", "cancelled", "cancelled"]
+    assert done["state"] == "cancelled"  # nothing failed; a cancel stopped part of it

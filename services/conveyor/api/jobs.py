@@ -166,6 +166,9 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
             )
         if outcome.applied and outcome.previous_state is JobState.RUNNING:
             await run_in_threadpool(revoke, state, job_id, terminate)
+        if outcome.workflow_ended is not None:  # the last open step of its workflow
+            ended = outcome.workflow_ended
+            state.metrics.workflows.workflow_ended(str(ended.outcome), ended.seconds)
         job = await existing_job(state, job_id, principal)
         if outcome.callback_pending:
             await _enqueue_callback(state, job)

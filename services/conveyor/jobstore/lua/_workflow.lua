@@ -43,8 +43,8 @@ local function wf_list(raw)
   return cjson.decode(raw)
 end
 
--- End the workflow if every step is done: its outcome (succeeded when every step did,
--- cancelled when cancelled, failed otherwise), its events, and the expiry of everything it
+-- End the workflow if every step is done: its outcome (succeeded when every step did, failed
+-- when one failed, cancelled otherwise: cancelled, or stopped by a cancelled step), its events, and the expiry of everything it
 -- kept. Returns {outcome, seconds it took} when it ended now, else nil.
 local function wf_finish_if_done(prefix, workflow)
   local wkey = key_workflow(prefix, workflow)
@@ -52,13 +52,13 @@ local function wf_finish_if_done(prefix, workflow)
   if w[1] ~= 'running' or tonumber(w[3] or '0') < tonumber(w[2] or '0') then
     return nil
   end
-  w = redis.call('HMGET', wkey, 'state', 'steps', 'done', 'succeeded', 'halted', 'created_at',
+  w = redis.call('HMGET', wkey, 'state', 'steps', 'done', 'succeeded', 'failed', 'created_at',
                  'retention', 'dead_retention', 'order', 'tenant', 'idempotency_key')
-  local outcome = 'failed'
+  local outcome = 'cancelled'
   if tonumber(w[4] or '0') >= tonumber(w[2] or '0') then
     outcome = 'succeeded'
-  elseif w[5] == 'cancelled' then
-    outcome = 'cancelled'
+  elseif tonumber(w[5] or '0') > 0 then
+    outcome = 'failed'
   end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
