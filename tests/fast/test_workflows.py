@@ -265,3 +265,30 @@ async def test_cancelling_one_step_stops_what_depends_on_it(
     done = (await client.get(f"/v1/workflows/{workflow['id']}")).json()
     assert [s["state"] for s in done["steps"]] == ["succeeded", "cancelled", "cancelled"]
     assert done["state"] == "cancelled"  # nothing failed; a cancel stopped part of it
+
+
+async def test_rerunning_a_failed_step_resumes_its_workflow(
+    api: Any, client: httpx.AsyncClient, worker: InProcessWorker
+) -> None:
+    body = {"chain": [
+        {"task": "demo.fail", "args": {"mode": "permanent", "succeed_on_attempt": 2}},
+        {"task": "demo.echo", "inputs": {"payload": "step-0"}},
+    ]}  # fmt: skip
+    workflow = (await client.post("/v1/workflows", json=body)).json()
+    run_all(worker)
+    url = f"/v1/workflows/{workflow['id']}"
+    assert (await client.get(url)).json()["state"] == "failed"
+    problem(await client.post(f"{url}/steps/step-1/rerun"), 409)  # skipped, not failed
+    problem(await client.post(f"{url}/steps/nope/rerun"), 404)
+    async with api.client(TEAM_B_KEY) as team_b:
+        problem(await team_b.post(f"{url}/steps/step-0/rerun"), 404)
+    rerun = (await client.post(f"{url}/steps/step-0/rerun")).json()
+    assert rerun["state"] == "running"
+    assert [s["state"] for s in rerun["steps"]] == ["queued", "waiting"]
+    run_all(worker)
+    done = (await client.get(url)).json()
+    assert done["state"] == "succeeded"
+    assert done["steps"][1]["result"] == {"payload": {"succeeded_on_attempt": 2}}
+    assert done["steps_failed"] == 0
+    assert done["steps_done"] == 2
+    problem(await client.post(f"{url}/steps/step-0/rerun"), 409)  # succeeded now

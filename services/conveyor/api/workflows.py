@@ -153,6 +153,28 @@ def workflows_router() -> APIRouter:
                                                    outcome.ended.seconds)  # fmt: skip
         return await existing_workflow(state, workflow_id, principal)
 
+    @router.post("/{workflow_id}/steps/{step}/rerun", response_model=Workflow,
+                 summary="Rerun a failed step", operation_id="rerun_workflow_step")  # fmt: skip
+    async def rerun_step(workflow_id: str, step: str, state: State, principal: Writer) -> Workflow:
+        """Run a failed or dead-lettered step again, as a new attempt of the same job: the
+        workflow resumes from it (the steps its failure skipped wait for it again; an ended
+        workflow runs again). A step that has not failed is a 409; so is a step of a cancelled
+        workflow.
+        """
+        workflow = await existing_workflow(state, workflow_id, principal)
+        found = next((s for s in workflow.steps if s.name == step), None)
+        if found is None:
+            raise ProblemError(404, "Step not found", f"Workflow {workflow_id} has no step "
+                               f"{step!r}.", slug="step-not-found")  # fmt: skip
+        outcome = await state.store.rerun_step(workflow_id, found.job_id, _tenant_of(principal))
+        if not outcome.queued:
+            reasons = {"cancelled": "its workflow was cancelled", "unknown": "it is gone"}
+            why = reasons.get(outcome.refusal, f"it is {outcome.refusal}")
+            raise ProblemError(409, "Step cannot be rerun",
+                               f"Step {step!r} cannot be rerun: {why}.",
+                               slug="step-not-rerunnable")  # fmt: skip
+        return await existing_workflow(state, workflow_id, principal)
+
     @router.get(
         "/{workflow_id}/events",
         response_class=EventSourceResponse,

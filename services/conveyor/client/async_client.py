@@ -253,6 +253,11 @@ class AsyncClient:
         path = f"/v1/workflows/{workflow_id}/cancel"
         return Workflow.model_validate((await self._request("POST", path, params=params)).json())
 
+    async def rerun_step(self, workflow_id: str, step: str) -> Workflow:
+        """Run a failed or dead-lettered step again; the workflow resumes from it."""
+        path = f"/v1/workflows/{workflow_id}/steps/{step}/rerun"
+        return Workflow.model_validate((await self._request("POST", path)).json())
+
     def workflow_events(
         self, workflow_id: str, *, last_event_id: str | None = None
     ) -> AsyncIterator[WorkflowEvent]:

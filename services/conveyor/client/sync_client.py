@@ -248,6 +248,11 @@ class Client:
         path = f"/v1/workflows/{workflow_id}/cancel"
         return Workflow.model_validate((self._request("POST", path, params=params)).json())
 
+    def rerun_step(self, workflow_id: str, step: str) -> Workflow:
+        """Run a failed or dead-lettered step again; the workflow resumes from it."""
+        path = f"/v1/workflows/{workflow_id}/steps/{step}/rerun"
+        return Workflow.model_validate((self._request("POST", path)).json())
+
     def workflow_events(
         self, workflow_id: str, *, last_event_id: str | None = None
     ) -> Iterator[WorkflowEvent]:

@@ -227,3 +227,25 @@ def cancel(
     """Cancel every step of a workflow that has not finished."""
     with session(url, api_key) as client:
         print_workflow(client.cancel_workflow(workflow_id, terminate=terminate), output)
+
+
+@workflows_app.command("rerun")
+def rerun(
+    workflow_id: WorkflowId,
+    step: Annotated[str, typer.Argument(help="The failed step's name.")],
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Follow the workflow until it ends.")
+    ] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this.")] = None,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    output: OutputOption = Output.TEXT,
+) -> None:
+    """Run a failed step again; the workflow resumes from it."""
+    with session(url, api_key) as client:
+        workflow = client.rerun_step(workflow_id, step)
+        if not wait:
+            print_workflow(workflow, output)
+            return
+        code = follow_workflow(client, workflow, timeout, output)
+    raise typer.Exit(code)

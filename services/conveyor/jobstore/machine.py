@@ -32,6 +32,7 @@ class Verb(StrEnum):
     RELEASE = "release"
     SKIP = "skip"
     REVIVE = "revive"
+    RERUN = "rerun"
 
 
 class Expiry(StrEnum):
@@ -93,6 +94,9 @@ TRANSITIONS: dict[Verb, Transition] = {
                    "expires with its workflow"),
         Transition(Verb.REVIVE, (C,), W, Expiry.KEEP, "replay of a step",
                    "workflow step skipped by a failure: waits (or is queued) again"),
+        Transition(Verb.RERUN, (F,), Q, Expiry.KEEP, "API (workflow's tenant)",
+                   "workflow step, failed or dead-lettered: its kept message runs again and "
+                   "the workflow resumes from it"),
     )
 }  # fmt: skip
 

@@ -14,7 +14,7 @@ from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.machine import Verb, transition
 from conveyor.jobstore.results import AcceptVerdict, Limits, Quota
-from conveyor.jobstore.scripts import ACCEPT_WORKFLOW, CANCEL_WORKFLOW
+from conveyor.jobstore.scripts import ACCEPT_WORKFLOW, CANCEL_WORKFLOW, RERUN_STEP
 from conveyor.jobstore.workflow import PreparedWorkflow, WorkflowPlan, prepare_workflow
 from conveyor.jobstore.workflow_model import (
     STEP_FIELDS,
@@ -57,6 +57,16 @@ class WorkflowCancelResult:
     previous_state: WorkflowState | None = None
     running_steps: tuple[str, ...] = ()
     ended: WorkflowEnd | None = None
+
+
+@dataclass(frozen=True)
+class RerunResult:
+    """What rerunning a step did: `queued` again, or why not (`unknown`, `cancelled` or the
+    step's state).
+    """
+
+    queued: bool
+    refusal: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,14 @@ class WorkflowVerbs:
             bound_score, bound_id = str(int(last[0])), last[1]
         next_cursor = _calls.encode_cursor(*last) if more and last is not None else None
         return WorkflowPage(found, next_cursor)
+
+    async def rerun_step(self, workflow_id: str, job_id: str, tenant: str | None) -> RerunResult:
+        """Run a failed (or dead-lettered) step again; its workflow resumes from it."""
+        reply = await RERUN_STEP.run_async(
+            self.client,
+            [self.keys.prefix, workflow_id, job_id, tenant or "", transition(Verb.RERUN).allowed],
+        )
+        return RerunResult(True) if int(reply[0]) else RerunResult(False, _text(reply[1]))
 
     async def cancel_workflow(
         self, workflow_id: str, tenant: str | None = None
