@@ -84,6 +84,6 @@ def platform(redis_server: RedisServer, module_logs: Path) -> Iterator[Platform]
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--workflow-soak",
-        default="300",
+        default="200",
         help="How many random workflows the workflow soak runs (its figures: 1000).",
     )
