@@ -19,6 +19,7 @@ from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.listing import LISTABLE_FIELDS, SUMMARY_FIELDS, ListedJob, decode_listed
 from conveyor.jobstore.machine import Verb, transition
 from conveyor.jobstore.model import Job, JobState, decode_record
+from conveyor.jobstore.replication import confirmed_replicas
 from conveyor.jobstore.results import (
     AcceptResult,
     AcceptVerdict,
@@ -61,15 +62,8 @@ class AsyncJobStore(WorkflowVerbs):
             result = _calls.parse_accept(await ACCEPT.run_async(conn, args), job)
             if result.verdict not in _REPLICATED_VERDICTS:
                 return result
-            if result.verdict is AcceptVerdict.EXISTING:
-                # A replay wrote nothing: a propagated no-op moves this connection's offset
-                # past the original write, which a first try may have left unconfirmed.
-                await conn.publish(f"{self.keys.prefix}:replication-barrier", "")
-            confirmed = int(
-                await conn.execute_command(  # type: ignore[no-untyped-call]
-                    "WAIT", replication.ack_replicas, replication.ack_timeout_ms
-                )
-            )
+            replayed = result.verdict is AcceptVerdict.EXISTING
+            confirmed = await confirmed_replicas(conn, self.keys.prefix, replication, replayed)
         if confirmed < replication.ack_replicas:
             return AcceptResult(
                 AcceptVerdict.NOT_REPLICATED, job_id=result.job_id, replicas=confirmed
@@ -99,13 +93,8 @@ class AsyncJobStore(WorkflowVerbs):
             written = [r for r in results if r.verdict in _REPLICATED_VERDICTS]
             if not replication.ack_replicas or not written:
                 return results
-            if any(r.verdict is AcceptVerdict.EXISTING for r in written):
-                await conn.publish(f"{self.keys.prefix}:replication-barrier", "")
-            confirmed = int(
-                await conn.execute_command(  # type: ignore[no-untyped-call]
-                    "WAIT", replication.ack_replicas, replication.ack_timeout_ms
-                )
-            )
+            replayed = any(r.verdict is AcceptVerdict.EXISTING for r in written)
+            confirmed = await confirmed_replicas(conn, self.keys.prefix, replication, replayed)
         if confirmed >= replication.ack_replicas:
             return results
         return [

@@ -13,6 +13,7 @@ from conveyor.core.settings import Settings
 from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.machine import Verb, transition
+from conveyor.jobstore.replication import confirmed_replicas
 from conveyor.jobstore.results import AcceptVerdict, Limits, Quota
 from conveyor.jobstore.scripts import ACCEPT_WORKFLOW, CANCEL_WORKFLOW, RERUN_STEP
 from conveyor.jobstore.workflow import PreparedWorkflow, WorkflowPlan, prepare_workflow
@@ -99,13 +100,8 @@ class WorkflowVerbs:
                 AcceptVerdict.EXISTING,
             ):
                 return result
-            if result.verdict is AcceptVerdict.EXISTING:
-                await conn.publish(f"{self.keys.prefix}:replication-barrier", "")
-            confirmed = int(
-                await conn.execute_command(  # type: ignore[no-untyped-call]
-                    "WAIT", replication.ack_replicas, replication.ack_timeout_ms
-                )
-            )
+            replayed = result.verdict is AcceptVerdict.EXISTING
+            confirmed = await confirmed_replicas(conn, self.keys.prefix, replication, replayed)
         if confirmed < replication.ack_replicas:
             return WorkflowAcceptResult(
                 AcceptVerdict.NOT_REPLICATED, workflow_id=result.workflow_id, replicas=confirmed

@@ -232,3 +232,19 @@ local function reopen_gate(prefix, gate, count, default_limit)
   end
   return #entries
 end
+
+-- The weight and concurrency limit a tenant's next claims are served with (the keys file's,
+-- as the accepting API replica read it: weight '1' and limit '' are the defaults, kept as no
+-- entry; a no-op HDEL writes nothing).
+local function remember_tenant(prefix, tenant, weight, limit)
+  if weight ~= '1' then
+    redis.call('HSET', key_fair_weights(prefix), tenant, weight)
+  else
+    redis.call('HDEL', key_fair_weights(prefix), tenant)
+  end
+  if limit ~= '' then
+    redis.call('HSET', key_fair_limits(prefix), tenant, limit)
+  else
+    redis.call('HDEL', key_fair_limits(prefix), tenant)
+  end
+end

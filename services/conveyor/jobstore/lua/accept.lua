@@ -168,18 +168,7 @@ if due > 0 then
 else
   fair_push(prefix, queue, tenant, message, now_token(), false, true)
 end
--- The weight and limit the tenant's next claims are served with (the keys file's, as this
--- API replica read it; a no-op HDEL writes nothing).
-if ARGV[11] ~= '1' then
-  redis.call('HSET', key_fair_weights(prefix), tenant, ARGV[11])
-else
-  redis.call('HDEL', key_fair_weights(prefix), tenant)
-end
-if ARGV[12] ~= '' then
-  redis.call('HSET', key_fair_limits(prefix), tenant, ARGV[12])
-else
-  redis.call('HDEL', key_fair_limits(prefix), tenant)
-end
+remember_tenant(prefix, tenant, ARGV[11], ARGV[12])
 if lock then
   if umode == 'ttl' then
     redis.call('SET', lock, id, 'EX', tonumber(record['unique_ttl']) or 1)

@@ -99,16 +99,7 @@ for n, record in ipairs(records) do
     fair_push(prefix, queue, tenant, message, now_token(), false, true)
   end
 end
-if ARGV[8] ~= '1' then
-  redis.call('HSET', key_fair_weights(prefix), tenant, ARGV[8])
-else
-  redis.call('HDEL', key_fair_weights(prefix), tenant)
-end
-if ARGV[9] ~= '' then
-  redis.call('HSET', key_fair_limits(prefix), tenant, ARGV[9])
-else
-  redis.call('HDEL', key_fair_limits(prefix), tenant)
-end
+remember_tenant(prefix, tenant, ARGV[8], ARGV[9])
 if idem ~= '' then
   -- Kept until the workflow ends, then as long as its records.
   redis.call('SET', ikey, id .. '\n' .. request_hash)
