@@ -233,3 +233,24 @@ def test_idempotency_keys_answer_with_the_same_workflow(h: Harness) -> None:
     assert again.workflow_id == first.workflow_id
     assert other.verdict is AcceptVerdict.CONFLICT
     assert h.client.zcard("conveyor:workflows:all") == 1
+
+
+def test_replaying_every_dead_letter_passes_over_a_cancelled_workflows_own(h: Harness) -> None:
+    """Found by review: a cancelled workflow's dead letter stays in the set, and replaying
+    every dead letter read the set's head again and again, for ever."""
+    wf = h.accept(plan(step("a"), step("b")))
+    ids = h.ids(wf.workflow_id)
+    h.store.start(ids["b"])
+    started = h.store.start(ids["a"])
+    h.store.dead_letter(ids["a"], '{"type": "E", "message": "m"}', b'{"headers": {}}',
+                        Fence.attempt(started.attempts))  # fmt: skip
+    h.run(h.astore.cancel_workflow(wf.workflow_id, "t1"))
+    other = h.accept(plan(step("x")))
+    x = h.ids(other.workflow_id)["x"]
+    started = h.store.start(x)
+    h.store.dead_letter(x, '{"type": "E", "message": "m"}', b'{"headers": {}}',
+                        Fence.attempt(started.attempts))  # fmt: skip
+    replayed = h.run(asyncio.wait_for(h.astore.replay(), 10))
+    assert replayed == 1
+    assert h.client.zrange("conveyor:dead", 0, -1) == [ids["a"]]
+    assert h.states(other.workflow_id)["x"] == "queued"

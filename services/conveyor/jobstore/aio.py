@@ -254,11 +254,15 @@ class AsyncJobStore(WorkflowVerbs):
     async def _dead_letter_batches(
         self, script: Lua, head: list[Any], job_ids: Sequence[str] | None
     ) -> int:
+        # Each call answers {done, kept}: dead letters it left in the set are paged past.
         if job_ids is not None:
-            return int(await script.run_async(self.client, [*head, *job_ids])) if job_ids else 0
-        done = 0
-        while batch := await self.client.zrange(self.keys.dead, 0, DEAD_LETTER_BATCH - 1):
-            done += int(await script.run_async(self.client, [*head, *batch]))
+            return (
+                int((await script.run_async(self.client, [*head, *job_ids]))[0]) if job_ids else 0
+            )
+        done = kept = 0
+        while batch := await self.client.zrange(self.keys.dead, kept, kept + DEAD_LETTER_BATCH - 1):
+            reply = await script.run_async(self.client, [*head, *batch])
+            done, kept = done + int(reply[0]), kept + int(reply[1])
         return done
 
     async def _smallest(self, keys: list[str]) -> str:

@@ -2,7 +2,7 @@
 -- jobs' do.
 --
 -- ARGV: 1 prefix, 2 retention seconds, 3.. job ids.
--- Returns the number purged.
+-- Returns {purged, 0} (nothing stays: the shape of replay.lua's reply).
 local prefix, retention = ARGV[1], tonumber(ARGV[2])
 local purged = 0
 for i = 3, #ARGV do
@@ -13,4 +13,4 @@ for i = 3, #ARGV do
     expire_job(prefix, id, retention)
   end
 end
-return purged
+return {purged, 0}

@@ -2,18 +2,23 @@
 --
 -- ARGV: 1 prefix, 2 the states a dead letter may be replayed from as '|a|b|'
 --       (conveyor.jobstore.machine), 3.. job ids.
--- Returns the number replayed (ids not in the dead-letter set are ignored, and so are steps
--- of a cancelled workflow, which stay dead letters); a step's workflow resumes (_workflow.lua).
+-- Returns {replayed, kept}: how many were replayed (ids not in the dead-letter set are
+-- ignored), and how many stay dead letters (steps of a cancelled workflow: a replay of every
+-- dead letter pages past them); a step's workflow resumes (_workflow.lua).
 local prefix, replayable = ARGV[1], ARGV[2]
 local dead, messages = key_dead(prefix), key_dead_messages(prefix)
-local replayed = 0
+local replayed, kept = 0, 0
 local function replay_one(id)
   local message = redis.call('HGET', messages, id)
   local key = key_job(prefix, id)
   local record = redis.call('HMGET', key, 'state', 'queue', 'idempotency_key', 'tenant',
                            'unique_key', 'task', 'unique_mode', 'workflow')
   if wf_cancelled(prefix, record[8]) then
-    return  -- a step of a cancelled workflow stays a dead letter: its workflow is over
+    -- A step of a cancelled workflow stays a dead letter: its workflow is over.
+    if redis.call('ZSCORE', dead, id) then
+      kept = kept + 1
+    end
+    return
   end
   redis.call('ZREM', dead, id)
   redis.call('HDEL', messages, id)
@@ -57,4 +62,4 @@ end
 for i = 3, #ARGV do
   replay_one(ARGV[i])
 end
-return replayed
+return {replayed, kept}
