@@ -254,3 +254,63 @@ def test_replaying_every_dead_letter_passes_over_a_cancelled_workflows_own(h: Ha
     assert replayed == 1
     assert h.client.zrange("conveyor:dead", 0, -1) == [ids["a"]]
     assert h.states(other.workflow_id)["x"] == "queued"
+
+
+# -- found by review (each failed before its fix) ---------------------------------------------
+
+
+def test_a_fan_in_over_the_input_limit_is_sized_before_redis_builds_it(
+    redis_server: RedisServer, redis_db: int, h: Harness
+) -> None:
+    wf = h.accept(plan(step("a"), step("b"), step("c", "a", "b", inputs={"payload": "*"})))
+    ids = h.ids(wf.workflow_id)
+    h.succeed(ids["a"], "x" * 100)
+    h.succeed(ids["b"], "y" * 100)
+    small = JobStore(redis_server.client(redis_db),
+                     Settings(workflows={"max_input_bytes": 150}))  # fmt: skip
+    started = small.start(ids["c"])
+    assert started.inputs is not None
+    assert started.inputs.values == {}
+    assert started.inputs.size == 2 * 102  # both JSON strings, never concatenated
+
+
+def test_a_run_from_before_a_replay_cannot_write(h: Harness) -> None:
+    wf = h.accept(plan(step("a"), step("b", "a")))
+    ids = h.ids(wf.workflow_id)
+    first = h.store.start(ids["a"])
+    h.store.dead_letter(ids["a"], '{"type": "E", "message": "m"}', b'{"headers": {}}',
+                        Fence.attempt(first.attempts))  # fmt: skip
+    assert h.run(h.astore.replay([ids["a"]])) == 1
+    # The first run was only paused: its late outcome must not touch the replay.
+    late = h.store.fail(ids["a"], '{"type": "E", "message": "late"}',
+                        Fence.attempt(first.attempts))  # fmt: skip
+    assert not late.applied
+    assert late.stale
+    assert h.states(wf.workflow_id) == {"a": "queued", "b": "waiting"}
+
+
+def test_fail_fast_stays_halted_while_another_failure_stands(h: Harness) -> None:
+    wf = h.accept(plan(step("x"), step("y"), step("r"), step("z", "x", "y")))
+    ids = h.ids(wf.workflow_id)
+    runs = {name: h.store.start(ids[name]) for name in ("x", "y")}  # both running
+    for name, started in runs.items():
+        h.store.dead_letter(ids[name], '{"type": "E", "message": "m"}', b'{"headers": {}}',
+                            Fence.attempt(started.attempts))  # fmt: skip
+    assert h.store.start(ids["r"]).verdict is StartVerdict.SKIP  # halted
+    assert h.run(h.astore.replay([ids["x"]])) == 1
+    states = h.states(wf.workflow_id)
+    assert (states["r"], states["z"]) == ("cancelled", "cancelled")  # y still failed
+    assert h.run(h.astore.replay([ids["y"]])) == 1
+    states = h.states(wf.workflow_id)
+    assert (states["r"], states["z"]) == ("queued", "waiting")
+
+
+def test_every_step_is_kept_as_long_as_a_dead_lettered_one(h: Harness) -> None:
+    wf = h.accept(plan(step("a"), step("b"), policy=FailurePolicy.CONTINUE))
+    ids = h.ids(wf.workflow_id)
+    h.succeed(ids["a"], 1)
+    started = h.store.start(ids["b"])
+    h.store.dead_letter(ids["b"], '{"type": "E", "message": "m"}', b'{"headers": {}}',
+                        Fence.attempt(started.attempts))  # fmt: skip
+    assert h.get(wf.workflow_id).state is WorkflowState.FAILED
+    assert h.client.ttl(f"conveyor:job:{ids['a']}") > SETTINGS.jobs.retention_seconds

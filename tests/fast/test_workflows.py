@@ -82,6 +82,11 @@ async def test_an_invalid_workflow_is_a_422_naming_each_place(client: httpx.Asyn
                      "inputs": {"y": "a", "x": "c"}}]},
          ["#/steps/1/inputs/y", "#/steps/1/inputs/x"]),
         ({"chain": [square(1), square(2, depends_on=["step-0"])]}, ["#/chain/1/depends_on"]),
+        # Found by review: a step taking inputs escaped the arguments' size limits.
+        ({"steps": [square(1, name="a"), {"name": "b", "task": "demo.echo", "depends_on": ["a"],
+          "inputs": {"payload": "a"}}, {"name": "c", "task": "demo.sum", "depends_on": ["a"],
+          "inputs": {"values": "*"}, "args": {"extra": "x" * 70_000}}]},
+         ["#/steps/2/args/extra", "#/steps/2/args/extra"]),
         # Found by schemathesis: an unnamed step of `steps` was a 500.
         ({"steps": [{"task": ""}, square(1)]}, ["#/steps/0/name", "#/steps/1/name"]),
         ({"steps": [square(1, name="a")] * 1001}, ["#/steps"]),

@@ -236,6 +236,12 @@ def _check_step(
                         and str(e["loc"][0]) in step.inputs)]  # fmt: skip
         errors += [(f"{pointer}/args" + "".join(f"/{part}" for part in e["loc"]), e["msg"])
                    for e in left]  # fmt: skip
+        # A step whose inputs are still to come: its own arguments are bounded all the same
+        # (the URL guard checks them again when the request is made).
+        limits = settings.limits
+        for place, fault in shape_faults(step.args, limits.max_args_depth,
+                                         limits.max_string_length):  # fmt: skip
+            errors.append((f"{pointer}/args{place}", fault))
         return errors
     limits = settings.limits
     for place, fault in shape_faults(model.model_dump(), limits.max_args_depth,

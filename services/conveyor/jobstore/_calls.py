@@ -78,11 +78,13 @@ def start_args(
     owner: str,
     token: str,
     delivery: str = "",
+    max_input_bytes: int = 1 << 20,
 ) -> list[Any]:
     """ARGV for start.lua."""
     allowed = transition(Verb.START).allowed
     return [prefix, job_id, repr(now), max_deaths, "" if generation is None else generation,
-            allowed, owner, token, delivery, transition(Verb.SKIP).allowed]  # fmt: skip
+            allowed, owner, token, delivery, transition(Verb.SKIP).allowed,
+            max_input_bytes]  # fmt: skip
 
 
 def parse_start(raw: Sequence[Any]) -> StartResult:
@@ -105,8 +107,10 @@ def _inputs(raw: Any) -> StepInputs | None:
     if not isinstance(raw, list):
         return None
     values = [text_of(v) for v in raw]
-    if values[:1] == ["!"]:
+    if values[:1] == ["!"] and values[1]:
         return StepInputs({}, missing_parent=values[1])
+    if values[:1] == ["!"]:
+        return StepInputs({}, size=int(values[2]))  # over the limit: nothing read
     pairs = list(zip(values[::2], values[1::2], strict=True))
     return StepInputs({name: orjson.loads(value) for name, value in pairs},
                       size=sum(len(value) for _, value in pairs))  # fmt: skip

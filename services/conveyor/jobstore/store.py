@@ -93,6 +93,7 @@ class JobStore(StoreUpkeep):
             owner,
             uuid.uuid4().hex,  # one per call: a resent call is recognised, a new one is not
             delivery,
+            self.settings.workflows.max_input_bytes,
         )
         return _calls.parse_start(START.run(self.client, args))
 

@@ -30,8 +30,10 @@ local function wf_skip(prefix, id, state, why)
   local key = key_job(prefix, id)
   local error = cjson.encode({type = 'Skipped', message = why})
   local t = redis.call('TIME')
+  -- No run of it may write from now on (a paused one waking after a resume revived it).
   redis.call('HSET', key, 'state', 'cancelled', 'skipped', '1', 'error', error,
-             'finished_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+             'finished_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])),
+             'fence', '', 'owner', '')
   move_state_index(prefix, id, state, 'cancelled')
   emit(prefix, id, 'cancelled', 'state')
 end
@@ -66,15 +68,18 @@ local function wf_finish_if_done(prefix, workflow)
   redis.call('XADD', key_workflow_events(prefix, workflow), 'MAXLEN', '~', 10000, '*',
              'kind', 'workflow', 'step', '', 'job', '', 'state', outcome, 'progress', '',
              'attempts', '0')
-  local retention, dead_retention = tonumber(w[7]), tonumber(w[8])
-  local longest = retention
-  for _, id in ipairs(wf_list(w[9])) do
-    local seconds = retention
+  -- Every step keeps as long as the longest-kept one (a dead letter's retention if a step
+  -- is one): a replay resumes the whole workflow, never a part of it.
+  local order = wf_list(w[9])
+  local longest = tonumber(w[7])
+  for _, id in ipairs(order) do
     if redis.call('ZSCORE', key_dead(prefix), id) then
-      seconds = dead_retention
+      longest = math.max(longest, tonumber(w[8]))
+      break
     end
-    longest = math.max(longest, seconds)
-    expire_job(prefix, id, seconds)
+  end
+  for _, id in ipairs(order) do
+    expire_job(prefix, id, longest)
   end
   redis.call('EXPIRE', wkey, longest)
   redis.call('EXPIRE', key_workflow_messages(prefix, workflow), longest)
@@ -158,14 +163,26 @@ end
 
 -- What a starting step takes from its parents: argument name, JSON value, ... (the named
 -- parent's result, or the list of every parent's result in `depends_on` order for '*'); ''
--- when it takes nothing. A parent whose result is gone makes it '!' and that parent's id.
-local function wf_inputs(prefix, id, inputs)
+-- when it takes nothing. A parent whose result is gone makes it '!' and that parent's id;
+-- results larger than `max_bytes` in all make it '!', '' and their size.
+local function wf_inputs(prefix, id, inputs, max_bytes)
   if not inputs or inputs == '' then
     return ''
   end
   local parents = wf_list(redis.call('HGET', key_job(prefix, id), 'parents'))
+  local sources = cjson.decode(inputs)
+  -- Sized before anything is read: a step must not make Redis build megabytes it refuses.
+  local size = 0
+  for _, source in pairs(sources) do
+    for _, parent in ipairs(source == '*' and parents or {source}) do
+      size = size + redis.call('HSTRLEN', key_job(prefix, parent), 'result')
+    end
+  end
+  if size > max_bytes then
+    return {'!', '', tostring(size)}
+  end
   local parts = {}
-  for name, source in pairs(cjson.decode(inputs)) do
+  for name, source in pairs(sources) do
     local sources = source == '*' and parents or {source}
     local results = {}
     for _, parent in ipairs(sources) do
@@ -214,9 +231,17 @@ local function wf_resume(prefix, id, state)
       redis.call('PERSIST', key_events(prefix, step))
     end
   end
-  redis.call('HSET', wkey, 'halted', '')
   redis.call('HINCRBY', wkey, 'done', -1)
-  redis.call('HINCRBY', wkey, state == 'failed' and 'failed' or 'cancelled', -1)
+  local failed = redis.call('HINCRBY', wkey, state == 'failed' and 'failed' or 'cancelled', -1)
+  if state ~= 'failed' then
+    failed = tonumber(redis.call('HGET', wkey, 'failed') or '0')
+  end
+  -- A fail-fast workflow with another failure still standing stays halted: what it would
+  -- revive could only end in a failed workflow.
+  if failed > 0 and redis.call('HGET', wkey, 'policy') == 'fail_fast' then
+    return
+  end
+  redis.call('HSET', wkey, 'halted', '')
   for _, step in ipairs(order) do
     local key = key_job(prefix, step)
     local record = redis.call('HMGET', key, 'state', 'skipped', 'parents')
@@ -235,7 +260,8 @@ local function wf_resume(prefix, id, state)
         redis.call('HINCRBY', wkey, 'cancelled', -1)
         -- Its kept message is of generation 0: every later copy of it was consumed.
         redis.call('HSET', key, 'state', 'waiting', 'skipped', '', 'error', '',
-                   'finished_at', '', 'waiting_on', waiting_on, 'generation', '0')
+                   'finished_at', '', 'waiting_on', waiting_on, 'generation', '0',
+                   'fence', '', 'owner', '')
         move_state_index(prefix, step, 'cancelled', 'waiting')
         emit(prefix, step, 'waiting', 'state')
         if waiting_on == 0 then

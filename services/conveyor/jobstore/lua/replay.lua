@@ -30,8 +30,10 @@ local function replay_one(id)
       generation = 0
     end
     redis.call('HSET', key, 'generation', generation)
+    -- No earlier run may write from now on: a "dead" worker that was only paused fails
+    -- nothing of the replay.
     redis.call('HSET', key, 'state', 'queued', 'deaths', '0', 'finished_at', '', 'progress', '',
-               'error', '', 'dead_lettered_at', '')
+               'error', '', 'dead_lettered_at', '', 'fence', '', 'owner', '')
     redis.call('PERSIST', key)
     redis.call('PERSIST', key_events(prefix, id))
     local tenant = record[4] or ''

@@ -28,7 +28,7 @@ redis.call('ZREM', key_dead(prefix), id)
 redis.call('HDEL', key_dead_messages(prefix), id)
 -- The kept message is of generation 0: every later copy of this step was consumed.
 redis.call('HSET', key, 'state', 'queued', 'deaths', '0', 'generation', '0', 'error', '',
-           'finished_at', '', 'progress', '', 'dead_lettered_at', '')
+           'finished_at', '', 'progress', '', 'dead_lettered_at', '', 'fence', '', 'owner', '')
 redis.call('PERSIST', key)
 redis.call('PERSIST', key_events(prefix, id))
 move_state_index(prefix, id, record[1], 'queued')

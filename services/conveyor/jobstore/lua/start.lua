@@ -10,7 +10,7 @@
 --       lease renewer keeps renewing a delivery past its start grace only once this shows
 --       that the delivery's run started (a pool child that hangs before it lets the lease
 --       lapse, and the message is redelivered), 10 the states a step of a halted workflow
---       is skipped from (verb skip).
+--       is skipped from (verb skip), 11 the most bytes of parents' results a step takes.
 -- The new attempt's number is its fence: every write of this run carries it, and is refused
 -- once another attempt has started (a paused worker never overwrites a newer outcome).
 -- Returns {verdict, previous state, attempts, deaths, inputs, released at} where inputs is what
@@ -31,7 +31,7 @@ if not state then
   return {'skip', '', 0, 0}
 end
 if ARGV[8] ~= '' and redis.call('HGET', key, 'start_token') == ARGV[8] then
-  return {'run', '', attempts, deaths, wf_inputs(prefix, id, current[6]), current[7] or ''}
+  return {'run', '', attempts, deaths, wf_inputs(prefix, id, current[6], tonumber(ARGV[11])), current[7] or ''}
 end
 if ARGV[5] ~= '' and tonumber(ARGV[5]) < tonumber(current[4] or '0') then
   return {'skip', state, attempts, deaths}
@@ -67,4 +67,4 @@ if queue then
   redis.call('ZADD', key_running(prefix, queue), redis.call('TIME')[1], id)
 end
 emit(prefix, id, 'running', 'state')
-return {'run', state, attempts, deaths, wf_inputs(prefix, id, current[6]), current[7] or ''}
+return {'run', state, attempts, deaths, wf_inputs(prefix, id, current[6], tonumber(ARGV[11])), current[7] or ''}
