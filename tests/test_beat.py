@@ -91,7 +91,7 @@ def test_two_beats_one_leader_and_failover(
         assert len(flow_ticks) >= 4
         assert len(flow_ticks) == len(set(flow_ticks))
         assert {w["tenant"] for w in workflows} == {"ops"}
-        assert all(key.startswith("schedule:flow:") for key in flow_ticks)
+        assert all(key.startswith("schedule:file.flow:") for key in flow_ticks)
     finally:
         platform.stop()
 

@@ -98,7 +98,9 @@ def test_generated_key_functions_match_the_python_names(store: JobStore) -> None
         "gate_waiting": ("task:demo.echo",), "quota": ("t",), "unique": ("t", "demo.echo", "k"),
         "answered": ("j1",), "workflow": ("w1",), "workflow_messages": ("w1",),
         "workflow_events": ("w1",), "workflow_index_all": (), "workflow_index_tenant": ("t",),
-        "workflow_idempotency": ("t", "k"),
+        "workflow_idempotency": ("t", "k"), "schedule": ("s1",), "schedules_all": (),
+        "schedules_tenant": ("t",), "schedule_names": (), "schedules_due": (),
+        "stats": (29000000,), "audit": (), "session": ("h1",),
         "callback_idempotency": ("t", "j1"), "callbacks_pending": (), "pidbox_bindings": (),
     }  # fmt: skip
     assert set(probes) == set(TEMPLATES)

@@ -29,6 +29,7 @@ from conveyor.api.jobs import jobs_router
 from conveyor.api.meta import meta_router
 from conveyor.api.pauses import pauses_router
 from conveyor.api.request_metrics import MetricsMiddleware
+from conveyor.api.schedules import schedules_router
 from conveyor.api.schemas import submission_model
 from conveyor.api.state import ApiState
 from conveyor.api.workflows import workflows_router
@@ -122,6 +123,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app.include_router(workflows_router())
     app.include_router(dead_letters_router())
     app.include_router(pauses_router())
+    app.include_router(schedules_router())
     app.include_router(meta_router())
     _serve_docs(app)
     default_openapi = app.openapi

@@ -13,6 +13,7 @@ from redis.asyncio import Redis as AsyncRedis
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.settings import Settings
 from conveyor.jobstore.aio import AsyncJobStore
+from conveyor.jobstore.schedule_store import AsyncScheduleStore
 from conveyor.telemetry.metrics import ApiMetrics
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class ApiState:
     keys: "KeySource"
     redis: AsyncRedis = field(init=False)
     store: AsyncJobStore = field(init=False)
+    schedules: AsyncScheduleStore = field(init=False)
     streams: AsyncRedis = field(init=False)  # blocking reads of job events, own connections
     open_streams: OpenStreams = field(default_factory=OpenStreams)
 
@@ -59,6 +61,7 @@ class ApiState:
         self.redis = client
         self.streams = streams
         self.store = AsyncJobStore(client, self.settings)
+        self.schedules = AsyncScheduleStore(client, self.store.keys)
 
 
 def state_of(request: Request) -> ApiState:

@@ -78,7 +78,7 @@ def workflows_router() -> APIRouter:
             raise ProblemError(422, "Invalid workflow", exc.detail, slug="validation-error",
                                errors=errors) from None  # fmt: skip
         tenant = tenant_limits(http_request, principal.tenant)
-        limits = _limits(tenant)
+        limits = workflow_limits(tenant)
         depths = {str(q): state.settings.limits.max_queue_depth.for_queue(q) for q in Queue}
         with tracer().start_as_current_span("conveyor.enqueue_workflow",
                                             kind=SpanKind.PRODUCER) as span:  # fmt: skip
@@ -86,7 +86,7 @@ def workflows_router() -> APIRouter:
             http_request.state.charged = True  # the accept script takes the tokens
             outcome = await state.store.submit_workflow(plan, limits, depths)
             span.set_attribute("conveyor.workflow_id", outcome.workflow_id)
-        return await _answer(state, outcome, tenant, len(plan.steps))
+        return await workflow_answer(state, outcome, tenant, len(plan.steps))
 
     @router.get("", response_model=WorkflowPage, summary="List workflows",
                 operation_id="list_workflows")  # fmt: skip
@@ -220,7 +220,8 @@ async def _followed_workflow(
         yield workflow
 
 
-def _limits(tenant: TenantLimits) -> Limits:
+def workflow_limits(tenant: TenantLimits) -> Limits:
+    """What the workflow accept script enforces for a tenant."""
     return Limits(
         rate_per_second=tenant.rate_per_second,
         burst=tenant.burst,
@@ -231,9 +232,10 @@ def _limits(tenant: TenantLimits) -> Limits:
     )
 
 
-async def _answer(
+async def workflow_answer(
     state: ApiState, outcome: WorkflowAcceptResult, tenant: TenantLimits, steps: int
 ) -> Response:
+    """The answer to a workflow submission (or the problem it raises), counted."""
     count = state.metrics.workflow_submissions.labels
     location = {"Location": f"/v1/workflows/{outcome.workflow_id}"}
     verdict = outcome.verdict

@@ -3,7 +3,7 @@
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
-from conveyor.beat.schedule import beat_schedule, load_schedule
+from conveyor.beat.schedule import load_schedule
 from conveyor.beat.scheduler import BeatServices
 from conveyor.celery_config import attach_services, celery_config
 from conveyor.core.catalog import TaskCatalog, catalog_for
@@ -13,8 +13,10 @@ from conveyor.core.redis import (
     sentinel_kwargs,
     sync_client,
 )
+from conveyor.core.schedules import ScheduleSource, TickOutcome
 from conveyor.core.settings import Settings
 from conveyor.jobstore.keys import KeySpace
+from conveyor.jobstore.schedule_store import ScheduleStore
 from conveyor.jobstore.store import JobStore
 from conveyor.telemetry.metrics import BeatMetrics
 
@@ -32,7 +34,7 @@ def create_beat(
     app.conf.update(celery_config(settings))
     keys = KeySpace(settings.key_prefix)
     app.conf.update(
-        beat_schedule=beat_schedule(jobs),
+        beat_schedule={},  # the leader runs the schedule store's schedules (scheduler.py)
         beat_max_loop_interval=settings.beat.max_interval_seconds,
         redbeat_redis_url=settings.redis_dsn(),
         redbeat_key_prefix=keys.beat,
@@ -66,15 +68,21 @@ def create_beat(
     elif tls := settings.redis_tls_options():
         app.conf.redbeat_redis_use_ssl = tls
     registry = CollectorRegistry()
+    client = sync_client(settings)
     services = BeatServices(
         settings=settings,
         catalog=catalog,
-        store=JobStore(sync_client(settings), settings),
+        store=JobStore(client, settings),
         metrics=BeatMetrics(registry),
         registry=registry,
+        schedules=ScheduleStore(client, keys),
+        file_schedules=jobs,
     )
     services.metrics.leader.set(0)
     for job in jobs:  # every schedule's counter exists from the start, at 0
         services.metrics.runs.labels(job.name)
+    for source in ScheduleSource:
+        for outcome in TickOutcome:
+            services.metrics.ticks.labels(str(source), str(outcome))
     attach_services(app, services)
     return app, services

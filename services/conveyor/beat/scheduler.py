@@ -1,5 +1,8 @@
-"""The beat scheduler: RedBeat's leader lock and schedule storage, with each run submitted
-through the job store, so a periodic run is a job like any other (record, progress, result).
+"""The beat scheduler: RedBeat's leader lock, and the schedule store's schedules (the
+schedule file's and the API's alike) run by the leader: each due tick (Redis' clock) is
+submitted through the job store with the tick in its idempotency key, so a tick runs once
+across failovers, and a periodic run is a job like any other (record, progress, result).
+Changes made through the API are read from Redis each tick: no restart, no reload.
 
 The leader also does housekeeping between ticks: it moves due delayed jobs onto their queues
 (so they run even while every worker of a tier is scaled to zero) and prunes listing indexes
@@ -7,10 +10,10 @@ of jobs whose records have expired.
 """
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -21,29 +24,37 @@ from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis  # type: ignore[i
 from redis.exceptions import LockError, RedisError
 
 from conveyor import celery_config
-from conveyor.beat.schedule import WORKFLOW_ENTRY
-from conveyor.core.apikeys import SYSTEM_TENANT
+from conveyor.beat.schedule import FileSchedule
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
+from conveyor.core.schedule_runs import run_key, schedule_run
+from conveyor.core.schedules import (
+    OverlapPolicy,
+    ScheduleSource,
+    TickOutcome,
+    iso,
+    plan_tick,
+)
 from conveyor.core.settings import Settings
-from conveyor.core.workflow_plan import WorkflowRequest, plan_of
+from conveyor.jobstore.schedule_store import (
+    FILE_ID,
+    ScheduleRefusedError,
+    ScheduleStore,
+    StoredSchedule,
+    timing_changed,
+)
 from conveyor.jobstore.store import JobStore
-from conveyor.jobstore.submission import Submission, message_for
+from conveyor.jobstore.submission import message_for
 from conveyor.telemetry.metrics import BeatMetrics
 
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 60.0
+# Due schedules started per tick at most (the rest are due still, next tick).
+DUE_BATCH = 200
 # A run not renewed for this many visibility timeouts, with no delivery unacked, is abandoned.
 STUCK_AFTER_LEASES = 3
-
-
-class SubmittedRun:
-    """What `apply_async` returns: Celery beat only logs its `id`."""
-
-    def __init__(self, job_id: str) -> None:
-        self.id = job_id
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class BeatServices:
     store: JobStore
     metrics: BeatMetrics
     registry: CollectorRegistry
+    schedules: ScheduleStore
+    file_schedules: list[FileSchedule]
 
 
 def services_of(app: Celery) -> BeatServices:
@@ -73,6 +86,8 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.catalog = services.catalog
         self.settings = services.settings
         self.metrics = services.metrics
+        self.schedules = services.schedules
+        self.file_schedules = services.file_schedules
         self._next_prune = 0.0
         self._next_repair = 0.0
         # Set once this beat holds the lock (RedBeat takes it at start, in beat_init).
@@ -80,40 +95,96 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._schedule_written = False
         super().__init__(app, *args, **kwargs)
 
-    def apply_async(
-        self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
-    ) -> SubmittedRun:
-        """Submit one run. The idempotency key names the tick, so it is enqueued once."""
-        due_at: datetime = entry.due_at
-        entry = self.reserve(entry) if advance else entry
-        key = f"schedule:{entry.name}:{int(due_at.timestamp())}"
-        if entry.task == WORKFLOW_ENTRY:
-            return self._start_workflow(entry, key)
-        spec = self.catalog[entry.task]
-        queue = entry.options.get("queue")
-        submission = Submission.of(
-            spec,
-            tenant=entry.options.get("tenant") or SYSTEM_TENANT,
-            args=dict(entry.kwargs),
-            priority=Queue(queue) if queue else None,
-            idempotency_key=key,
-        )
-        outcome = self.store.submit(spec, submission)
-        self.metrics.runs.labels(entry.name).inc()
-        self.metrics.last_run.labels(entry.name).set(time.time())
-        log.info("scheduled run of %s: job %s", entry.name, outcome.job_id)
-        return SubmittedRun(outcome.job_id)
+    def _run_due_schedules(self) -> None:
+        """Start the run of every schedule whose next tick is due by Redis' clock."""
+        now_ms, due = self.schedules.due(DUE_BATCH)
+        for schedule_id, _ in due:
+            schedule = self.schedules.get(schedule_id)
+            if schedule is None or schedule.next_tick_ms is None or schedule.definition.paused:
+                continue  # deleted or paused meanwhile (its change took it off the due set)
+            self._run_tick(schedule, now_ms)
 
-    def _start_workflow(self, entry: Any, key: str) -> SubmittedRun:
-        """Start one run of a scheduled workflow, once per tick (its idempotency key)."""
-        request = WorkflowRequest.model_validate(dict(entry.kwargs))
-        tenant = entry.options.get("tenant") or SYSTEM_TENANT
-        plan = plan_of(request, self.catalog, self.settings, tenant, key)
-        outcome = self.store.submit_workflow(plan)
-        self.metrics.runs.labels(entry.name).inc()
-        self.metrics.last_run.labels(entry.name).set(time.time())
-        log.info("scheduled run of %s: workflow %s", entry.name, outcome.workflow_id)
-        return SubmittedRun(outcome.workflow_id)
+    def _run_tick(self, schedule: StoredSchedule, now_ms: int) -> None:
+        """One due tick: run it (once: the tick is in the run's idempotency key), skip it
+        (overlap) or drop it (missed, catch-up `skip`); then move the schedule on, fenced on
+        the version and due time read, so an edit made meanwhile stands.
+        """
+        assert schedule.next_tick_ms is not None
+        definition = schedule.definition
+        grace = self.settings.schedules.catch_up_grace_seconds + definition.jitter_seconds
+        plan = plan_tick(definition.timing(), schedule.next_tick_ms / 1000, now_ms / 1000,
+                         schedule.anchor_ms / 1000, definition.catch_up, grace)  # fmt: skip
+        tick_ms = round((plan.tick or schedule.next_tick_ms / 1000) * 1000)
+        run_id: str | None = None
+        kind = "workflow" if definition.workflow is not None else "job"
+        if plan.tick is None:
+            outcome = TickOutcome.MISSED
+        elif (definition.overlap is OverlapPolicy.SKIP and schedule.last_run_id
+              and not self.store.run_finished(schedule.last_run_id,
+                                              schedule.last_run_kind or "job")):  # fmt: skip
+            outcome = TickOutcome.SKIPPED_OVERLAP
+        else:
+            run_id, outcome = self._submit(schedule, tick_ms)
+        next_tick_ms = round(plan.next_tick * 1000)
+        jitter = random.uniform(0, definition.jitter_seconds)  # noqa: S311 - spreads load
+        next_due_ms = next_tick_ms + round(jitter * 1000)
+        if not self.schedules.advance(schedule, next_tick_ms, next_due_ms, tick_ms,
+                                      str(outcome), run_id, kind):  # fmt: skip
+            log.info("schedule %s changed while its tick ran; keeping the change", schedule.id)
+        self.metrics.ticks.labels(str(schedule.source), str(outcome)).inc()
+        if schedule.source is ScheduleSource.FILE and run_id is not None:
+            self.metrics.runs.labels(definition.name).inc()
+            self.metrics.last_run.labels(definition.name).set(time.time())
+        if outcome is not TickOutcome.RAN:
+            log.warning("schedule %s (%s): tick %s %s", schedule.id, definition.name,
+                        iso(tick_ms / 1000), outcome)  # fmt: skip
+
+    def _submit(self, schedule: StoredSchedule, tick_ms: int) -> tuple[str | None, TickOutcome]:
+        """Submit the tick's run; a run that cannot be built or is refused is logged (and
+        counted `failed`) rather than retried for ever. Redis errors end the tick.
+        """
+        definition = schedule.definition
+        key = run_key(schedule.id, tick_ms)
+        try:
+            run = schedule_run(definition, schedule.tenant, self.catalog, self.settings, key)
+            if run.plan is not None:
+                run_id = self.store.submit_workflow(run.plan).workflow_id
+            else:
+                assert run.spec is not None
+                assert run.submission is not None
+                run_id = self.store.submit(run.spec, run.submission).job_id
+        except RedisError:
+            raise
+        except Exception:  # a broken schedule never stops beat nor the other schedules
+            log.exception("schedule %s (%s): could not submit its run", schedule.id,
+                          definition.name)  # fmt: skip
+            return None, TickOutcome.FAILED
+        log.info("scheduled run of %s: %s %s", definition.name,
+                 "workflow" if definition.workflow else "job", run_id)  # fmt: skip
+        return run_id, TickOutcome.RAN
+
+    def _sync_file_schedules(self) -> None:
+        """Write the schedule file's entries into the store as `file` schedules (an entry
+        left unchanged keeps its next tick), and delete those the file no longer has.
+        """
+        wanted = {entry.id: entry for entry in self.file_schedules}
+        for entry in self.file_schedules:
+            definition = entry.definition()
+            current = self.schedules.get(entry.id)
+            if current and current.tenant == entry.tenant and current.definition == definition:
+                continue
+            keep_anchor = current and not timing_changed(current.definition, definition)
+            jitter = random.uniform(0, definition.jitter_seconds)  # noqa: S311 - spreads load
+            try:
+                self.schedules.put(entry.id, entry.tenant, ScheduleSource.FILE, definition, "*",
+                                   anchor_ms=current.anchor_ms if current and keep_anchor
+                                   else None, jitter=jitter)  # fmt: skip
+            except ScheduleRefusedError as exc:
+                log.error("schedule file entry %s not loaded: %s", entry.name, exc)
+        for schedule_id in self.schedules.ids():
+            if schedule_id.startswith(FILE_ID.format(name="")) and schedule_id not in wanted:
+                self.schedules.delete(schedule_id)
+                log.info("schedule %s left the schedule file: deleted", schedule_id)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One scheduler tick, then housekeeping; never sleeps past the promotion interval.
@@ -131,6 +202,7 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
             if not self._schedule_written:
                 self.setup_schedule()
             interval: float = super().tick(*args, **kwargs)
+            self._run_due_schedules()
         except LockError as exc:
             self._leading = False
             self.metrics.leader.set(0)
@@ -181,6 +253,7 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         """
         try:
             super().setup_schedule()
+            self._sync_file_schedules()
         except RedisError as exc:
             self._schedule_written = False
             log.warning("beat: could not write the schedule (%s); retrying next tick", exc)

@@ -212,6 +212,23 @@ class BeatSettings(BaseModel):
     )
 
 
+class ScheduleSettings(BaseModel):
+    """Runtime schedules (/v1/schedules) and how beat runs every schedule."""
+
+    max_per_tenant: int = Field(
+        100, ge=0, description="Schedules a tenant may create through the API (0: no limit)."
+    )
+    min_interval_seconds: float = Field(
+        10.0, gt=0, description="Shortest interval of a schedule created through the API."
+    )
+    catch_up_grace_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A tick started later than this (plus its jitter) was missed while no "
+        "beat ran: its schedule's catch-up policy decides whether it runs.",
+    )
+
+
 class SmtpSecurity(StrEnum):
     """How the SMTP connection is secured."""
 
@@ -479,6 +496,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
     beat: BeatSettings = BeatSettings()
+    schedules: ScheduleSettings = ScheduleSettings()
     flow: FlowSettings = FlowSettings()
     smtp: SmtpSettings = SmtpSettings()
     webhook: WebhookSettings = WebhookSettings()

@@ -67,6 +67,21 @@ TEMPLATES: dict[str, str] = {
     # A tenant's usage its quotas are checked against at accept: messages waiting per tier,
     # delayed messages, and the bytes of both.
     "quota": "{prefix}:quota:{tenant}",
+    # Runtime schedules (schedules.lua): each schedule's record, the ids of every schedule
+    # and of one tenant's, the owner of each `tenant/name`, and the unpaused schedules scored
+    # by when their next run is due (ms, Redis' clock).
+    "schedule": "{prefix}:schedule:{schedule_id}",
+    "schedules_all": "{prefix}:schedules:all",
+    "schedules_tenant": "{prefix}:schedules:tenant:{tenant}",
+    "schedule_names": "{prefix}:schedules:names",
+    "schedules_due": "{prefix}:schedules:due",
+    # Runs that ended per minute (the console's throughput): a hash of `<tier>:<outcome>` and
+    # `tenant:<tenant>:<outcome>` counts, for the minute (epoch minutes, Redis' clock).
+    "stats": "{prefix}:stats:{minute}",
+    # The audit log: a capped stream of every mutating call (who, what, target, outcome).
+    "audit": "{prefix}:audit",
+    # A console session (the cookie's id hashed): its key id, tenant, scopes and CSRF token.
+    "session": "{prefix}:session:{session_hash}",
     # Celery's remote-control bindings (kombu's key): one member per worker node.
     "pidbox_bindings": "_kombu.binding.celery.pidbox",
     "queue": "{queue}",
@@ -282,6 +297,42 @@ class KeySpace:
     def beat(self) -> str:
         """Prefix of RedBeat's keys (schedule entries and the leader lock)."""
         return self._key("beat")
+
+    def schedule(self, schedule_id: str) -> str:
+        """Hash holding one schedule: its definition and when it runs next."""
+        return self._key("schedule", schedule_id=schedule_id)
+
+    @property
+    def schedules_all(self) -> str:
+        """Set of every schedule id."""
+        return self._key("schedules_all")
+
+    def schedules_tenant(self, tenant: str) -> str:
+        """Set of one tenant's schedule ids."""
+        return self._key("schedules_tenant", tenant=tenant)
+
+    @property
+    def schedule_names(self) -> str:
+        """Hash of `tenant/name` to the schedule id holding that name."""
+        return self._key("schedule_names")
+
+    @property
+    def schedules_due(self) -> str:
+        """Sorted set of unpaused schedule ids scored by their next run's due time (ms)."""
+        return self._key("schedules_due")
+
+    def stats(self, minute: int) -> str:
+        """Hash of run outcomes counted in one minute (epoch minutes)."""
+        return self._key("stats", minute=str(minute))
+
+    @property
+    def audit(self) -> str:
+        """Stream of audit entries (capped)."""
+        return self._key("audit")
+
+    def session(self, session_hash: str) -> str:
+        """Hash of one console session, named by its cookie's SHA-256."""
+        return self._key("session", session_hash=session_hash)
 
     def callback_idempotency(self, tenant: str, job_id: str) -> str:
         """The idempotency record of a job's completion callback."""

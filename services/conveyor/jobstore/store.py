@@ -31,6 +31,7 @@ from conveyor.jobstore.scripts import (
 from conveyor.jobstore.submission import Submission, prepare
 from conveyor.jobstore.upkeep import StoreUpkeep
 from conveyor.jobstore.workflow import WorkflowPlan
+from conveyor.jobstore.workflow_model import WorkflowState
 from conveyor.jobstore.workflow_store import (
     WorkflowAcceptResult,
     accept_workflow_args,
@@ -175,3 +176,11 @@ class JobStore(StoreUpkeep):
     def get(self, job_id: str) -> Job | None:
         """The job, or None when unknown or expired."""
         return decode_record(self.client.hgetall(self.keys.job(job_id)))
+
+    def run_finished(self, run_id: str, kind: str) -> bool:
+        """Whether a job (`kind` job) or workflow has finished (or is gone: expired)."""
+        if kind == "workflow":
+            state = self.client.hget(self.keys.workflow(run_id), "state")
+            return state is None or text_of(state) != WorkflowState.RUNNING
+        job = self.get(run_id)
+        return job is None or job.state.is_terminal

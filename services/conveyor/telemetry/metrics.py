@@ -266,8 +266,16 @@ class BeatMetrics:
         )
         self.runs = Counter(
             "conveyor_beat_runs",
-            "Periodic job submissions.",
+            "Runs submitted by each schedule of the schedule file (API schedules are counted "
+            "in conveyor_beat_schedule_ticks_total only: their names are the tenants').",
             ("schedule",),
+            registry=registry,
+        )
+        self.ticks = Counter(
+            "conveyor_beat_schedule_ticks",
+            "Due schedule ticks, by the schedule's source (file, api) and what the tick did: "
+            "ran, skipped_overlap, missed (catch-up skip) or failed (could not submit).",
+            ("source", "outcome"),
             registry=registry,
         )
 

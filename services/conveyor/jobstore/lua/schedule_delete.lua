@@ -1,0 +1,14 @@
+-- Delete a schedule (schedules.py): its record, its name, its indexes, its next run.
+-- ARGV: prefix, id. Returns 1, or 0 for no such schedule.
+local prefix, id = ARGV[1], ARGV[2]
+local key = key_schedule(prefix, id)
+local current = redis.call('HMGET', key, 'tenant', 'name')
+if not current[1] then return 0 end
+redis.call('DEL', key)
+if redis.call('HGET', key_schedule_names(prefix), current[1] .. '/' .. current[2]) == id then
+  redis.call('HDEL', key_schedule_names(prefix), current[1] .. '/' .. current[2])
+end
+redis.call('SREM', key_schedules_all(prefix), id)
+redis.call('SREM', key_schedules_tenant(prefix, current[1]), id)
+redis.call('ZREM', key_schedules_due(prefix), id)
+return 1
