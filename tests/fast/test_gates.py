@@ -40,10 +40,11 @@ async def _downstream(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _refuse_unless_key(headers: Mapping[str, str]) -> None:
+async def _refuse_unless_key(headers: Mapping[str, str], method: str) -> tuple[object, str]:
     if headers.get("x-api-key") != "good":
         raise ProblemError(401, "Unauthorized", "no", slug="unauthorized",
                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    return "good", "api"
 
 
 async def _call(gate: BodyGate, headers: list[tuple[bytes, bytes]], receive: Any) -> Sent:

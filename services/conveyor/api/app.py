@@ -20,19 +20,28 @@ from prometheus_client import CollectorRegistry
 
 from conveyor import __version__
 from conveyor.api import problems
-from conveyor.api.auth import KeySource, charge, charge_rejected, principal_of, security_schemes
+from conveyor.api.audit import AuditMiddleware, audit_router
+from conveyor.api.auth import (
+    KeySource,
+    charge,
+    charge_rejected,
+    principal_for,
+    security_schemes,
+)
 from conveyor.api.batch import batch_router
 from conveyor.api.body_gate import BodyGate
 from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.events import BLOCK_SECONDS, events_router
 from conveyor.api.jobs import jobs_router
 from conveyor.api.meta import meta_router
+from conveyor.api.overview import overview_router
 from conveyor.api.pauses import pauses_router
 from conveyor.api.request_metrics import MetricsMiddleware
 from conveyor.api.schedules import schedules_router
 from conveyor.api.schemas import submission_model
 from conveyor.api.state import ApiState
 from conveyor.api.workflows import workflows_router
+from conveyor.console.router import ConsoleHeaders, console_router
 from conveyor.core.catalog import TaskCatalog, catalog_for
 from conveyor.core.redis import async_client, stream_client
 from conveyor.core.settings import Settings
@@ -111,9 +120,10 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         max_body_bytes=settings.limits.max_body_bytes,
         max_header_bytes=settings.limits.max_header_bytes,
         body_timeout_seconds=settings.limits.body_timeout_seconds,
-        authenticate=lambda headers: principal_of(keys, headers),
+        authenticate=lambda headers, method: principal_for(state, headers, method),
         charge=lambda principal: charge(state, principal),
     )
+    app.add_middleware(AuditMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     problems.install(app, list(catalog), charge_rejected)
     body = submission_model(catalog, settings.jobs.max_delay_seconds)
@@ -125,6 +135,11 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app.include_router(pauses_router())
     app.include_router(schedules_router())
     app.include_router(meta_router())
+    app.include_router(audit_router())
+    app.include_router(overview_router())
+    if settings.console.enabled:
+        app.include_router(console_router())
+        app.add_middleware(ConsoleHeaders)
     _serve_docs(app)
     default_openapi = app.openapi
 

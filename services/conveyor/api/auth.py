@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request, Response
 
 from conveyor.api.problems import ProblemError
+from conveyor.api.sessions import check_csrf, find_session, session_token
 from conveyor.api.state import ApiState, state_of
 from conveyor.core.apikeys import (
     DEVELOPMENT_PRINCIPAL,
@@ -124,16 +125,40 @@ def _unauthorized(detail: str) -> ProblemError:
     )
 
 
-def authenticate(request: Request) -> Principal:
-    """The caller's principal from `Authorization: Bearer` or `X-API-Key`; 401 otherwise.
+async def authenticate(request: Request) -> Principal:
+    """The caller's principal from `Authorization: Bearer`, `X-API-Key` or a console
+    session; 401 otherwise (403 for a session's request failing the CSRF check).
 
     A plain function called by the dependencies below rather than a chain of dependencies:
     FastAPI's dependency solving was a quarter of the accept path's CPU. The schemes are
-    declared in OpenAPI by `security_schemes`.
+    declared in OpenAPI by `security_schemes`. The body gate may have authenticated the
+    request already (one with a body): its answer is used.
     """
-    principal = principal_of(state_of(request).keys, request.headers)
-    request.state.principal = principal
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        principal, via = await principal_for(state_of(request), request.headers, request.method)
+        request.state.principal, request.state.via = principal, via
     return principal
+
+
+async def principal_for(
+    state: ApiState, headers: Mapping[str, str], method: str
+) -> tuple[Principal, str]:
+    """(principal, `api` or `console`) of a request's headers: an API key when one is
+    presented, else the console session of its cookie (whose state-changing requests must
+    pass the CSRF check). Raises the 401 or 403 problem.
+    """
+    source = state.keys
+    if source.settings.disabled or "authorization" in headers or "x-api-key" in headers:
+        return principal_of(source, headers), "api"
+    token = session_token(headers)
+    if token is None:
+        return principal_of(source, headers), "api"  # the 401 naming both headers
+    session = await find_session(state, token)
+    if session is None:
+        raise _unauthorized("The console session has ended; sign in again.")
+    check_csrf(session, method, headers)
+    return session.principal, "console"
 
 
 def principal_of(source: KeySource, headers: Mapping[str, str]) -> Principal:
@@ -158,8 +183,8 @@ def principal_of(source: KeySource, headers: Mapping[str, str]) -> Principal:
     return principal
 
 
-def _authorize(request: Request, scope: Scope) -> Principal:
-    principal = authenticate(request)
+async def _authorize(request: Request, scope: Scope) -> Principal:
+    principal = await authenticate(request)
     if not principal.can(scope):
         raise ProblemError(
             403, "Forbidden", f"This operation needs the {scope!s} scope.", slug="forbidden"
@@ -171,7 +196,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """Dependency: the caller, who must hold `scope` (or `admin`); 403 otherwise."""
 
     async def dependency(request: Request) -> Principal:
-        return _authorize(request, scope)
+        return await _authorize(request, scope)
 
     return dependency
 
@@ -261,7 +286,7 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """Dependency: `require(scope)`, then one token from the tenant's bucket (429 when empty)."""
 
     async def dependency(request: Request, response: Response) -> Principal:
-        principal = _authorize(request, scope)
+        principal = await _authorize(request, scope)
         limits = tenant_limits(request, principal.tenant)
         request.state.charged = True
         if limits.rate_per_second > 0:
@@ -288,7 +313,7 @@ async def charge_rejected(request: Request) -> ProblemError | None:
     principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:
         try:  # a request refused before any dependency ran (404, 405): its headers say who
-            principal = principal_of(state_of(request).keys, request.headers)
+            principal, _ = await principal_for(state_of(request), request.headers, "GET")
         except ProblemError:
             return None  # not authenticated: nobody to charge
     request.state.charged = True

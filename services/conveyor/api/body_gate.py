@@ -14,8 +14,9 @@ from conveyor.api.problems import PROBLEM_MEDIA_TYPE, Problem, ProblemError
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
-# Checks a request's credentials from its headers alone: the principal, or ProblemError (401).
-Authenticate = Callable[[Mapping[str, str]], object]
+# Checks a request's credentials from its headers (and method) alone: (principal, how it
+# came: `api` or `console`), or ProblemError (401, 403).
+Authenticate = Callable[[Mapping[str, str], str], Awaitable[tuple[object, str]]]
 # Takes a token from the principal's tenant for a request the gate refused (413, 408).
 Charge = Callable[[Any], Awaitable[object]]
 
@@ -77,10 +78,10 @@ class BodyGate:
         principal = None
         if self.authenticate is not None:
             try:
-                principal = self.authenticate(Headers(scope=scope))
+                principal, via = await self.authenticate(Headers(scope=scope), scope["method"])
                 # Routes and error handlers know who it is without asking again (and charge
                 # that tenant for a body that turns out to be unparsable).
-                scope.setdefault("state", {})["principal"] = principal
+                scope.setdefault("state", {}).update(principal=principal, via=via)
             except ProblemError as exc:
                 problem = exc.problem
                 await _refuse(

@@ -1,6 +1,7 @@
 """/v1/jobs: submit, read, list and cancel jobs."""
 
 import time
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -21,11 +22,13 @@ from conveyor.api.problems import ProblemError
 from conveyor.api.schemas import JobPage, SubmissionBase
 from conveyor.api.submitting import accept_limits, answer, idempotency_key, submission_of
 from conveyor.core.apikeys import TENANT_PATTERN, Principal, Scope
+from conveyor.core.bounds import IDEMPOTENCY_KEY_PATTERN
 from conveyor.core.callbacks import callback_submission
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.queues import Queue
-from conveyor.jobstore.model import Job, JobState
-from conveyor.jobstore.results import InvalidCursorError
+from conveyor.jobstore.listing import ListedJob
+from conveyor.jobstore.model import Job, JobState, JobSummary
+from conveyor.jobstore.results import InvalidCursorError, Page
 from conveyor.telemetry.tracing import tracer
 
 Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
@@ -96,10 +99,22 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         limit: Limit = 50,
         cursor: Cursor = None,
         fields: ListingFields = None,
+        since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
+        until: Annotated[datetime | None, Query(description="Created at or before.")] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Query(
+                max_length=200,
+                pattern=IDEMPOTENCY_KEY_PATTERN,
+                description="The job submitted with this idempotency key (0 or 1 item).",
+            ),
+        ] = None,
     ) -> Response:
         """The caller's jobs, newest first, optionally filtered; follow `next_cursor` for the
         next page. An admin key lists every tenant's jobs, or one tenant's with `tenant`.
-        An unknown `task` is a 422 naming the valid ones.
+        An unknown `task` is a 422 naming the valid ones. `since` and `until` bound the
+        creation time; `idempotency_key` finds the one job submitted with that key (the
+        caller's tenant's, or `tenant`'s for an admin).
         """
         if task is not None and task not in state.catalog:
             names = list(state.catalog)
@@ -122,6 +137,9 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
             )
         else:
             scope_tenant = principal.tenant
+        if idempotency_key is not None:
+            return await _by_idempotency_key(state, principal, scope_tenant, idempotency_key,
+                                             response)  # fmt: skip
         try:
             page = await state.store.list_jobs(
                 tenant=scope_tenant,
@@ -132,6 +150,8 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 cursor=cursor,
                 fields=listing_fields(fields),
                 max_bytes=state.settings.api.listing_max_bytes,
+                since=since.timestamp() if since else None,
+                until=until.timestamp() if until else None,
             )
         except InvalidCursorError:
             raise invalid_cursor() from None
@@ -174,7 +194,34 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
             await _enqueue_callback(state, job)
         return job
 
+    @router.post(
+        "/{job_id}/retry", response_model=Job, summary="Retry a failed job",
+        operation_id="retry_job",
+    )  # fmt: skip
+    async def retry_job(job_id: str, state: State, principal: Writer) -> Job:
+        """Run a failed job again, as a new attempt of the same job (its dead letter is
+        replayed; a workflow step resumes its workflow). 409 unless the job failed and its
+        dead letter is still kept.
+        """
+        job = await existing_job(state, job_id, principal)
+        if job.state is not JobState.FAILED or not await state.store.replay([job_id]):
+            raise ProblemError(409, "Job cannot be retried",
+                               f"Job {job_id} is {job.state}: only a failed job whose dead "
+                               "letter is kept can be retried.", slug="job-not-failed")  # fmt: skip
+        return await existing_job(state, job_id, principal)
+
     return router
+
+
+async def _by_idempotency_key(state: ApiState, principal: Principal, tenant: str | None,
+                              key: str, response: Response) -> Response:  # fmt: skip
+    """The page of the one job `tenant` submitted with idempotency `key` (or none)."""
+    found = await state.store.job_of_idempotency_key(tenant or principal.tenant, key)
+    job = await state.store.get(found, tenant) if found else None
+    if job is None:
+        return page_response(Page([], None), response)
+    summary = job.model_dump(include=set(JobSummary.model_fields))
+    return page_response(Page([ListedJob.model_validate(summary)], None), response)
 
 
 def job_response(job: Job, status: int, headers: dict[str, str]) -> Response:

@@ -157,6 +157,16 @@ class KeyRing:
         return Principal(key_id=entry.id, tenant=entry.tenant, scopes=entry.scopes)
 
 
+    def by_hash(self, sha256: str) -> Principal | None:
+        """The principal of the key with this hash, while the ring holds it (a console
+        session names its key by hash: a key removed from the keys file ends its sessions).
+        """
+        entry = self._by_hash.get(sha256)
+        if entry is None:
+            return None
+        return Principal(key_id=entry.id, tenant=entry.tenant, scopes=entry.scopes)
+
+
 def hash_key(key: str) -> str:
     """The stored form of a key."""
     return hashlib.sha256(key.encode()).hexdigest()

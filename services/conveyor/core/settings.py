@@ -229,6 +229,28 @@ class ScheduleSettings(BaseModel):
     )
 
 
+class ConsoleSettings(BaseModel):
+    """The operator console (/ui) and the audit log."""
+
+    enabled: bool = Field(True, description="Serve the console under /ui.")
+    session_ttl_seconds: int = Field(
+        8 * 3600, ge=60, description="A console session ends this long after sign-in."
+    )
+    secure_cookie: bool = Field(
+        True,
+        description="Mark the session cookie Secure (HTTPS only; browsers also accept it "
+        "from http://localhost). Turn off only behind plain HTTP on a trusted network.",
+    )
+    audit_max_entries: int = Field(
+        1_000_000, ge=1000, description="Audit entries kept (the oldest are trimmed)."
+    )
+    audit_submissions: bool = Field(
+        True,
+        description="Also audit job and workflow submissions (one XADD each, after the "
+        "answer); the job record keeps the tenant either way.",
+    )
+
+
 class SmtpSecurity(StrEnum):
     """How the SMTP connection is secured."""
 
@@ -497,6 +519,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     beat: BeatSettings = BeatSettings()
     schedules: ScheduleSettings = ScheduleSettings()
+    console: ConsoleSettings = ConsoleSettings()
     flow: FlowSettings = FlowSettings()
     smtp: SmtpSettings = SmtpSettings()
     webhook: WebhookSettings = WebhookSettings()

@@ -18,7 +18,7 @@ from conveyor.jobstore import _calls
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.listing import LISTABLE_FIELDS, SUMMARY_FIELDS, ListedJob, decode_listed
 from conveyor.jobstore.machine import Verb, transition
-from conveyor.jobstore.model import Job, JobState, decode_record
+from conveyor.jobstore.model import Job, JobState, decode_record, text_of
 from conveyor.jobstore.replication import confirmed_replicas
 from conveyor.jobstore.results import (
     AcceptResult,
@@ -149,6 +149,8 @@ class AsyncJobStore(WorkflowVerbs):
         dead_letters: bool = False,
         fields: frozenset[str] = frozenset(),
         max_bytes: int = 0,
+        since: float | None = None,
+        until: float | None = None,
     ) -> Page:
         """Jobs newest first, as summaries (plus `fields`: "args", "result"); other filters
         are checked per job.
@@ -157,6 +159,8 @@ class AsyncJobStore(WorkflowVerbs):
         own index, so its cursor is always one of its own jobs (never a position among other
         tenants' jobs). `dead_letters` lists the dead-letter set. With `max_bytes` the page
         ends early (after at least one job) once the asked-for fields pass that many bytes.
+        `since` and `until` (epoch seconds) bound the index's time: a job's creation (a dead
+        letter's death).
         """
         filters: dict[str, str] = {}
         if tenant is not None:
@@ -181,7 +185,8 @@ class AsyncJobStore(WorkflowVerbs):
         read = (*SUMMARY_FIELDS, *sorted(fields & LISTABLE_FIELDS))
         heavy = range(len(SUMMARY_FIELDS), len(read))
 
-        bound_score: str = "+inf"
+        bound_score: str = "+inf" if until is None else _calls.ms(until)
+        floor = "-inf" if since is None else _calls.ms(since)
         bound_id: str | None = None
         if cursor is not None:
             cursor_score, bound_id = _calls.decode_cursor(cursor)
@@ -195,7 +200,7 @@ class AsyncJobStore(WorkflowVerbs):
         budget, batch = limit * 20, limit + 1
         while len(jobs) < limit and budget > 0:
             reply: list[Any] = await self.client.zrevrangebyscore(
-                index, bound_score, "-inf", start=0, num=batch, withscores=True
+                index, bound_score, floor, start=0, num=batch, withscores=True
             )
             rows = [(_member(member), float(score)) for member, score in reply]
             # Entries sharing the cursor's score come in descending id order; skip those seen.
@@ -240,6 +245,11 @@ class AsyncJobStore(WorkflowVerbs):
             bound_score, bound_id = str(int(last[0])), last[1]
         next_cursor = _calls.encode_cursor(*last) if more and last is not None else None
         return Page(jobs, next_cursor)
+
+    async def job_of_idempotency_key(self, tenant: str, key: str) -> str | None:
+        """The id of the tenant's job submitted with idempotency `key`, while it is kept."""
+        held = await self.client.get(self.keys.idempotency(tenant, key))
+        return text_of(held).partition("\n")[0] if held else None
 
     async def replay(self, job_ids: Sequence[str] | None = None) -> int:
         """Put dead-lettered jobs back on their queues (all of them when `job_ids` is None)."""

@@ -75,8 +75,8 @@ TEMPLATES: dict[str, str] = {
     "schedules_tenant": "{prefix}:schedules:tenant:{tenant}",
     "schedule_names": "{prefix}:schedules:names",
     "schedules_due": "{prefix}:schedules:due",
-    # Runs that ended per minute (the console's throughput): a hash of `<tier>:<outcome>` and
-    # `tenant:<tenant>:<outcome>` counts, for the minute (epoch minutes, Redis' clock).
+    # Runs that ended per minute (the console's throughput): a hash of `<tier>/<outcome>` and
+    # `tenant/<tenant>/<outcome>` counts, for the minute (epoch minutes, Redis' clock).
     "stats": "{prefix}:stats:{minute}",
     # The audit log: a capped stream of every mutating call (who, what, target, outcome).
     "audit": "{prefix}:audit",

@@ -2,31 +2,41 @@
 // Plain ES modules, no build step, no third-party code; written for the page's CSP
 // (script-src 'self', style-src 'self', connect-src 'self': no inline code or styles).
 //
-// data-testid attributes (for browser tests):
-//   global:     error, error-text, error-dismiss, notice, page-title, next-page, first-page, page-number
-//   sign-in:    signin-form, signin-key, signin-submit, signin-message
-//   header:     session-tenant, session-key-id, session-scopes, signout
-//   nav:        nav-overview, nav-jobs, nav-dead-letters, nav-workflows, nav-schedules, nav-audit
-//   overview:   tier-row (+ cells tier-row-queue/-waiting/-running/-held/-workers/-paused), tier-pause,
-//               tier-resume, overview-delayed, overview-dead, overview-chart, failure-rate,
-//               pause-row, resume, pause-form, pause-kind, pause-name, pause-submit
-//   jobs:       jobs-filters, filter-state, filter-task, filter-queue, filter-tenant, filter-since,
-//               filter-until, filter-apply, filter-reset, find-input, find-id, find-key, jobs-live,
-//               job-row (+ cells job-row-id/-task/-state/-tenant/-queue/-progress/-attempts/-created)
-//   job page:   job-id, job-state, job-progress, job-progress-text, job-attempts, job-task, job-args,
-//               job-result, job-error, job-workflow, job-events, job-event, job-live,
-//               cancel, terminate, retry
-//   dead:       dead-letter-row (+ cells), dl-select, dl-select-all, dl-replay, dl-purge,
-//               dl-replay-selected, dl-purge-selected, dl-replay-all, dl-purge-all
-//   workflows:  workflow-row (+ cells), workflow-state, workflow-dag, dag-node, dag-edge,
-//               workflow-cancel, step-row (+ cells), step-rerun
-//   schedules:  schedule-row (+ cells), schedule-new, schedule-pause, schedule-resume,
-//               schedule-trigger, schedule-edit, schedule-delete, schedule-next-runs,
-//               schedule-form, sf-name, sf-kind, sf-task, sf-args, sf-workflow, sf-queue, sf-timing,
-//               sf-cron, sf-interval, sf-timezone, sf-overlap, sf-catch-up, sf-jitter, sf-paused,
-//               sf-submit, sf-cancel, form-errors, field-error (data-pointer="#/name"...)
-//   audit:      audit-row (+ cells audit-row-at/-key_id/-tenant/-action/-target/-outcome/-status/-via),
-//               audit-tenant
+// data-testid attributes (for browser tests). Every table: rows "<row>", cells "<row>-<column>",
+// the <table> "<row>s", its empty-state cell "<row>-empty"; rows also carry data-* ids.
+//   global:    error (role=alert banner), error-text, error-dismiss, notice (role=status), page-title,
+//              next-page, first-page, page-number, load-failed, state badges carry data-state
+//   sign-in:   signin-form, signin-key, signin-submit, signin-message
+//   header:    session-tenant, session-key-id, session-scopes, signout
+//   nav:       nav-overview, nav-jobs, nav-dead-letters (admin), nav-workflows, nav-schedules, nav-audit (admin)
+//   overview:  overview-scope, tier-row (-queue -waiting -running -held -workers -paused -actions),
+//              tier-pause, tier-resume, overview-delayed, overview-dead, overview-succeeded, failure-rate,
+//              overview-chart, chart-bar, pause-row (-kind -name), resume, pause-form, pause-kind,
+//              pause-name, pause-submit
+//   jobs:      jobs-filters, filter-state, filter-task, filter-queue, filter-tenant, filter-since,
+//              filter-until, filter-apply, filter-reset, find-input, find-id, find-key, jobs-live,
+//              job-row[data-job-id] (-id -task -state -tenant -queue -progress -attempts -created)
+//   job page:  job-id, job-state, job-progress (<progress>, aria-valuenow), job-progress-text, job-live,
+//              job-props, job-task, job-tenant, job-queue, job-attempts, job-workflow, job-args,
+//              job-result, job-error, job-events, job-event[data-kind], cancel, terminate, retry
+//   dead:      dl-replay-all, dl-purge-all, dl-selected-count, dl-replay-selected, dl-purge-selected,
+//              dl-select-all, dead-letter-row[data-job-id] (-select -id -task -state -tenant -queue
+//              -error -attempts -dead -actions), dl-select, dl-replay, dl-purge
+//   workflows: workflows-filters, wf-filter-state, wf-filter-tenant, wf-filter-apply,
+//              workflow-row[data-workflow-id] (-id -name -tenant -state -steps -outcomes -created -finished),
+//              workflow-state, workflow-props, workflow-counts, workflow-cancel, workflow-dag,
+//              dag-node[data-step][data-state] (an SVG link to the step's job), dag-edge[data-from][data-to],
+//              step-row[data-step] (-name -state -task -job -parents -progress -attempts -error -actions),
+//              step-rerun
+//   schedules: schedules-tenant, schedules-filter-apply, schedule-new, schedule-row[data-schedule-id]
+//              (-name -tenant -source -target -timing -next -last -paused -actions), schedule-last-run,
+//              schedule-pause, schedule-resume, schedule-trigger, schedule-edit, schedule-delete;
+//              page: schedule-name, schedule-source, schedule-status, schedule-timing,
+//              schedule-next-runs, schedule-next-run, schedule-args, schedule-workflow;
+//              form: schedule-form, sf-name, sf-kind, sf-task, sf-args, sf-workflow, sf-queue, sf-timing,
+//              sf-cron, sf-interval, sf-timezone, sf-overlap, sf-catch-up, sf-jitter, sf-paused, sf-submit,
+//              sf-cancel, form-errors, field-error[data-field][data-pointer], schedule-read-only
+//   audit:     audit-tenant, audit-apply, audit-row (-at -key_id -tenant -action -target -outcome -status -via)
 
 import {
   ApiError, Life, api, bannerEl, clearError, forgetSession, h, isAdmin, noticeEl,
@@ -57,7 +67,7 @@ const NAV = [
 function resolve(parts) {
   const [top, id, sub] = parts;
   switch (top) {
-    case 'overview': return [overviewPage];
+    case 'overview': case 'pauses': return [overviewPage];
     case 'jobs': return id ? [jobPage, id] : [jobsPage];
     case 'dead-letters': return [deadLettersPage, null, true];
     case 'workflows': return id ? [workflowPage, id] : [workflowsPage];
@@ -170,7 +180,10 @@ async function signIn(event) {
   signinBtn.disabled = true;
   signinMsg.textContent = 'Signing in…';
   try {
-    adopt(await api('POST', '/ui/session', { api_key: keyInput.value.trim() }));
+    // The key goes once, in Authorization, never in a body or URL: the answer is a session
+    // cookie (HttpOnly) and the CSRF token, which the page keeps in memory only.
+    const key = keyInput.value.trim();
+    adopt(await api('POST', '/ui/session', undefined, { Authorization: `Bearer ${key}` }));
     keyInput.value = '';
     signinMsg.textContent = '';
     showApp();

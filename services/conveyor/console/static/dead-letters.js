@@ -1,7 +1,7 @@
 // #/dead-letters (admin): replay or purge one, a selection, or every dead letter.
 
 import {
-  actionButton, api, badge, enc, get, h, notify, num, pageHeader, pager, shortId, showError,
+  actionButton, api, badge, enc, get, h, idLink, notify, num, pageHeader, pager, showError,
   table, time, withQuery,
 } from './lib.js';
 
@@ -53,7 +53,7 @@ export function deadLettersPage({ view }) {
       type: 'checkbox', testid: 'dl-select', value: j.id, 'aria-label': `Select ${j.id}`, checked: selected.has(j.id),
       onchange: (e) => { if (e.target.checked) selected.add(j.id); else selected.delete(j.id); sync(); },
     }) },
-    { key: 'id', label: 'Job', render: (j) => h('a', { href: `#/jobs/${enc(j.id)}`, title: j.id, class: 'mono' }, shortId(j.id)) },
+    { key: 'id', label: 'Job', render: (j) => idLink('jobs', j.id) },
     { key: 'task', label: 'Task', render: (j) => j.task },
     { key: 'state', label: 'State', render: (j) => badge(j.state) },
     { key: 'tenant', label: 'Tenant', render: (j) => j.tenant },

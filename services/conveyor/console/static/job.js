@@ -2,8 +2,8 @@
 // `job` snapshot first and last, `state` and `progress` changes in between).
 
 import {
-  actionButton, api, badge, canWrite, dl, enc, get, h, json, num, progressBar, showError,
-  TERMINAL, time,
+  fill, actionButton, api, badge, canWrite, dl, enc, get, h, json, num, progressBar, showError,
+  TERMINAL, time, unreadable,
 } from './lib.js';
 
 const MAX_EVENTS = 300;
@@ -68,7 +68,7 @@ export async function jobPage({ view, id, life }) {
       job.timeout_seconds ? ['Timeout', `${job.timeout_seconds} s`] : null,
       job.callback_url ? ['Callback', h('code', null, job.callback_url)] : null,
     ], 'job-props'));
-    body.replaceChildren(
+    fill(body,
       h('section', null, h('h2', null, 'Arguments'), h('pre', { testid: 'job-args' }, json(job.args ?? {}))),
       job.error ? h('section', null, h('h2', null, 'Error'),
         h('pre', { class: 'error-text', testid: 'job-error' }, `${job.error.type}: ${job.error.message}`)) : null,
@@ -79,7 +79,7 @@ export async function jobPage({ view, id, life }) {
   function renderActions() {
     if (!canWrite()) { actions.replaceChildren(); return; }
     const open = !TERMINAL.has(job.state);
-    actions.replaceChildren(
+    fill(actions,
       open ? actionButton('Cancel', 'cancel', () => act(`${path}/cancel?terminate=false`), 'secondary') : null,
       open ? actionButton('Cancel & terminate', 'terminate', () => {
         if (!confirm(`Cancel job ${id} and kill the process running it?`)) return undefined;
@@ -173,7 +173,7 @@ export async function jobPage({ view, id, life }) {
     job = await get(path);
   } catch (e) {
     showError(e);
-    if (life.alive) view.append(h('p', { class: 'muted', testid: 'job-missing' }, 'This job could not be read.'));
+    if (life.alive) unreadable(view, 'job');
     return;
   }
   if (!life.alive) return;

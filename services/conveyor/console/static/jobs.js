@@ -3,13 +3,13 @@
 
 import {
   attempt, badge, enc, field, get, h, isAdmin, isoToLocal, JOB_STATES, localToIso, num,
-  pager, progressBar, select, shortId, showError, table, tasks, time, TIERS, withQuery,
+  idLink, pageHeader, pager, progressBar, select, setFilters, showError, table, tasks, time, TIERS, withQuery,
 } from './lib.js';
 
 let live = true; // kept across re-renders of the page
 
-export const jobColumns = [
-  { key: 'id', label: 'Job', render: (j) => h('a', { href: `#/jobs/${enc(j.id)}`, title: j.id, class: 'mono' }, shortId(j.id)) },
+const jobColumns = [
+  { key: 'id', label: 'Job', render: (j) => idLink('jobs', j.id) },
   { key: 'task', label: 'Task', render: (j) => j.task },
   { key: 'state', label: 'State', render: (j) => badge(j.state) },
   { key: 'tenant', label: 'Tenant', render: (j) => j.tenant },
@@ -42,11 +42,10 @@ export function jobsPage({ view, query, life }) {
     class: 'filters', testid: 'jobs-filters',
     onsubmit: (e) => {
       e.preventDefault();
-      const target = withQuery('#/jobs', {
+      setFilters('#/jobs', {
         state: state.value, task: task.value, queue: queue.value, tenant: tenant?.value.trim(),
         since: localToIso(since.value), until: localToIso(until.value),
-      });
-      if (location.hash === target) pg.go(null, 1); else location.hash = target;
+      }, () => pg.go(null, 1));
     },
   },
   field('State', state), field('Task', task), field('Tier', queue),
@@ -61,7 +60,7 @@ export function jobsPage({ view, query, life }) {
   const findByKey = async () => {
     const v = findInput.value.trim();
     if (!v) return;
-    const page = await attempt(() => get(withQuery('/v1/jobs', { idempotency_key: v })));
+    const page = await attempt(() => get(withQuery('/v1/jobs', { idempotency_key: v, tenant: tenant?.value.trim() })));
     if (!page) return;
     const job = page.items?.[0];
     if (job) location.hash = `#/jobs/${enc(job.id)}`;
@@ -81,8 +80,7 @@ export function jobsPage({ view, query, life }) {
   });
 
   view.append(
-    h('div', { class: 'page-head' }, h('h1', { testid: 'page-title' }, 'Jobs'),
-      h('label', { class: 'toggle' }, liveBox, ' Live (first page, every 2 s)')),
+    pageHeader('Jobs', h('label', { class: 'toggle' }, liveBox, ' Live (first page, every 2 s)')),
     find, form, rows.el, pg.el);
 
   let loaded = false;

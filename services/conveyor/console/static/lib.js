@@ -30,6 +30,13 @@ function addKids(el, kids) {
   }
 }
 
+/** Replace `el`'s children (null and false left out, arrays flattened). */
+export function fill(el, ...kids) {
+  el.replaceChildren();
+  addKids(el, kids);
+  return el;
+}
+
 /** An HTML element: h('a', {href, testid, onclick}, 'text', child...). */
 export function h(tag, attrs, ...kids) {
   const el = document.createElement(tag);
@@ -50,7 +57,7 @@ export function s(tag, attrs, ...kids) {
 const keyedState = new WeakMap();
 /** Keep `parent`'s children in step with `items`: an item whose JSON did not change keeps
  * its node (a button in it stays clickable across refreshes), changed ones are rebuilt. */
-export function keyed(parent, items, key, render, extra = () => '') {
+function keyed(parent, items, key, render, extra = () => '') {
   const old = keyedState.get(parent) || new Map();
   const next = new Map();
   let i = 0;
@@ -119,8 +126,8 @@ let unauthorized = () => {};
 export function onUnauthorized(fn) { unauthorized = fn; }
 
 /** fetch() same-origin with the CSRF header; JSON in and out; problems become ApiError. */
-export async function api(method, path, body) {
-  const headers = { Accept: 'application/json' };
+export async function api(method, path, body, extraHeaders = {}) {
+  const headers = { Accept: 'application/json', ...extraHeaders };
   if (session.csrf) headers['X-CSRF-Token'] = session.csrf;
   const init = { method, credentials: 'same-origin', headers, cache: 'no-store' };
   if (body !== undefined) {
@@ -253,9 +260,18 @@ export function badge(state, testid) {
   return h('span', { class: `badge state-${String(state).replace(/[^a-z_]/gi, '')}`, testid, 'data-state': state }, String(state));
 }
 
-export function link(href, text, testid) {
-  return h('a', { href, testid }, text);
+/** A link to a job or workflow page, showing a short id. */
+export function idLink(kind, id) {
+  return h('a', { href: `#/${kind}/${enc(id)}`, title: id, class: 'mono' }, shortId(id));
 }
+
+/** Put filters in the hash (shareable); the same hash again just reloads. */
+export function setFilters(base, params, reload) {
+  const target = withQuery(base, params);
+  if (location.hash === target) reload(); else location.hash = target;
+}
+
+export const unreadable = (view, what) => view.append(h('p', { class: 'muted', testid: 'load-failed' }, `This ${what} could not be read.`));
 
 /** A short id (full one in the tooltip). */
 export function shortId(id) { return id && id.length > 13 ? `${id.slice(0, 8)}…` : id; }
@@ -366,7 +382,7 @@ export function actionButton(text, testid, action, cls) {
 }
 
 export function pageHeader(title, ...actions) {
-  return h('div', { class: 'page-head' }, h('h1', { testid: 'page-title' }, title), h('div', { class: 'actions' }, actions));
+  return h('div', { class: 'page-head' }, h('h1', { testid: 'page-title' }, title), actions.length ? h('div', { class: 'actions' }, actions) : null);
 }
 
 export function dl(pairs, testid) {

@@ -1,7 +1,7 @@
 // #/overview: tiers, delayed and dead counts, 15 minutes of outcomes, pauses (GET /v1/overview).
 
 import {
-  actionButton, api, attempt, badge, enc, field, get, h, hhmm, isAdmin, notify, num, s,
+  actionButton, api, attempt, badge, enc, field, get, h, hhmm, isAdmin, notify, num, pageHeader, s,
   select, table, tasks, TIERS,
 } from './lib.js';
 
@@ -51,7 +51,7 @@ export function overviewPage({ view, life }) {
   ], { key: (p) => `${p.kind}/${p.name}`, empty: 'Nothing is paused.', rowAttrs: (p) => ({ 'data-kind': p.kind, 'data-name': p.name }) });
 
   view.append(
-    h('div', { class: 'page-head' }, h('h1', { testid: 'page-title' }, 'Overview'), scopeLine),
+    pageHeader('Overview', scopeLine),
     h('section', null, h('h2', null, 'Tiers'), tiers.el),
     cards,
     h('section', null, h('h2', null, 'Outcomes per minute'), chartBox),

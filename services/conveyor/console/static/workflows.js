@@ -1,8 +1,8 @@
 // #/workflows: the listing; #/workflows/<id>: the DAG (SVG, layered), steps, cancel and rerun.
 
 import {
-  actionButton, api, badge, canWrite, dl, enc, field, get, h, isAdmin, num, pager,
-  progressBar, s, select, shortId, showError, table, time, withQuery,
+  fill, actionButton, api, badge, canWrite, dl, enc, field, get, h, isAdmin, num, pager,
+  idLink, pageHeader, progressBar, s, select, setFilters, shortId, showError, table, time, unreadable, withQuery,
 } from './lib.js';
 
 const WF_STATES = ['running', 'succeeded', 'failed', 'cancelled'];
@@ -16,14 +16,13 @@ export function workflowsPage({ view, query }) {
     class: 'filters', testid: 'workflows-filters',
     onsubmit: (e) => {
       e.preventDefault();
-      const target = withQuery('#/workflows', { state: state.value, tenant: tenant?.value.trim() });
-      if (location.hash === target) pg.go(null, 1); else location.hash = target;
+      setFilters('#/workflows', { state: state.value, tenant: tenant?.value.trim() }, () => pg.go(null, 1));
     },
   }, field('State', state), tenant ? field('Tenant', tenant) : null,
   h('div', { class: 'form-actions' }, h('button', { type: 'submit', testid: 'wf-filter-apply' }, 'Apply')));
 
   const rows = table('workflow-row', [
-    { key: 'id', label: 'Workflow', render: (w) => h('a', { href: `#/workflows/${enc(w.id)}`, title: w.id, class: 'mono' }, shortId(w.id)) },
+    { key: 'id', label: 'Workflow', render: (w) => idLink('workflows', w.id) },
     { key: 'name', label: 'Name', render: (w) => w.name || '' },
     { key: 'tenant', label: 'Tenant', render: (w) => w.tenant },
     { key: 'state', label: 'State', render: (w) => badge(w.state) },
@@ -37,7 +36,7 @@ export function workflowsPage({ view, query }) {
     rows.update(page.items || []);
     return page;
   });
-  view.append(h('div', { class: 'page-head' }, h('h1', { testid: 'page-title' }, 'Workflows')), form, rows.el, pg.el);
+  view.append(pageHeader('Workflows'), form, rows.el, pg.el);
   pg.go(null, 1);
 }
 
@@ -55,7 +54,7 @@ export async function workflowPage({ view, id, life }) {
     { key: 'name', label: 'Step', render: (st) => h('strong', null, st.name) },
     { key: 'state', label: 'State', render: (st) => badge(st.state) },
     { key: 'task', label: 'Task', render: (st) => st.task },
-    { key: 'job', label: 'Job', render: (st) => h('a', { href: `#/jobs/${enc(st.job_id)}`, title: st.job_id, class: 'mono' }, shortId(st.job_id)) },
+    { key: 'job', label: 'Job', render: (st) => idLink('jobs', st.job_id) },
     { key: 'parents', label: 'After', render: (st) => parentsOf(st).join(', ') },
     { key: 'progress', label: 'Progress', render: (st) => progressBar(st.progress, st.state) },
     { key: 'attempts', label: 'Attempts', cls: 'num', render: (st) => num(st.attempts) },
@@ -65,7 +64,7 @@ export async function workflowPage({ view, id, life }) {
   ], { key: (st) => st.name, rowAttrs: (st) => ({ 'data-step': st.name, 'data-state': st.state }), empty: 'No steps.' });
 
   view.append(
-    h('div', { class: 'page-head' }, h('h1', { testid: 'page-title' }, 'Workflow ', title, ' ', stateBox), actions),
+    pageHeader(['Workflow ', title, ' ', stateBox], actions),
     summary,
     h('section', null, h('h2', null, 'Graph'), dag),
     h('section', null, h('h2', null, 'Steps'), steps.el));
@@ -75,11 +74,8 @@ export async function workflowPage({ view, id, life }) {
     title.textContent = wf.name || shortId(wf.id);
     title.title = wf.id;
     stateBox.replaceChildren(badge(wf.state, 'workflow-state'));
-    actions.replaceChildren(canWrite() && wf.state === 'running'
-      ? actionButton('Cancel workflow', 'workflow-cancel', () => {
-        if (!confirm(`Cancel every unfinished step of workflow ${wf.name || wf.id}?`)) return undefined;
-        return act(`${path}/cancel`);
-      }, 'danger') : null);
+    fill(actions, canWrite() && wf.state === 'running'
+      ? actionButton('Cancel workflow', 'workflow-cancel', () => act(`${path}/cancel`), 'danger') : null);
     summary.replaceChildren(dl([
       ['Id', h('code', null, wf.id)],
       ['Tenant', wf.tenant],
@@ -114,7 +110,7 @@ export async function workflowPage({ view, id, life }) {
     await load();
   } catch (e) {
     showError(e);
-    view.append(h('p', { class: 'muted' }, 'This workflow could not be read.'));
+    unreadable(view, 'workflow');
     return;
   }
   if (life.alive && wf.state === 'running') watch();
@@ -124,7 +120,7 @@ const parentsOf = (st) => st.depends_on ?? st.parents ?? [];
 
 /** Layered layout: a step's layer is 1 + the largest of its parents' (roots: 0), layers left
  * to right; within a layer, steps are ordered by their parents' mean position. */
-export function layout(list) {
+function layout(list) {
   const byName = new Map(list.map((st) => [st.name, st]));
   const layerOf = new Map();
   const visiting = new Set();

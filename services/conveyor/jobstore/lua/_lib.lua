@@ -248,3 +248,14 @@ local function remember_tenant(prefix, tenant, weight, limit)
     redis.call('HDEL', key_fair_limits(prefix), tenant)
   end
 end
+
+-- Runs that ended (or will retry) in the current minute of Redis' clock, for the console's
+-- throughput (keys.py: stats): `<tier>/<outcome>` and `tenant/<tenant>/<outcome>` counts,
+-- kept an hour.
+local function count_outcome(prefix, key, outcome)
+  local stats = key_stats(prefix, tostring(math.floor(now_ms() / 60000)))
+  local fields = redis.call('HMGET', key, 'queue', 'tenant')
+  redis.call('HINCRBY', stats, (fields[1] or '') .. '/' .. outcome, 1)
+  redis.call('HINCRBY', stats, 'tenant/' .. (fields[2] or '') .. '/' .. outcome, 1)
+  redis.call('EXPIRE', stats, 3900)
+end

@@ -41,6 +41,10 @@ if #ARGV >= 11 then
 end
 redis.call('HSET', key, 'state', new_state)
 move_state_index(prefix, id, state, new_state)
+if state ~= new_state and (new_state == 'succeeded' or new_state == 'failed'
+    or new_state == 'retrying') then
+  count_outcome(prefix, key, new_state)
+end
 emit(prefix, id, new_state, state == new_state and 'progress' or 'state')
 
 if delayed_op == 'add' then

@@ -1,0 +1,129 @@
+"""/ui: the console's page and assets (shipped in the package: nothing loads from another
+host), served with a strict Content-Security-Policy, and its session routes (sign in with
+an API key, read the session, sign out). Every action the page takes is a /v1 call.
+"""
+
+from pathlib import Path
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from conveyor.api.auth import authenticate, principal_of
+from conveyor.api.problems import ProblemError
+from conveyor.api.sessions import (
+    close_session,
+    cookie_header,
+    find_session,
+    open_session,
+    session_token,
+)
+from conveyor.api.state import state_of
+from conveyor.core.apikeys import Principal, hash_key
+
+STATIC_DIR = Path(__file__).with_name("static")
+PREFIX = "/ui"
+
+# Only the page's own scripts, styles and API calls; no inline code, no framing, no forms
+# posted elsewhere, no base URL games.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+
+
+class ConsoleHeaders:
+    """Adds the security headers to every /ui response (the page, its assets, its
+    session routes and their errors).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; add the headers to a /ui response's start."""
+        if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _session_body(principal: Principal, csrf: str) -> bytes:
+    return orjson.dumps({"key_id": principal.key_id, "tenant": principal.tenant,
+                         "scopes": sorted(principal.scopes), "csrf_token": csrf})  # fmt: skip
+
+
+def console_router() -> APIRouter:
+    """The page, its assets and the session routes (not in the OpenAPI document)."""
+    router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+    @router.get("")
+    async def console_root() -> RedirectResponse:
+        return RedirectResponse(f"{PREFIX}/", status_code=308)
+
+    @router.get("/")
+    async def console_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+
+    @router.get("/static/{name:path}")
+    async def console_asset(name: str) -> FileResponse:
+        path = (STATIC_DIR / name).resolve()
+        if not path.is_file() or STATIC_DIR.resolve() not in path.parents:
+            raise ProblemError(404, "Not found", f"No console asset {name!r}.", slug="not-found")
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    @router.post("/session")
+    async def sign_in(request: Request) -> Response:
+        """Sign in: the API key comes once, in `Authorization: Bearer` (never a body, a URL
+        or the page); the answer sets the session cookie and gives the page its CSRF token.
+        """
+        state = state_of(request)
+        principal = principal_of(state.keys, request.headers)  # the 401 for a bad key
+        presented = request.headers.get("authorization", "").partition(" ")[2].strip()
+        presented = presented or request.headers.get("x-api-key", "")
+        token, csrf = await open_session(state, hash_key(presented))
+        request.state.principal, request.state.via = principal, "console"
+        return Response(_session_body(principal, csrf), media_type="application/json",
+                        headers={"Set-Cookie": cookie_header(state, token),
+                                 "Cache-Control": "no-store"})  # fmt: skip
+
+    @router.get("/session")
+    async def current_session(request: Request) -> Response:
+        """Who the session is, and its CSRF token (the page keeps it in memory only)."""
+        state = state_of(request)
+        token = session_token(request.headers)
+        session = await find_session(state, token) if token else None
+        if session is None:
+            raise ProblemError(401, "Unauthorized", "Not signed in.", slug="unauthorized")
+        return Response(_session_body(session.principal, session.csrf_token),
+                        media_type="application/json",
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    @router.delete("/session", status_code=204)
+    async def sign_out(request: Request) -> Response:
+        """End the session (its CSRF token required, as for every change)."""
+        state = state_of(request)
+        await authenticate(request)  # 401 without a session, 403 without its CSRF token
+        token = session_token(request.headers)
+        if token:
+            await close_session(state, token)
+        return Response(status_code=204,
+                        headers={"Set-Cookie": cookie_header(state, "", max_age=0)})  # fmt: skip
+
+    return router
