@@ -36,9 +36,10 @@ system-deps:
 	$(call debian-packages,redis-server:redis-server curl:curl jq:jq)
 
 # The tests also need redis-sentinel (the HA tests), promtool (Debian's prometheus: checks
-# metrics, rules and dashboards) and faketime (a worker with a skewed clock).
+# metrics, rules and dashboards), faketime (a worker with a skewed clock) and chromium (the
+# console's browser tests, driven by Playwright: no browser is downloaded).
 system-deps-test: system-deps
-	$(call debian-packages,redis-sentinel:redis-sentinel promtool:prometheus faketime:faketime)
+	$(call debian-packages,redis-sentinel:redis-sentinel promtool:prometheus faketime:faketime chromium:chromium)
 
 $(BIN)/.installed-run: pyproject.toml | python-version
 	@echo "==> virtualenv $(VENV) ($$($(PYTHON) --version))"

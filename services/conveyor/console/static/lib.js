@@ -1,4 +1,4 @@
-// Shared helpers: DOM building (no innerHTML), the API client, the error banner, the page
+// Shared helpers: DOM building (elements and text nodes only, never markup from strings), the API client, the error banner, the page
 // lifecycle (timers, event sources), formatting, tables and pagers.
 
 export const session = { key_id: null, tenant: null, scopes: [], csrf: null };
