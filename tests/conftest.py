@@ -87,3 +87,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="200",
         help="How many random workflows the workflow soak runs (its figures: 1000).",
     )
+    parser.addoption(
+        "--console-screenshots",
+        action="store_true",
+        help="Write the console's screenshots to docs/console/ (else to a temporary folder).",
+    )
