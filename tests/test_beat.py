@@ -2,8 +2,10 @@
 
 import signal
 import time
+from itertools import pairwise
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from redbeat.schedulers import RedBeatScheduler  # type: ignore[import-untyped]
@@ -13,6 +15,7 @@ from conveyor.beat.scheduler import ConveyorScheduler
 from conveyor.core.catalog import load_catalog
 from conveyor.core.settings import Settings
 from tests.conftest import fresh_db
+from tests.support.auth import TEAM_A_KEY, bearer
 from tests.support.processes import (
     Platform,
     RedisServer,
@@ -222,3 +225,68 @@ def test_a_refused_tick_drops_the_lock_connections_so_beat_leaves_an_isolated_pr
     assert scheduler.tick() == Settings().worker.delayed_poll_seconds
     assert all(c._sock is None for c in pooled)  # closed: the next tick connects afresh
     client.close()
+
+
+@pytest.mark.slow
+def test_api_schedules_run_once_per_tick_across_failover_and_edits_need_no_restart(
+    redis_server: RedisServer, log_dir: Path
+) -> None:
+    """A schedule created over the API is run by the leader; a standby takes over after a
+    SIGKILL without a tick run twice; an edit and a pause take effect within seconds.
+    """
+    platform = Platform(
+        redis_server, fresh_db(redis_server), log_dir,
+        CONVEYOR_BEAT__LOCK_TIMEOUT_SECONDS="3",
+        CONVEYOR_BEAT__MAX_INTERVAL_SECONDS="0.5",
+        CONVEYOR_SCHEDULES__MIN_INTERVAL_SECONDS="0.5",
+    )  # fmt: skip
+    try:
+        platform.start_api()
+        first = platform.start("beat-1", conveyor_argv("beat"))
+        first.wait_for_log("Acquired lock")
+        second = platform.start("beat-2", conveyor_argv("beat"))
+        second.wait_for_log("beat: Starting...")
+        with httpx.Client(base_url=platform.base_url, headers=bearer(TEAM_A_KEY)) as api:
+            created = api.post("/v1/schedules", json={
+                "name": "every-second", "task": "demo.echo", "args": {"payload": "tick"},
+                "interval_seconds": 1}).json()  # fmt: skip
+            key = f"schedule:{created['id']}:"
+
+            def runs() -> list[dict[str, str]]:
+                return [j for j in scheduled_jobs(platform)
+                        if j["idempotency_key"].startswith(key)]  # fmt: skip
+
+            wait_until(lambda: len(runs()) >= 3, 10, "runs of the API schedule")
+            assert {j["tenant"] for j in runs()} == {"team-a"}
+            first.signal(signal.SIGKILL)
+            second.wait_for_log("Acquired lock", timeout=15)
+            before = len(runs())
+            wait_until(lambda: len(runs()) >= before + 2, 10, "runs after failover")
+            ticks = [j["idempotency_key"] for j in runs()]
+            assert len(ticks) == len(set(ticks)), "a tick ran twice"
+            # Every tick in the run was a whole second after the anchor: no tick ran twice
+            # under two keys either (the failover's gap is caught up by one run).
+            stamps = sorted(int(t.rsplit(":", 1)[1]) for t in ticks)
+            assert all(b - a >= 1000 for a, b in pairwise(stamps)), stamps
+
+            # An edit (hourly now) takes effect without a restart: at most one more run.
+            edited = api.patch(f"/v1/schedules/{created['id']}",
+                               json={"interval_seconds": 3600})  # fmt: skip
+            assert edited.status_code == 200, edited.text
+            time.sleep(1.5)
+            settled = len(runs())
+            time.sleep(3)
+            assert len(runs()) == settled, "the edit did not stop the one-second runs"
+            # A resumed faster schedule runs again; a pause stops it.
+            api.patch(f"/v1/schedules/{created['id']}", json={"interval_seconds": 1})
+            wait_until(lambda: len(runs()) >= settled + 2, 10, "runs after the second edit")
+            api.post(f"/v1/schedules/{created['id']}/pause")
+            time.sleep(1.5)
+            paused = len(runs())
+            time.sleep(3)
+            assert len(runs()) == paused, "a paused schedule ran"
+            got = api.get(f"/v1/schedules/{created['id']}").json()
+            assert got["last_outcome"] == "ran"
+            assert got["last_run_id"] in {j["id"] for j in runs()}
+    finally:
+        platform.stop()
