@@ -270,3 +270,19 @@ async def test_find_jobs_by_time_and_by_idempotency_key(api: InProcessApi) -> No
         assert (await team_a.get("/v1/jobs", params={"since": later})).json()["items"] == []
         assert len((await team_a.get("/v1/jobs", params={"since": earlier})).json()["items"]) == 1
         assert (await team_a.get("/v1/jobs", params={"until": earlier})).json()["items"] == []
+
+
+async def test_with_authentication_off_any_key_signs_in_as_the_development_tenant(
+    redis_url: str,
+) -> None:
+    from tests.fast.harness import serve, settings_for
+
+    settings = settings_for(redis_url)
+    settings.auth.disabled = True
+    async with serve(settings) as local:
+        console, response = await sign_in(local, "anything")
+        assert response.json()["tenant"] == "default"
+        me = await console.call("GET", "/ui/session", csrf=False)
+        assert me.status_code == 200, me.text
+        assert (await console.call("POST", "/v1/jobs", json=ECHO)).status_code == 202
+        await console.http.aclose()
