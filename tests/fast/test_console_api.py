@@ -158,7 +158,9 @@ async def test_the_page_and_assets_carry_a_strict_policy(api: InProcessApi) -> N
             asset = await http.get(src if src.startswith("/") else f"/ui/{src}")
             assert asset.status_code == 200, src
             assert "content-security-policy" in asset.headers
+        assert "immutable" in asset.headers["cache-control"]  # versioned URLs
         assert (await http.get("/ui/static/../../app.py")).status_code == 404
+        assert (await http.get("/ui/static/0000/app.js")).status_code == 404  # another release
         assert (await http.get("/ui", follow_redirects=False)).status_code == 308
 
 

@@ -228,7 +228,8 @@ def test_catalogue_documents_every_series_a_service_exposes() -> None:
     for metric in catalogue.metric_catalogue():
         assert f"`{metric.name}`" in readme
     assert [m.created for m in catalogue.metric_catalogue() if m.created] == [
-        "conveyor_beat_runs_created"
+        "conveyor_beat_runs_created",
+        "conveyor_beat_schedule_ticks_created",
     ]
 
 

@@ -371,6 +371,14 @@ BEAT = Dashboard(
                 f"conveyor_beat_schedule_last_run_timestamp_seconds{{{SCOPE}}}[1d]))",
                 "{{schedule}}")], "s",
               description="Grows from the last run while beat is down."),
+        Panel("Schedule ticks per minute, by source and outcome",
+              [(f"60 * sum by (source, outcome) ("
+                f"rate(conveyor_beat_schedule_ticks_total{{{SCOPE}}}[{RATE}]))",
+                "{{source}} {{outcome}}")], "opm",
+              description="Every due tick of the schedule file's and the API's schedules: "
+                          "ran, skipped_overlap (the previous run unfinished), missed "
+                          "(catch-up skip after beat was down) or failed (could not submit: "
+                          "see beat's log)."),
     ],
     variables=(),
 )

@@ -1,7 +1,7 @@
 """/v1/jobs: submit, read, list and cancel jobs."""
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -32,6 +32,8 @@ from conveyor.jobstore.results import InvalidCursorError, Page
 from conveyor.telemetry.tracing import tracer
 
 Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
+# An ISO 8601 date and time, with an optional offset (`Z` or ±hh:mm).
+ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$"
 
 
 def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
@@ -99,8 +101,18 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         limit: Limit = 50,
         cursor: Cursor = None,
         fields: ListingFields = None,
-        since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
-        until: Annotated[datetime | None, Query(description="Created at or before.")] = None,
+        since: Annotated[
+            str | None,
+            Query(
+                pattern=ISO_INSTANT, max_length=40, description="Created at or after (ISO 8601)."
+            ),
+        ] = None,
+        until: Annotated[
+            str | None,
+            Query(
+                pattern=ISO_INSTANT, max_length=40, description="Created at or before (ISO 8601)."
+            ),
+        ] = None,
         idempotency_key: Annotated[
             str | None,
             Query(
@@ -150,8 +162,8 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
                 cursor=cursor,
                 fields=listing_fields(fields),
                 max_bytes=state.settings.api.listing_max_bytes,
-                since=since.timestamp() if since else None,
-                until=until.timestamp() if until else None,
+                since=_instant("since", since),
+                until=_instant("until", until),
             )
         except InvalidCursorError:
             raise invalid_cursor() from None
@@ -211,6 +223,20 @@ def jobs_router(catalog: TaskCatalog, submission_body: Any) -> APIRouter:
         return await existing_job(state, job_id, principal)
 
     return router
+
+
+def _instant(name: str, text: str | None) -> float | None:
+    """An ISO 8601 instant as epoch seconds (UTC when it names no offset); 422 if invalid."""
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ProblemError(422, "Invalid request", f"{name} is not a valid time.",
+                           slug="validation-error",
+                           errors=[{"pointer": f"#/query/{name}",
+                                    "detail": "an ISO 8601 date and time"}]) from None  # fmt: skip
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 async def _by_idempotency_key(state: ApiState, principal: Principal, tenant: str | None,

@@ -3,11 +3,12 @@ host), served with a strict Content-Security-Policy, and its session routes (sig
 an API key, read the session, sign out). Every action the page takes is a /v1 call.
 """
 
+import hashlib
 from pathlib import Path
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.api.auth import authenticate, principal_of
@@ -69,24 +70,39 @@ def _session_body(principal: Principal, csrf: str) -> bytes:
                          "scopes": sorted(principal.scopes), "csrf_token": csrf})  # fmt: skip
 
 
+def asset_version() -> str:
+    """A digest of every asset: their URLs carry it, so browsers may keep them for good
+    (a release with other assets has other URLs), and a return visit loads only the page.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(STATIC_DIR.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(STATIC_DIR).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def console_router() -> APIRouter:
     """The page, its assets and the session routes (not in the OpenAPI document)."""
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
+    version = asset_version()
+    assets = f"{PREFIX}/static/{version}/"
+    page = (STATIC_DIR / "index.html").read_text().replace(f"{PREFIX}/static/", assets)
 
     @router.get("")
     async def console_root() -> RedirectResponse:
         return RedirectResponse(f"{PREFIX}/", status_code=308)
 
     @router.get("/")
-    async def console_page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+    async def console_page() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
-    @router.get("/static/{name:path}")
-    async def console_asset(name: str) -> FileResponse:
+    @router.get("/static/{tag}/{name:path}")
+    async def console_asset(tag: str, name: str) -> FileResponse:
         path = (STATIC_DIR / name).resolve()
-        if not path.is_file() or STATIC_DIR.resolve() not in path.parents:
+        if tag != version or not path.is_file() or STATIC_DIR.resolve() not in path.parents:
             raise ProblemError(404, "Not found", f"No console asset {name!r}.", slug="not-found")
-        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+        return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     @router.post("/session")
     async def sign_in(request: Request) -> Response:

@@ -156,7 +156,6 @@ class KeyRing:
             return None
         return Principal(key_id=entry.id, tenant=entry.tenant, scopes=entry.scopes)
 
-
     def by_hash(self, sha256: str) -> Principal | None:
         """The principal of the key with this hash, while the ring holds it (a console
         session names its key by hash: a key removed from the keys file ends its sessions).

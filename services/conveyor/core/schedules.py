@@ -163,6 +163,9 @@ class Timing:
 
     def upcoming(self, instant: float, anchor: float, count: int = SHOWN_NEXT_RUNS) -> list[float]:
         """The next `count` ticks after `instant`."""
+        if self.interval is None:  # one iterator: building a croniter is the costly part
+            series = croniter(self.cron, datetime.fromtimestamp(instant, self.zone))
+            return [float(series.get_next(float)) for _ in range(count)]
         ticks: list[float] = []
         for _ in range(count):
             instant = self.next_after(instant, anchor)
