@@ -369,6 +369,18 @@ CONVEYOR_WORKER__VISIBILITY_TIMEOUT_SECONDS: {{ .config.visibilityTimeoutSeconds
 CONVEYOR_WORKFLOWS__MAX_STEPS: {{ .config.workflows.maxSteps | int | quote }}
 CONVEYOR_WORKFLOWS__MAX_INPUT_BYTES: {{ .config.workflows.maxInputBytes | int64 | quote }}
 CONVEYOR_BEAT__LOCK_TIMEOUT_SECONDS: {{ .beat.lockTimeoutSeconds | int | quote }}
+{{- with .config.runtimeSchedules }}
+CONVEYOR_SCHEDULES__MAX_PER_TENANT: {{ .maxPerTenant | int | quote }}
+CONVEYOR_SCHEDULES__MIN_INTERVAL_SECONDS: {{ .minIntervalSeconds | quote }}
+CONVEYOR_SCHEDULES__CATCH_UP_GRACE_SECONDS: {{ .catchUpGraceSeconds | quote }}
+{{- end }}
+{{- with .config.console }}
+CONVEYOR_CONSOLE__ENABLED: {{ .enabled | quote }}
+CONVEYOR_CONSOLE__SECURE_COOKIE: {{ .secureCookie | quote }}
+CONVEYOR_CONSOLE__SESSION_TTL_SECONDS: {{ .sessionTtlSeconds | int | quote }}
+CONVEYOR_CONSOLE__AUDIT_MAX_ENTRIES: {{ .auditMaxEntries | int | quote }}
+CONVEYOR_CONSOLE__AUDIT_SUBMISSIONS: {{ .auditSubmissions | quote }}
+{{- end }}
 {{- with .config.flow }}
 CONVEYOR_FLOW__TENANT_CONCURRENCY_PER_TIER: {{ .tenantConcurrencyPerTier | int | quote }}
 CONVEYOR_FLOW__TENANT_MAX_QUEUED_PER_TIER: {{ .tenantMaxQueuedPerTier | int | quote }}
