@@ -124,6 +124,7 @@ def test_dev_runs_everything_quietly_and_stops_cleanly(tmp_path: Path) -> None:
         summary = start_up[start_up.index("ready in") :]
         assert f"API      {dev.base}" in summary
         assert f"docs {dev.base}/docs" in summary
+        assert f"console  {dev.base}/ui/" in summary
         assert "auth     OFF" in summary
         assert "Redis    redis://127.0.0.1:" in summary
         assert "metrics  " in summary

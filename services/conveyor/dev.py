@@ -497,6 +497,7 @@ def _run(
         summary = [
             f"ready in {time.monotonic() - started:.1f} s",
             f"  API      {base}  (docs {base}/docs, ReDoc {base}/redoc)",
+            f"  console  {base}/ui/",
             f"  auth     {auth_line}",
             f"  Redis    {redis_where}",
             f"  metrics  {ports}",
