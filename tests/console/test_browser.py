@@ -237,3 +237,24 @@ def test_every_page_renders_and_screenshots(
             assert (folder / f"{name}.png").stat().st_size > 10_000, name
     finally:
         context.close()
+
+
+def test_saving_a_stale_schedule_form_never_undoes_a_pause(page: Page, live: Platform) -> None:
+    """Found by review: the form's PATCH carried every field and no version."""
+    with api(live, TEAM_A_KEY) as client:
+        created = client.post("/v1/schedules", json={"name": "stale-form", "task": "demo.echo",
+                                                     "args": {"payload": 1},
+                                                     "interval_seconds": 60}).json()  # fmt: skip
+    sign_in(page, live, TEAM_A_KEY)
+    page.goto(f"{live.base_url}/ui/#/schedules/{created['id']}/edit")
+    form = page.get_by_test_id("schedule-form")
+    expect(form.get_by_test_id("sf-name")).to_have_value("stale-form")
+    with api(live, TEAM_A_KEY) as client:  # another operator pauses it meanwhile
+        assert client.post(f"/v1/schedules/{created['id']}/pause").status_code == 200
+    form.get_by_test_id("sf-args").fill('{"payload": 2}')
+    form.get_by_test_id("sf-submit").click()
+    expect(page.get_by_test_id("error")).to_contain_text("changed", ignore_case=True)
+    with api(live, TEAM_A_KEY) as client:
+        after = client.get(f"/v1/schedules/{created['id']}").json()
+    assert after["paused"] is True
+    assert after["args"] == {"payload": 1}

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from conveyor.api.sessions import SESSION_COOKIE
@@ -288,3 +289,59 @@ async def test_with_authentication_off_any_key_signs_in_as_the_development_tenan
         assert me.status_code == 200, me.text
         assert (await console.call("POST", "/v1/jobs", json=ECHO)).status_code == 202
         await console.http.aclose()
+
+
+# Found by the adversarial review (each failed before its fix).
+
+
+async def test_sign_in_takes_a_rate_limit_token_and_429s_are_not_audited(
+    redis_url: str, redis_client: "redis.Redis"
+) -> None:
+    from tests.fast.harness import serve, settings_for
+
+    settings = settings_for(redis_url)
+    settings.limits.rate_per_second, settings.limits.burst = 0.01, 2
+    async with serve(settings) as limited, limited.client(None) as http:
+        statuses = [(await http.post("/ui/session", headers=bearer(TEAM_A_READER_KEY))).status_code
+                    for _ in range(6)]  # fmt: skip
+        assert statuses[:2] == [200, 200]
+        assert set(statuses[2:]) == {429}
+        assert len(redis_client.keys("conveyor:session:*")) == 2
+        for _ in range(10):
+            await http.post("/v1/nowhere", headers=bearer(TEAM_A_READER_KEY))
+        assert redis_client.xlen("conveyor:audit") <= 3
+
+
+async def test_another_apps_cookie_beside_the_session_does_not_lock_the_console_out(
+    api: InProcessApi,
+) -> None:
+    console, _ = await sign_in(api, TEAM_A_KEY)
+    for foreign in ('theme={"dark":true}', "pref=a b", 'x="unterminated'):
+        cookie = f"{foreign}; {SESSION_COOKIE}={console.cookie}"
+        response = await console.http.get("/ui/session", headers={"Cookie": cookie})
+        assert response.status_code == 200, (foreign, response.text)
+    await console.http.aclose()
+
+
+async def test_sign_in_opens_the_session_of_the_key_it_checked(api: InProcessApi) -> None:
+    async with api.client(None) as http:
+        mixed = {"Authorization": f"Basic {ADMIN_KEY}", "X-API-Key": TEAM_A_READER_KEY}
+        response = await http.post("/ui/session", headers=mixed)
+        assert response.status_code == 200, response.text
+        assert response.json()["key_id"] == "team-a-reader"
+        cookie = response.headers["set-cookie"].split(";")[0]
+        me = (await http.get("/ui/session", headers={"Cookie": cookie})).json()
+        assert me["key_id"] == "team-a-reader"
+        assert me["scopes"] == ["jobs:read"]
+
+
+async def test_audit_log_lines_cannot_be_forged_and_bad_cursors_are_a_422(
+    api: InProcessApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with api.client(ADMIN_KEY) as admin:
+        with caplog.at_level("INFO", logger="conveyor.audit"):
+            await admin.delete("/v1/schedules/x%0Aaudit delete_schedule sch_1 by tests-admin")
+        lines = [r.getMessage() for r in caplog.records if r.name == "conveyor.audit"]
+        assert len(lines) == 1
+        assert "\n" not in lines[0]
+        problem(await admin.get("/v1/audit", params={"cursor": "99999999999999999999-0"}), 422)

@@ -21,6 +21,9 @@ PING: dict[str, Any] = {"name": "ping", "task": "demo.echo", "args": {"payload":
                         "interval_seconds": 60}  # fmt: skip
 
 
+PING_JOB: dict[str, Any] = {"task": "demo.echo", "args": {"payload": 1}}
+
+
 def _epoch(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
@@ -326,3 +329,92 @@ async def test_an_edit_made_while_a_tick_runs_is_kept(
     after = (await client.get(f"/v1/schedules/{created['id']}")).json()
     assert after["interval_seconds"] == 3600
     assert _epoch(after["next_run_at"]) > datetime.now(UTC).timestamp() + 3000
+
+
+# Found by the adversarial review (each failed before its fix).
+
+
+async def test_a_tenant_cannot_claim_a_schedules_run_key(api: InProcessApi) -> None:
+    async with api.client(TEAM_A_KEY) as team_a:
+        created = await _create(team_a, PING)
+        key = f"schedule:{created['id']}:{int(_epoch(created['next_run_at']) * 1000)}"
+        forged = await team_a.post("/v1/jobs", json=PING_JOB, headers={"Idempotency-Key": key})
+        assert problem(forged, 422)["errors"][0]["pointer"] == "#/idempotency_key"
+        flow = {"chain": [PING_JOB], "idempotency_key": key}
+        problem(await team_a.post("/v1/workflows", json=flow), 422)
+        jobs = {"jobs": [{**PING_JOB, "idempotency_key": key}]}
+        batch = await team_a.post("/v1/jobs/batch", json=jobs)
+        assert batch.json()["items"][0]["status"] == 422
+
+
+def test_a_fixed_time_cron_runs_once_on_the_night_the_clocks_go_back() -> None:
+    for cron, zone, night in [("30 2 * * *", "Europe/Paris", (2026, 10, 25)),
+                              ("59 1 * * *", "America/New_York", (2026, 11, 1))]:  # fmt: skip
+        timing = Timing(cron, zone, None)
+        start = datetime(*night, 0, 0, tzinfo=UTC).timestamp() - 86400
+        ticks = timing.upcoming(start, 0, 3)
+        days = [datetime.fromtimestamp(t, UTC).date() for t in ticks]
+        assert len(set(days)) == 3, (cron, [datetime.fromtimestamp(t, UTC) for t in ticks])
+        # latest_at_or_before agrees with the ticks next_after walks through.
+        for tick in ticks:
+            assert timing.latest_at_or_before(tick + 3 * 3600, 0) in (tick, *ticks)
+    hourly = Timing("0 * * * *", "Europe/Paris", None)  # every real hour still runs
+    start = datetime(2026, 10, 24, 23, 0, tzinfo=UTC).timestamp()
+    assert len(hourly.upcoming(start, 0, 5)) == 5
+    gaps = {b - a for a, b in itertools.pairwise(hourly.upcoming(start, 0, 5))}
+    assert gaps == {3600.0}
+
+
+@pytest.mark.parametrize(
+    ("fields", "pointer"),
+    [
+        ({"timezone": "Europe", "cron": "0 3 * * *", "interval_seconds": None}, "#/timezone"),
+        ({"cron": "0 0 30 2 *", "interval_seconds": None}, "#/cron"),
+        ({"cron": "0 0 31 4,6,9,11 *", "interval_seconds": None}, "#/cron"),
+        ({"interval_seconds": 60, "jitter_seconds": 60}, "#"),
+        ({"cron": "*/5 * * * *", "interval_seconds": None, "jitter_seconds": 600}, "#"),
+    ],
+)
+async def test_schedules_that_never_run_or_jitter_past_their_ticks_are_refused(
+    client: httpx.AsyncClient, fields: dict[str, Any], pointer: str
+) -> None:
+    details = problem(await client.post("/v1/schedules", json={**PING, **fields}), 422)
+    assert any(e["pointer"].startswith(pointer) for e in details["errors"]), details
+
+
+async def test_an_edit_keeps_a_pending_run(
+    client: httpx.AsyncClient, redis_client: "redis.Redis"
+) -> None:
+    created = await _create(client, {**PING, "interval_seconds": 3600, "jitter_seconds": 1800})
+    key = f"conveyor:schedule:{created['id']}"
+    before = redis_client.hmget(key, "next_tick", "next_due")
+    await client.patch(f"/v1/schedules/{created['id']}", json={"args": {"payload": 2}})
+    await client.patch(f"/v1/schedules/{created['id']}", json={})
+    assert redis_client.hmget(key, "next_tick", "next_due") == before
+
+
+def test_a_broken_file_entry_never_stops_the_others(settings: Settings) -> None:
+    from conveyor.beat.schedule import FileSchedule
+
+    beat = _Beat(settings)
+    good = FileSchedule(name="good", task="demo.echo", args={"payload": 1}, interval_seconds=60)
+    never = {"name": "broken", "cron": "0 0 30 2 *", "interval_seconds": None}
+    broken = FileSchedule.model_construct(**{**good.model_dump(), **never})
+    beat.scheduler.file_schedules = [broken, good]
+    beat.scheduler._sync_file_schedules()
+    assert beat.scheduler.schedules.get("file.good") is not None
+
+
+async def test_a_tenant_cannot_squat_a_file_schedules_name(
+    api: InProcessApi, settings: Settings
+) -> None:
+    from conveyor.beat.schedule import FileSchedule
+
+    async with api.client(TEAM_A_KEY) as team_a:
+        await _create(team_a, {**PING, "name": "nightly"})
+    beat = _Beat(settings)
+    beat.scheduler.file_schedules = [FileSchedule(name="nightly", task="demo.echo",
+                                                  args={"payload": 1}, interval_seconds=60,
+                                                  tenant="team-a")]  # fmt: skip
+    beat.scheduler._sync_file_schedules()
+    assert beat.scheduler.schedules.get("file.nightly") is not None

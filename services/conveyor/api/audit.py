@@ -26,7 +26,7 @@ log = logging.getLogger("conveyor.audit")
 
 # Operations whose audit entry `CONSOLE__AUDIT_SUBMISSIONS=false` leaves out (the hot path).
 SUBMISSIONS = frozenset({"submit_job", "submit_jobs", "submit_workflow"})
-_STREAM_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
+_STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # each part below 2**64
 # Entries a listing reads past to fill a page of one tenant's (bounds the work of a call).
 SCAN_BUDGET = 5000
 
@@ -90,18 +90,22 @@ class AuditMiddleware:
         principal: Principal | None = state.get("principal")
         if principal is None:
             return  # not authenticated: nobody to record, and no way to flood the log
+        status = int(answer.get("status", 500))
+        if status == 429:
+            return  # refused by the rate limit: recording it would let a tenant flood the log
         route = scope.get("route")
         action = getattr(route, "name", None) or "unmatched"
         if action in SUBMISSIONS and not self.state.settings.console.audit_submissions:
             return
         params = scope.get("path_params") or {}
         target = "/".join(str(v) for v in params.values()) or answer.get("location", "")
-        status = int(answer.get("status", 500))
         entry = {"at": f"{time.time():.3f}", "key_id": principal.key_id,
                  "tenant": principal.tenant, "via": state.get("via", "api"), "action": action,
                  "method": scope["method"], "path": scope["path"], "target": target,
                  "status": status, "outcome": _outcome(status)}  # fmt: skip
-        log.info("audit %(action)s %(target)s by %(key_id)s (%(tenant)s, %(via)s): "
+        # repr() for what the caller chose (the path's ids): a newline in a URL must not
+        # write a second, forged line.
+        log.info("audit %(action)s %(target)r by %(key_id)s (%(tenant)s, %(via)s): "
                  "%(status)s %(outcome)s", entry, extra={"audit": entry})  # fmt: skip
         try:
             await self.state.redis.xadd(

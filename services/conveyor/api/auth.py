@@ -161,20 +161,23 @@ async def principal_for(
     return session.principal, "console"
 
 
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The API key a request presents: `Authorization: Bearer <key>`, else `X-API-Key`."""
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return headers.get("x-api-key") or None
+
+
 def principal_of(source: KeySource, headers: Mapping[str, str]) -> Principal:
     """The principal of the key in `headers` (lower-case names), or a 401 problem. Also
     called before a request's body is read (`limits.BodyGate`).
     """
     if source.settings.disabled:
         return DEVELOPMENT_PRINCIPAL
-    presented = None
-    authorization = headers.get("authorization")
-    if authorization:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            presented = credentials.strip()
-    if presented is None:
-        presented = headers.get("x-api-key")
+    presented = presented_key(headers)
     if not presented:
         raise _unauthorized("Send an API key as `Authorization: Bearer <key>` or `X-API-Key`.")
     principal = source.ring.authenticate(presented)

@@ -150,8 +150,15 @@ def schedules_router() -> APIRouter:
         definition = _validated(merged)
         _check_runnable(state, definition, current.tenant)
         expected = (if_match or str(current.version)).strip('"')
-        anchor = None if timing_changed(current.definition, definition) else current.anchor_ms
-        await _put(state, schedule_id, current.tenant, definition, expected, anchor_ms=anchor)
+        retimed = timing_changed(current.definition, definition)
+        anchor = None if retimed else current.anchor_ms
+        # The same timing and pause: the pending run stays as it was (its tick and jitter).
+        keep = None
+        tick, due = current.next_tick_ms, current.next_due_ms
+        if not retimed and definition.paused == current.definition.paused and tick and due:
+            keep = (tick, due)
+        await _put(state, schedule_id, current.tenant, definition, expected, anchor_ms=anchor,
+                   keep=keep)  # fmt: skip
         return await _read(state, schedule_id, principal)
 
     @router.post("/{schedule_id}/pause", response_model=Schedule, summary="Pause a schedule",
@@ -257,11 +264,12 @@ def _check_runnable(state: ApiState, definition: ScheduleDefinition, tenant: str
 
 
 async def _put(state: ApiState, schedule_id: str, tenant: str, definition: ScheduleDefinition,
-               expected: str, limit: int = 0, anchor_ms: int | None = None) -> int:  # fmt: skip
+               expected: str, limit: int = 0, anchor_ms: int | None = None,
+               keep: tuple[int, int] | None = None) -> int:  # fmt: skip
     jitter = secrets.randbelow(int(definition.jitter_seconds * 1000) + 1) / 1000
     try:
         return await state.schedules.put(schedule_id, tenant, ScheduleSource.API, definition,
-                                         expected, limit, anchor_ms, jitter)  # fmt: skip
+                                         expected, limit, anchor_ms, jitter, keep)  # fmt: skip
     except ScheduleRefusedError as exc:
         raise _refusal(exc, schedule_id, definition, limit) from None
 

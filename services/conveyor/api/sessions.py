@@ -10,9 +10,10 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
+
+from starlette.requests import cookie_parser
 
 from conveyor.api.problems import ProblemError
 from conveyor.api.state import ApiState
@@ -70,13 +71,9 @@ def session_token(headers: Any) -> str | None:
     raw = headers.get("cookie")
     if not raw:
         return None
-    cookies: SimpleCookie = SimpleCookie()
-    try:
-        cookies.load(raw)
-    except Exception:  # noqa: BLE001 - a malformed Cookie header is no session
-        return None
-    morsel = cookies.get(SESSION_COOKIE)
-    return morsel.value if morsel else None
+    # Starlette's lenient parser, as browsers send: another app's cookie on the same host
+    # that the strict parser (http.cookies) rejects must not hide the session's.
+    return cookie_parser(raw).get(SESSION_COOKIE) or None
 
 
 def cookie_header(state: ApiState, token: str, max_age: int | None = None) -> str:

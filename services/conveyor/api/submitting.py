@@ -20,14 +20,17 @@ from conveyor.core.apikeys import TenantLimits
 from conveyor.core.bounds import IDEMPOTENCY_KEY_PATTERN
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.netguard import NetGuard, UnsafeUrlError
+from conveyor.core.schedules import RUN_KEY
 from conveyor.jobstore.keys import callback_idempotency_key
 from conveyor.jobstore.model import Job, UniqueMode, UniqueSpec
 from conveyor.jobstore.results import AcceptResult, AcceptVerdict, Limits
 from conveyor.jobstore.submission import Submission
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
-# The prefix of the platform's own idempotency keys (a callback's is `callback:<job id>`).
-RESERVED_KEY_PREFIX = callback_idempotency_key("")
+# The prefixes of the platform's own idempotency keys: a callback's is `callback:<job id>`,
+# a schedule's run `schedule:<id>:<tick>`. A tenant claiming one would suppress or replace
+# the platform's job (its callback, a schedule's run).
+RESERVED_KEY_PREFIXES = (callback_idempotency_key(""), RUN_KEY.partition("{")[0])
 
 
 @dataclass(frozen=True)
@@ -200,13 +203,12 @@ def idempotency_key(from_body: str | None, from_header: str | None) -> str | Non
             slug="validation-error",
         )
     key = from_body or from_header
-    if key is not None and key.startswith(RESERVED_KEY_PREFIX):
-        # The platform's own keys (a job's completion callback is enqueued once under
-        # `callback:<job id>`): a tenant claiming one would suppress its callback.
+    if key is not None and key.startswith(RESERVED_KEY_PREFIXES):
         raise ProblemError(
             422,
             "Invalid request",
-            f"Idempotency keys starting with {RESERVED_KEY_PREFIX!r} are the platform's own.",
+            f"Idempotency keys starting with {' or '.join(map(repr, RESERVED_KEY_PREFIXES))} "
+            "are the platform's own.",
             slug="validation-error",
             errors=[{"pointer": "#/idempotency_key", "detail": "a reserved prefix"}],
         )

@@ -37,9 +37,9 @@ from conveyor.core.schedules import (
     plan_tick,
 )
 from conveyor.core.settings import Settings
+from conveyor.jobstore.results import AcceptVerdict
 from conveyor.jobstore.schedule_store import (
     FILE_ID,
-    ScheduleRefusedError,
     ScheduleStore,
     StoredSchedule,
     timing_changed,
@@ -148,11 +148,19 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
         try:
             run = schedule_run(definition, schedule.tenant, self.catalog, self.settings, key)
             if run.plan is not None:
-                run_id = self.store.submit_workflow(run.plan).workflow_id
+                accepted = self.store.submit_workflow(run.plan)
+                run_id, verdict = accepted.workflow_id, accepted.verdict
             else:
                 assert run.spec is not None
                 assert run.submission is not None
-                run_id = self.store.submit(run.spec, run.submission).job_id
+                outcome = self.store.submit(run.spec, run.submission)
+                run_id, verdict = outcome.job_id, outcome.verdict
+            if verdict not in (AcceptVerdict.CREATED, AcceptVerdict.EXISTING):
+                # EXISTING is this tick's own run (a failover's second try); anything else
+                # (a conflicting key) is no run of this schedule.
+                log.error("schedule %s (%s): its run was refused (%s)", schedule.id,
+                          definition.name, verdict)  # fmt: skip
+                return None, TickOutcome.FAILED
         except RedisError:
             raise
         except Exception:  # a broken schedule never stops beat nor the other schedules
@@ -163,24 +171,29 @@ class ConveyorScheduler(RedBeatScheduler):  # type: ignore[misc]
                  "workflow" if definition.workflow else "job", run_id)  # fmt: skip
         return run_id, TickOutcome.RAN
 
+    def _sync_file_entry(self, entry: FileSchedule) -> None:
+        definition = entry.definition()
+        current = self.schedules.get(entry.id)
+        if current and current.tenant == entry.tenant and current.definition == definition:
+            return
+        keep_anchor = current and not timing_changed(current.definition, definition)
+        jitter = random.uniform(0, definition.jitter_seconds)  # noqa: S311 - spreads load
+        self.schedules.put(entry.id, entry.tenant, ScheduleSource.FILE, definition, "*",
+                           anchor_ms=current.anchor_ms if current and keep_anchor else None,
+                           jitter=jitter)  # fmt: skip
+
     def _sync_file_schedules(self) -> None:
         """Write the schedule file's entries into the store as `file` schedules (an entry
         left unchanged keeps its next tick), and delete those the file no longer has.
         """
         wanted = {entry.id: entry for entry in self.file_schedules}
         for entry in self.file_schedules:
-            definition = entry.definition()
-            current = self.schedules.get(entry.id)
-            if current and current.tenant == entry.tenant and current.definition == definition:
-                continue
-            keep_anchor = current and not timing_changed(current.definition, definition)
-            jitter = random.uniform(0, definition.jitter_seconds)  # noqa: S311 - spreads load
             try:
-                self.schedules.put(entry.id, entry.tenant, ScheduleSource.FILE, definition, "*",
-                                   anchor_ms=current.anchor_ms if current and keep_anchor
-                                   else None, jitter=jitter)  # fmt: skip
-            except ScheduleRefusedError as exc:
-                log.error("schedule file entry %s not loaded: %s", entry.name, exc)
+                self._sync_file_entry(entry)
+            except RedisError:
+                raise
+            except Exception:  # one broken entry never keeps the others out, nor beat
+                log.exception("schedule file entry %s not loaded", entry.name)
         for schedule_id in self.schedules.ids():
             if schedule_id.startswith(FILE_ID.format(name="")) and schedule_id not in wanted:
                 self.schedules.delete(schedule_id)

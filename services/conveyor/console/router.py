@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.api.auth import authenticate, principal_of
+from conveyor.api.auth import authenticate, charge, presented_key, principal_of
 from conveyor.api.problems import ProblemError
 from conveyor.api.sessions import (
     close_session,
@@ -111,10 +111,13 @@ def console_router() -> APIRouter:
         """
         state = state_of(request)
         principal = principal_of(state.keys, request.headers)  # the 401 for a bad key
-        presented = request.headers.get("authorization", "").partition(" ")[2].strip()
-        presented = presented or request.headers.get("x-api-key", "")
-        token, csrf = await open_session(state, hash_key(presented))
         request.state.principal, request.state.via = principal, "console"
+        request.state.charged = True
+        refused = await charge(state, principal)  # a session per token: bounded by the rate
+        if refused is not None:
+            raise refused
+        # The key principal_of checked (the same parsing), never another header's.
+        token, csrf = await open_session(state, hash_key(presented_key(request.headers) or ""))
         return Response(_session_body(principal, csrf), media_type="application/json",
                         headers={"Set-Cookie": cookie_header(state, token),
                                  "Cache-Control": "no-store"})  # fmt: skip

@@ -9,6 +9,7 @@ change). Beat starts a tick's run up to `jitter_seconds` after it, with the tick
 the run's idempotency key, so a tick runs once however many beats try.
 """
 
+import itertools
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -99,6 +100,10 @@ class ScheduleDefinition(BaseModel):
                 raise ValueError("cron needs five fields: minute hour day month weekday")
             if not croniter.is_valid(value):
                 raise ValueError(f"not a valid cron expression: {value!r}")
+            try:  # valid fields may still never match a date (`0 0 30 2 *`)
+                croniter(value, datetime(2026, 1, 1, tzinfo=UTC)).get_next(float)
+            except Exception:  # noqa: BLE001 - croniter's own errors, whatever their kind
+                raise ValueError(f"{value!r} never runs (no date matches it)") from None
         return value
 
     @field_validator("timezone")
@@ -115,7 +120,17 @@ class ScheduleDefinition(BaseModel):
             raise ValueError("set exactly one of task and workflow")
         if self.workflow is not None and (self.args or self.queue):
             raise ValueError("a workflow's steps carry their own args and queues")
+        if self.jitter_seconds and self.jitter_seconds >= self._shortest_spacing():
+            raise ValueError("jitter_seconds must be shorter than the time between two ticks "
+                             "(a longer one would merge ticks)")  # fmt: skip
         return self
+
+    def _shortest_spacing(self) -> float:
+        """The interval, or the shortest time between a cron's ticks over a sample of them."""
+        if self.interval_seconds is not None:
+            return self.interval_seconds
+        ticks = self.timing().upcoming(datetime(2026, 1, 1, tzinfo=UTC).timestamp(), 0, 48)
+        return min(b - a for a, b in itertools.pairwise(ticks))
 
     def timing(self) -> "Timing":
         """When this definition ticks."""
@@ -127,7 +142,7 @@ def zone_of(name: str) -> ZoneInfo:
     """The IANA zone `name`; ValueError for an unknown one."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: `Europe` is a folder
         raise ValueError(f"unknown time zone {name!r} (an IANA name, e.g. Europe/Paris)") from None
 
 
@@ -140,6 +155,14 @@ class Timing:
         self.cron = cron or ""  # set whenever interval is None (the definition checks)
         self.zone = zone_of(timezone)
         self.interval = interval
+        # A cron of fixed hours runs once on the night the clocks go back, as cron does: the
+        # second pass through the repeated hour is no new tick (croniter gives both). A cron
+        # of every hour (`*`) runs each real hour.
+        self._once_a_wall_time = bool(cron) and self.cron.split()[1] != "*"
+
+    def _repeated(self, tick: float) -> bool:
+        """Whether `tick` is the second occurrence of its wall time (clocks went back)."""
+        return self._once_a_wall_time and datetime.fromtimestamp(tick, self.zone).fold == 1
 
     def next_after(self, instant: float, anchor: float) -> float:
         """The first tick strictly after `instant`."""
@@ -148,8 +171,11 @@ class Timing:
                 return anchor + self.interval
             steps = math.floor((instant - anchor) / self.interval) + 1
             return anchor + steps * self.interval
-        start = datetime.fromtimestamp(instant, self.zone)
-        return float(croniter(self.cron, start).get_next(float))
+        series = croniter(self.cron, datetime.fromtimestamp(instant, self.zone))
+        tick = float(series.get_next(float))
+        while self._repeated(tick):
+            tick = float(series.get_next(float))
+        return tick
 
     def latest_at_or_before(self, instant: float, anchor: float) -> float | None:
         """The last tick at or before `instant` (None before an interval's first tick)."""
@@ -158,14 +184,14 @@ class Timing:
                 return None
             return anchor + math.floor((instant - anchor) / self.interval) * self.interval
         # croniter's get_prev is strictly before: step from just after the instant.
-        start = datetime.fromtimestamp(instant + 0.001, self.zone)
-        return float(croniter(self.cron, start).get_prev(float))
+        series = croniter(self.cron, datetime.fromtimestamp(instant + 0.001, self.zone))
+        tick = float(series.get_prev(float))
+        while self._repeated(tick):
+            tick = float(series.get_prev(float))
+        return tick
 
     def upcoming(self, instant: float, anchor: float, count: int = SHOWN_NEXT_RUNS) -> list[float]:
         """The next `count` ticks after `instant`."""
-        if self.interval is None:  # one iterator: building a croniter is the costly part
-            series = croniter(self.cron, datetime.fromtimestamp(instant, self.zone))
-            return [float(series.get_next(float)) for _ in range(count)]
         ticks: list[float] = []
         for _ in range(count):
             instant = self.next_after(instant, anchor)

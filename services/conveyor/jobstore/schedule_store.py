@@ -142,12 +142,16 @@ def put_args(
     expected: str,
     limit: int,
     jitter: float,
+    keep: tuple[int, int] | None = None,
 ) -> list[Any]:
     """ARGV of schedule_put.lua: the next tick after `now_ms` (none while paused), its due
-    time `jitter` seconds (drawn by the caller) later.
+    time `jitter` seconds (drawn by the caller) later; or `keep`'s (tick, due), a pending
+    run an edit leaves alone.
     """
     next_tick = next_due = ""
-    if not definition.paused:
+    if keep is not None and not definition.paused:
+        next_tick, next_due = str(keep[0]), str(keep[1])
+    elif not definition.paused:
         tick = definition.timing().next_after(now_ms / 1000, anchor_ms / 1000)
         next_tick = str(round(tick * 1000))
         next_due = str(round((tick + jitter) * 1000))
@@ -266,21 +270,15 @@ class AsyncScheduleStore:
 
     async def put(self, schedule_id: str, tenant: str, source: ScheduleSource,
                   definition: ScheduleDefinition, expected: str, limit: int = 0,
-                  anchor_ms: int | None = None, jitter: float = 0.0) -> int:  # fmt: skip
-        """Create or change a schedule; its new version (ScheduleRefusedError)."""
+                  anchor_ms: int | None = None, jitter: float = 0.0,
+                  keep: tuple[int, int] | None = None) -> int:  # fmt: skip
+        """Create or change a schedule; its new version (ScheduleRefusedError). `keep`: the
+        pending tick and due time to keep (an edit that leaves the timing alone).
+        """
         now = await self.now_ms()
-        args = put_args(
-            self.keys,
-            schedule_id,
-            tenant,
-            source,
-            definition,
-            now,
-            now if anchor_ms is None else anchor_ms,
-            expected,
-            limit,
-            jitter,
-        )
+        anchor = now if anchor_ms is None else anchor_ms
+        args = put_args(self.keys, schedule_id, tenant, source, definition, now, anchor,
+                        expected, limit, jitter, keep)  # fmt: skip
         return parse_put(await SCHEDULE_PUT.run_async(self.client, args), definition.name)
 
     async def delete(self, schedule_id: str) -> bool:

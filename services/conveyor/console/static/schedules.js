@@ -281,7 +281,11 @@ export async function scheduleFormPage({ view, id, life }) {
     }
     submit.disabled = true;
     try {
-      const saved = sc ? await api('PATCH', schedulePath(sc.id), body) : await api('POST', '/v1/schedules', body);
+      // If-Match: the version this form was filled from; a change made meanwhile (a pause,
+      // another operator's edit) is a 412, never silently undone.
+      const saved = sc
+        ? await api('PATCH', schedulePath(sc.id), body, { 'If-Match': String(sc.version) })
+        : await api('POST', '/v1/schedules', body);
       notify(sc ? `Saved ${saved?.name ?? body.name}.` : `Created ${saved?.name ?? body.name}.`);
       location.hash = `#/schedules/${enc(saved?.id ?? sc?.id)}`;
     } catch (e) {

@@ -12,7 +12,11 @@ local definition, paused, anchor = ARGV[6], ARGV[7], ARGV[8]
 local next_tick, next_due, expected, limit = ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12])
 local key = key_schedule(prefix, id)
 local names = key_schedule_names(prefix)
-local owner_field = tenant .. '/' .. name
+-- The schedule file's names are apart from the tenants': an API schedule never blocks one.
+local function owner_of(of_source, of_tenant, of_name)
+  return (of_source == 'file' and 'file/' or '') .. of_tenant .. '/' .. of_name
+end
+local owner_field = owner_of(source, tenant, name)
 local current = redis.call('HMGET', key, 'version', 'tenant', 'name', 'source')
 local version = tonumber(current[1])
 if expected == '' then
@@ -28,7 +32,7 @@ end
 local holder = redis.call('HGET', names, owner_field)
 if holder and holder ~= id then return {-2, holder} end
 if version and (current[2] ~= tenant or current[3] ~= name) then
-  redis.call('HDEL', names, current[2] .. '/' .. current[3])
+  redis.call('HDEL', names, owner_of(current[4], current[2], current[3]))
   redis.call('SREM', key_schedules_tenant(prefix, current[2]), id)
 end
 local now = redis.call('TIME')
