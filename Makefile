@@ -83,6 +83,7 @@ bench: install  ## Run every benchmark (about 26 minutes on 2 cores).
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.fairness
 	$(BIN)/python -m bench.workflows
+	$(BIN)/python -m bench.console
 
 lint: install-dev
 	$(BIN)/ruff check services tests bench tools
