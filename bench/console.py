@@ -9,6 +9,7 @@ dead-lettered), 20 schedules, a few hundred audit entries.
 """
 
 import argparse
+import importlib.util
 import shutil
 import statistics
 import time
@@ -144,7 +145,12 @@ def main() -> None:
             print(f"\nAPI calls behind the console's pages, {options.jobs} jobs stored "
                   f"({options.samples} calls each):")  # fmt: skip
             print(table(["call", "path", "median ms", "p99 ms"], rows))
-            if shutil.which("chromium"):
+            if not (shutil.which("chromium") and importlib.util.find_spec("playwright")):
+                print(
+                    "\n(no browser figures: they need Debian's chromium and playwright, "
+                    "which `make install-dev` installs)"
+                )
+            if shutil.which("chromium") and importlib.util.find_spec("playwright"):
                 routes = [("overview", "#/overview", "tier-row"),
                           ("jobs", "#/jobs", "job-row"),
                           ("job", f"#/jobs/{one}", "job-state"),
