@@ -8,6 +8,7 @@ import re
 import select
 import subprocess
 import time
+from pathlib import Path
 
 from conveyor.client.cli import Output, _print_job, number, out
 from conveyor.jobstore.model import Job
@@ -227,3 +228,24 @@ def test_workflows_submit_wait_draws_a_bar_over_steps_and_exits_with_the_outcome
     invalid = run(platform, "workflows", "submit", str(not_an_object))
     assert invalid.returncode == 2
     assert "JSON object" in invalid.stderr
+
+
+def test_schedules_commands(platform: Platform, tmp_path: Path) -> None:
+    body = tmp_path / "schedule.json"
+    body.write_text(json.dumps({"name": "cli-nightly", "task": "demo.echo",
+                                "args": {"payload": 1}, "cron": "0 3 * * *",
+                                "timezone": "Europe/Paris"}))  # fmt: skip
+    created = run(platform, "schedules", "create", str(body), "-o", "json")
+    assert created.returncode == 0, created.stderr
+    schedule_id = json.loads(created.stdout)["id"]
+    listed = run(platform, "schedules", "list")
+    assert "cli-nightly" in listed.stdout
+    assert "0 3 * * * (Europe/Paris)" in listed.stdout
+    assert run(platform, "schedules", "pause", schedule_id).returncode == 0
+    shown = run(platform, "schedules", "get", schedule_id, "-o", "json")
+    assert json.loads(shown.stdout)["paused"] is True
+    triggered = run(platform, "schedules", "trigger", schedule_id)
+    assert triggered.returncode == 0
+    assert run(platform, "jobs", "get", triggered.stdout.strip()).returncode == 0
+    assert run(platform, "schedules", "delete", schedule_id).returncode == 0
+    assert run(platform, "schedules", "get", schedule_id).returncode == 5

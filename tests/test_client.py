@@ -358,3 +358,42 @@ def test_the_async_client_follows_workflows_too(live: Platform) -> None:
                 await client.get_workflow("00000000-0000-4000-8000-000000000000")
 
     asyncio.run(scenario())
+
+
+def test_schedules_retry_and_the_audit_log_through_both_clients(
+    client: Client, live: Platform
+) -> None:
+    created = client.create_schedule({"name": "client-hourly", "task": "demo.echo",
+                                      "args": {"payload": 1}, "cron": "0 * * * *",
+                                      "timezone": "Asia/Tokyo"})  # fmt: skip
+    assert created.id in [s.id for s in client.schedules()]
+    assert len(client.get_schedule(created.id).next_runs) == 5
+    with pytest.raises(Conflict):  # a version that changed meanwhile: 412 is a Conflict
+        client.update_schedule(created.id, {"args": {"payload": 2}}, version=created.version + 1)
+    changed = client.update_schedule(created.id, {"args": {"payload": 2}},
+                                     version=created.version)  # fmt: skip
+    assert changed.args == {"payload": 2}
+    assert client.pause_schedule(created.id).paused
+    assert not client.resume_schedule(created.id).paused
+    run = client.trigger_schedule(created.id)
+    assert client.get(str(run["job_id"])).task == "demo.echo"
+    failed = client.submit("demo.fail", {"mode": "retryable"}, max_retries=0)
+    deadline = time.monotonic() + 30
+    while client.get(failed.id).state != "failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert client.retry(failed.id).attempts >= 1
+    actions = [entry.action for entry, _ in zip(client.audit(), range(20), strict=False)]
+    assert {"create_schedule", "trigger_schedule", "retry_job"} <= set(actions)
+
+    async def scenario() -> None:
+        async with AsyncClient(live.base_url, ADMIN_KEY) as aclient:
+            assert created.id in [s.id for s in await aclient.schedules()]
+            assert (await aclient.pause_schedule(created.id)).paused
+            await aclient.delete_schedule(created.id)
+            with pytest.raises(NotFound):
+                await aclient.get_schedule(created.id)
+            entries = [entry async for entry in aclient.audit(page_size=5)]
+            assert entries[0].action == "delete_schedule"
+
+    asyncio.run(scenario())

@@ -401,10 +401,12 @@ def webhooks_listen(
 
 def _client_commands() -> None:
     from conveyor.client.cli import flow_app, jobs_app, tasks
+    from conveyor.client.schedule_cli import schedules_app
     from conveyor.client.workflow_cli import workflows_app
 
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(workflows_app, name="workflows")
+    app.add_typer(schedules_app, name="schedules")
     app.add_typer(flow_app, name="flow")
     app.command("tasks")(tasks)
 

@@ -10,7 +10,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +20,7 @@ from conveyor.api.pages import Limit, invalid_cursor
 from conveyor.api.sessions import UNSAFE_METHODS
 from conveyor.api.state import ApiState
 from conveyor.core.apikeys import TENANT_PATTERN, Principal
+from conveyor.core.audit import AuditEntry
 from conveyor.jobstore.model import text_of
 
 log = logging.getLogger("conveyor.audit")
@@ -29,22 +30,6 @@ SUBMISSIONS = frozenset({"submit_job", "submit_jobs", "submit_workflow"})
 _STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # each part below 2**64
 # Entries a listing reads past to fill a page of one tenant's (bounds the work of a call).
 SCAN_BUDGET = 5000
-
-
-class AuditEntry(BaseModel):
-    """One state-changing call."""
-
-    id: str = Field(..., description="The entry's id (ordered by time).")
-    at: str = Field(..., description="When it was answered (ISO 8601, UTC).")
-    key_id: str = Field(..., description="The API key that made it.")
-    tenant: str = Field(..., description="That key's tenant.")
-    via: str = Field(..., description="`api` (a key in a header) or `console` (a session).")
-    action: str = Field(..., description="The operation (its OpenAPI operation id).")
-    method: str
-    path: str
-    target: str = Field(..., description="What it acted on: the path's ids, or what it made.")
-    status: int = Field(..., description="The HTTP status it was answered with.")
-    outcome: str = Field(..., description="`ok` (2xx/3xx), `refused` (4xx) or `error` (5xx).")
 
 
 class AuditPage(BaseModel):

@@ -28,6 +28,8 @@ from conveyor.client._base import (
     workflow_list_params,
 )
 from conveyor.client.errors import ConveyorError, NotFound, TransportError, WaitTimeout, error_for
+from conveyor.core.audit import AuditEntry
+from conveyor.core.schedules import Schedule
 from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job
 from conveyor.jobstore.workflow_model import Workflow, WorkflowState, WorkflowSummary
@@ -174,6 +176,71 @@ class AsyncClient:
         """What is paused, as (kind, name) pairs (admin)."""
         items = (await self._request("GET", "/v1/admin/pauses")).json()["paused"]
         return [(item["kind"], item["name"]) for item in items]
+
+    async def retry(self, job_id: str) -> Job:
+        """Run a failed job again, as a new attempt of the same job."""
+        return Job.model_validate((await self._request("POST", f"/v1/jobs/{job_id}/retry")).json())
+
+    async def create_schedule(
+        self, schedule: Mapping[str, Any], *, tenant: str | None = None
+    ) -> Schedule:
+        """Create a schedule (`POST /v1/schedules`'s body; `tenant`: another's, admin)."""
+        params = {"tenant": tenant} if tenant else {}
+        response = await self._request("POST", "/v1/schedules", json=dict(schedule), params=params)
+        return Schedule.model_validate(response.json())
+
+    async def schedules(self, *, tenant: str | None = None) -> builtins.list[Schedule]:
+        """The caller's schedules (an admin's: every tenant's, or `tenant`'s)."""
+        params = {"tenant": tenant} if tenant else {}
+        items = (await self._request("GET", "/v1/schedules", params=params)).json()["items"]
+        return [Schedule.model_validate(item) for item in items]
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        """One schedule, with its next run times and its last run."""
+        response = await self._request("GET", f"/v1/schedules/{schedule_id}")
+        return Schedule.model_validate(response.json())
+
+    async def update_schedule(
+        self, schedule_id: str, changes: Mapping[str, Any], *, version: int | None = None
+    ) -> Schedule:
+        """Change the given fields (`version`: refused with a 412 if it changed meanwhile)."""
+        headers = {"If-Match": str(version)} if version is not None else {}
+        path = f"/v1/schedules/{schedule_id}"
+        response = await self._request("PATCH", path, json=dict(changes), headers=headers)
+        return Schedule.model_validate(response.json())
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        """No runs until resumed."""
+        path = f"/v1/schedules/{schedule_id}/pause"
+        return Schedule.model_validate((await self._request("POST", path)).json())
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Runs again from the next tick after now."""
+        path = f"/v1/schedules/{schedule_id}/resume"
+        return Schedule.model_validate((await self._request("POST", path)).json())
+
+    async def trigger_schedule(self, schedule_id: str) -> dict[str, str | None]:
+        """Start one run now: `{"job_id": …}` or `{"workflow_id": …}`."""
+        response = await self._request("POST", f"/v1/schedules/{schedule_id}/trigger")
+        run: dict[str, str | None] = response.json()
+        return run
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """No more runs."""
+        await self._request("DELETE", f"/v1/schedules/{schedule_id}")
+
+    async def audit(
+        self, *, tenant: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[AuditEntry]:
+        """The audit log newest first, page after page as the iteration goes (admin)."""
+        params: dict[str, Any] = {"limit": page_size, **({"tenant": tenant} if tenant else {})}
+        while True:
+            page = (await self._request("GET", "/v1/audit", params=params)).json()
+            for item in page["items"]:
+                yield AuditEntry.model_validate(item)
+            if not page.get("next_cursor"):
+                return
+            params = {**params, "cursor": page["next_cursor"]}
 
     async def tasks(self) -> builtins.list[dict[str, Any]]:
         """The task catalogue, with each task's argument schema."""

@@ -59,7 +59,9 @@ class NotFound(ApiError):
 
 
 class Conflict(ApiError):
-    """409: an idempotency key reused with another body, or a finished job cancelled."""
+    """409: an idempotency key reused with another body, a finished job cancelled, a
+    schedule name taken; or 412: a schedule changed since the version given (If-Match).
+    """
 
 
 class PayloadTooLarge(ApiError):
@@ -88,6 +90,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    412: Conflict,  # a schedule changed since the version given (If-Match)
     413: PayloadTooLarge,
     422: ValidationFailed,
     429: RateLimited,
