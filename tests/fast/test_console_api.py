@@ -4,6 +4,7 @@ Content-Security-Policy, the audit log, the overview, retry, and finding jobs by
 idempotency key.
 """
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +34,16 @@ class Console:
         if csrf:
             headers["X-CSRF-Token"] = self.csrf
         return await self.http.request(method, path, headers=headers, **kwargs)
+
+
+async def audit_written(api: InProcessApi, count: int) -> None:
+    """Wait for `count` audit entries: they are stored after the answer, apart from it."""
+    client = api.state.redis
+    for _ in range(100):
+        if await client.xlen(api.state.store.keys.audit) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} audit entries")
 
 
 async def sign_in(api: InProcessApi, key: str) -> tuple[Console, httpx.Response]:
@@ -189,6 +200,7 @@ async def test_every_state_change_is_audited_with_who_what_and_outcome(
         problem(await team_b.post(f"/v1/jobs/{job}/cancel"), 404)
     async with api.client(None) as anonymous:
         problem(await anonymous.post(f"/v1/jobs/{job}/cancel"), 401)
+    await audit_written(api, 5)
     async with api.client(ADMIN_KEY) as admin:
         page = (await admin.get("/v1/audit", params={"limit": 3})).json()
         more = (await admin.get("/v1/audit", params={"cursor": page["next_cursor"]})).json()
@@ -309,6 +321,7 @@ async def test_sign_in_takes_a_rate_limit_token_and_429s_are_not_audited(
         assert len(redis_client.keys("conveyor:session:*")) == 2
         for _ in range(10):
             await http.post("/v1/nowhere", headers=bearer(TEAM_A_READER_KEY))
+        await asyncio.sleep(0.3)  # the audit writes go on after the answers
         assert redis_client.xlen("conveyor:audit") <= 3
 
 

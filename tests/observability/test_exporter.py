@@ -7,10 +7,11 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conveyor.exporter.collector import BrokerCollector, live_worker_window
+from conveyor.exporter.collector import BrokerCollector
 from conveyor.jobstore import fairq
 from conveyor.jobstore.fairq import FlowKind
 from conveyor.jobstore.keys import KeySpace
+from conveyor.jobstore.liveness import live_worker_window
 from conveyor.telemetry.metrics import EXPORTER_METRICS
 from tests.support.processes import RedisServer, free_port
 

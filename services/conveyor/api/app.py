@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from conveyor import __version__
 from conveyor.api import problems
-from conveyor.api.audit import AuditMiddleware, audit_router
+from conveyor.api.audit import AuditMiddleware, AuditWriter, audit_router
 from conveyor.api.auth import (
     KeySource,
     charge,
@@ -88,6 +88,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         )
     tracing = setup_tracing(settings, "conveyor-api")
     state = ApiState(settings, catalog, metrics, keys)
+    audit = AuditWriter(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,10 +96,12 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         streams = stream_client(settings, BLOCK_SECONDS, settings.api.max_event_streams + 8)
         state.connect(client, streams)
         watcher = asyncio.create_task(keys.watch(), name="conveyor-keys-watch")
+        audit.start(async_client(settings))
         try:
             yield
         finally:
             watcher.cancel()
+            await audit.close()
             await client.aclose()
             await streams.aclose()
             if tracing is not None:
@@ -123,7 +126,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         authenticate=lambda headers, method: principal_for(state, headers, method),
         charge=lambda principal: charge(state, principal),
     )
-    app.add_middleware(AuditMiddleware, state=state)
+    app.add_middleware(AuditMiddleware, state=state, writer=audit)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     problems.install(app, list(catalog), charge_rejected)
     body = submission_model(catalog, settings.jobs.max_delay_seconds)

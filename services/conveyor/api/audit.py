@@ -4,6 +4,8 @@ appended to a capped Redis stream after the answer and written to the log. `GET 
 lists it for admins.
 """
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -11,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +31,10 @@ log = logging.getLogger("conveyor.audit")
 # Operations whose audit entry `CONSOLE__AUDIT_SUBMISSIONS=false` leaves out (the hot path).
 SUBMISSIONS = frozenset({"submit_job", "submit_jobs", "submit_workflow"})
 _STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # each part below 2**64
+# Audit entries waiting to be stored at most (Redis slow or silent): past it an entry is
+# only logged. The writer stores up to WRITE_BATCH at once.
+MAX_PENDING_WRITES = 1000
+WRITE_BATCH = 100
 # Entries a listing reads past to fill a page of one tenant's (bounds the work of a call).
 SCAN_BUDGET = 5000
 
@@ -46,9 +53,10 @@ def _outcome(status: int) -> str:
 class AuditMiddleware:
     """Records every authenticated state-changing request once it has been answered."""
 
-    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+    def __init__(self, app: ASGIApp, state: ApiState, writer: "AuditWriter") -> None:
         self.app = app
         self.state = state
+        self.writer = writer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, note its answer's status and Location, then record it."""
@@ -92,13 +100,76 @@ class AuditMiddleware:
         # write a second, forged line.
         log.info("audit %(action)s %(target)r by %(key_id)s (%(tenant)s, %(via)s): "
                  "%(status)s %(outcome)s", entry, extra={"audit": entry})  # fmt: skip
+        self.writer.submit(entry)
+
+
+class AuditWriter:
+    """Stores audit entries in Redis apart from the requests, in the order they were
+    answered, by one task (a pipeline of those waiting at a time): the answer is sent, but a
+    connection's next request waits for the middleware to return, and a silent Redis would
+    hold it for the client's socket timeout. The API's lifespan starts and closes it.
+    """
+
+    def __init__(self, state: ApiState) -> None:
+        self.state = state
+        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: AsyncRedis | None = None
+
+    def start(self, client: AsyncRedis) -> None:
+        """Start the writer (in the running loop) on a client of its own: its writes never
+        take the connections requests need (with Redis silent, they would time out twice).
+        """
+        self._client = client
+        self._queue = asyncio.Queue(MAX_PENDING_WRITES)
+        self._task = asyncio.create_task(self._write(self._queue), name="conveyor-audit")
+
+    def submit(self, entry: dict[str, Any]) -> None:
+        """Queue an entry (already logged); dropped with an error log when the queue is full
+        or the writer is not running.
+        """
+        if self._queue is None:
+            log.error("audit entry not stored (no writer): %s", entry)
+            return
         try:
-            await self.state.redis.xadd(
-                self.state.store.keys.audit, entry,  # type: ignore[arg-type]
-                maxlen=self.state.settings.console.audit_max_entries, approximate=True,
-            )  # fmt: skip
-        except (RedisError, OSError) as exc:  # the log line above still has it
-            log.error("audit entry not stored (%s): %s", exc, entry)
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            log.error("audit entry not stored (%d pending): %s", self._queue.qsize(), entry)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Store what is queued (for up to `timeout` seconds), then stop."""
+        queue, task = self._queue, self._task
+        self._queue = self._task = None
+        if queue is None or task is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await queue.join()
+        except TimeoutError:
+            log.error("%d audit entries not stored at shutdown", queue.qsize())
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _write(self, queue: "asyncio.Queue[dict[str, Any]]") -> None:
+        keys, cap = self.state.store.keys, self.state.settings.console.audit_max_entries
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < WRITE_BATCH:
+                batch.append(queue.get_nowait())
+            try:
+                assert self._client is not None
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for entry in batch:
+                        pipe.xadd(keys.audit, entry, maxlen=cap, approximate=True)  # type: ignore[arg-type]
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:  # the log lines still have them
+                log.error("%d audit entries not stored (%s): %s", len(batch), exc, batch)
+            finally:
+                for _ in batch:
+                    queue.task_done()
 
 
 def audit_router() -> APIRouter:

@@ -15,9 +15,9 @@ from conveyor.api.pauses import Pause
 from conveyor.core.apikeys import Scope
 from conveyor.core.queues import Queue
 from conveyor.core.schedules import iso
-from conveyor.exporter.collector import live_worker_window, queue_keys
 from conveyor.jobstore import fairq
 from conveyor.jobstore.keys import quota_queued
+from conveyor.jobstore.liveness import live_worker_window
 from conveyor.jobstore.model import text_of
 
 MINUTES = 15
@@ -80,8 +80,7 @@ def overview_router() -> APIRouter:
             for queue in queues:
                 pipe.zcount(keys.consumers(queue), now - window, "+inf")
                 if tenant is None:
-                    for key in queue_keys(queue):
-                        pipe.llen(key)
+                    pipe.llen(keys.queue(queue))  # Conveyor fills no priority sub-list
                     pipe.zcard(keys.running(queue))
                     pipe.llen(keys.fair_parked(queue))
                 else:
@@ -103,7 +102,7 @@ def overview_router() -> APIRouter:
         for queue in queues:
             workers = int(next(it))
             if tenant is None:
-                waiting = sum(int(next(it)) for _ in queue_keys(queue))
+                waiting = int(next(it))
                 running, held = int(next(it)), int(next(it))
             else:
                 waiting, running, held = _int(next(it)), _int(next(it)), 0

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from conveyor.core.queues import Queue
 from conveyor.jobstore.fairq import FlowKind
 from conveyor.jobstore.keys import KeySpace
+from conveyor.jobstore.liveness import live_worker_window
 from conveyor.jobstore.model import JobState, text_of
 from conveyor.jobstore.store import confirm_primary
 from conveyor.telemetry.metrics import EXPORTER_METRICS
@@ -36,15 +37,6 @@ log = logging.getLogger(__name__)
 
 _SEP = "\x06\x16"
 NAN = float("nan")
-# Workers record a heartbeat every quarter of the visibility timeout (worker/leases.py). One
-# missed beat is tolerated; a worker silent for 2.5 intervals is not counted any more.
-HEARTBEATS_PER_LEASE = 4
-LIVE_WORKER_HEARTBEATS = 2.5
-
-
-def live_worker_window(visibility_timeout: float) -> float:
-    """Seconds since its last heartbeat for which a worker still counts as live."""
-    return LIVE_WORKER_HEARTBEATS * visibility_timeout / HEARTBEATS_PER_LEASE
 
 
 def queue_keys(queue: str) -> list[str]:
