@@ -34,6 +34,7 @@ def test_stock_celery_worker_consumes_api_messages(
             lambda: platform.redis.get(f"stock:{job['id']}"), 30, "the stock worker to run it"
         )
         assert json.loads(raw) == {"payload": {"hello": "celery"}, "retries": 0}
-        assert f"demo.echo[{job['id']}] succeeded" in stock.log()
+        # The task's write lands before the worker logs its success: wait for the line.
+        stock.wait_for_log(f"demo.echo[{job['id']}] succeeded", timeout=30)
     finally:
         platform.stop()
