@@ -221,7 +221,7 @@ def test_a_refused_workflow_writes_nothing(h: Harness) -> None:
     assert full.queue == "default"
     quota = h.accept(plan(*steps), Limits(max_queued_per_tier=2))
     assert quota.verdict is AcceptVerdict.QUOTA_EXCEEDED
-    keys = {k for k in h.client.scan_iter() if not k.startswith("conveyor:ratelimit:")}
+    keys = {k for k in h.client.scan_iter() if not k.startswith("conveyor:bucket:")}
     assert keys == set()
 
 

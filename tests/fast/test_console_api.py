@@ -358,3 +358,24 @@ async def test_audit_log_lines_cannot_be_forged_and_bad_cursors_are_a_422(
         assert len(lines) == 1
         assert "\n" not in lines[0]
         problem(await admin.get("/v1/audit", params={"cursor": "99999999999999999999-0"}), 422)
+
+
+async def test_audit_entries_are_one_json_field_and_older_entries_still_list(
+    api: InProcessApi, redis_client: "redis.Redis"
+) -> None:
+    # An entry as earlier releases stored it: field by field.
+    redis_client.xadd("conveyor:audit", {
+        "at": "1700000000.250", "key_id": "old-key", "tenant": "team-a", "via": "api",
+        "action": "cancel_job", "method": "POST", "path": "/v1/jobs/j1/cancel",
+        "target": "j1", "status": "200", "outcome": "ok"})  # fmt: skip
+    async with api.client(ADMIN_KEY) as admin:
+        await admin.post("/v1/jobs", json=ECHO)
+        await audit_written(api, 2)
+        items = (await admin.get("/v1/audit")).json()["items"]
+    newest, oldest = items
+    assert (newest["action"], newest["status"], newest["key_id"]) == (
+        "submit_job", 202, "tests-admin")  # fmt: skip
+    assert (oldest["key_id"], oldest["at"], oldest["status"]) == (
+        "old-key", "2023-11-14T22:13:20.250Z", 200)  # fmt: skip
+    stored = redis_client.xrevrange("conveyor:audit", count=1)[0][1]
+    assert list(stored) == ["entry"], "one field: the entry as JSON"

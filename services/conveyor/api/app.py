@@ -116,6 +116,10 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
         docs_url=None,  # served below, from the package's own copies of the UIs
         redoc_url=None,
         generate_unique_id_function=operation_id,
+        # Traces come from the OpenTelemetry instrumentor below, configured from Settings.
+        # FastAPI's own telemetry would look the global providers up on every request (an
+        # environment read each: 3 % of a submission's CPU), to find them unset.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.conveyor = state
     app.add_middleware(

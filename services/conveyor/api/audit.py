@@ -11,6 +11,7 @@ import re
 import time
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from redis.asyncio import Redis as AsyncRedis
@@ -35,8 +36,11 @@ _STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # each part below 2**64
 # only logged. The writer stores up to WRITE_BATCH at once.
 MAX_PENDING_WRITES = 1000
 WRITE_BATCH = 100
+WRITE_WINDOW_SECONDS = 0.05
 # Entries a listing reads past to fill a page of one tenant's (bounds the work of a call).
 SCAN_BUDGET = 5000
+# The stream entry's one field: the entry as JSON.
+ENTRY_FIELD = "entry"
 
 
 class AuditPage(BaseModel):
@@ -157,13 +161,20 @@ class AuditWriter:
         keys, cap = self.state.store.keys, self.state.settings.console.audit_max_entries
         while True:
             batch = [await queue.get()]
+            # Unless a batch is waiting already, gather what comes in the next moment: a
+            # pipeline of one or two entries cost a submission a tenth of its CPU under load.
+            if queue.qsize() < WRITE_BATCH - 1:
+                await asyncio.sleep(WRITE_WINDOW_SECONDS)
             while not queue.empty() and len(batch) < WRITE_BATCH:
                 batch.append(queue.get_nowait())
             try:
                 assert self._client is not None
                 async with self._client.pipeline(transaction=False) as pipe:
                     for entry in batch:
-                        pipe.xadd(keys.audit, entry, maxlen=cap, approximate=True)  # type: ignore[arg-type]
+                        # One field: each argument costs the API more to send than Redis to
+                        # store (the audit was a sixth of a submission's CPU as 10 fields).
+                        pipe.xadd(keys.audit, {ENTRY_FIELD: orjson.dumps(entry)}, maxlen=cap,
+                                  approximate=True)  # fmt: skip
                     await pipe.execute()
             except (RedisError, OSError) as exc:  # the log lines still have them
                 log.error("%d audit entries not stored (%s): %s", len(batch), exc, batch)
@@ -214,7 +225,11 @@ def audit_router() -> APIRouter:
 
 
 def _entry(entry_id: str, fields: dict[Any, Any]) -> AuditEntry:
-    values = {text_of(k): text_of(v) for k, v in fields.items()}
+    packed = fields.get(ENTRY_FIELD.encode(), fields.get(ENTRY_FIELD))
+    if packed is not None:
+        values = {k: str(v) for k, v in orjson.loads(packed).items()}
+    else:  # stored field by field by earlier releases
+        values = {text_of(k): text_of(v) for k, v in fields.items()}
     at = float(values.get("at", "0"))
     return AuditEntry(
         id=entry_id,

@@ -34,7 +34,9 @@ TEMPLATES: dict[str, str] = {
     "index_state": "{prefix}:index:state:{state}",
     "index_task": "{prefix}:index:task:{task}",
     "index_queue": "{prefix}:index:queue:{queue}",
-    "rate_limit": "{prefix}:ratelimit:{tenant}",
+    # A string "<tokens> <ms>" (a hash named `ratelimit:` in earlier releases: a new name, so an
+    # upgrade never reads one as the other).
+    "rate_limit": "{prefix}:bucket:{tenant}",
     "delayed": "{prefix}:delayed",
     "delayed_messages": "{prefix}:delayed:messages",
     "dead": "{prefix}:dead",

@@ -5,7 +5,8 @@ Private to the job store: callers use the store's verbs.
 """
 
 import hashlib
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -70,11 +71,48 @@ SCRIPT_FLAGS = {
 }
 
 
+# A top-level definition of the prelude or a shared file: `local function name(` up to the
+# `end` at the start of a line that closes it (nested blocks are indented), or a one-line
+# `local name = …` (a function's state).
+_DEFINITION = re.compile(
+    r"^local function (\w+)\(.*?^end$|^local (\w+) = [^\n]*$", re.MULTILINE | re.DOTALL
+)
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def _names(text: str) -> set[str]:
+    return set(_NAME.findall(_COMMENT.sub("", text)))
+
+
+def link(shared: Iterable[str], body: str) -> str:
+    """The functions of `shared` that `body` calls, directly or through each other, in their
+    order, followed by `body`.
+
+    Redis runs a script's whole text on every call, and each `local function` it passes
+    makes a closure: the prelude's ~80 functions cost accept.lua 7 µs of Redis time per call
+    (a third of its own commands' time), whether the script used them or not.
+    """
+    definitions = [(m.group(1) or m.group(2), m.group(0))
+                   for text in shared for m in _DEFINITION.finditer(text)]  # fmt: skip
+    needed = _names(body)
+    kept: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for name, text in definitions:
+            if name in needed and name not in kept:
+                kept.add(name)
+                needed |= _names(text)
+                grew = True
+    return "\n".join([*(text for name, text in definitions if name in kept), body])
+
+
 def _job_script(name: str) -> Lua:
     flags = SCRIPT_FLAGS.get(name)
     shebang = f"#!lua flags={flags}" if flags else "#!lua"
-    parts = [shebang, lua_prelude(), *map(script_text, ("_lib", "_workflow", name))]
-    return Lua("\n".join(parts))
+    shared = [lua_prelude(), *map(script_text, ("_lib", "_workflow"))]
+    return Lua(f"{shebang}\n{link(shared, script_text(name))}")
 
 
 # Every job script. The transport's claim and push also take kombu's key names as arguments.

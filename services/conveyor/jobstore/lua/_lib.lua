@@ -3,6 +3,17 @@
 -- (conveyor.jobstore.keys), with the prefix passed as ARGV[1]: Conveyor needs a standalone
 -- Redis (not Cluster), as Celery's Redis transport does.
 
+-- Redis' clock, read once per script call: a script runs atomically, at one instant, and
+-- each TIME is a command of its own.
+local clock = {}
+local function redis_time()
+  if not clock[1] then
+    local t = redis.call('TIME')
+    clock[1], clock[2] = t[1], t[2]
+  end
+  return clock
+end
+
 -- Move `id` from one state index to another, keeping its creation-time score, and keep the
 -- job's queue's running set in step with its state.
 local function move_state_index(prefix, id, old_state, new_state)
@@ -13,7 +24,7 @@ local function move_state_index(prefix, id, old_state, new_state)
     local queue = redis.call('HGET', key_job(prefix, id), 'queue')
     if queue then
       if new_state == 'running' then
-        redis.call('ZADD', key_running(prefix, queue), redis.call('TIME')[1], id)
+        redis.call('ZADD', key_running(prefix, queue), redis_time()[1], id)
       else
         redis.call('ZREM', key_running(prefix, queue), id)
       end
@@ -34,7 +45,7 @@ end
 
 -- Redis' own clock in ms, so every API replica's buckets agree on the time.
 local function now_ms()
-  local t = redis.call('TIME')
+  local t = redis_time()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
@@ -46,18 +57,23 @@ local function take_tokens(bucket, rate, burst, cost)
     return 1, burst, 0
   end
   local now = now_ms()
-  local saved = redis.call('HMGET', bucket, 'tokens', 'at')
-  local tokens = tonumber(saved[1]) or burst
-  local at = tonumber(saved[2]) or now
+  -- One string, '<tokens> <ms>': a GET and a SET instead of a hash's three commands.
+  local saved = redis.call('GET', bucket)
+  local tokens, at = burst, now
+  if saved then
+    local space = string.find(saved, ' ', 1, true)
+    tokens = tonumber(string.sub(saved, 1, space - 1)) or burst
+    at = tonumber(string.sub(saved, space + 1)) or now
+  end
   tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
   local taken = 0
   if tokens >= cost then
     tokens = tokens - cost
     taken = 1
   end
-  redis.call('HSET', bucket, 'tokens', tostring(tokens), 'at', tostring(now))
   -- A full bucket is the same as no bucket: let idle tenants' keys go.
-  redis.call('PEXPIRE', bucket, math.ceil(burst * 1000 / rate) + 1000)
+  redis.call('SET', bucket, tostring(tokens) .. ' ' .. tostring(now), 'PX',
+             math.ceil(burst * 1000 / rate) + 1000)
   local wait = 0
   if taken == 0 then
     wait = math.ceil((cost - tokens) * 1000 / rate)
@@ -152,7 +168,7 @@ end
 
 -- Redis' clock in seconds, as a ready token's value.
 local function now_token()
-  local t = redis.call('TIME')
+  local t = redis_time()
   return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 end
 

@@ -64,7 +64,7 @@ move_state_index(prefix, id, state, 'running')
 -- with the dead run's last renewal: the repair sweep would take it for abandoned).
 local queue = redis.call('HGET', key, 'queue')
 if queue then
-  redis.call('ZADD', key_running(prefix, queue), redis.call('TIME')[1], id)
+  redis.call('ZADD', key_running(prefix, queue), redis_time()[1], id)
 end
 emit(prefix, id, 'running', 'state')
 return {'run', state, attempts, deaths, wf_inputs(prefix, id, current[6], tonumber(ARGV[11])), current[7] or ''}

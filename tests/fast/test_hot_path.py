@@ -1,0 +1,49 @@
+"""What the accept path must not spend CPU on (bench/README.md §1 measured each of these).
+Structural checks: timings are the benchmarks' business, never a test's."""
+
+from typing import Any
+
+import fastapi.dependencies.utils
+import fastapi.routing
+import httpx
+import pytest
+
+from conveyor.api.app import create_app
+from conveyor.core.settings import Settings
+from tests.fast.harness import CATALOG
+
+
+async def test_a_submission_takes_no_thread_pool_hop(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI runs a sync dependency or endpoint in its thread pool: a hop per request (a
+    sync `require_json` cost each submission 8 % of its CPU)."""
+    hops: list[str] = []
+    original = fastapi.dependencies.utils.run_in_threadpool
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__qualname__", repr(func)))
+        return await original(func, *args, **kwargs)
+
+    monkeypatch.setattr(fastapi.dependencies.utils, "run_in_threadpool", counted)
+    monkeypatch.setattr(fastapi.routing, "run_in_threadpool", counted)
+    response = await client.post("/v1/jobs", json={"task": "demo.echo", "args": {}})
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "queued"
+    assert hops == []
+
+
+def test_fastapi_native_telemetry_is_off(settings: Settings) -> None:
+    """Traces come from the OpenTelemetry instrumentor; FastAPI's own telemetry would look
+    up the global providers (reading the environment) on every request to find them unset."""
+    app = create_app(settings, CATALOG)
+    assert not app._native_telemetry.enabled()
+    telemetry = app._telemetry
+    assert (telemetry["tracing"], telemetry["metrics"], telemetry["logs"]) == (False,) * 3
+
+
+def test_redis_replies_are_parsed_by_hiredis() -> None:
+    """The pure-Python RESP parser and encoder cost the API a fifth of its Redis time."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    assert HIREDIS_AVAILABLE
