@@ -1,9 +1,9 @@
 """Benchmark 1: the accept path. POST /v1/jobs (demo.echo) at 16 and 64 connections against
-`conveyor api` and the two tutorial baselines, in the same run, one server process each, on a
-private Redis (AOF everysec). Prints req/s, p50, p99, errors, ratios, and Redis commands per
-accepted job.
+`conveyor api` and the two tutorial baselines, in the same run, the same number of server
+processes each (2 by default), on a private Redis (AOF everysec). Prints req/s, p50, p99,
+errors, the servers' CPU-ms per request, ratios, and Redis commands per accepted job.
 
-    python -m bench.accept [--seconds 20] [--runs 3]
+    python -m bench.accept [--seconds 20] [--runs 3] [--processes 2]
 """
 
 import argparse
@@ -24,25 +24,33 @@ BODY = json.dumps({"task": "demo.echo", "args": {"payload": {"order": 42}}})
 TARGETS = ("conveyor", "tutorial_async", "tutorial_sync", "conveyor+idempotency-key")
 
 
-def measure(target: str, connections: int, seconds: int) -> tuple[LoadResult, dict[str, float]]:
-    """One load run against a fresh Redis; also Redis calls per accepted job."""
+def measure(
+    target: str, connections: int, seconds: int, processes: int
+) -> tuple[LoadResult, dict[str, float]]:
+    """One load run against a fresh Redis; also Redis calls per accepted job, and the server's
+    CPU-ms per request (all its processes)."""
     with redis_server() as server:
         if target.startswith("conveyor"):
-            proc, base = start_conveyor_api(server.url)
+            proc, base = start_conveyor_api(server.url, workers=processes)
             headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
         else:
-            proc, base = start_baseline(target, server.url)
+            proc, base = start_baseline(target, server.url, workers=processes)
             headers = {"Content-Type": "application/json"}
         try:
-            before = server.command_calls()
+            wrk(f"{base}/v1/jobs", connections, 2, BODY, headers)  # warm up every process
+            before, cpu_before = server.command_calls(), proc.cpu_seconds()
+            queued_before = server.client().llen("default")
             keyed = target.endswith("idempotency-key")
             result = wrk(f"{base}/v1/jobs", connections, seconds, BODY, headers, keyed)
+            cpu = proc.cpu_seconds() - cpu_before
             after = server.command_calls()
-            accepted = server.client().llen("default")
+            accepted = server.client().llen("default") - queued_before
         finally:
             proc.stop()
     calls = {cmd: (after.get(cmd, 0) - before.get(cmd, 0)) / max(accepted, 1) for cmd in after}
-    return result, {cmd: round(n, 2) for cmd, n in calls.items() if n >= 0.01}
+    figures = {cmd: round(n, 2) for cmd, n in calls.items() if n >= 0.01}
+    figures["cpu_ms_per_request"] = cpu * 1000 / max(result.requests, 1)
+    return result, figures
 
 
 def main() -> None:
@@ -50,14 +58,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3, help="runs per cell; medians are shown")
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--processes", type=int, default=2, help="server processes per side")
     options = parser.parse_args()
 
     rows, medians, commands = [], {}, {}
     for connections in options.connections:
         for target in TARGETS:
-            runs = []
+            runs, cpu = [], []
             for _ in range(options.runs):
-                result, calls = measure(target, connections, options.seconds)
+                result, calls = measure(target, connections, options.seconds, options.processes)
+                cpu.append(calls.pop("cpu_ms_per_request"))
                 runs.append(result)
                 commands[target] = calls
             rps = median([r.requests_per_second for r in runs])
@@ -70,14 +80,13 @@ def main() -> None:
                     f"{median([r.p50_ms for r in runs]):.1f}",
                     f"{median([r.p99_ms for r in runs]):.1f}",
                     sum(r.errors for r in runs),
+                    f"{median(cpu):.2f}",
                     " / ".join(f"{r.requests_per_second:,.0f}" for r in runs),
                 ]
             )
-    print(
-        table(
-            ["server", "conns", "req/s (median)", "p50 ms", "p99 ms", "errors", "runs req/s"], rows
-        )
-    )
+    print(f"{options.processes} server process(es) per side")
+    print(table(["server", "conns", "req/s (median)", "p50 ms", "p99 ms", "errors",
+                 "CPU-ms/request", "runs req/s"], rows))  # fmt: skip
     print()
     for connections in options.connections:
         conveyor = medians[("conveyor", connections)]

@@ -88,6 +88,15 @@ class Proc:
                     frontier.append(int(child))
         return found
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of this process and its living descendants."""
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
 
 def rss_mb(pid: int) -> float:
     """Resident set size of one process, in MB."""
@@ -108,6 +117,11 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True)
+
+    def cpu_seconds(self) -> float:
+        """The server's own CPU time (user + system), from INFO cpu."""
+        cpu: dict[str, Any] = self.client().info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
     def command_calls(self) -> dict[str, int]:
         """INFO commandstats as {command: calls} (script-internal commands included)."""
@@ -171,7 +185,8 @@ def conveyor_env(redis_url: str, **extra: str) -> dict[str, str]:
     submission, metrics on, tracing set up with no exporter endpoint."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "OTEL_"))}
     env.update(
-        PYTHONPATH=str(REPO),
+        # The checkout the benchmark runs from, whatever the virtualenv installed.
+        PYTHONPATH=f"{REPO / 'services'}{os.pathsep}{REPO}",
         CONVEYOR_REDIS_URL=redis_url,
         CONVEYOR_AUTH__KEYS_FILE=str(keys_file()),
         CONVEYOR_LIMITS__RATE_PER_SECOND="1000000",
@@ -202,20 +217,11 @@ def start_conveyor_api(redis_url: str, workers: int = 1, **extra: str) -> tuple[
     return proc, base
 
 
-def start_baseline(module: str, redis_url: str) -> tuple[Proc, str]:
+def start_baseline(module: str, redis_url: str, workers: int = 1) -> tuple[Proc, str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_BROKER_URL": redis_url}
-    argv = [
-        PYTHON,
-        "-m",
-        "uvicorn",
-        f"bench.baselines.{module}:app",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
+    argv = [PYTHON, "-m", "uvicorn", f"bench.baselines.{module}:app", "--port", str(port),
+            "--workers", str(workers), "--log-level", "warning", "--no-access-log"]  # fmt: skip
     proc = Proc(module, argv, env)
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _ready(base + "/docs"), 30, module)

@@ -9,7 +9,9 @@ Prints jobs/s and the ratios.
 """
 
 import argparse
+import os
 import time
+from pathlib import Path
 
 from bench.harness import PYTHON, Proc, conveyor_env, median, redis_server, rss_mb, table
 from bench.seed import accept_jobs
@@ -18,9 +20,19 @@ from conveyor.core.settings import Settings
 from conveyor.jobstore.results import Limits
 from conveyor.jobstore.store import JobStore
 
+# Conveyor, Conveyor with ten tenants and limits, bare Celery.
+KINDS = ("conveyor", "fair", "bare")
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def drain(kind: str, queue: Queue, jobs: int, concurrency: int) -> tuple[float, dict[str, float]]:
-    """Seconds from the first job taken to the queue empty and every delivery acked."""
+    """Seconds from the first job taken to the queue empty and every delivery acked; the RSS
+    of the worker's processes, and the CPU-ms per job of Redis, the worker's main process and
+    its children over the drain."""
     with redis_server() as server:
         client = server.client()
         store = JobStore(server.client(), Settings())
@@ -73,17 +85,24 @@ def drain(kind: str, queue: Queue, jobs: int, concurrency: int) -> tuple[float, 
             while client.llen(str(queue)) == jobs:
                 time.sleep(0.005)
             started = time.monotonic()
+            pids = worker.pids()
+            cpu = {"redis": server.cpu_seconds(), "main": _cpu(pids[0]),
+                   "children": sum(_cpu(p) for p in pids[1:])}  # fmt: skip
             while client.llen(str(queue)) or client.hlen("unacked"):
                 time.sleep(0.01)
             elapsed = time.monotonic() - started
             pids = worker.pids()
-            memory = {"main": rss_mb(pids[0]), "child": max(rss_mb(p) for p in pids[1:])}
+            figures = {"main": rss_mb(pids[0]), "child": max(rss_mb(p) for p in pids[1:])}
+            after = {"redis": server.cpu_seconds(), "main": _cpu(pids[0]),
+                     "children": sum(_cpu(p) for p in pids[1:])}  # fmt: skip
+            for part, seconds in after.items():
+                figures[f"cpu_ms_{part}"] = (seconds - cpu[part]) * 1000 / jobs
         finally:
             worker.stop()
         if kind != "bare":
             done = client.zcard("conveyor:index:state:succeeded")
             assert done == jobs, f"{done} of {jobs} jobs recorded as succeeded"
-    return elapsed, memory
+    return elapsed, figures
 
 
 def main() -> None:
@@ -92,15 +111,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--tiers", nargs="+", default=[str(q) for q in Queue])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     options = parser.parse_args()
-    rows = []
+    rows, cpu_rows = [], []
     for tier in options.tiers:
-        rates: dict[str, list[float]] = {"conveyor": [], "fair": [], "bare": []}
+        rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
         memory: dict[str, dict[str, float]] = {}
         for _ in range(options.runs):
-            for kind in ("conveyor", "fair", "bare"):
+            for kind in options.kinds:
                 seconds, memory[kind] = drain(kind, Queue(tier), options.jobs, options.concurrency)
                 rates[kind].append(options.jobs / seconds)
+        for kind, figures in memory.items():
+            cpu_rows.append([tier, kind, f"{median(rates[kind]):,.0f}",
+                             *(f"{figures[f'cpu_ms_{part}']:.2f}"
+                               for part in ("redis", "main", "children"))])  # fmt: skip
+        if set(options.kinds) != set(KINDS):
+            continue
         conveyor, bare = median(rates["conveyor"]), median(rates["bare"])
         fair = median(rates["fair"])
         rows.append(
@@ -115,6 +141,10 @@ def main() -> None:
                 f"{memory['bare']['main']:.0f} / {memory['bare']['child']:.0f}",
             ]
         )
+    print(table(["tier", "side", "jobs/s", "CPU-ms per job: Redis", "worker main", "children"],
+                cpu_rows))  # fmt: skip
+    if not rows:
+        return
     print(
         table(
             [

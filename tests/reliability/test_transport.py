@@ -4,6 +4,7 @@ consumer's in-flight messages come back; a live consumer's are left alone."""
 import signal
 import time
 
+import httpx
 import pytest
 
 from tests.support.processes import TERMINAL, Platform, wait_for_job, wait_until
@@ -53,3 +54,43 @@ def test_dead_consumers_inflight_messages_are_requeued(fast_platform: Platform) 
 
         redis.zadd("conveyor:consumers:default", {"ghost:2": 0})  # ...until it dies too
         assert wait_for_job(client, kept["id"], TERMINAL)["state"] == "succeeded"
+
+
+def _succeeded(client: "httpx.Client", jobs: list[dict[str, object]]) -> int:
+    return sum(client.get(f"/v1/jobs/{job['id']}").json()["state"] == "succeeded" for job in jobs)
+
+
+def test_a_backlog_is_taken_and_claimed_in_one_step(fast_platform: Platform) -> None:
+    """While a tier has a backlog a consumer takes its next token inside the claim script
+    (one round trip per delivery) instead of a blocking pop and then a claim."""
+    fast_platform.start_api()
+    redis = fast_platform.redis
+    with fast_platform.http() as client:
+        body = {"jobs": [{"task": "demo.echo", "args": {"payload": n}} for n in range(40)]}
+        jobs = [item["job"] for item in client.post("/v1/jobs/batch", json=body).json()["items"]]
+        blmoves_before = redis.info("commandstats").get("cmdstat_blmove", {}).get("calls", 0)
+        fast_platform.start_worker("default")
+        wait_until(lambda: _succeeded(client, jobs) == len(jobs), 60, "the backlog to drain")
+    blmoves = redis.info("commandstats").get("cmdstat_blmove", {}).get("calls", 0)
+    assert blmoves - blmoves_before < len(jobs) / 2, "most deliveries took their own token"
+    assert redis.hlen("unacked") == 0
+    assert all(redis.llen(key) == 0 for key in redis.keys("conveyor:inflight:*"))
+    assert redis.llen("default") == 0
+
+
+def test_a_flushed_script_cache_mid_drain_loses_nothing(fast_platform: Platform) -> None:
+    """A new primary, or SCRIPT FLUSH, answers the take with NOSCRIPT: the consumer blocks and
+    claims as before (loading the script again), and every job still runs once."""
+    fast_platform.start_api()
+    redis = fast_platform.redis
+    with fast_platform.http() as client:
+        body = {"jobs": [{"task": "demo.echo", "args": {"payload": n}} for n in range(60)]}
+        jobs = [item["job"] for item in client.post("/v1/jobs/batch", json=body).json()["items"]]
+        worker = fast_platform.start_worker("default")
+        wait_until(lambda: _succeeded(client, jobs) >= 5, 60, "the drain to start")
+        redis.script_flush()
+        wait_until(lambda: _succeeded(client, jobs) == len(jobs), 60, "the backlog to drain")
+        assert all(client.get(f"/v1/jobs/{job['id']}").json()["attempts"] == 1 for job in jobs)
+    assert worker.process.poll() is None, worker.log()[-2000:]
+    assert redis.hlen("unacked") == 0
+    assert redis.llen("default") == 0
