@@ -134,11 +134,15 @@ elseif max_depth > 0 then
   end
 end
 
--- The tenant's own quotas (its usage is kept by quota_add as messages come and go).
-local usage = redis.call('HMGET', key_quota(prefix, tenant), name_quota_queued(queue), 'delayed',
-                         'bytes')
+-- The tenant's own quotas (its usage is kept by quota_add as messages come and go), read
+-- only when it has one.
 local max_queued, max_delayed_own, max_bytes = tonumber(ARGV[13]), tonumber(ARGV[14]),
                                                tonumber(ARGV[15])
+local usage = {}
+if max_queued > 0 or max_delayed_own > 0 or max_bytes > 0 then
+  usage = redis.call('HMGET', key_quota(prefix, tenant), name_quota_queued(queue), 'delayed',
+                     'bytes')
+end
 if delay > 0 then
   if max_delayed_own > 0 and (tonumber(usage[2]) or 0) >= max_delayed_own then
     return {4, 'delayed', max_delayed_own}
