@@ -72,7 +72,7 @@ dev: install  ## Run Redis, the API, three worker tiers, beat and the exporter o
 
 # The benchmarks print figures (bench/README.md has the method and the latest table); they
 # are not tests. wrk, from Debian, is the load generator.
-bench: install  ## Run every benchmark (about 26 minutes on 2 cores).
+bench: install  ## Run every benchmark (about 35 minutes on 2 cores).
 	$(call debian-packages,wrk:wrk)
 	$(BIN)/python -m bench.accept
 	$(BIN)/python -m bench.workers
@@ -84,6 +84,8 @@ bench: install  ## Run every benchmark (about 26 minutes on 2 cores).
 	$(BIN)/python -m bench.fairness
 	$(BIN)/python -m bench.workflows
 	$(BIN)/python -m bench.console
+	$(BIN)/python -m bench.redis_cost
+	$(BIN)/python -m bench.e2e
 
 lint: install-dev
 	$(BIN)/ruff check services tests bench tools

@@ -21,6 +21,7 @@ from bench.harness import (
     redis_server,
     start_conveyor_api,
 )
+from conveyor.core.settings import Settings
 
 BODY = {"task": "demo.echo", "args": {"payload": {"order": 42}}}
 
@@ -59,6 +60,38 @@ def cpu_seconds(client: object) -> float:
 def commandstats(client: object) -> dict[str, dict[str, float]]:
     result: dict[str, dict[str, float]] = client.info("commandstats")  # type: ignore[attr-defined]
     return result
+
+
+def accept_script_alone(calls: int = 5000) -> float:
+    """µs of Redis time per accept.lua call with nothing else running: the script fed from one
+    pipelined client (no API process competing with Redis for the cores), each job with an
+    idempotency key, a rate limit and a queue-depth limit, as the API sends it."""
+    from conveyor.core.catalog import load_catalog
+    from conveyor.jobstore import _calls
+    from conveyor.jobstore.results import Limits
+    from conveyor.jobstore.scripts import ACCEPT
+    from conveyor.jobstore.submission import Submission, prepare
+
+    spec = load_catalog([])["demo.echo"]
+    settings = Settings()
+    limits = Limits(rate_per_second=1_000_000.0, burst=1_000_000, max_queue_depth=10_000_000)
+    with redis_server() as server:
+        client = server.client()
+        client.script_load(ACCEPT.source)
+        args = []
+        for n in range(calls):
+            submission = Submission.of(spec, tenant="bench", args={"payload": {"order": 42}},
+                                       idempotency_key=f"bench-{n}")  # fmt: skip
+            job, message = prepare(spec, submission, settings.worker)
+            args.append(_calls.accept_args("conveyor", job, message, limits))
+        client.config_resetstat()
+        for start in range(0, calls, 500):
+            pipe = client.pipeline(transaction=False)
+            for argv in args[start : start + 500]:
+                pipe.evalsha(ACCEPT.sha, 0, *argv)
+            pipe.execute()
+        usec, _ = command_usec(commandstats(client))
+    return usec / calls
 
 
 def main() -> None:
@@ -102,6 +135,7 @@ def main() -> None:
         memory_finished = client.info("memory")["used_memory"]
     figures = {
         "jobs": jobs,
+        "accept_script_alone_us": round(accept_script_alone(), 1),
         "accept_script_us_per_job": round(accept_usec / jobs, 1),
         "accept_scripts_per_job": round(accept_calls / jobs, 2),
         "accept_other_us_per_job": round(_others(accept_all) / jobs, 1),
