@@ -121,7 +121,10 @@ def test_prometheus_sees_depth_failures_and_wait_times(
         def settled() -> bool:
             completed = prom.value("sum(conveyor_jobs_completed_total)") or 0
             waits = prom.value("sum(conveyor_job_queue_wait_seconds_count)") or 0
-            return completed >= 11 and waits >= 11
+            # Each target is scraped on its own schedule: the API's may come last.
+            accepted = prom.value(
+                'sum(conveyor_api_submissions_total{outcome="accepted"})') or 0  # fmt: skip
+            return completed >= 11 and waits >= 11 and accepted >= 16
 
         wait_until(settled, 30, "Prometheus to see the finished jobs", step=0.5)
         wait_until(lambda: prom.value('conveyor_queue_length{queue="low"}') == 5, 30,

@@ -94,3 +94,34 @@ def test_a_flushed_script_cache_mid_drain_loses_nothing(fast_platform: Platform)
     assert worker.process.poll() is None, worker.log()[-2000:]
     assert redis.hlen("unacked") == 0
     assert redis.llen("default") == 0
+
+
+@pytest.mark.parametrize("fault", ["readonly", "oom"])
+def test_a_write_refusal_mid_drain_does_not_end_the_worker(
+    fast_platform: Platform, fault: str
+) -> None:
+    """A Redis that refuses writes for a while (a primary demoted to replica, or full under
+    `noeviction`) is a connection error for the worker: it backs off and reconnects. redis-py
+    8 strips the code from the messages of the errors it knows (READONLY, OOM): a worker that
+    matched the message took them for fatal and exited (found by a review)."""
+    fast_platform.start_api()
+    redis = fast_platform.redis
+    with fast_platform.http() as client:
+        body = {"jobs": [{"task": "demo.echo", "args": {"payload": n}} for n in range(100)]}
+        jobs = [item["job"] for item in client.post("/v1/jobs/batch", json=body).json()["items"]]
+        worker = fast_platform.start_worker("default")
+        wait_until(lambda: _succeeded(client, jobs) >= 5, 60, "the drain to start")
+        if fault == "readonly":
+            redis.replicaof("127.0.0.1", "1")  # a replica of nobody: keeps its data, refuses writes
+        else:
+            redis.config_set("maxmemory", 1)  # noeviction (the test Redis's policy): refuses writes
+        try:
+            time.sleep(2)
+        finally:
+            if fault == "readonly":
+                redis.replicaof("no", "one")
+            else:
+                redis.config_set("maxmemory", 0)
+        time.sleep(1)
+        assert worker.process.poll() is None, worker.log()[-3000:]
+        wait_until(lambda: _succeeded(client, jobs) == len(jobs), 90, "the backlog to drain")

@@ -27,7 +27,7 @@ import socket
 from functools import cached_property
 from queue import Empty
 from time import monotonic
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -92,6 +92,9 @@ class ReliableQoS(kombu_redis.QoS):
                         self.restore_by_tag(tag, client)
             except kombu_redis.MutexHeld:
                 pass
+            except redis.exceptions.ResponseError as exc:
+                # Run at every (re)connection: a refusal here ended the worker.
+                raise _transient(exc) from exc
 
     def ack(self, delivery_tag: str) -> None:
         """Kombu's ack with the release of the delivery's flow-control slots in the same
@@ -99,16 +102,34 @@ class ReliableQoS(kombu_redis.QoS):
         """
         pipe = self._remove_from_indices(delivery_tag)
         released = self.channel.release_in(pipe, delivery_tag)
-        results = pipe.execute(raise_on_error=False)
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except redis.exceptions.RedisError as exc:
+            self._forget(delivery_tag, exc)
         if not released or isinstance(results[-1], redis.exceptions.ResponseError):
             self.channel.release_slots([delivery_tag])  # the script was not loaded yet
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Kombu's reject; a requeue releases the slots in its restore, a drop here."""
-        super().reject(delivery_tag, requeue)
+        try:
+            super().reject(delivery_tag, requeue)
+        except redis.exceptions.RedisError as exc:
+            self._forget(delivery_tag, exc)
         if not requeue:
             self.channel.release_slots([delivery_tag])
+
+    def _forget(self, delivery_tag: str, exc: "redis.exceptions.RedisError") -> NoReturn:
+        """An ack or reject Redis refused or never answered: the delivery stays unacked in
+        Redis (its lease runs out and it is restored, and a finished job's next delivery is
+        skipped), so this consumer lets go of it. Held, it kept its prefetch slot for ever: a
+        worker of concurrency 1 stopped consuming after one refused ack. Raised as a
+        connection error, Celery logs the failed ack and goes on.
+        """
+        virtual.QoS.ack(self, delivery_tag)
+        if isinstance(exc, redis.exceptions.ResponseError):
+            raise _transient(exc) from exc
+        raise exc
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         """Kombu's removal of the unacked record; inside a restore (a pipe given) the slots
@@ -422,10 +443,18 @@ TRANSIENT_REFUSALS = (
 )
 
 
+def refusal_code(exc: "redis.exceptions.ResponseError") -> str:
+    """The error code of a refusal: redis-py 8 strips it from the message of the errors it
+    has a class for (READONLY, OOM, ...) and keeps it as `status_code`.
+    """
+    code: str | None = getattr(exc, "status_code", None)
+    return code or str(exc).split(" ", 1)[0]
+
+
 def _transient(exc: "redis.exceptions.ResponseError") -> Exception:
     """A transient refusal as a connection error (retried), anything else as it is."""
-    if str(exc).startswith(TRANSIENT_REFUSALS):
-        log.warning("Redis refused for now (%s); reconnecting", exc)
+    if refusal_code(exc) in TRANSIENT_REFUSALS:
+        log.warning("Redis refused for now (%s %s); reconnecting", refusal_code(exc), exc)
         return redis.exceptions.ConnectionError(str(exc))
     return exc
 
