@@ -60,14 +60,20 @@ def _succeeded(client: "httpx.Client", jobs: list[dict[str, object]]) -> int:
     return sum(client.get(f"/v1/jobs/{job['id']}").json()["state"] == "succeeded" for job in jobs)
 
 
+def _backlog(client: "httpx.Client", count: int) -> list[dict[str, object]]:
+    """`count` demo.echo jobs accepted in one batch, before any worker runs."""
+    body = {"jobs": [{"task": "demo.echo", "args": {"payload": n}} for n in range(count)]}
+    items = client.post("/v1/jobs/batch", json=body).json()["items"]
+    return [item["job"] for item in items]
+
+
 def test_a_backlog_is_taken_and_claimed_in_one_step(fast_platform: Platform) -> None:
     """While a tier has a backlog a consumer takes its next token inside the claim script
     (one round trip per delivery) instead of a blocking pop and then a claim."""
     fast_platform.start_api()
     redis = fast_platform.redis
     with fast_platform.http() as client:
-        body = {"jobs": [{"task": "demo.echo", "args": {"payload": n}} for n in range(40)]}
-        jobs = [item["job"] for item in client.post("/v1/jobs/batch", json=body).json()["items"]]
+        jobs = _backlog(client, 40)
         blmoves_before = redis.info("commandstats").get("cmdstat_blmove", {}).get("calls", 0)
         fast_platform.start_worker("default")
         wait_until(lambda: _succeeded(client, jobs) == len(jobs), 60, "the backlog to drain")
@@ -84,8 +90,7 @@ def test_a_flushed_script_cache_mid_drain_loses_nothing(fast_platform: Platform)
     fast_platform.start_api()
     redis = fast_platform.redis
     with fast_platform.http() as client:
-        body = {"jobs": [{"task": "demo.echo", "args": {"payload": n}} for n in range(60)]}
-        jobs = [item["job"] for item in client.post("/v1/jobs/batch", json=body).json()["items"]]
+        jobs = _backlog(client, 60)
         worker = fast_platform.start_worker("default")
         wait_until(lambda: _succeeded(client, jobs) >= 5, 60, "the drain to start")
         redis.script_flush()
@@ -107,8 +112,7 @@ def test_a_write_refusal_mid_drain_does_not_end_the_worker(
     fast_platform.start_api()
     redis = fast_platform.redis
     with fast_platform.http() as client:
-        body = {"jobs": [{"task": "demo.echo", "args": {"payload": n}} for n in range(100)]}
-        jobs = [item["job"] for item in client.post("/v1/jobs/batch", json=body).json()["items"]]
+        jobs = _backlog(client, 100)
         worker = fast_platform.start_worker("default")
         wait_until(lambda: _succeeded(client, jobs) >= 5, 60, "the drain to start")
         if fault == "readonly":
