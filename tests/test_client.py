@@ -80,8 +80,11 @@ def test_an_idempotent_submission_returns_the_same_job(client: Client) -> None:
 
 
 def test_list_iterates_every_page(client: Client) -> None:
-    ids = [client.submit("demo.echo", {"payload": i}, delay_seconds=7200, priority="low").id
-           for i in range(5)]  # fmt: skip
+    ids = []
+    for i in range(5):
+        job = client.submit("demo.echo", {"payload": i}, delay_seconds=7200, priority="low")
+        ids.append(job.id)
+        time.sleep(0.002)  # a millisecond of its own: listings order by creation time, ties by id
     listed = list(client.list(state="scheduled", queue="low", page_size=2))
     assert [job.id for job in listed[:5]] == list(reversed(ids))  # newest first, 3 pages
     assert listed[0].args is None  # summaries, unless asked

@@ -1,6 +1,8 @@
 """GET /v1/jobs in process: newest first, filters, cursor pagination, from the Redis indexes
 (formerly tests/test_listing.py, against a real API process)."""
 
+import asyncio
+
 import httpx
 import pytest
 import redis
@@ -17,6 +19,8 @@ async def seeded(client: httpx.AsyncClient) -> dict[str, list[str]]:
         response = await client.post("/v1/jobs", json=body)
         assert response.status_code == 202, response.text
         job_id: str = response.json()["id"]
+        # A millisecond of its own: listings order by creation time, ties by id.
+        await asyncio.sleep(0.002)
         return job_id
 
     for i in range(25):
