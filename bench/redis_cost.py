@@ -22,6 +22,7 @@ from bench.harness import (
     start_conveyor_api,
 )
 from conveyor.core.settings import Settings
+from conveyor.jobstore._calls import ACCEPT_BATCH
 
 BODY = {"task": "demo.echo", "args": {"payload": {"order": 42}}}
 
@@ -62,10 +63,12 @@ def commandstats(client: object) -> dict[str, dict[str, float]]:
     return result
 
 
-def accept_script_alone(calls: int = 5000) -> float:
-    """µs of Redis time per accept.lua call with nothing else running: the script fed from one
-    pipelined client (no API process competing with Redis for the cores), each job with an
-    idempotency key, a rate limit and a queue-depth limit, as the API sends it."""
+def accept_script_alone(per_call: int, calls: int = 5000) -> float:
+    """µs of Redis time per job accepted by accept.lua with nothing else running, `per_call`
+    jobs per script call (1: POST /v1/jobs; up to ACCEPT_BATCH: POST /v1/jobs/batch): the
+    script fed from one pipelined client (no API process competing with Redis for the cores),
+    each job with an idempotency key, a rate limit and a queue-depth limit, as the API sends
+    it."""
     from conveyor.core.catalog import load_catalog
     from conveyor.jobstore import _calls
     from conveyor.jobstore.results import Limits
@@ -78,16 +81,21 @@ def accept_script_alone(calls: int = 5000) -> float:
     with redis_server() as server:
         client = server.client()
         client.script_load(ACCEPT.source)
-        args = []
+        jobs = []
         for n in range(calls):
             submission = Submission.of(spec, tenant="bench", args={"payload": {"order": 42}},
                                        idempotency_key=f"bench-{n}")  # fmt: skip
             job, message = prepare(spec, submission, settings.worker)
-            args.append(_calls.accept_args("conveyor", job, message, limits))
+            jobs.append((job, message, limits))
+        args = [
+            argv
+            for start in range(0, calls, per_call)
+            for argv, _ in _calls.accept_calls("conveyor", jobs[start : start + per_call])
+        ]
         client.config_resetstat()
-        for start in range(0, calls, 500):
+        for start in range(0, len(args), 100):
             pipe = client.pipeline(transaction=False)
-            for argv in args[start : start + 500]:
+            for argv in args[start : start + 100]:
                 pipe.evalsha(ACCEPT.sha, 0, *argv)
             pipe.execute()
         usec, _ = command_usec(commandstats(client))
@@ -135,7 +143,8 @@ def main() -> None:
         memory_finished = client.info("memory")["used_memory"]
     figures = {
         "jobs": jobs,
-        "accept_script_alone_us": round(accept_script_alone(), 1),
+        "accept_script_alone_us": round(accept_script_alone(1), 1),
+        "accept_script_batched_us_per_job": round(accept_script_alone(ACCEPT_BATCH), 1),
         "accept_script_us_per_job": round(accept_usec / jobs, 1),
         "accept_scripts_per_job": round(accept_calls / jobs, 2),
         "accept_other_us_per_job": round(_others(accept_all) / jobs, 1),

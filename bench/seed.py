@@ -3,7 +3,7 @@
 from conveyor.core.catalog import load_catalog
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
-from conveyor.jobstore._calls import accept_args
+from conveyor.jobstore._calls import accept_calls
 from conveyor.jobstore.results import Limits
 from conveyor.jobstore.scripts import ACCEPT
 from conveyor.jobstore.store import JobStore
@@ -29,14 +29,16 @@ def accept_jobs(
     messages: list[bytes] = []
     store.client.script_load(ACCEPT.source)  # pipelined EVALSHAs cannot load it themselves
     for start in range(0, count, BATCH):
+        jobs = []
+        for n in range(start, min(start + BATCH, count)):
+            tenant = tenants[n % len(tenants)]
+            submission = Submission.of(spec, tenant=tenant, args=args or {"payload": 1},
+                                       priority=queue, max_retries=0)  # fmt: skip
+            job, message = prepare(spec, submission, settings.worker)
+            messages.append(message)
+            jobs.append((job, message, limits or Limits()))
         with store.client.pipeline(transaction=False) as pipe:
-            for n in range(start, min(start + BATCH, count)):
-                tenant = tenants[n % len(tenants)]
-                submission = Submission.of(spec, tenant=tenant, args=args or {"payload": 1},
-                                           priority=queue, max_retries=0)  # fmt: skip
-                job, message = prepare(spec, submission, settings.worker)
-                messages.append(message)
-                accept = accept_args("conveyor", job, message, limits or Limits())
-                pipe.evalsha(ACCEPT.sha, 0, *accept)
+            for argv, _ in accept_calls("conveyor", jobs):
+                pipe.evalsha(ACCEPT.sha, 0, *argv)
             pipe.execute()
     return messages

@@ -153,16 +153,16 @@ async def test_replaying_twice_keeps_the_message_runnable(
 
 def test_a_resent_accept_never_enqueues_a_second_message(store: JobStore) -> None:
     """redis-py resends a script whose reply was lost: the same accept twice is one job."""
-    from conveyor.jobstore._calls import accept_args, parse_accept
+    from conveyor.jobstore._calls import accept_calls, parse_accept
     from conveyor.jobstore.results import AcceptVerdict, Limits
     from conveyor.jobstore.scripts import ACCEPT
     from conveyor.jobstore.submission import prepare
 
     spec = load_catalog([])["demo.echo"]
     job, message = prepare(spec, Submission.of(spec, tenant="t1", args={}), SETTINGS.worker)
-    args = accept_args("conveyor", job, message, Limits())
-    first = parse_accept(ACCEPT.run(store.client, args), job)
-    again = parse_accept(ACCEPT.run(store.client, args), job)
+    ((args, _),) = accept_calls("conveyor", [(job, message, Limits())])
+    first = parse_accept(ACCEPT.run(store.client, args)[0], job)
+    again = parse_accept(ACCEPT.run(store.client, args)[0], job)
     assert first.verdict is again.verdict is AcceptVerdict.CREATED
     assert again.job_id == first.job_id
     assert store.client.llen("default") == 1, "a resent accept pushed a second message"

@@ -27,31 +27,63 @@ def ms(timestamp: float) -> str:
     return str(int(timestamp * 1000))
 
 
-def accept_args(prefix: str, job: NewJob, message: bytes, limits: Limits) -> list[Any]:
-    """ARGV for accept.lua."""
-    return [
+# How many jobs one accept script call takes at most: Redis runs a script to its end before
+# anything else, and a call of this many holds it about a millisecond (bench/redis_cost.py).
+ACCEPT_BATCH = 64
+
+
+def accept_calls(
+    prefix: str, jobs: Sequence[tuple[NewJob, bytes, Limits]]
+) -> list[tuple[list[Any], int]]:
+    """ARGV for the accept.lua calls that accept `jobs` in their order: (ARGV, how many
+    jobs), at most ACCEPT_BATCH jobs each, each call's jobs sharing their tenant limits (the
+    call's head; only the tier's depth limit goes with each job).
+    """
+    calls: list[tuple[list[Any], int]] = []
+    head: tuple[Any, ...] | None = None
+    argv: list[Any] = []
+    count = 0
+    for job, message, limits in jobs:
+        this_head = _accept_head(prefix, limits)
+        if this_head != head or count == ACCEPT_BATCH:
+            if count:
+                calls.append((argv, count))
+            head, argv, count = this_head, list(this_head), 0
+        argv += [
+            orjson.dumps(job.record),
+            job.request_hash,
+            ms(job.created_at),
+            # The delay, not the due time: accept.lua adds it to Redis' clock.
+            str(max(1, math.ceil((job.due_at - job.created_at) * 1000))) if job.due_at else "0",
+            message,
+            limits.max_queue_depth,
+        ]
+        count += 1
+    if count:
+        calls.append((argv, count))
+    return calls
+
+
+def _accept_head(prefix: str, limits: Limits) -> tuple[Any, ...]:
+    return (
         prefix,
-        orjson.dumps(job.record),
-        job.request_hash,
-        ms(job.created_at),
-        # The delay, not the due time: accept.lua adds it to Redis' clock.
-        str(max(1, math.ceil((job.due_at - job.created_at) * 1000))) if job.due_at else "0",
-        message,
         repr(float(limits.rate_per_second)),
         limits.burst,
-        limits.max_queue_depth,
         limits.max_delayed_jobs,
         "1" if limits.weight == 1 else repr(float(limits.weight)),
         "" if limits.concurrency_per_tier is None else limits.concurrency_per_tier,
         limits.max_queued_per_tier,
         limits.max_delayed_per_tenant,
         limits.max_bytes,
-        listed(ACTIVE_STATES),
-    ]
+        _ACTIVE,
+    )
+
+
+_ACTIVE = listed(ACTIVE_STATES)
 
 
 def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:
-    """Decode accept.lua's reply."""
+    """Decode accept.lua's reply for one job."""
     code = int(raw[0])
     if code == 1:
         return AcceptResult(
@@ -66,6 +98,8 @@ def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:
     if code == 4:
         quota = Quota(text_of(raw[1]), int(raw[2]))
         return AcceptResult(AcceptVerdict.QUOTA_EXCEEDED, quota=quota)
+    if code == 5:
+        return AcceptResult(AcceptVerdict.BROKER_ERROR, job_id=job.id)
     return AcceptResult(AcceptVerdict.QUEUE_FULL, depth=int(raw[1]))
 
 

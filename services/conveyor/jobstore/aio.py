@@ -52,14 +52,14 @@ class AsyncJobStore(WorkflowVerbs):
     ) -> AcceptResult:
         """Record and enqueue a job atomically, within `limits` (accept)."""
         job, message = prepare(spec, submission, self.settings.worker)
-        args = _calls.accept_args(self.keys.prefix, job, message, limits or Limits())
+        ((args, _),) = _calls.accept_calls(self.keys.prefix, [(job, message, limits or Limits())])
         replication = self.settings.redis_replication
         if not replication.ack_replicas:
-            return _calls.parse_accept(await ACCEPT.run_async(self.client, args), job)
+            return _calls.parse_accept((await ACCEPT.run_async(self.client, args))[0], job)
         # Replicated acknowledgement: WAIT counts the replicas that have this connection's
         # writes, so the script and the WAIT share one connection.
         async with self.client.client() as conn:
-            result = _calls.parse_accept(await ACCEPT.run_async(conn, args), job)
+            result = _calls.parse_accept((await ACCEPT.run_async(conn, args))[0], job)
             if result.verdict not in _REPLICATED_VERDICTS:
                 return result
             replayed = result.verdict is AcceptVerdict.EXISTING
@@ -73,22 +73,26 @@ class AsyncJobStore(WorkflowVerbs):
     async def submit_many(
         self, items: Sequence[tuple[TaskSpec, Submission, Limits]]
     ) -> list[AcceptResult]:
-        """Accept each job as `submit` does (each all-or-nothing, each within its limits), in
-        one round trip: one accept script call per job, pipelined; with replicated
-        acknowledgement, one WAIT for them all.
+        """Accept each job as `submit` does (each all-or-nothing, each within its limits, in
+        order), in one round trip: accept script calls of up to ACCEPT_BATCH jobs each,
+        pipelined; with replicated acknowledgement, one WAIT for them all.
         """
-        prepared = [(prepare(spec, sub, self.settings.worker), lim) for spec, sub, lim in items]
-        calls = [
-            _calls.accept_args(self.keys.prefix, job, msg, lim) for (job, msg), lim in prepared
-        ]
+        prepared = [(*prepare(spec, sub, self.settings.worker), lim) for spec, sub, lim in items]
+        calls = _calls.accept_calls(self.keys.prefix, prepared)
         replication = self.settings.redis_replication
         async with self.client.client() as conn:
-            replies = await _pipelined(conn, ACCEPT, calls)
+            replies = await _pipelined(conn, ACCEPT, [argv for argv, _ in calls])
+            # A call Redis refused stands for its own jobs only: nothing of them was written.
+            per_job = [
+                reply_of_job
+                for reply, (_, count) in zip(replies, calls, strict=True)
+                for reply_of_job in (reply if not isinstance(reply, Exception) else [reply] * count)
+            ]
             results = [
                 AcceptResult(AcceptVerdict.BROKER_ERROR, job_id=job.id)
                 if isinstance(reply, Exception)
                 else _calls.parse_accept(reply, job)
-                for reply, ((job, _), _) in zip(replies, prepared, strict=True)
+                for reply, (job, _, _) in zip(per_job, prepared, strict=True)
             ]
             written = [r for r in results if r.verdict in _REPLICATED_VERDICTS]
             if not replication.ack_replicas or not written:

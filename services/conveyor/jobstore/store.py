@@ -67,8 +67,8 @@ class JobStore(StoreUpkeep):
         since refusing them would lose them.
         """
         job, message = prepare(spec, submission, self.settings.worker)
-        args = _calls.accept_args(self.keys.prefix, job, message, Limits())
-        return _calls.parse_accept(ACCEPT.run(self.client, args), job)
+        ((args, _),) = _calls.accept_calls(self.keys.prefix, [(job, message, Limits())])
+        return _calls.parse_accept(ACCEPT.run(self.client, args)[0], job)
 
     def submit_workflow(self, plan: WorkflowPlan) -> WorkflowAcceptResult:
         """Accept a workflow atomically (for the platform's own: periodic runs; no tenant

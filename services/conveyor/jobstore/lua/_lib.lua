@@ -49,36 +49,50 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A token bucket refilled at `rate` tokens per second up to `burst`; takes `cost` tokens if
--- there are as many (a workflow takes one per step). Returns taken (1/0), whole tokens left,
--- and ms until there are enough. A rate of 0 means no limit.
-local function take_tokens(bucket, rate, burst, cost)
-  if rate <= 0 then
-    return 1, burst, 0
-  end
+-- A token bucket refilled at `rate` tokens per second up to `burst` (a rate of 0 means no
+-- limit): its tokens now and Redis' time in ms (bucket_read), taken from (bucket_take),
+-- written back (bucket_write); a call that takes for many jobs reads and writes it once.
+local function bucket_read(key, rate, burst)
   local now = now_ms()
+  if rate <= 0 then
+    return burst, now
+  end
   -- One string, '<tokens> <ms>': a GET and a SET instead of a hash's three commands.
-  local saved = redis.call('GET', bucket)
+  local saved = redis.call('GET', key)
   local tokens, at = burst, now
   if saved then
     local space = string.find(saved, ' ', 1, true)
     tokens = tonumber(string.sub(saved, 1, space - 1)) or burst
     at = tonumber(string.sub(saved, space + 1)) or now
   end
-  tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
-  local taken = 0
+  return math.min(burst, tokens + math.max(0, now - at) * rate / 1000), now
+end
+
+-- Takes `cost` tokens of `tokens` if there are as many (a workflow takes one per step).
+-- Returns the tokens now, taken (1/0), whole tokens left, and ms until there are enough.
+local function bucket_take(tokens, rate, burst, cost)
+  if rate <= 0 then
+    return tokens, 1, burst, 0
+  end
   if tokens >= cost then
-    tokens = tokens - cost
-    taken = 1
+    return tokens - cost, 1, math.floor(tokens - cost), 0
   end
-  -- A full bucket is the same as no bucket: let idle tenants' keys go.
-  redis.call('SET', bucket, tostring(tokens) .. ' ' .. tostring(now), 'PX',
-             math.ceil(burst * 1000 / rate) + 1000)
-  local wait = 0
-  if taken == 0 then
-    wait = math.ceil((cost - tokens) * 1000 / rate)
+  return tokens, 0, math.floor(tokens), math.ceil((cost - tokens) * 1000 / rate)
+end
+
+local function bucket_write(key, rate, burst, tokens, now)
+  if rate > 0 then
+    -- A full bucket is the same as no bucket: let idle tenants' keys go.
+    redis.call('SET', key, tostring(tokens) .. ' ' .. tostring(now), 'PX',
+               math.ceil(burst * 1000 / rate) + 1000)
   end
-  return taken, math.floor(tokens), wait
+end
+
+local function take_tokens(key, rate, burst, cost)
+  local tokens, now = bucket_read(key, rate, burst)
+  local left_tokens, taken, left, wait = bucket_take(tokens, rate, burst, cost)
+  bucket_write(key, rate, burst, left_tokens, now)
+  return taken, left, wait
 end
 
 local function take_token(bucket, rate, burst)
@@ -148,22 +162,41 @@ local function quota_add(prefix, tenant, field, count, bytes)
   end
 end
 
--- Fair share within a tier (conveyor.jobstore.fairq, docs/flow-control.md): a ready message
--- goes onto its tenant's list on the tier; the tenant joins the tier's rotation at the
--- tier's virtual clock unless it is in it; and one ready token, the time it became ready,
--- goes onto the tier's list, which consumers block on (claim.lua then picks the message).
--- `front` puts the message (and its token) where they are taken next: a restored delivery.
--- `counted`: the message enters the tenant's waiting usage (all but a gate's reopening; a
+-- Fair share within a tier (conveyor.jobstore.fairq, docs/flow-control.md): ready messages
+-- (a table of them in order, or one; `bytes`: their total size) go onto their tenant's list on the tier; the tenant
+-- joins the tier's rotation at the tier's virtual clock unless it is in it; and a ready token
+-- per message, the time it became ready, goes onto the tier's list, which consumers block on
+-- (claim.lua then picks the message).
+-- `front` puts a message (and its token) where they are taken next: a restored delivery.
+-- `counted`: the messages enter the tenant's waiting usage (all but a gate's reopening; a
 -- claim takes it out).
-local function fair_push(prefix, queue, tenant, message, ready, front, counted)
+local function fair_push_many(prefix, queue, tenant, messages, bytes, ready, front, counted)
+  local n = type(messages) == 'table' and #messages or 1
   if counted then
-    quota_add(prefix, tenant, name_quota_queued(queue), 1, #message)
+    quota_add(prefix, tenant, name_quota_queued(queue), n, bytes)
   end
   local push = front and 'RPUSH' or 'LPUSH'
-  redis.call(push, key_fair_jobs(prefix, queue, tenant), message)
+  local jobs, queued = key_fair_jobs(prefix, queue, tenant), key_queue(prefix, queue)
+  if n == 1 then  -- one message: no tables to make
+    redis.call(push, jobs, type(messages) == 'table' and messages[1] or messages)
+  else
+    redis.call(push, jobs, unpack(messages))
+  end
   local clock = redis.call('GET', key_fair_clock(prefix, queue)) or '0'
   redis.call('ZADD', key_fair_tenants(prefix, queue), 'NX', clock, tenant)
-  redis.call(push, key_queue(prefix, queue), ready)
+  if n == 1 then
+    redis.call(push, queued, ready)
+  else
+    local tokens = {}
+    for i = 1, n do
+      tokens[i] = ready
+    end
+    redis.call(push, queued, unpack(tokens))
+  end
+end
+
+local function fair_push(prefix, queue, tenant, message, ready, front, counted)
+  fair_push_many(prefix, queue, tenant, message, #message, ready, front, counted)
 end
 
 -- Redis' clock in seconds, as a ready token's value.
