@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import NoScriptError, RedisError
 
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
 from conveyor.jobstore import _calls
+from conveyor.jobstore.coalesce import AcceptQueue, accept_replies
 from conveyor.jobstore.keys import KeySpace
 from conveyor.jobstore.listing import LISTABLE_FIELDS, SUMMARY_FIELDS, ListedJob, decode_listed
 from conveyor.jobstore.machine import Verb, transition
@@ -46,16 +46,18 @@ class AsyncJobStore(WorkflowVerbs):
         self.settings = settings
         self.keys = KeySpace(settings.key_prefix)
         self.retention_seconds = settings.jobs.retention_seconds
+        self._accepts = AcceptQueue(client, self.keys.prefix)
 
     async def submit(
         self, spec: TaskSpec, submission: Submission, limits: Limits | None = None
     ) -> AcceptResult:
         """Record and enqueue a job atomically, within `limits` (accept)."""
         job, message = prepare(spec, submission, self.settings.worker)
-        ((args, _),) = _calls.accept_calls(self.keys.prefix, [(job, message, limits or Limits())])
         replication = self.settings.redis_replication
         if not replication.ack_replicas:
-            return _calls.parse_accept((await ACCEPT.run_async(self.client, args))[0], job)
+            reply = await self._accepts.accept(job, message, limits or Limits())
+            return _calls.parse_accept(reply, job)
+        ((args, _),) = _calls.accept_calls(self.keys.prefix, [(job, message, limits or Limits())])
         # Replicated acknowledgement: WAIT counts the replicas that have this connection's
         # writes, so the script and the WAIT share one connection.
         async with self.client.client() as conn:
@@ -78,16 +80,10 @@ class AsyncJobStore(WorkflowVerbs):
         pipelined; with replicated acknowledgement, one WAIT for them all.
         """
         prepared = [(*prepare(spec, sub, self.settings.worker), lim) for spec, sub, lim in items]
-        calls = _calls.accept_calls(self.keys.prefix, prepared)
         replication = self.settings.redis_replication
         async with self.client.client() as conn:
-            replies = await _pipelined(conn, ACCEPT, [argv for argv, _ in calls])
             # A call Redis refused stands for its own jobs only: nothing of them was written.
-            per_job = [
-                reply_of_job
-                for reply, (_, count) in zip(replies, calls, strict=True)
-                for reply_of_job in (reply if not isinstance(reply, Exception) else [reply] * count)
-            ]
+            per_job = await accept_replies(conn, self.keys.prefix, prepared)
             results = [
                 AcceptResult(AcceptVerdict.BROKER_ERROR, job_id=job.id)
                 if isinstance(reply, Exception)
@@ -287,25 +283,6 @@ class AsyncJobStore(WorkflowVerbs):
                 pipe.zcard(key)
             sizes = await pipe.execute()
         return min(zip(sizes, keys, strict=True))[1]
-
-
-async def _pipelined(conn: "redis.asyncio.Redis", script: Lua, calls: list[list[Any]]) -> list[Any]:
-    """`script` run with each of `calls`, pipelined on `conn` (loaded first if Redis lost it:
-    a pipeline cannot fall back call by call).
-    """
-    for attempt in range(2):
-        async with conn.pipeline(transaction=False) as pipe:
-            for args in calls:
-                pipe.evalsha(script.sha, 0, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = any(isinstance(r, NoScriptError) for r in replies)
-        if not missing or attempt == 1:
-            break
-        await conn.script_load(script.source)
-    if not replies or all(isinstance(r, Exception) for r in replies):
-        # Nothing was written (Redis down, or refusing every write): as for one submission.
-        raise next(iter(r for r in replies if isinstance(r, Exception)), RedisError("no reply"))
-    return replies  # a failed call stands for its own job only: the others were written
 
 
 def _member(value: Any) -> str:
