@@ -47,3 +47,22 @@ def test_redis_replies_are_parsed_by_hiredis() -> None:
     from redis.utils import HIREDIS_AVAILABLE
 
     assert HIREDIS_AVAILABLE
+
+
+def test_each_api_worker_settles_its_heap_once_the_app_is_built(settings: Settings) -> None:
+    """Gunicorn calls `post_worker_init` after building the app in the worker: the objects that
+    live as long as the process leave the collector's scans (full collections over them were
+    most of the p99 at 64 connections), and the young generation is collected less often."""
+    import gc
+
+    from conveyor.api.server import GC_YOUNG_THRESHOLD, ApiServer
+
+    server = ApiServer(settings)
+    threshold = gc.get_threshold()
+    try:
+        server.cfg.post_worker_init(object())
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

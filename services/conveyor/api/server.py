@@ -1,5 +1,6 @@
 """Running the API under gunicorn with uvicorn workers."""
 
+import gc
 from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
@@ -13,6 +14,28 @@ from conveyor.telemetry.prometheus import mark_dead, scrape_registry, serve
 def _child_exit(server: Any, worker: Any) -> None:
     """Retire a dead uvicorn worker's live gauges (multiprocess metrics)."""
     mark_dead(worker.pid)
+
+
+# Young objects a worker may allocate before the collector's first generation runs: requests
+# make short-lived cycles (futures, exceptions, tracebacks) faster than the default 700 lets
+# accumulate; the older generations are collected as rarely as before, relative to it.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _settle_heap(worker: Any) -> None:
+    """Gunicorn's `post_worker_init` hook, once the app is built in the worker: what exists
+    now (the app, its routes and models, the task catalogue, OpenAPI) lives as long as the
+    process, so the collector stops scanning it (`gc.freeze`), and the young generation is
+    collected less often.
+
+    Full collections walked those hundreds of thousands of objects while requests waited: at
+    64 connections they were most of the p99 (103-108 ms before, 36-40 ms after, and about 10 %
+    less CPU per request; bench/README.md).
+    """
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _serve_metrics(port: int) -> Any:
@@ -50,6 +73,7 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
             # Kubernetes stops pods with SIGTERM; gunicorn then drains for graceful_timeout.
             "preload_app": False,
             "child_exit": _child_exit,
+            "post_worker_init": _settle_heap,
             "when_ready": _serve_metrics(self.settings.metrics.api_port),
         }
         for key, value in options.items():
