@@ -55,7 +55,8 @@ def test_each_api_worker_settles_its_heap_once_the_app_is_built(settings: Settin
     most of the p99 at 64 connections), and the young generation is collected less often."""
     import gc
 
-    from conveyor.api.server import GC_YOUNG_THRESHOLD, ApiServer
+    from conveyor.api.server import ApiServer
+    from conveyor.core.heap import GC_YOUNG_THRESHOLD
 
     server = ApiServer(settings)
     threshold = gc.get_threshold()
@@ -66,3 +67,18 @@ def test_each_api_worker_settles_its_heap_once_the_app_is_built(settings: Settin
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_celery_workers_settle_their_heap_in_the_main_process_and_each_child(
+    settings: Settings,
+) -> None:
+    from celery.signals import worker_init, worker_process_init
+
+    from conveyor.worker.app import create_celery
+
+    create_celery(settings, CATALOG)
+    for signal, uid in (
+        (worker_init, "conveyor.heap"),
+        (worker_process_init, "conveyor.heap.child"),
+    ):
+        assert any(key[0] == uid for key, _ in signal.receivers), f"{uid} is not connected"

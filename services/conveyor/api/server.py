@@ -1,12 +1,12 @@
 """Running the API under gunicorn with uvicorn workers."""
 
-import gc
 from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
 from conveyor.api.app import create_app
+from conveyor.core.heap import settle_heap
 from conveyor.core.settings import Settings
 from conveyor.telemetry.prometheus import mark_dead, scrape_registry, serve
 
@@ -16,26 +16,13 @@ def _child_exit(server: Any, worker: Any) -> None:
     mark_dead(worker.pid)
 
 
-# Young objects a worker may allocate before the collector's first generation runs: requests
-# make short-lived cycles (futures, exceptions, tracebacks) faster than the default 700 lets
-# accumulate; the older generations are collected as rarely as before, relative to it.
-GC_YOUNG_THRESHOLD = 20_000
-
-
 def _settle_heap(worker: Any) -> None:
-    """Gunicorn's `post_worker_init` hook, once the app is built in the worker: what exists
-    now (the app, its routes and models, the task catalogue, OpenAPI) lives as long as the
-    process, so the collector stops scanning it (`gc.freeze`), and the young generation is
-    collected less often.
+    """Gunicorn's `post_worker_init` hook, once the app is built in the worker (core/heap.py).
 
-    Full collections walked those hundreds of thousands of objects while requests waited: at
-    64 connections they were most of the p99 (103-108 ms before, 36-40 ms after, and about 10 %
-    less CPU per request; bench/README.md).
+    Full collections over the app's objects were most of the p99 at 64 connections (103-108 ms
+    before, 36-40 ms after, and about 10 % less CPU per request; bench/README.md).
     """
-    gc.collect()
-    gc.freeze()
-    _young, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+    settle_heap()
 
 
 def _serve_metrics(port: int) -> Any:

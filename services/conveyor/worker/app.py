@@ -3,11 +3,12 @@
 from functools import partial
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from prometheus_client import CollectorRegistry
 
 from conveyor.celery_config import attach_services, celery_config
 from conveyor.core.catalog import TaskCatalog, catalog_for
+from conveyor.core.heap import settle_heap
 from conveyor.core.redis import sync_client
 from conveyor.core.settings import Settings
 from conveyor.jobstore.store import JobStore
@@ -52,4 +53,9 @@ def create_celery(settings: Settings, catalog: TaskCatalog | None = None) -> Cel
         app.register_task(ConveyorTask(spec, services.runner))
     app.steps["worker"].update({DelayedJobsPromoter, LeaseRenewer, ShutdownDeadline, MetricsServer})
     app.steps["consumer"].add(LivenessBeat)
+    # Once built, in the main process and in each child (core/heap.py).
+    worker_init.connect(lambda **_: settle_heap(), weak=False, dispatch_uid="conveyor.heap")
+    worker_process_init.connect(
+        lambda **_: settle_heap(), weak=False, dispatch_uid="conveyor.heap.child"
+    )
     return app
