@@ -225,3 +225,26 @@ def test_a_job_redis_refuses_stands_for_itself(redis_server: RedisServer) -> Non
     assert client.llen(KEYS.queue(Queue.DEFAULT)) == 2
     assert client.zcard(KEYS.index_all) == 2
     assert not client.exists(KEYS.job(jobs[1][0].id))
+
+
+def test_a_write_refused_while_gathered_writes_are_made_fails_the_whole_call(
+    redis_server: RedisServer,
+) -> None:
+    """Found by review: a lock read makes the gathered writes first; one Redis refused there
+    (a key of the wrong type) left the rest gathered, made a second time at the end (a
+    message pushed twice) while the jobs before it stood answered as accepted. Now the call
+    fails whole (the API answers 503 for each of its jobs), nothing is made twice, and no
+    idempotency key names a job of it."""
+    client = redis_server.client(fresh_db(redis_server))
+    jobs = [
+        _job(1, "a", key="k1"),  # queued: its push and its key are gathered
+        _job(2, "z", delay=30),  # delayed: its quota usage update is gathered
+        _job(3, "a", unique=UniqueSpec("u", UniqueMode.QUEUED)),  # its lock read flushes
+    ]
+    client.set(KEYS.quota("z"), "not a hash")
+    with pytest.raises(redis.ResponseError):
+        _run(client, jobs, batched=True)
+    messages = client.lrange(KEYS.fair_jobs(Queue.DEFAULT, "a"), 0, -1)
+    assert sum(jobs[0][0].id in _text(m) for m in messages) <= 1, "a message pushed twice"
+    assert client.llen(KEYS.queue(Queue.DEFAULT)) == len(messages)
+    assert not client.exists(KEYS.idempotency("a", "k1"))

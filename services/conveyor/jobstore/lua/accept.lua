@@ -40,7 +40,8 @@ local HEAD, EACH = 10, 6
 -- A call of one job writes at once, with helpers of a few upvalues each: Redis makes every
 -- closure of a script anew on each call, and the gathering ones would cost one job more than
 -- they save it.
-local take, add_sorted, depth_of, delayed_depth, usage_of, enqueue, remember, flush
+local take, add_sorted, depth_of, delayed_depth, usage_of, enqueue, remember, keep, kept, flush
+local broken
 local many = #ARGV > HEAD + EACH
 if not many then
   take = function(tenant)
@@ -78,37 +79,80 @@ if not many then
   remember = function(tenant)
     remember_tenant(prefix, tenant, weight, concurrency)
   end
+  -- A key that answers later submissions (idempotency, uniqueness lock), expiring after
+  -- `seconds` when given.
+  keep = function(key, value, seconds)
+    if seconds then
+      redis.call('SET', key, value, 'EX', seconds)
+    else
+      redis.call('SET', key, value)
+    end
+  end
+  kept = function(key)
+    return redis.call('GET', key)
+  end
   flush = function() end
 else
-  local buckets, sorted, hashes, pushes, delayed_usage, tenants, depths, usages
+  local buckets, sorted, hashes, pushes, delayed_usage, tenants, depths, usages, keys
 
   local function gathered()
     buckets, sorted, hashes, pushes, delayed_usage, tenants = {}, {}, {}, {}, {}, {}
-    depths, usages = {}, {}
+    depths, usages, keys = {}, {}, {}
   end
   gathered()
 
-  flush = function()
-    for key, bucket in pairs(buckets) do
+  -- The gathered writes, each made once: the tables are emptied before the first write, so a
+  -- write Redis refuses part-way is never made a second time. The keys that answer later
+  -- submissions go last: a call that fails in here leaves no idempotency key or lock naming
+  -- a job it did not queue (a retry makes the job anew rather than finding one that will
+  -- never run).
+  local function write(b, so, h, p, d, t, k)
+    for key, bucket in pairs(b) do
       bucket_write(key, rate, burst, bucket[1], bucket[2])
     end
-    for key, members in pairs(sorted) do
+    for key, members in pairs(so) do
       redis.call('ZADD', key, unpack(members))
     end
-    for key, fields in pairs(hashes) do
+    for key, fields in pairs(h) do
       redis.call('HSET', key, unpack(fields))
     end
-    for _, push in pairs(pushes) do
+    for _, push in pairs(p) do
       fair_push_many(prefix, push.queue, push.tenant, push.messages, push.bytes, now_token(),
                      false, true)
     end
-    for tenant, usage in pairs(delayed_usage) do
+    for tenant, usage in pairs(d) do
       quota_add(prefix, tenant, 'delayed', usage[1], usage[2])
     end
-    for tenant in pairs(tenants) do
+    for tenant in pairs(t) do
       remember_tenant(prefix, tenant, weight, concurrency)
     end
+    for key, entry in pairs(k) do
+      if entry[2] then
+        redis.call('SET', key, entry[1], 'EX', entry[2])
+      else
+        redis.call('SET', key, entry[1])
+      end
+    end
+  end
+
+  -- A flush that fails fails the whole call (`broken`, raised after the job that asked for
+  -- it): the jobs before it were answered accepted, and some of their writes are not made.
+  flush = function()
+    local b, so, h, p, d, t, k = buckets, sorted, hashes, pushes, delayed_usage, tenants, keys
     gathered()
+    local ok, err = pcall(write, b, so, h, p, d, t, k)
+    if not ok then
+      broken = err
+      error(err)
+    end
+  end
+
+  keep = function(key, value, seconds)
+    keys[key] = {value, seconds}
+  end
+  kept = function(key)
+    local entry = keys[key]
+    return entry and entry[1] or redis.call('GET', key)
   end
 
   take = function(tenant)
@@ -237,7 +281,7 @@ local function accept(record_json, request_hash, score, delay, message, max_dept
   -- client retrying after a lost response must learn that its job exists.
   local ikey = key_idempotency(prefix, tenant, idem)
   if idem ~= '' then
-    local existing = redis.call('GET', ikey)
+    local existing = kept(ikey)
     if existing then
       return {0, existing}
     end
@@ -356,16 +400,13 @@ local function accept(record_json, request_hash, score, delay, message, max_dept
   enqueue(id, tenant, queue, message, due)
   remember(tenant)
   if lock then
-    if umode == 'ttl' then
-      redis.call('SET', lock, id, 'EX', tonumber(record['unique_ttl']) or 1)
-    else
-      redis.call('SET', lock, id)  -- expires with the record (expire_job)
-    end
+    -- A `ttl` lock keeps its own time; the others expire with the record (expire_job).
+    keep(lock, id, umode == 'ttl' and (tonumber(record['unique_ttl']) or 1) or nil)
   end
   if idem ~= '' then
     -- No expiry yet: the key must outlive a long delay or backlog. It expires with the
     -- record, a retention period after the job finishes (transition.lua).
-    redis.call('SET', ikey, id .. '\n' .. request_hash)
+    keep(ikey, id .. '\n' .. request_hash)
   end
   return {1, id, left}
 end
@@ -376,6 +417,9 @@ local replies = {}
 for at = HEAD + 1, #ARGV, EACH do
   local ok, reply = pcall(accept, ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3],
                           ARGV[at + 4], ARGV[at + 5])
+  if broken then
+    error(broken)
+  end
   if not ok then
     reply = {5, type(reply) == 'table' and reply.err or tostring(reply)}
   end
