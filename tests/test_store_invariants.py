@@ -199,3 +199,12 @@ def test_a_new_start_refreshes_the_run_and_a_repair_of_an_older_view_is_refused(
     assert store.repair(job_id, b"{}", 1.0, 1, attempts=1) is False
     assert store.client.hget(f"conveyor:job:{job_id}", "state") == "running"
     assert store.client.llen("default") == 1, "only the original message"
+
+
+def test_a_platform_submission_whose_step_redis_refuses_raises(store: JobStore) -> None:
+    """Found by review: callbacks and schedule runs treat a Redis error from `submit` as
+    "not enqueued, try again"; a refused step answered as a verdict instead would have
+    marked a callback enqueued that never was."""
+    store.client.hset(store.keys.idempotency("t1", "broken"), "not", "a string")
+    with pytest.raises(redis.ResponseError):
+        accept(store, idempotency_key="broken")

@@ -103,3 +103,76 @@ async def test_a_request_that_goes_away_leaves_its_job_accepted(
         await client.aclose()
     assert outcome.verdict is AcceptVerdict.CREATED
     assert redis_client.llen(KEYS.queue("default")) == 2
+
+
+async def test_a_call_redis_refuses_fails_its_own_submissions_only(
+    redis_url: str, redis_client: "redis.Redis"
+) -> None:
+    """Found by review: any failure of a round trip failed the submissions waiting for the
+    next one too; only a Redis out of reach does now (they would fail the same way). A job
+    whose step Redis refuses raises on its own, as a one-job submission always did."""
+    settings = settings_for(redis_url)
+    client = async_client(settings)
+    store = AsyncJobStore(client, settings)
+    redis_client.set(KEYS.index_tenant("bad"), "not a sorted set")  # the call's flush fails
+    redis_client.hset(KEYS.idempotency("t", "broken"), "not", "a string")  # one job's step
+    try:
+        first = [
+            asyncio.ensure_future(
+                store.submit(SPEC, Submission.of(SPEC, tenant=t, args={}), Limits())
+            )
+            for t in ("bad", "t")
+        ]
+        while store._accepts._waiting or store._accepts._sender is None:  # in flight
+            await asyncio.sleep(0)
+        later = [
+            asyncio.ensure_future(
+                store.submit(SPEC, Submission.of(SPEC, tenant="t", args={}), Limits())
+            )
+            for _ in range(5)
+        ]
+        broken = Submission.of(SPEC, tenant="t", args={}, idempotency_key="broken")
+        outcomes = await asyncio.gather(*first, *later, return_exceptions=True)
+        with pytest.raises(redis.ResponseError):
+            await store.submit(SPEC, broken, Limits())
+    finally:
+        await client.aclose()
+    assert all(isinstance(o, redis.ResponseError) for o in outcomes[:2]), outcomes[:2]
+    assert [getattr(o, "verdict", o) for o in outcomes[2:]] == [AcceptVerdict.CREATED] * 5
+
+
+def test_calls_and_round_trips_are_bounded_by_bytes() -> None:
+    """Found by review: a round trip of 256 jobs of 900 KB held Redis for seconds, past the
+    API client's socket timeout, and each job was answered 503 although Redis queued it."""
+    from conveyor.jobstore._calls import ACCEPT_BATCH, ACCEPT_CALL_BYTES, accept_calls
+    from conveyor.jobstore.coalesce import MOST_BYTES_PER_ROUND_TRIP, AcceptQueue
+    from conveyor.jobstore.submission import prepare
+
+    settings = settings_for("redis://127.0.0.1:1/0")
+
+    def job(size: int) -> tuple[object, bytes, Limits]:
+        submission = Submission.of(SPEC, tenant="t", args={"payload": "x" * size})
+        return (*prepare(SPEC, submission, settings.worker), Limits())
+
+    small, big, huge = [job(100)] * 100, [job(100_000)] * 10, [job(2 * ACCEPT_CALL_BYTES)] * 2
+    calls = accept_calls("conveyor", [*small, *big, *huge])
+    assert [count for _, count in calls] == [ACCEPT_BATCH, 36, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    for argv, count in calls:
+        assert (
+            count == 1
+            or sum(len(a) for a in argv[10:] if isinstance(a, bytes)) <= ACCEPT_CALL_BYTES
+        )
+
+    queue = AcceptQueue(None, "conveyor")  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    try:
+        for prepared in [*big, *huge]:
+            queue._waiting.append((prepared, loop.create_future(), len(prepared[1])))  # type: ignore[arg-type]
+        sizes = []
+        while queue._waiting:
+            sizes.append([size for _, _, size in queue._next_round_trip()])
+    finally:
+        loop.close()
+    assert all(sum(s) <= MOST_BYTES_PER_ROUND_TRIP or len(s) == 1 for s in sizes)
+    assert sum(map(len, sizes)) == 12
+    assert len(sizes) > 3

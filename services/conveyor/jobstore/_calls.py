@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from conveyor.jobstore.machine import ACTIVE_STATES, Expiry, Transition, Verb, listed, transition
 from conveyor.jobstore.model import JobState, NewJob, text_of
@@ -27,30 +28,38 @@ def ms(timestamp: float) -> str:
     return str(int(timestamp * 1000))
 
 
-# How many jobs one accept script call takes at most: Redis runs a script to its end before
-# anything else, and a call of this many holds it about a millisecond (bench/redis_cost.py).
+# How many jobs one accept script call takes at most, and how many bytes of arguments: Redis
+# runs a script to its end before anything else. A call of 64 small jobs holds it about a
+# millisecond (bench/redis_cost.py); Redis spends about 8 ms per MB of arguments (decoding the
+# record, storing record and message), so a call of large jobs is bounded by its bytes (a job
+# larger than the bound goes alone).
 ACCEPT_BATCH = 64
+ACCEPT_CALL_BYTES = 256 * 1024
 
 
 def accept_calls(
     prefix: str, jobs: Sequence[tuple[NewJob, bytes, Limits]]
 ) -> list[tuple[list[Any], int]]:
     """ARGV for the accept.lua calls that accept `jobs` in their order: (ARGV, how many
-    jobs), at most ACCEPT_BATCH jobs each, each call's jobs sharing their tenant limits (the
-    call's head; only the tier's depth limit goes with each job).
+    jobs), at most ACCEPT_BATCH jobs and ACCEPT_CALL_BYTES of arguments each (or one job),
+    each call's jobs sharing their tenant limits (the call's head; only the tier's depth limit
+    goes with each job).
     """
     calls: list[tuple[list[Any], int]] = []
     head: tuple[Any, ...] | None = None
     argv: list[Any] = []
-    count = 0
+    count = size = 0
     for job, message, limits in jobs:
         this_head = _accept_head(prefix, limits)
-        if this_head != head or count == ACCEPT_BATCH:
+        record = orjson.dumps(job.record)
+        job_size = len(record) + len(message)
+        if this_head != head or count == ACCEPT_BATCH or size + job_size > ACCEPT_CALL_BYTES:
             if count:
                 calls.append((argv, count))
-            head, argv, count = this_head, list(this_head), 0
+            head, argv, count, size = this_head, list(this_head), 0, 0
+        size += job_size
         argv += [
-            orjson.dumps(job.record),
+            record,
             job.request_hash,
             ms(job.created_at),
             # The delay, not the due time: accept.lua adds it to Redis' clock.
@@ -80,6 +89,16 @@ def _accept_head(prefix: str, limits: Limits) -> tuple[Any, ...]:
 
 
 _ACTIVE = listed(ACTIVE_STATES)
+
+
+def refused_step(raw: Sequence[Any]) -> Sequence[Any]:
+    """accept.lua's reply for one submission on its own, raised as Redis' error when Redis
+    refused one of its steps (a batch answers that job BROKER_ERROR instead): its callers
+    (callbacks, schedules, the single-submission route) treat it as Redis failing.
+    """
+    if int(raw[0]) == 5:
+        raise ResponseError(text_of(raw[1]))
+    return raw
 
 
 def parse_accept(raw: Sequence[Any], job: NewJob) -> AcceptResult:

@@ -56,12 +56,13 @@ class AsyncJobStore(WorkflowVerbs):
         replication = self.settings.redis_replication
         if not replication.ack_replicas:
             reply = await self._accepts.accept(job, message, limits or Limits())
-            return _calls.parse_accept(reply, job)
+            return _calls.parse_accept(_calls.refused_step(reply), job)
         ((args, _),) = _calls.accept_calls(self.keys.prefix, [(job, message, limits or Limits())])
         # Replicated acknowledgement: WAIT counts the replicas that have this connection's
         # writes, so the script and the WAIT share one connection.
         async with self.client.client() as conn:
-            result = _calls.parse_accept((await ACCEPT.run_async(conn, args))[0], job)
+            reply = (await ACCEPT.run_async(conn, args))[0]
+            result = _calls.parse_accept(_calls.refused_step(reply), job)
             if result.verdict not in _REPLICATED_VERDICTS:
                 return result
             replayed = result.verdict is AcceptVerdict.EXISTING

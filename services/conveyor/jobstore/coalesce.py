@@ -10,22 +10,29 @@ half as much per job. A lone submission is sent at once: nothing waits for compa
 """
 
 import asyncio
+from asyncio import CancelledError
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from conveyor.jobstore._calls import ACCEPT_BATCH, accept_calls
+from conveyor.jobstore._calls import ACCEPT_BATCH, ACCEPT_CALL_BYTES, accept_calls
 from conveyor.jobstore.model import NewJob
 from conveyor.jobstore.results import Limits
 from conveyor.jobstore.scripts import ACCEPT, Lua
 
 Prepared = tuple[NewJob, bytes, Limits]
 
-# The most jobs one round trip takes (pipelined accept calls of ACCEPT_BATCH each): what
-# waits beyond it goes in the next.
+# The most jobs one round trip takes (pipelined accept calls of ACCEPT_BATCH each), and the
+# most bytes of them (one job larger goes alone): what waits beyond goes in the next. Every
+# reply of a round trip must come within the API client's socket timeout (0.6 s): a round trip
+# of 256 jobs of 900 KB took Redis seconds, and each of them was answered 503 although Redis
+# had queued it.
 MOST_PER_ROUND_TRIP = 4 * ACCEPT_BATCH
+MOST_BYTES_PER_ROUND_TRIP = 2 * ACCEPT_CALL_BYTES  # of messages: about half a job's arguments
 
 
 async def accept_replies(
@@ -70,15 +77,18 @@ class AcceptQueue:
     """The accepts of one API process (one event loop), sent one round trip at a time: those
     that arrive while a round trip is under way wait for it and go together in the next.
 
-    A round trip that fails (Redis silent or down) fails every accept waiting with it too:
-    they were not sent, and would only wait out another timeout before failing the same way.
-    So no submission waits longer than one round trip's timeouts.
+    A round trip that cannot reach Redis (down, silent: a connection error or a timeout)
+    fails every accept waiting with it too: they were not sent, and would only wait out
+    another timeout before failing the same way. So no submission waits longer than one round
+    trip's timeouts. Any other failure (Redis refused the call) is the round trip's own: those
+    waiting go in the next.
     """
 
     def __init__(self, client: "redis.asyncio.Redis", prefix: str) -> None:
         self._client = client
         self._prefix = prefix
-        self._waiting: list[tuple[Prepared, asyncio.Future[Any]]] = []
+        # (job, its future, its size)
+        self._waiting: list[tuple[Prepared, asyncio.Future[Any], int]] = []
         self._sender: asyncio.Task[None] | None = None
 
     async def accept(self, job: NewJob, message: bytes, limits: Limits) -> Any:
@@ -87,7 +97,7 @@ class AcceptQueue:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._waiting.append(((job, message, limits), future))
+        self._waiting.append(((job, message, limits), future, len(message)))
         if self._sender is None:
             # Started, not awaited: it runs after the callbacks ready now, so the submissions
             # already under way in this process join the first round trip.
@@ -97,21 +107,21 @@ class AcceptQueue:
     async def _send(self) -> None:
         try:
             while self._waiting:
-                batch = self._waiting[:MOST_PER_ROUND_TRIP]
-                del self._waiting[:MOST_PER_ROUND_TRIP]
+                batch = self._next_round_trip()
                 try:
-                    jobs = [prepared for prepared, _ in batch]
+                    jobs = [prepared for prepared, _, _ in batch]
                     replies = await accept_replies(self._client, self._prefix, jobs)
                 except BaseException as exc:
-                    batch += self._waiting
-                    self._waiting.clear()
-                    for _, future in batch:
+                    if isinstance(exc, RedisConnectionError | RedisTimeoutError | CancelledError):
+                        batch += self._waiting
+                        self._waiting.clear()
+                    for _, future, _ in batch:
                         if not future.done():
                             future.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
+                    if isinstance(exc, CancelledError):
                         raise
                     continue
-                for (_, future), reply in zip(batch, replies, strict=True):
+                for (_, future, _), reply in zip(batch, replies, strict=True):
                     if future.done():  # its request went away: the job stands all the same
                         continue
                     if isinstance(reply, Exception):
@@ -120,3 +130,18 @@ class AcceptQueue:
                         future.set_result(reply)
         finally:
             self._sender = None
+
+    def _next_round_trip(self) -> list[tuple[Prepared, "asyncio.Future[Any]", int]]:
+        """The oldest waiting accepts, up to MOST_PER_ROUND_TRIP of them and
+        MOST_BYTES_PER_ROUND_TRIP of their messages (at least one).
+        """
+        taken = size = 0
+        for _, _, job_size in self._waiting:
+            if taken == MOST_PER_ROUND_TRIP or (
+                taken and size + job_size > MOST_BYTES_PER_ROUND_TRIP
+            ):
+                break
+            taken, size = taken + 1, size + job_size
+        batch = self._waiting[:taken]
+        del self._waiting[:taken]
+        return batch

@@ -68,7 +68,7 @@ class JobStore(StoreUpkeep):
         """
         job, message = prepare(spec, submission, self.settings.worker)
         ((args, _),) = _calls.accept_calls(self.keys.prefix, [(job, message, Limits())])
-        return _calls.parse_accept(ACCEPT.run(self.client, args)[0], job)
+        return _calls.parse_accept(_calls.refused_step(ACCEPT.run(self.client, args)[0]), job)
 
     def submit_workflow(self, plan: WorkflowPlan) -> WorkflowAcceptResult:
         """Accept a workflow atomically (for the platform's own: periodic runs; no tenant
