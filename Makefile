@@ -71,9 +71,9 @@ dev: install  ## Run Redis, the API, three worker tiers, beat and the exporter o
 	$(BIN)/conveyor dev
 
 # The benchmarks print figures (bench/README.md has the method and the latest table); they
-# are not tests. wrk, from Debian, is the load generator.
+# are not tests. wrk, from Debian, is the load generator; valgrind counts Redis' instructions.
 bench: install  ## Run every benchmark (about 35 minutes on 2 cores).
-	$(call debian-packages,wrk:wrk)
+	$(call debian-packages,wrk:wrk valgrind:valgrind)
 	$(BIN)/python -m bench.accept
 	$(BIN)/python -m bench.workers
 	$(BIN)/python -m bench.isolation
@@ -85,6 +85,7 @@ bench: install  ## Run every benchmark (about 35 minutes on 2 cores).
 	$(BIN)/python -m bench.workflows
 	$(BIN)/python -m bench.console
 	$(BIN)/python -m bench.redis_cost
+	$(BIN)/python -m bench.redis_instructions
 	$(BIN)/python -m bench.e2e
 
 lint: install-dev
