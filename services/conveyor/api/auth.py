@@ -186,7 +186,8 @@ def principal_of(source: KeySource, headers: Mapping[str, str]) -> Principal:
     return principal
 
 
-async def _authorize(request: Request, scope: Scope) -> Principal:
+async def authorize(request: Request, scope: Scope) -> Principal:
+    """The caller, who must hold `scope` (or `admin`); 401 for none, 403 without it."""
     principal = await authenticate(request)
     if not principal.can(scope):
         raise ProblemError(
@@ -199,7 +200,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """Dependency: the caller, who must hold `scope` (or `admin`); 403 otherwise."""
 
     async def dependency(request: Request) -> Principal:
-        return await _authorize(request, scope)
+        return await authorize(request, scope)
 
     return dependency
 
@@ -289,7 +290,7 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """Dependency: `require(scope)`, then one token from the tenant's bucket (429 when empty)."""
 
     async def dependency(request: Request, response: Response) -> Principal:
-        principal = await _authorize(request, scope)
+        principal = await authorize(request, scope)
         limits = tenant_limits(request, principal.tenant)
         request.state.charged = True
         if limits.rate_per_second > 0:
