@@ -6,10 +6,15 @@ from typing import Any
 import fastapi.dependencies.utils
 import fastapi.routing
 import httpx
+import orjson
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from conveyor.api.app import create_app
-from conveyor.core.settings import Settings
+from conveyor.core.queues import Queue
+from conveyor.core.settings import Settings, WorkerSettings
+from conveyor.jobstore.model import Job, UniqueMode, UniqueSpec
+from conveyor.jobstore.submission import Submission, current_trace_context, prepare
 from tests.fast.harness import CATALOG
 
 
@@ -82,3 +87,49 @@ def test_celery_workers_settle_their_heap_in_the_main_process_and_each_child(
         (worker_process_init, "conveyor.heap.child"),
     ):
         assert any(key[0] == uid for key, _ in signal.receivers), f"{uid} is not connected"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"delay_seconds": 30.5, "idempotency_key": "k-1", "timeout_seconds": 12},
+        {"callback_url": "https://hooks.example/x", "concurrency_key": "customer-9",
+         "priority": Queue.HIGH, "max_retries": 0},
+        {"unique": UniqueSpec(key="u", mode=UniqueMode.TTL, ttl_seconds=60)},
+    ],
+)  # fmt: skip
+def test_an_accepted_job_is_answered_as_its_record_reads_back(options: dict[str, Any]) -> None:
+    """`NewJob.job()` builds the answer from the values at hand instead of parsing the
+    record it has just written: it must be the job the record reads back as, to the byte.
+    """
+    spec = CATALOG["demo.echo"]
+    args = {"payload": {"nested": [1, 2.5, "x", None, True], "when": (1, 2)}, "n": 10**18}
+    submission = Submission.of(spec, tenant="team-a", args=args, **options)
+    job, _ = prepare(spec, submission, WorkerSettings(), now=1_790_000_000.123456)
+    answered, read_back = job.job(), Job.from_record(job.record)
+    assert answered.model_dump_json() == read_back.model_dump_json()
+    assert answered.model_dump() == read_back.model_dump()
+    assert answered.args == {"payload": {"nested": [1, 2.5, "x", None, True], "when": [1, 2]},
+                             "n": 10**18}  # fmt: skip
+
+
+def test_messages_prepared_together_carry_the_trace_context_read_once() -> None:
+    """A batch or a workflow reads the active span's context once for all its messages:
+    each message still carries it (the worker's span joins the submitter's trace).
+    """
+    spec = CATALOG["demo.echo"]
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("conveyor.enqueue_batch") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        context = current_trace_context()
+        messages = [
+            prepare(spec, Submission.of(spec, tenant="t", args={"n": n}), WorkerSettings(),
+                    trace_context=context)[1]
+            for n in range(3)
+        ]  # fmt: skip
+    assert context["traceparent"].split("-")[1] == trace_id
+    for message in messages:
+        assert orjson.loads(message)["headers"]["traceparent"] == context["traceparent"]
+    # Outside a span, no context travels.
+    assert current_trace_context() == {}

@@ -28,7 +28,7 @@ from conveyor.jobstore.results import (
     TransitionResult,
 )
 from conveyor.jobstore.scripts import ACCEPT, PURGE, RATELIMIT, READ, REPLAY, TRANSITION, Lua
-from conveyor.jobstore.submission import Submission, prepare
+from conveyor.jobstore.submission import Submission, current_trace_context, prepare
 from conveyor.jobstore.workflow_store import WorkflowVerbs
 
 # The verdicts that write (or found written) a job, which replicated acknowledgement confirms.
@@ -80,7 +80,9 @@ class AsyncJobStore(WorkflowVerbs):
         order), in one round trip: accept script calls of up to ACCEPT_BATCH jobs each,
         pipelined; with replicated acknowledgement, one WAIT for them all.
         """
-        prepared = [(*prepare(spec, sub, self.settings.worker), lim) for spec, sub, lim in items]
+        worker, trace = self.settings.worker, current_trace_context()  # the batch's span
+        prepared = [(*prepare(spec, sub, worker, trace_context=trace), lim)
+                    for spec, sub, lim in items]  # fmt: skip
         replication = self.settings.redis_replication
         async with self.client.client() as conn:
             # A call Redis refused stands for its own jobs only: nothing of them was written.

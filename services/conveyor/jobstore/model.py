@@ -221,8 +221,30 @@ class NewJob:
         }
 
     def job(self) -> Job:
-        """The job as just accepted."""
-        return Job.from_record(self.record)
+        """The job as just accepted: what `Job.from_record(self.record)` would read back,
+        validated from the values at hand rather than parsed back from the record's text
+        (half the CPU; tested equal).
+        """
+        return Job.model_validate(
+            {
+                "id": self.id,
+                "tenant": self.tenant,
+                "task": self.task,
+                "queue": self.queue,
+                "state": self.initial_state,
+                "max_retries": self.max_retries,
+                "timeout_seconds": self.timeout_seconds,
+                "idempotency_key": self.idempotency_key or None,
+                "callback_url": self.callback_url or None,
+                "concurrency_key": self.concurrency_key or None,
+                "created_at": datetime.fromtimestamp(self.created_at, UTC),
+                "scheduled_for": None
+                if self.due_at is None
+                else datetime.fromtimestamp(self.due_at, UTC),
+                # As the record holds them (a caller's tuple is a list, a datetime a string).
+                "args": orjson.loads(self.record["args"]),
+            }
+        )
 
 
 def decode_record(raw: dict[Any, Any]) -> Job | None:

@@ -106,13 +106,15 @@ def message_for(
     generation: int = 0,
     enqueued_at: float | None = None,
     due_at: float | None = None,
+    trace_context: dict[str, str] | None = None,
 ) -> bytes:
     """The Celery message of an accepted job, of `generation`: its first (from `prepare`), or
-    a fresh one (a repair of an abandoned run). The current trace context travels with it.
+    a fresh one (a repair of an abandoned run). The trace context travels with it: the
+    current one unless given (`current_trace_context()`, once for many messages).
     """
     soft, hard = time_limits(spec, job.timeout_seconds, worker)
-    trace_context: dict[str, str] = {}
-    propagate.inject(trace_context)  # empty unless a span is active (tracing on)
+    if trace_context is None:
+        trace_context = current_trace_context()
     return build_message(
         job_id=job.id,
         task=job.task,
@@ -132,10 +134,23 @@ def message_for(
     )
 
 
+def current_trace_context() -> dict[str, str]:
+    """The active span's W3C trace context (empty unless a span is active: tracing on)."""
+    trace_context: dict[str, str] = {}
+    propagate.inject(trace_context)
+    return trace_context
+
+
 def prepare(
-    spec: TaskSpec, submission: Submission, worker: WorkerSettings, now: float | None = None
+    spec: TaskSpec,
+    submission: Submission,
+    worker: WorkerSettings,
+    now: float | None = None,
+    trace_context: dict[str, str] | None = None,
 ) -> tuple[NewJob, bytes]:
-    """The job record and queue message for a submission (not yet written)."""
+    """The job record and queue message for a submission (not yet written); with
+    `trace_context`, the one its message carries (the current one otherwise).
+    """
     now = time.time() if now is None else now
     due_at = now + submission.delay_seconds if submission.delay_seconds > 0 else None
     job = NewJob(
@@ -154,4 +169,7 @@ def prepare(
         due_at=due_at,
         request_hash=submission.request_hash(),
     )
-    return job, message_for(job, spec, worker, enqueued_at=now, due_at=due_at)
+    message = message_for(
+        job, spec, worker, enqueued_at=now, due_at=due_at, trace_context=trace_context
+    )
+    return job, message

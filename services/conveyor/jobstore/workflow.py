@@ -16,7 +16,7 @@ import orjson
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.settings import WorkerSettings
 from conveyor.jobstore.model import JobState
-from conveyor.jobstore.submission import Submission, prepare
+from conveyor.jobstore.submission import Submission, current_trace_context, prepare
 from conveyor.jobstore.workflow_model import FailurePolicy
 
 # Every parent's result, as a list in `depends_on` order (an input's source).
@@ -85,7 +85,8 @@ def prepare_workflow(
 ) -> PreparedWorkflow:
     """The records and messages of `plan` (not yet written)."""
     workflow_id = str(uuid.uuid4())
-    prepared = {s.name: prepare(s.spec, s.submission, worker, now) for s in plan.steps}
+    trace = current_trace_context()  # one workflow, one trace: read once for every step
+    prepared = {s.name: prepare(s.spec, s.submission, worker, now, trace) for s in plan.steps}
     ids = {name: job.id for name, (job, _) in prepared.items()}
     children: dict[str, list[str]] = {s.name: [] for s in plan.steps}
     for step in plan.steps:
