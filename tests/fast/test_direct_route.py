@@ -61,6 +61,17 @@ CASES: list[tuple[str, str | None, dict[str, str], bytes]] = [
     ("a reader's key and text/plain", TEAM_A_READER_KEY, {"Content-Type": "text/plain"},
      b"x"),
     ("a deep body", TEAM_A_KEY, JSON, b"[" * 5000 + b"]" * 5000),
+    # FastAPI reads the body before its dependencies: a malformed body is answered first.
+    ("a reader's key and malformed JSON", TEAM_A_READER_KEY, JSON, b"{"),
+    ("a reader's key and not UTF-8", TEAM_A_READER_KEY, JSON, b'{"task": "\xff"}'),
+    ("a reader's key and a deep body", TEAM_A_READER_KEY, JSON, b"[" * 5000 + b"]" * 5000),
+    # A type require_json lets through but FastAPI does not parse as JSON.
+    ("two slashes", TEAM_A_KEY, {"Content-Type": "application/a/b+json"},
+     json.dumps(ECHO).encode()),
+    ("two slashes and malformed JSON", TEAM_A_KEY, {"Content-Type": "application/a/b+json"},
+     b"{"),
+    ("an upper-case type", TEAM_A_KEY, {"Content-Type": "APPLICATION/JSON"},
+     json.dumps(ECHO).encode()),
 ]  # fmt: skip
 
 

@@ -7,9 +7,10 @@ everything FastAPI derives from the endpoint's signature (OpenAPI, the route's n
 included router's matching), but its requests go to a handler that reads the same inputs in
 the same order and raises the same errors:
 
-1. the route's own checks (`require_json`, 415; the caller's scope, 401/403), which raise at
+1. the body, read and parsed first (malformed JSON is a 422, an unreadable body a 400);
+2. the route's own checks (`require_json`, 415; the caller's scope, 401/403), which raise at
    once, as FastAPI's dependencies do;
-2. the header and the body, whose faults are gathered into one `RequestValidationError`
+3. the header and the body's validation, whose faults are gathered into one `RequestValidationError`
    with FastAPI's locations (`("header", name)`, `("body", ...)`), answered 422 by the
    app's handler like any other.
 
@@ -17,6 +18,7 @@ the same order and raises the same errors:
 handler and compares the answers.
 """
 
+import email.message
 import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -29,6 +31,24 @@ from pydantic import TypeAdapter, ValidationError
 from conveyor.api.auth import authorize
 from conveyor.api.limits import require_json
 from conveyor.core.apikeys import Principal, Scope
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether FastAPI parses a body of `content_type` as JSON: it reads the type as
+    `email.message` does (`application/a/b+json` is no JSON type there, though it passes
+    `require_json`).
+    """
+    if content_type == "application/json":
+        return True  # the common case, without building a message
+    if content_type is None:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")
+
 
 # An empty body: missing, where a body of `null` is validated (and refused) as FastAPI does.
 _EMPTY = object()
@@ -57,6 +77,7 @@ def submission_handler(
     header_key = header.lower()
 
     async def handle(request: Request) -> Response:
+        body = await _body(request)  # FastAPI reads the body before solving dependencies
         await require_json(request)
         principal = await authorize(request, scope)
         errors: list[dict[str, Any]] = []
@@ -71,7 +92,6 @@ def submission_handler(
                     "ctx": {"max_length": max_header_length},
                 }
             )
-        body = await _body(request)
         validated: Any = None
         if body is _EMPTY:
             errors.append({"type": "missing", "loc": ("body",), "msg": "Field required",
@@ -93,13 +113,12 @@ def submission_handler(
 
 async def _body(request: Request) -> Any:
     """The body as FastAPI reads it: `_EMPTY` when empty (JSON's null is a body), parsed
-    when its type is JSON (the route's `require_json` has refused other types), the bytes as
-    they came without a type.
+    when its type is JSON, the bytes as they came otherwise (validation refuses them).
     """
     raw = await request.body()
     if not raw:
         return _EMPTY
-    if request.headers.get("content-type") is None:
+    if not _is_json(request.headers.get("content-type")):
         return raw
     try:
         return json.loads(raw)
