@@ -273,3 +273,32 @@ async def test_a_listing_with_heavy_fields_stops_at_its_byte_limit(redis_url: st
     assert listed == [job["id"] for job in summaries["items"]]
     assert len(summaries["items"]) == 5
     assert summaries["next_cursor"] is None
+
+
+async def test_a_lone_surrogate_is_a_422_not_a_500(api: InProcessApi) -> None:
+    """JSON may spell a lone UTF-16 surrogate (`"\\ud800"`), which Python's parser reads into
+    a string no UTF-8 codec can write: the record's encoder failed with a 500. Each way a
+    job's arguments come in answers a 422 naming the place, in a value or in a key.
+    """
+    echo = b'{"task": "demo.echo", "args": {"payload": {"a": ["ok", "x\\ud800y"]}}}'
+    in_key = b'{"task": "demo.echo", "args": {"payload": {"\\udfff": 1}}}'
+    headers = {"content-type": "application/json"}
+    async with api.client() as client:
+        for content, pointer in ((echo, "#/args/payload/a/1"), (in_key, "#/args/payload")):
+            single = await client.post("/v1/jobs", content=content, headers=headers)
+            assert [e["pointer"] for e in problem(single, 422)["errors"]] == [pointer]
+            batch = await client.post(
+                "/v1/jobs/batch", content=b'{"jobs": [%s]}' % content, headers=headers
+            )
+            assert batch.status_code == 200, batch.text
+            (item,) = batch.json()["items"]
+            assert item["status"] == 422
+            assert [e["pointer"] for e in item["problem"]["errors"]] == ["#/jobs/0" + pointer[1:]]
+        step = b'{"name": "w", "chain": [{"task": "demo.echo", "args": {"payload": "\\ud800"}}]}'
+        workflow = await client.post("/v1/workflows", content=step, headers=headers)
+        assert problem(workflow, 422)["errors"], workflow.text
+        # A valid pair (an astral character written as two escapes) is accepted as it is.
+        pair = b'{"task": "demo.echo", "args": {"payload": "\\ud83d\\ude00"}}'
+        accepted = await client.post("/v1/jobs", content=pair, headers=headers)
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["args"]["payload"] == "\U0001f600"

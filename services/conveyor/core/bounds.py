@@ -1,6 +1,7 @@
 """Bounds every submission shares, a job's or a workflow step's: an idempotency key's form,
 the longest time limit, and the shape of the arguments (nesting depth, string and key length,
-numbers the record's JSON codec writes exactly). Pure: the API turns a fault into a 422.
+numbers the record's JSON codec writes exactly, strings UTF-8 can write). Pure: the API turns a
+fault into a 422.
 """
 
 import math
@@ -32,10 +33,16 @@ def shape_faults(value: Any, max_depth: int, max_len: int) -> Iterator[tuple[str
                 if len(key_text) > max_len:
                     yield pointer, f"has a key longer than {max_len} characters"
                     return
+                if not _writable(key_text):
+                    yield pointer, _SURROGATE.format("a key")
+                    return
                 escaped = key_text.replace("~", "~0").replace("/", "~1")
                 stack.append((child, f"{pointer}/{escaped}", depth + 1))
         elif isinstance(item, str) and len(item) > max_len:
             yield pointer, f"longer than {max_len} characters"
+            return
+        elif isinstance(item, str) and not _writable(item):
+            yield pointer, _SURROGATE.format("a string")
             return
         elif isinstance(item, int) and not MIN_INTEGER <= item <= MAX_INTEGER:
             yield pointer, "an integer outside the range -2^63 to 2^64 - 1"
@@ -43,3 +50,19 @@ def shape_faults(value: Any, max_depth: int, max_len: int) -> Iterator[tuple[str
         elif isinstance(item, float) and not math.isfinite(item):
             yield pointer, "a number too large for a double (or not a number)"
             return
+
+
+_SURROGATE = "{} holding a lone UTF-16 surrogate (\\ud800-\\udfff alone is no character)"
+
+
+def _writable(text: str) -> bool:
+    r"""Whether UTF-8 can write `text`: JSON may spell a lone surrogate (`"\ud800"`), which
+    Python's parser reads into a string the record's encoder refuses.
+    """
+    if text.isascii():
+        return True  # the common case, without encoding
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
