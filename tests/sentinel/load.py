@@ -19,6 +19,9 @@ class Accepted:
     job_id: str
     sent_at: float  # when the attempt that was acknowledged was sent
     accepted_at: float
+    # When the key's first attempt was sent: an attempt answered 503 (or cut off) may have
+    # been written all the same, and its job running before a later attempt is acknowledged.
+    first_sent_at: float
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Submitter:
 
     def _submit(self, client: httpx.Client, key: str, body: dict[str, object]) -> None:
         """Until acknowledged (even after stop: a key once tried is finished)."""
+        first_sent = time.time()
         while True:
             sent = time.time()
             try:
@@ -76,7 +80,7 @@ class Submitter:
             if response.status_code in (200, 202):
                 job = response.json()
                 with self._lock:
-                    self.accepted.append(Accepted(key, job["id"], sent, time.time()))
+                    self.accepted.append(Accepted(key, job["id"], sent, time.time(), first_sent))
                 return
             if response.status_code in (429, 503) or response.status_code >= 500:
                 problem = response.json().get("type", "") if response.content else ""

@@ -230,7 +230,11 @@ def test_isolated_old_primary_rejoins_as_replica_and_loses_nothing(
         new = group.wait_new_primary(old)
         promoted = time.time() - stopped
         time.sleep(3)  # isolated well past the failover and min-replicas-max-lag
-        during = [a for a in submitter.accepted if a.sent_at > stopped]
+        # Jobs whose key was first tried during the isolation. A key tried just before it may
+        # have been written by the old primary and started there, its answer lost; its run's
+        # finish then reaches the old primary when it resumes, and is lost when the primary
+        # is demoted: that job runs again, as at-least-once allows (seen once in CI).
+        during = [a for a in submitter.accepted if a.first_sent_at > stopped]
         old.signal(signal.SIGCONT)
         resumed = time.time()
         try:
