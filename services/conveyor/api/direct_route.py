@@ -10,11 +10,11 @@ the same order and raises the same errors:
 1. the body, read and parsed first (malformed JSON is a 422, an unreadable body a 400);
 2. the route's own checks (`require_json`, 415; the caller's scope, 401/403), which raise at
    once, as FastAPI's dependencies do;
-3. the header and the body's validation, whose faults are gathered into one `RequestValidationError`
-   with FastAPI's locations (`("header", name)`, `("body", ...)`), answered 422 by the
-   app's handler like any other.
+3. the header and the body's validation, whose faults are gathered into one
+   `RequestValidationError` with FastAPI's locations (`("header", name)`, `("body", ...)`),
+   answered 422 by the app's handler like any other.
 
-`tests/test_direct_route.py` sends the same requests through this and through FastAPI's own
+`tests/fast/test_direct_route.py` sends the same requests through this and through FastAPI's own
 handler and compares the answers.
 """
 
