@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from conveyor.api.auth import KeySource
+from conveyor.api.auth import KeySource, limits_for
 from conveyor.api.body_gate import BodyGate
 from conveyor.api.problems import ProblemError
+from conveyor.api.state import ApiState
 from conveyor.core.catalog import (
     JobContext,
     TaskArgs,
@@ -133,6 +134,33 @@ def test_a_keys_file_without_keys_keeps_the_previous_ones(tmp_path: Path, text: 
     assert source.refresh() is True
     assert told == [False, False, True]
     assert source.ring.authenticate(TEAM_A_KEY) is None
+
+
+def test_a_tenants_limits_are_built_once_per_key_ring_and_follow_a_reload(
+    tmp_path: Path,
+) -> None:
+    """`limits_for` keeps each tenant's limits built for the ring in use: the same object
+    while the ring stays, the new entry's numbers as soon as a reload brings a new ring.
+    """
+    source, path, _ = _keys_source(tmp_path)
+    path.write_text(keys_document(TEST_KEYS, {"team-a": {"rate_per_second": 5, "burst": 7}}))
+    os.utime(path, ns=(1, 1))
+    assert source.refresh() is True
+    settings = Settings()
+    state = ApiState(settings, {}, None, source)  # type: ignore[arg-type]
+    first = limits_for(state, "team-a")
+    assert (first.rate_per_second, first.burst) == (5, 7)
+    assert limits_for(state, "team-a") is first
+    other = limits_for(state, "team-b")  # no entry of its own: the deployment's
+    assert (other.rate_per_second, other.burst) == (
+        settings.limits.rate_per_second,
+        settings.limits.burst,
+    )
+    path.write_text(keys_document(TEST_KEYS, {"team-a": {"rate_per_second": 2, "burst": 3}}))
+    os.utime(path, ns=(2, 2))
+    assert source.refresh() is True
+    again = limits_for(state, "team-a")
+    assert (again.rate_per_second, again.burst) == (2, 3)
 
 
 def test_a_keys_file_without_keys_is_refused_at_start(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """What the accept path must not spend CPU on (bench/README.md §1 measured each of these).
 Structural checks: timings are the benchmarks' business, never a test's."""
 
+import uuid
 from typing import Any
 
 import fastapi.dependencies.utils
@@ -11,6 +12,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from conveyor.api.app import create_app
+from conveyor.core.ids import random_uuid
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings, WorkerSettings
 from conveyor.jobstore.model import Job, UniqueMode, UniqueSpec
@@ -133,3 +135,20 @@ def test_messages_prepared_together_carry_the_trace_context_read_once() -> None:
         assert orjson.loads(message)["headers"]["traceparent"] == context["traceparent"]
     # Outside a span, no context travels.
     assert current_trace_context() == {}
+
+
+def test_random_uuids_are_version_4_uuids_in_canonical_text() -> None:
+    """`random_uuid` writes what `str(uuid.uuid4())` would: job ids and delivery tags are
+    read back with `uuid.UUID` by clients and by Celery alike.
+    """
+    drawn = [random_uuid() for _ in range(2000)]
+    assert len(set(drawn)) == len(drawn)
+    for text in drawn:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text
+    # Every one of the 122 random bits varies across draws (none stuck by the masks).
+    varying = 0
+    for bit in range(128):
+        varying += len({(uuid.UUID(t).int >> bit) & 1 for t in drawn}) == 2
+    assert varying == 122

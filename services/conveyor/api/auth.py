@@ -236,11 +236,28 @@ def tenant_limits(request: Request, tenant: str) -> TenantLimits:
 
 
 _T = TypeVar("_T")
+# Tenants whose limits a process keeps built at most (they are the key ring's tenants, and a
+# schedule's, so the bound is never reached in practice; past it the cache starts afresh).
+MAX_CACHED_TENANTS = 10_000
 
 
 def limits_for(state: ApiState, tenant: str) -> TenantLimits:
-    """The tenant's own limits (keys file) over the deployment's."""
-    own = state.keys.ring.tenants.get(tenant) or TenantEntry()
+    """The tenant's own limits (keys file) over the deployment's; built once per tenant
+    and key ring (a reload brings a new ring, and with it new limits), since every request
+    asks (a model built per request was 2 % of a submission's CPU).
+    """
+    ring = state.keys.ring
+    cached = state.tenant_limits
+    if cached.ring is not ring or len(cached.by_tenant) >= MAX_CACHED_TENANTS:
+        cached.ring, cached.by_tenant = ring, {}
+    limits = cached.by_tenant.get(tenant)
+    if limits is None:
+        limits = cached.by_tenant[tenant] = _limits_of(state, ring, tenant)
+    return limits
+
+
+def _limits_of(state: ApiState, ring: KeyRing, tenant: str) -> TenantLimits:
+    own = ring.tenants.get(tenant) or TenantEntry()
     limits, flow = state.settings.limits, state.settings.flow
     return TenantLimits(
         rate_per_second=_own_or(own.rate_per_second, limits.rate_per_second),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 from redis.asyncio import Redis as AsyncRedis
 
+from conveyor.core.apikeys import KeyRing, TenantLimits
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.settings import Settings
 from conveyor.jobstore.aio import AsyncJobStore
@@ -43,6 +44,14 @@ class OpenStreams:
 
 
 @dataclass
+class TenantLimitsCache:
+    """Each tenant's limits as built from one key ring (`auth.limits_for`)."""
+
+    ring: KeyRing | None = None
+    by_tenant: dict[str, TenantLimits] = field(default_factory=dict)
+
+
+@dataclass
 class ApiState:
     """Shared objects of one API process."""
 
@@ -55,6 +64,7 @@ class ApiState:
     schedules: AsyncScheduleStore = field(init=False)
     streams: AsyncRedis = field(init=False)  # blocking reads of job events, own connections
     open_streams: OpenStreams = field(default_factory=OpenStreams)
+    tenant_limits: TenantLimitsCache = field(default_factory=TenantLimitsCache)
 
     def connect(self, client: AsyncRedis, streams: AsyncRedis) -> None:
         """Attach the Redis clients (in the app's lifespan)."""

@@ -7,12 +7,12 @@ Building it by hand costs a few microseconds; kombu's publish path costs ~0.7 ms
 
 import base64
 import socket
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
+from conveyor.core.ids import random_uuid
 from conveyor.core.queues import Queue
 
 # Headers Conveyor adds to Celery's own; workers read them, stock Celery ignores them.
@@ -103,7 +103,7 @@ def build_message(
             "delivery_info": {"exchange": "", "routing_key": str(queue)},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": random_uuid(),
         },
     }
     return orjson.dumps(envelope)

@@ -8,7 +8,6 @@ recorded and enqueued the same way.
 
 import hashlib
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import orjson
 from opentelemetry import propagate
 
 from conveyor.core.catalog import TaskSpec
+from conveyor.core.ids import random_uuid
 from conveyor.core.messages import build_message
 from conveyor.core.queues import Queue
 from conveyor.core.settings import WorkerSettings
@@ -154,7 +154,7 @@ def prepare(
     now = time.time() if now is None else now
     due_at = now + submission.delay_seconds if submission.delay_seconds > 0 else None
     job = NewJob(
-        id=str(uuid.uuid4()),
+        id=random_uuid(),
         tenant=submission.tenant,
         task=submission.task,
         queue=submission.queue,
@@ -167,7 +167,9 @@ def prepare(
         unique=submission.unique,
         created_at=now,
         due_at=due_at,
-        request_hash=submission.request_hash(),
+        # Only a key's replay is told from a conflicting reuse by it: without a key there
+        # is nothing to compare, and no hash to spend a serialization and a digest on.
+        request_hash=submission.request_hash() if submission.idempotency_key else "",
     )
     message = message_for(
         job, spec, worker, enqueued_at=now, due_at=due_at, trace_context=trace_context

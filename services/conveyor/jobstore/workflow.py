@@ -7,13 +7,13 @@ in the same atomic step as the step's own transition), `lua/accept_workflow.lua`
 """
 
 import hashlib
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import orjson
 
 from conveyor.core.catalog import TaskSpec
+from conveyor.core.ids import random_uuid
 from conveyor.core.settings import WorkerSettings
 from conveyor.jobstore.model import JobState
 from conveyor.jobstore.submission import Submission, current_trace_context, prepare
@@ -84,7 +84,7 @@ def prepare_workflow(
     now: float,
 ) -> PreparedWorkflow:
     """The records and messages of `plan` (not yet written)."""
-    workflow_id = str(uuid.uuid4())
+    workflow_id = random_uuid()
     trace = current_trace_context()  # one workflow, one trace: read once for every step
     prepared = {s.name: prepare(s.spec, s.submission, worker, now, trace) for s in plan.steps}
     ids = {name: job.id for name, (job, _) in prepared.items()}
