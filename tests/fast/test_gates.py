@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from conveyor.api import auth
 from conveyor.api.auth import KeySource, limits_for
 from conveyor.api.body_gate import BodyGate
 from conveyor.api.problems import ProblemError
@@ -161,6 +162,34 @@ def test_a_tenants_limits_are_built_once_per_key_ring_and_follow_a_reload(
     assert source.refresh() is True
     again = limits_for(state, "team-a")
     assert (again.rate_per_second, again.burst) == (2, 3)
+
+
+def test_limits_built_while_a_reload_lands_never_enter_the_new_rings_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a caller building a tenant's limits from the old ring while another
+    swaps the ring in and starts the new cache must not leave the old numbers in it. The
+    swap is made inside the build, as an overlapping caller would make it.
+    """
+    source, path, _ = _keys_source(tmp_path)
+    state = ApiState(Settings(), {}, None, source)  # type: ignore[arg-type]
+    build, first_ring = auth._limits_of, source.ring
+
+    def build_while_reloading(state: ApiState, ring: Any, tenant: str) -> Any:
+        built = build(state, ring, tenant)
+        if ring is not first_ring or source.ring is not first_ring:
+            return built
+        path.write_text(keys_document(TEST_KEYS, {"team-a": {"rate_per_second": 2, "burst": 3}}))
+        os.utime(path, ns=(3, 3))
+        assert source.refresh() is True
+        limits_for(state, "team-b")  # another request starts the new ring's cache
+        return built
+
+    monkeypatch.setattr(auth, "_limits_of", build_while_reloading)
+    stale = limits_for(state, "team-a")  # built from the old ring: the deployment's
+    assert (stale.rate_per_second, stale.burst) != (2, 3)
+    fresh = limits_for(state, "team-a")
+    assert (fresh.rate_per_second, fresh.burst) == (2, 3)
 
 
 def test_a_keys_file_without_keys_is_refused_at_start(tmp_path: Path) -> None:

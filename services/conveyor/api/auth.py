@@ -18,7 +18,7 @@ from fastapi import Depends, Request, Response
 
 from conveyor.api.problems import ProblemError
 from conveyor.api.sessions import check_csrf, find_session, session_token
-from conveyor.api.state import ApiState, state_of
+from conveyor.api.state import ApiState, TenantLimitsCache, state_of
 from conveyor.core.apikeys import (
     DEVELOPMENT_PRINCIPAL,
     KeyRing,
@@ -249,10 +249,13 @@ def limits_for(state: ApiState, tenant: str) -> TenantLimits:
     ring = state.keys.ring
     cached = state.tenant_limits
     if cached.ring is not ring or len(cached.by_tenant) >= MAX_CACHED_TENANTS:
-        cached.ring, cached.by_tenant = ring, {}
+        # A new cache object, not the old one emptied: limits built from a ring only ever go
+        # into that ring's cache, even if a caller on another thread were to overlap.
+        cached = state.tenant_limits = TenantLimitsCache(ring)
     limits = cached.by_tenant.get(tenant)
     if limits is None:
-        limits = cached.by_tenant[tenant] = _limits_of(state, ring, tenant)
+        limits = _limits_of(state, ring, tenant)
+        cached.by_tenant[tenant] = limits
     return limits
 
 
