@@ -90,6 +90,46 @@ def test_redis_restart_outage_and_recovery(own_redis: RedisServer, log_dir: Path
         platform.stop()
 
 
+def test_a_redis_restart_the_busy_worker_meets_late_leaves_it_consuming(
+    own_redis: RedisServer, log_dir: Path, tmp_path: Path
+) -> None:
+    """Redis restarted while the worker's main process could not react (stopped here; in a
+    cluster, descheduled or busy), with its one slot running a job: the worker meets its dead
+    connections only once Redis is back. Its pub/sub read (remote control) then reconnected
+    inside redis-py and waited for the next broadcast, which redis-py 8 does without a
+    timeout, on the worker's event loop: no job was fetched again and the heartbeat went
+    stale (found by the standalone kill -9 test: 2,400 jobs left queued).
+    """
+    platform = platform_on(own_redis, log_dir, tmp_path)
+    try:
+        platform.start_api()
+        worker = platform.start_worker("low")
+        with platform.http() as client:
+            body = {"task": "demo.sleep", "args": {"seconds": 2}}
+            busy = client.post("/v1/jobs", json=body).json()
+            wait_for_job(client, busy["id"], {"running"})
+            worker.signal(signal.SIGSTOP)
+            try:
+                own_redis.process.kill()
+                own_redis.process.wait()
+                own_redis.process = restart(own_redis, *DURABLE).process
+            finally:
+                worker.signal(signal.SIGCONT)
+            assert wait_for_job(client, busy["id"], TERMINAL)["state"] in TERMINAL
+            body = {"task": "demo.sleep", "args": {"seconds": 0}}
+            after = wait_until(lambda: (r := client.post("/v1/jobs", json=body)).status_code
+                               == 202 and r.json(), 30, "the API to accept again")  # fmt: skip
+            assert wait_for_job(client, after["id"], TERMINAL)["state"] == "succeeded"
+            # Remote control still reaches it: the subscription came back with the connection.
+            stuck = client.post("/v1/jobs", json={**body, "args": {"seconds": 30}}).json()
+            wait_for_job(client, stuck["id"], {"running"})
+            cancel = client.post(f"/v1/jobs/{stuck['id']}/cancel", params={"terminate": "true"})
+            assert cancel.json()["state"] == "cancelled"
+            worker.wait_for_log("Terminating", timeout=10)
+    finally:
+        platform.stop()
+
+
 def test_client_kill_of_every_connection(own_redis: RedisServer, log_dir: Path,
                                          tmp_path: Path) -> None:  # fmt: skip
     platform = platform_on(own_redis, log_dir, tmp_path)

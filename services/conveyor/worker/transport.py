@@ -24,7 +24,7 @@ import logging
 import os
 import secrets
 import socket
-from functools import cached_property
+from functools import cached_property, partial
 from queue import Empty
 from time import monotonic
 from typing import Any, NoReturn
@@ -182,6 +182,22 @@ class ReliableChannel(kombu_redis.Channel):
     def tenant_limit(self) -> int:
         """A tenant's running deliveries per tier unless its own limit is set (0 = none)."""
         return int(self.conveyor_tenant_limit or 0)
+
+    @cached_property
+    def subclient(self) -> Any:
+        """The pub/sub client (remote control, fanout queues), never waiting on a read.
+
+        The event loop reads it when its socket turns readable, and kombu asks for a blocking
+        read. redis-py reconnects inside that read when the socket has failed, and redis-py 8
+        then waits for the next message without any timeout: after a Redis restart the worker
+        met late (busy, or descheduled), the end of the old connection became a fresh
+        subscription and a wait for a broadcast that may never come, with the whole event
+        loop stopped. No job was fetched again, and finished jobs were never acknowledged.
+        Here a read takes what has arrived and returns.
+        """
+        pubsub = self._create_client(asynchronous=True).pubsub()
+        pubsub.parse_response = partial(pubsub.parse_response, block=False, timeout=0)
+        return pubsub
 
     def release_in(self, pipe: Any, tag: str) -> bool:
         """Queue the release of a delivery's slots in `pipe` (EVALSHA: False until this
