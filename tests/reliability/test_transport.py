@@ -67,9 +67,26 @@ def _backlog(client: "httpx.Client", count: int) -> list[dict[str, object]]:
     return [item["job"] for item in items]
 
 
+def test_a_backlog_is_taken_and_claimed_in_one_step(fast_platform: Platform) -> None:
+    """While a tier has a backlog a consumer takes its next token inside the claim script
+    (one round trip per delivery) instead of a blocking pop and then a claim."""
+    fast_platform.start_api()
+    redis = fast_platform.redis
+    with fast_platform.http() as client:
+        jobs = _backlog(client, 40)
+        blmoves_before = redis.info("commandstats").get("cmdstat_blmove", {}).get("calls", 0)
+        fast_platform.start_worker("default")
+        wait_until(lambda: _succeeded(client, jobs) == len(jobs), 60, "the backlog to drain")
+    blmoves = redis.info("commandstats").get("cmdstat_blmove", {}).get("calls", 0)
+    assert blmoves - blmoves_before < len(jobs) / 2, "most deliveries took their own token"
+    assert redis.hlen("unacked") == 0
+    assert all(redis.llen(key) == 0 for key in redis.keys("conveyor:inflight:*"))
+    assert redis.llen("default") == 0
+
+
 def test_a_flushed_script_cache_mid_drain_loses_nothing(fast_platform: Platform) -> None:
-    """A new primary, or SCRIPT FLUSH, answers the claim and the job scripts with NOSCRIPT:
-    each loads its script again, and every job still runs once."""
+    """A new primary, or SCRIPT FLUSH, answers the take with NOSCRIPT: the consumer blocks and
+    claims as before (loading the script again), and every job still runs once."""
     fast_platform.start_api()
     redis = fast_platform.redis
     with fast_platform.http() as client:

@@ -39,6 +39,17 @@ def claim(client: "redis.Redis", keys: KeySpace, queue: str, inflight: str, toke
     return message or None
 
 
+def take_command(keys: KeySpace, queue: str, unacked: str, unacked_index: str,
+                 tenant_limit: int = 0) -> list[str | int]:  # fmt: skip
+    """The command that takes a ready token off `queue` and claims its message in one step
+    (claim.lua's take), for a consumer to send on its polling connection. Its reply is
+    `claim`'s: the message, or nil (nothing ready, or nothing could be claimed; a NOSCRIPT
+    error until the script is loaded).
+    """
+    return ["EVALSHA", CLAIM.sha, 0, keys.prefix, queue, "", "", unacked, unacked_index,
+            tenant_limit]  # fmt: skip
+
+
 def release(client: Any, keys: KeySpace, tags: Sequence[str], tenant_limit: int = 0) -> None:
     """Release the slots of deliveries (acked, rejected or restored), on a client or pipeline."""
     if not tags:

@@ -20,14 +20,25 @@
 --   polls again): release.lua moves one back, with a new token, when the gate frees a slot.
 -- When no message can be claimed, the token is parked.
 --
--- ARGV: 1 prefix, 2 queue, 3 the consumer's in-flight list, 4 the token, 5 unacked hash,
---       6 unacked index, 7 a tenant's concurrency limit per tier unless its own is set
---       ('0' = none).
+-- A consumer that has just been served takes its next token here instead (take: no
+-- in-flight list and no token given): while a tier has a backlog, a delivery is one round
+-- trip instead of a blocking pop and a claim. Both steps are one atomic script, so no token
+-- can be left between them; an empty tier answers false and the consumer blocks again.
+--
+-- ARGV: 1 prefix, 2 queue, 3 the consumer's in-flight list ('' = take), 4 the token ('' to
+--       take), 5 unacked hash, 6 unacked index, 7 a tenant's concurrency limit per tier
+--       unless its own is set ('0' = none).
 -- Returns the message claimed, or false: the token was no longer in flight here (the consumer
--- looked dead and it was requeued: the consumer drops it), or nothing could be claimed.
+-- looked dead and it was requeued: the consumer drops it), the tier had no token to take, or
+-- nothing could be claimed.
 local prefix, queue, inflight, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local default_limit = tonumber(ARGV[7])
-if redis.call('LREM', inflight, 1, token) == 0 then
+if inflight == '' then
+  token = redis.call('RPOP', key_queue(prefix, queue))
+  if not token then
+    return false
+  end
+elseif redis.call('LREM', inflight, 1, token) == 0 then
   return false
 end
 -- A message the previous version queued (its tiers' lists held messages, and an old API
