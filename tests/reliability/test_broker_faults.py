@@ -130,6 +130,35 @@ def test_a_redis_restart_the_busy_worker_meets_late_leaves_it_consuming(
         platform.stop()
 
 
+def test_a_broadcast_read_in_pieces_still_reaches_the_worker(
+    redis_server: RedisServer, log_dir: Path, tmp_path: Path
+) -> None:
+    """A pub/sub message that reaches the worker in two reads (a large broadcast, TLS records,
+    a proxy, broadcasts piled up while the worker was busy) is read whole. The first form of
+    the non-waiting pub/sub read gave up on the rest, reconnected and lost the message: a
+    revoke with terminate never reached the job (found by review).
+    """
+    db = fresh_db(redis_server)
+    proxy = BlackholeProxy(redis_server.port, split=b"pmessage")
+    platform = Platform(redis_server, db, log_dir, **FAST,
+                        CONVEYOR_WORKER__HEARTBEAT_FILE=str(tmp_path / "heartbeat"))  # fmt: skip
+    platform.start_api()  # the API talks to Redis directly; only the worker's replies split
+    platform.redis_url = f"redis://127.0.0.1:{proxy.port}/{db}"
+    try:
+        worker = platform.start_worker("low")
+        with platform.http() as client:
+            job = client.post("/v1/jobs", json={"task": "demo.sleep", "args": {"seconds": 30}})
+            job_id = job.json()["id"]
+            wait_for_job(client, job_id, {"running"})
+            cancel = client.post(f"/v1/jobs/{job_id}/cancel", params={"terminate": "true"})
+            assert cancel.json()["state"] == "cancelled"
+            worker.wait_for_log("Terminating", timeout=10)
+        assert proxy.splits >= 1, "the revoke reached the worker in two pieces"
+    finally:
+        platform.stop()
+        proxy.close()
+
+
 def test_client_kill_of_every_connection(own_redis: RedisServer, log_dir: Path,
                                          tmp_path: Path) -> None:  # fmt: skip
     platform = platform_on(own_redis, log_dir, tmp_path)

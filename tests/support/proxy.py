@@ -1,16 +1,26 @@
-"""A loopback TCP proxy that can blackhole traffic: connections stay open, bytes stop."""
+"""A loopback TCP proxy that can blackhole traffic (connections stay open, bytes stop) or
+deliver some of the server's replies in two pieces."""
 
 import contextlib
 import selectors
 import socket
 import threading
+import time
 
 
 class BlackholeProxy:
-    """Forwards 127.0.0.1:<port> to a target; `freeze()` silently stops all forwarding."""
+    """Forwards 127.0.0.1:<port> to a target; `freeze()` silently stops all forwarding.
 
-    def __init__(self, target_port: int) -> None:
+    With `split`, a chunk from the server that contains those bytes reaches the client in two
+    writes 50 ms apart (a reply read in pieces, as a large one, a TLS record or a busy link
+    gives); `splits` counts them.
+    """
+
+    def __init__(self, target_port: int, split: bytes | None = None) -> None:
         self.target = ("127.0.0.1", target_port)
+        self.split = split
+        self.splits = 0
+        self._upstreams: set[socket.socket] = set()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.frozen = threading.Event()
@@ -58,6 +68,7 @@ class BlackholeProxy:
         except OSError:
             client.close()
             return
+        self._upstreams.add(upstream)
         for a, b in ((client, upstream), (upstream, client)):
             self._pairs[a] = b
             self._selector.register(a, selectors.EVENT_READ)
@@ -67,6 +78,11 @@ class BlackholeProxy:
         try:
             data = sock.recv(65536)
             if data and peer is not None:
+                if self.split and sock in self._upstreams and self.split in data:
+                    self.splits += 1
+                    peer.sendall(data[: len(data) // 2])
+                    time.sleep(0.05)
+                    data = data[len(data) // 2 :]
                 peer.sendall(data)
                 return
         except OSError:

@@ -10,7 +10,9 @@ there (a consumer that looked dead and had its list requeued drops the delivery 
 At every moment the message is in the queue, in the in-flight list, or unacked; the
 in-flight list of a consumer that died is moved back to the queue by `recover_inflight`
 (run by every worker and by beat) once its heartbeat in the queue's consumer set is older
-than a lease period.
+than a lease period. While a tier has a backlog, a consumer whose last poll delivered takes
+its next token inside `claim.lua` instead (one atomic step, no in-flight list): one round
+trip per delivery.
 
 The queue list holds ready tokens, not messages (`conveyor.jobstore.fairq`): the claim picks
 the tier's next message in fair order among tenants. Every way kombu puts a message on a
@@ -51,6 +53,11 @@ TIERS = frozenset(str(queue) for queue in Queue)
 # limit per tier (`celery_config` sets them).
 KEY_PREFIX_OPTION = "conveyor_key_prefix"
 TENANT_LIMIT_OPTION = "conveyor_tenant_limit"
+# The longest a pub/sub read on the event loop waits: a message read in pieces (a large
+# broadcast, TLS records, replies piled up while the loop was busy) needs its rest, which
+# follows within milliseconds; 0 here lost such a message (the read timed out, and redis-py
+# reconnected and dropped what it had).
+PUBSUB_READ_SECONDS = 2.0
 # A fresh token per process: in a container `conveyor` is PID 1 after every restart, and a
 # restarted consumer must not inherit (and keep "alive") its predecessor's in-flight list.
 _TOKEN = secrets.token_hex(4)
@@ -199,10 +206,14 @@ class ReliableChannel(kombu_redis.Channel):
         met late (busy, or descheduled), the end of the old connection became a fresh
         subscription and a wait for a broadcast that may never come, with the whole event
         loop stopped. No job was fetched again, and finished jobs were never acknowledged.
-        Here a read takes what has arrived and returns.
+        Here a read waits at most `PUBSUB_READ_SECONDS`: for the rest of a message that has
+        begun to arrive (one that never completes is lost with its connection, as before),
+        or, after a reconnect inside the read, for the new subscription's confirmation.
         """
         pubsub = self._create_client(asynchronous=True).pubsub()
-        pubsub.parse_response = partial(pubsub.parse_response, block=False, timeout=0)
+        pubsub.parse_response = partial(
+            pubsub.parse_response, block=False, timeout=PUBSUB_READ_SECONDS
+        )
         return pubsub
 
     def release_in(self, pipe: Any, tag: str) -> bool:
