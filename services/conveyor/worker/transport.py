@@ -198,7 +198,7 @@ class ReliableChannel(kombu_redis.Channel):
 
     @cached_property
     def subclient(self) -> Any:
-        """The pub/sub client (remote control, fanout queues), never waiting on a read.
+        """The pub/sub client (remote control, fanout queues), its reads bounded in time.
 
         The event loop reads it when its socket turns readable, and kombu asks for a blocking
         read. redis-py reconnects inside that read when the socket has failed, and redis-py 8
