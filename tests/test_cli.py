@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +14,14 @@ from pathlib import Path
 from conveyor.client.cli import Output, _print_job, number, out
 from conveyor.jobstore.model import Job
 from tests.support.auth import ADMIN_KEY
-from tests.support.processes import REPO, Platform, conveyor_argv, free_port
+from tests.support.processes import (
+    REPO,
+    Platform,
+    conveyor_argv,
+    free_port,
+    wait_for_job,
+    wait_until,
+)
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -249,3 +257,25 @@ def test_schedules_commands(platform: Platform, tmp_path: Path) -> None:
     assert run(platform, "jobs", "get", triggered.stdout.strip()).returncode == 0
     assert run(platform, "schedules", "delete", schedule_id).returncode == 0
     assert run(platform, "schedules", "get", schedule_id).returncode == 5
+
+
+def test_sigusr2_makes_a_worker_print_every_process_stack(platform: Platform) -> None:
+    """What a hung worker is doing: `kill -USR2` of its process group prints the stacks of its
+    main process (Celery's event loop) and of each prefork child (waiting for a job), and the
+    worker goes on serving."""
+    worker = next(s for s in platform.services if s.name == "worker-default")
+    before = len(worker.log())
+    os.killpg(worker.pid, signal.SIGUSR2)
+
+    def dumped() -> str | None:
+        text = worker.log()[before:]
+        return text if text.count("Current thread") >= 3 else None  # main + 2 children
+
+    stacks = wait_until(dumped, 20, "three stack dumps in the worker log")
+    assert "celery/worker/loops.py" in stacks  # the main process's event loop
+    assert "in workloop" in stacks  # a prefork child waiting for a job
+    assert worker.process.poll() is None
+    with platform.http() as client:
+        job = client.post("/v1/jobs", json={"task": "demo.echo", "args": {"payload": "hi"}})
+        assert job.status_code == 202, job.text
+        wait_for_job(client, job.json()["id"], {"succeeded"})

@@ -1,6 +1,7 @@
 """The `conveyor` command: one entry point for every role."""
 
 import contextlib
+import faulthandler
 import os
 import signal
 import socket
@@ -47,6 +48,15 @@ def _startup(settings: Settings, *, signs_webhooks: bool = False) -> None:
         raise typer.Exit(EX_CONFIG) from exc
     finally:
         client.close()
+
+
+def _stack_dumps_on_sigusr2() -> None:
+    """`kill -USR2` prints every thread's stack to stderr, from this process and from each
+    prefork child it forks (they inherit the handler): what a hung worker or beat is doing,
+    even when its main thread holds the GIL or waits in C. Not for the API, whose gunicorn
+    master re-executes itself on SIGUSR2.
+    """
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
 
 
 def _auth_line(settings: Settings, keys: int) -> str:
@@ -116,6 +126,7 @@ def worker(
     _startup(settings, signs_webhooks=True)
     _multiprocess_metrics(settings, f"worker-{queue}")
     celery = create_celery(settings)
+    _stack_dumps_on_sigusr2()
     if quiet:
         import warnings
 
@@ -159,6 +170,7 @@ def beat(quiet: Quiet = False) -> None:
     # As PID 1 in a container a signal without a handler is ignored: exit cleanly instead,
     # which releases the leader lock at once for a standby to take.
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    _stack_dumps_on_sigusr2()
     celery.Beat(
         scheduler=ConveyorScheduler,  # type: ignore[arg-type]  # a class is accepted, stubs say str
         max_interval=settings.beat.max_interval_seconds,  # type: ignore[arg-type]

@@ -46,9 +46,14 @@ def start_all(platform: Platform, exporter_port: int) -> None:
 
 
 def wait_terminal(
-    group: SentinelGroup | RedisServer, accepted: list[Accepted], timeout: float
+    group: SentinelGroup | RedisServer,
+    accepted: list[Accepted],
+    timeout: float,
+    platform: Platform | None = None,
 ) -> dict[str, str]:
-    """Every accepted job's state on the current primary, once all are terminal."""
+    """Every accepted job's state on the current primary, once all are terminal (else the
+    queues, a few stuck records and, given `platform`, its workers' stacks).
+    """
     client = group.client() if isinstance(group, RedisServer) else sentinel_client(group)
     ids = [a.job_id for a in accepted]
 
@@ -73,7 +78,8 @@ def wait_terminal(
         stuck = {i: s for i, s in found.items() if s not in TERMINAL}
         raise AssertionError(
             f"{len(stuck)} not terminal: {list(stuck.items())[:10]}\n"
-            f"{queue_state(client, list(stuck)[:5])}"
+            f"{queue_state(client, list(stuck)[:5])}\n"
+            f"{platform.worker_report() if platform else ''}"
         ) from None
     return result
 
@@ -168,7 +174,7 @@ def test_kill_9_the_primary_repeatedly_loses_no_acknowledged_job(
                       kill_to_promoted_s=summary(to_failover),
                       kill_to_first_accept_s=summary(to_accept),
                       accepted=submitter.count(), refusals=submitter.refusals)  # fmt: skip
-        states = wait_terminal(group, submitter.accepted, 180)
+        states = wait_terminal(group, submitter.accepted, 180, platform)
         executions, starts = ledger(platform)
         exporter_ok = wait_until(lambda: exporter_answers(exporter_port), 30, "the exporter")
         # Leadership follows the primary: beat alive, lock held (again) within a lock timeout.
@@ -246,7 +252,7 @@ def test_isolated_old_primary_rejoins_as_replica_and_loses_nothing(
         rejoined = time.time() - resumed
         isolated_write = old.client().get("conveyor:probe:isolated-write")
         submitter.stop()
-        states = wait_terminal(group, submitter.accepted, 180)
+        states = wait_terminal(group, submitter.accepted, 180, platform)
         executions, _ = ledger(platform)
     finally:
         if submitter is not None:
@@ -349,7 +355,7 @@ def test_standalone_redis_kill_9_for_comparison(
         present = dict(zip([a.job_id for a in submitter.accepted], pipe.execute(), strict=True))
         lost = [a for a in submitter.accepted if not present[a.job_id]]
         survivors = [a for a in submitter.accepted if present[a.job_id]]
-        states = wait_terminal(broker, survivors, 180)
+        states = wait_terminal(broker, survivors, 180, platform)
         executions, starts = ledger(platform)
     finally:
         if submitter is not None:

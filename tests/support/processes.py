@@ -236,6 +236,28 @@ class Platform:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.base_url, timeout=10, headers=headers)
 
+    def worker_report(self, lines: int = 40) -> str:
+        """Each worker's liveness, the end of its log, and the stack of every thread of its
+        main process and prefork children (SIGUSR2 to its process group: `conveyor worker`
+        dumps them): what a test that found jobs stuck shows.
+        """
+        workers = [s for s in self.services if s.name.startswith("worker-")]
+        before = {w.name: len(w.log()) for w in workers}
+        for worker in workers:
+            if worker.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.pid, signal.SIGUSR2)
+        time.sleep(1.5)
+        report = []
+        for worker in workers:
+            code = worker.process.poll()
+            state = "running" if code is None else f"exited {code}"
+            text = worker.log()
+            tail = "\n".join(text[: before[worker.name]].splitlines()[-lines:])
+            stacks = text[before[worker.name] :]
+            report.append(f"--- {worker.name} (pid {worker.pid}, {state}) ---\n{tail}\n{stacks}")
+        return "\n".join(report)
+
     def stop(self) -> None:
         """Stop every service: all are signalled first, so their graceful shutdowns overlap
         (one after the other, the suite spent minutes in teardowns).
