@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 from kombu import Connection
+from kombu.asynchronous import Hub
 from kombu.transport.redis import Channel
 
 from conveyor.core.redis import sync_client
@@ -224,3 +225,35 @@ def test_acks_release_their_slots_in_the_same_round_trip(
             assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) is None
             assert worker.redis.hlen(KEYS.slots) == 0
             worker.submit_as("team-a", "fast.limited", count=2)
+
+
+def test_on_an_event_loop_acks_are_written_together_at_the_next_tick(
+    settings: Settings, worker: InProcessWorker
+) -> None:
+    """The acks of one round of the event loop go to Redis in one round trip at the start of
+    the next (the slots released with them); the deliveries are let go of at once. A channel
+    closed with acks pending writes them first."""
+    worker.submit_as("team-a", "fast.limited", count=2)
+    with Connection(settings.redis_dsn(), transport=ReliableTransport) as connection:
+        hub = Hub()
+        connection.transport.register_with_event_loop(connection.connection, hub)
+        channel = connection.default_channel
+        messages = [channel.basic_get("default", no_ack=False) for _ in range(2)]
+        assert worker.redis.hlen(Channel.unacked_key) == 2
+        assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) == "2"
+        messages[0].ack()
+        qos = channel.qos
+        assert len(qos._delivered) - len(qos._dirty) == 1  # let go of at once: a free slot
+        assert worker.redis.hlen(Channel.unacked_key) == 2  # nothing written yet
+        assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) == "2"
+        for tick in list(hub.on_tick):
+            tick()
+        assert worker.redis.hlen(Channel.unacked_key) == 1
+        assert worker.redis.zcard(Channel.unacked_index_key) == 1
+        assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) == "1"
+        messages[1].ack()
+        assert worker.redis.hlen(Channel.unacked_key) == 1
+        channel.close()
+        assert worker.redis.hlen(Channel.unacked_key) == 0
+        assert worker.redis.hlen(KEYS.slots) == 0
+        hub.close()
