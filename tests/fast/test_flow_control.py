@@ -257,3 +257,81 @@ def test_on_an_event_loop_acks_are_written_together_at_the_next_tick(
         assert worker.redis.hlen(Channel.unacked_key) == 0
         assert worker.redis.hlen(KEYS.slots) == 0
         hub.close()
+
+
+def test_an_ack_after_the_connection_was_collected_never_ends_the_worker(
+    settings: Settings, worker: InProcessWorker
+) -> None:
+    """A job that ran across a reconnect finishes on a channel Celery has collected (its
+    `connection` gone): the ack is written, or is a connection error, which Celery logs; never an
+    AttributeError, which ended the worker (found by review)."""
+    worker.submit_as("team-a", "fast.limited", count=1)
+    connection = Connection(settings.redis_dsn(), transport=ReliableTransport)
+    hub = Hub()
+    connection.transport.register_with_event_loop(connection.connection, hub)
+    message = connection.default_channel.basic_get("default", no_ack=False)
+    connection.collect()
+    try:
+        message.ack()  # written through the pool the channel still holds, or refused
+    except redis.exceptions.ConnectionError:
+        acked = False
+    else:
+        acked = True
+    assert worker.redis.hlen(Channel.unacked_key) == (0 if acked else 1)
+    hub.close()
+
+
+def test_a_failed_ack_write_is_retried_at_a_later_round(
+    settings: Settings, worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush Redis did not answer keeps its acks for a later round instead of leaving
+    them to their leases, which held their slots for a visibility timeout (found by
+    review)."""
+    worker.submit_as("team-a", "fast.limited", count=2)
+    with Connection(settings.redis_dsn(), transport=ReliableTransport) as connection:
+        hub = Hub()
+        connection.transport.register_with_event_loop(connection.connection, hub)
+        channel = connection.default_channel
+        for message in [channel.basic_get("default", no_ack=False) for _ in range(2)]:
+            message.ack()
+        write = type(channel.qos)._write_acks
+        failures = iter([redis.exceptions.ConnectionError("a blip")])
+
+        def flaky(qos: object, tags: list[str]) -> None:
+            for failure in failures:
+                raise failure
+            write(qos, tags)
+
+        monkeypatch.setattr(type(channel.qos), "_write_acks", flaky)
+        monkeypatch.setattr(type(channel.qos), "RETRY_AFTER_SECONDS", 0.0)
+        channel.qos.flush_acks()
+        assert worker.redis.hlen(Channel.unacked_key) == 2
+        assert len(channel.qos._deferred) == 2  # kept for the next round
+        channel.qos.flush_acks()
+        assert worker.redis.hlen(Channel.unacked_key) == 0
+        assert worker.redis.hlen(KEYS.slots) == 0
+        hub.close()
+
+
+def test_a_poll_writes_the_pending_acks_before_it_asks_for_more(
+    settings: Settings, worker: InProcessWorker
+) -> None:
+    """The slots of the acks pending go back before the next claim (not at some later tick,
+    after a take that met a tenant still at its limit: found by review); and a closed
+    connection takes its flush off the event loop."""
+    worker.submit_as("team-a", "fast.limited", count=2)
+    with Connection(settings.redis_dsn(), transport=ReliableTransport) as connection:
+        hub = Hub()
+        connection.transport.register_with_event_loop(connection.connection, hub)
+        channel = connection.default_channel
+        first = channel.basic_get("default", no_ack=False)
+        first.ack()
+        assert worker.redis.hlen(Channel.unacked_key) == 1
+        channel.basic_consume("default", False, lambda message: None, "test")
+        connection.transport.cycle.on_poll_start()  # registers the channel and polls
+        assert worker.redis.hlen(Channel.unacked_key) == 0
+        assert worker.redis.hget(KEYS.gate_active, task_gate("fast.limited")) is None
+        flush = connection.transport.flush_acks
+        assert flush in hub.on_tick
+    assert flush not in hub.on_tick
+    hub.close()

@@ -53,6 +53,9 @@ TIERS = frozenset(str(queue) for queue in Queue)
 # limit per tier (`celery_config` sets them).
 KEY_PREFIX_OPTION = "conveyor_key_prefix"
 TENANT_LIMIT_OPTION = "conveyor_tenant_limit"
+# Deferred acks kept for another try after a failed write, at most (beyond, they are left to
+# their leases).
+MAX_DEFERRED_ACKS = 10_000
 # The longest a pub/sub read on the event loop waits: a message read in pieces (a large
 # broadcast, TLS records, replies piled up while the loop was busy) needs its rest, which
 # follows within milliseconds; 0 here lost such a message (the read timed out, and redis-py
@@ -103,9 +106,13 @@ class ReliableQoS(kombu_redis.QoS):
                 # Run at every (re)connection: a refusal here ended the worker.
                 raise _transient(exc) from exc
 
+    # A deferred ack write Redis did not answer is tried again after this long.
+    RETRY_AFTER_SECONDS = 1.0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deferred: list[str] = []
+        self._retry_at = 0.0
 
     def ack(self, delivery_tag: str) -> None:
         """Kombu's ack, with the release of the delivery's flow-control slots in the same
@@ -118,7 +125,9 @@ class ReliableQoS(kombu_redis.QoS):
         that dies before the write leaves it unacked in Redis, where its lease runs out and
         the restored message is skipped (its job is finished), as after a lost ack.
         """
-        if self.channel.connection.defers_acks:
+        # A channel Celery collected after a lost connection has no transport any more: its
+        # ack is written at once, and fails as a connection error (Celery logs it).
+        if getattr(self.channel.connection, "defers_acks", False):
             virtual.QoS.ack(self, delivery_tag)
             self._deferred.append(delivery_tag)
             return
@@ -129,14 +138,26 @@ class ReliableQoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
     def flush_acks(self) -> None:
-        """Write the deferred acks. Those Redis refused or never answered stay unacked there
-        (restored after their lease, and skipped): logged, never raised into the event loop.
+        """Write the deferred acks. A write Redis did not answer is tried again a little
+        later while the channel is open (the writes are idempotent, and a restored message
+        has a new tag); acks it refused, or that are left when the channel closes, stay
+        unacked in Redis, to be restored after their lease and skipped. Logged, never raised
+        into the event loop.
         """
-        tags, self._deferred = self._deferred, []
-        if not tags:
+        if not self._deferred or monotonic() < self._retry_at:
             return
+        tags, self._deferred = self._deferred, []
         try:
             self._write_acks(tags)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if self.channel.closed or len(tags) + len(self._deferred) > MAX_DEFERRED_ACKS:
+                log.warning("could not ack %d deliveries (%s); their leases run out and their "
+                            "finished jobs are skipped when restored", len(tags), exc)  # fmt: skip
+                return
+            self._deferred[:0] = tags
+            self._retry_at = monotonic() + self.RETRY_AFTER_SECONDS
+            log.warning("could not ack %d deliveries (%s); trying again in %.0f s",
+                        len(tags), exc, self.RETRY_AFTER_SECONDS)  # fmt: skip
         except redis.exceptions.RedisError as exc:
             log.warning("could not ack %d deliveries (%s); their leases run out and their "
                         "finished jobs are skipped when restored", len(tags), exc)  # fmt: skip
@@ -287,7 +308,13 @@ class ReliableChannel(kombu_redis.Channel):
         qos = self._qos
         if qos is not None:
             qos.flush_acks()
-        super().close()
+        try:
+            super().close()
+        finally:
+            # kombu's close reads a poll still under way: a delivery it brings that is acked
+            # at once (a message that cannot be decoded) is written here.
+            if qos is not None:
+                qos.flush_acks()
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         # kombu builds the pool lazily; a reject or ack on a channel whose connection was
@@ -296,11 +323,17 @@ class ReliableChannel(kombu_redis.Channel):
         # attribute 'hostname'`) that ends the worker: seen after a Sentinel failover, and
         # after a `kill -9` of a standalone Redis (2 of 3 workers exited). As a connection
         # error it is retried or ignored (the messages stay unacked and are restored).
-        if self.connection.client is None:
+        if self.connection is None or self.connection.client is None:
             raise redis.exceptions.ConnectionError("broker connection already closed")
         return super()._get_pool(asynchronous)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
+        # The slots of the acks pending go back before this poll claims (kombu may start the
+        # poll before the tick's flush): a take would otherwise meet a tenant or gate still
+        # at its limit.
+        qos = self._qos
+        if qos is not None:
+            qos.flush_acks()
         if timeout is None:
             timeout = self.brpop_timeout
         queues = self._queue_cycle.consume(len(self.active_queues))
@@ -544,11 +577,24 @@ class DeferredAcks:
     defers_acks = False
     channels: list[Any]
 
+    _loop: Any = None
+
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         """Register as kombu does, and flush the deferred acks on each tick of `loop`."""
         super().register_with_event_loop(connection, loop)
         self.defers_acks = True
+        self._loop = loop
         loop.on_tick.add(self.flush_acks)
+
+    def close_connection(self, connection: Any) -> None:
+        """Close as kombu does (each channel writes its deferred acks as it closes), and
+        leave the event loop: a reconnect registers the new connection's transport.
+        """
+        try:
+            super().close_connection(connection)
+        finally:
+            if self._loop is not None:
+                self._loop.on_tick.discard(self.flush_acks)
 
     def flush_acks(self) -> None:
         """Write every channel's deferred acks."""
