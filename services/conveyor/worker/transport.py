@@ -118,15 +118,17 @@ class ReliableQoS(kombu_redis.QoS):
         """Kombu's ack, with the release of the delivery's flow-control slots in the same
         round trip (a release lost to a failover is made by the beat leader's sweep).
 
-        On an event loop the ack is written at the start of the loop's next round, with the
-        other acks of this round, in one round trip (`flush_acks`): the worker's main process
+        On an event loop the ack is written before the next poll (or at the loop's next
+        round), with the other acks of this round, in one round trip (`flush_acks`): the
+        worker's main process
         spent two fifths of its time waiting for one ack at a time (py-spy, a backlog
         drain). The delivery is let go of at once, so its prefetch slot is free; a worker
         that dies before the write leaves it unacked in Redis, where its lease runs out and
         the restored message is skipped (its job is finished), as after a lost ack.
         """
         # A channel Celery collected after a lost connection has no transport any more: its
-        # ack is written at once, and fails as a connection error (Celery logs it).
+        # ack is written at once, through the pool it still holds, or fails as a connection
+        # error (Celery logs it).
         if getattr(self.channel.connection, "defers_acks", False):
             virtual.QoS.ack(self, delivery_tag)
             self._deferred.append(delivery_tag)
@@ -569,9 +571,9 @@ def _transient(exc: "redis.exceptions.ResponseError") -> Exception:
 
 
 class DeferredAcks:
-    """Transport mixin: on an event loop, each channel's acks of one round are written at the
-    start of the next (`ReliableQoS.ack`); without one (a drain outside Celery's loop, a
-    `basic_get`) every ack is written at once.
+    """Transport mixin: on an event loop, each channel's acks of one round are written before
+    its next poll or at the next round (`ReliableQoS.ack`); without one (a drain outside
+    Celery's loop, a `basic_get`) every ack is written at once.
     """
 
     defers_acks = False
