@@ -54,7 +54,8 @@ def _stack_dumps_on_sigusr2() -> None:
     """`kill -USR2` prints every thread's stack to stderr, from this process and from each
     prefork child it forks (they inherit the handler): what a hung worker or beat is doing,
     even when its main thread holds the GIL or waits in C. Not for the API, whose gunicorn
-    master re-executes itself on SIGUSR2.
+    master re-executes itself on SIGUSR2. Signal one process at a time: dumps written at once
+    interleave in the shared stderr.
     """
     faulthandler.register(signal.SIGUSR2, all_threads=True)
 

@@ -118,6 +118,35 @@ class Service:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def group_pids(self) -> list[int]:
+        """The live processes of this service's process group, its main process first."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.pid:  # after "pid (comm)": state, ppid, pgrp
+                    pids.append(int(stat.parent.name))
+        return sorted(pids, key=lambda pid: (pid != self.pid, pid))
+
+    def dump_stacks(self, settle: float = 0.3, timeout: float = 10) -> str:
+        """Every thread's stack of each process of the group (`conveyor worker|beat` dump them
+        on SIGUSR2), one process at a time: dumps written at once interleave in the shared log.
+        """
+        start = len(self.log())
+        for pid in self.group_pids():
+            before = self.log()[start:].count("Current thread")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR2)
+            deadline = time.monotonic() + timeout
+            size = -1
+            while time.monotonic() < deadline:
+                text = self.log()
+                if text[start:].count("Current thread") > before and len(text) == size:
+                    break  # this process's dump has started and the log stopped growing
+                size = len(text)
+                time.sleep(settle)
+        return self.log()[start:]
+
     def wait_for_log(self, text: str, timeout: float = 30) -> None:
         def seen() -> bool:
             if self.process.poll() is not None:
@@ -238,23 +267,15 @@ class Platform:
 
     def worker_report(self, lines: int = 40) -> str:
         """Each worker's liveness, the end of its log, and the stack of every thread of its
-        main process and prefork children (SIGUSR2 to its process group: `conveyor worker`
-        dumps them): what a test that found jobs stuck shows.
+        main process and prefork children (`Service.dump_stacks`): what a test that found jobs
+        stuck shows.
         """
-        workers = [s for s in self.services if s.name.startswith("worker-")]
-        before = {w.name: len(w.log()) for w in workers}
-        for worker in workers:
-            if worker.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(worker.pid, signal.SIGUSR2)
-        time.sleep(1.5)
         report = []
-        for worker in workers:
+        for worker in (s for s in self.services if s.name.startswith("worker-")):
             code = worker.process.poll()
             state = "running" if code is None else f"exited {code}"
-            text = worker.log()
-            tail = "\n".join(text[: before[worker.name]].splitlines()[-lines:])
-            stacks = text[before[worker.name] :]
+            tail = "\n".join(worker.log().splitlines()[-lines:])
+            stacks = worker.dump_stacks() if code is None else ""
             report.append(f"--- {worker.name} (pid {worker.pid}, {state}) ---\n{tail}\n{stacks}")
         return "\n".join(report)
 
