@@ -6,7 +6,6 @@ import os
 import pty
 import re
 import select
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ from tests.support.processes import (
     conveyor_argv,
     free_port,
     wait_for_job,
-    wait_until,
 )
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
