@@ -175,6 +175,10 @@ def test_a_connection_error_says_where_it_tried(platform: Platform) -> None:
     assert result.returncode == 5
     assert f"cannot reach the API at {url}" in result.stderr
     assert "is the platform running?" in result.stderr
+    # Each retry was said as it came, before the final error: never seconds of silence.
+    retries = re.findall(r"retry (\d)/5 in \d+\.\d s", result.stderr)
+    assert retries == ["1", "2", "3", "4", "5"], result.stderr
+    assert result.stderr.index("retry 1/5") < result.stderr.index("cannot reach the API")
     assert "Traceback" not in result.stderr
 
 

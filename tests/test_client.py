@@ -18,6 +18,7 @@ from conveyor.client import (
     JobEvent,
     NotFound,
     RateLimited,
+    Retrying,
     ServiceUnavailable,
     TransportError,
     Unauthorized,
@@ -127,11 +128,29 @@ def test_errors_are_typed(live: Platform, client: Client) -> None:
 
 
 def test_connection_failures_are_retried_then_raised() -> None:
+    """Each retry is told to `on_retry` before its wait (what failed, why, which retry, in
+    how long), by both clients."""
+    url, job = f"http://127.0.0.1:{free_port()}", "00000000-0000-4000-8000-000000000000"
+    told: list[Retrying] = []
     started = time.monotonic()
-    dead = Client(f"http://127.0.0.1:{free_port()}", ADMIN_KEY, max_retries=2)
+    dead = Client(url, ADMIN_KEY, max_retries=2, on_retry=told.append)
     with dead, pytest.raises(TransportError):
-        dead.get("00000000-0000-4000-8000-000000000000")
+        dead.get(job)
     assert time.monotonic() - started >= 0.5  # two backoffs of at least 0.25 s and 0.5 s
+    get = f"GET /v1/jobs/{job}"
+    assert [(r.attempt, r.max_retries, r.what) for r in told] == [(1, 2, get), (2, 2, get)]
+    assert all("refused" in r.reason.lower() and 0.2 <= r.delay <= 1.0 for r in told), told
+    assert f"GET /v1/jobs/{job} at {url}: " in str(told[0])
+    assert str(told[0]).endswith(f"; retry 1/2 in {told[0].delay:.1f} s")
+
+    async def scenario() -> list[Retrying]:
+        heard: list[Retrying] = []
+        async with AsyncClient(url, ADMIN_KEY, max_retries=1, on_retry=heard.append) as client:
+            with pytest.raises(TransportError):
+                await client.submit("demo.echo")
+        return heard
+
+    assert [(r.attempt, r.what) for r in asyncio.run(scenario())] == [(1, "POST /v1/jobs")]
 
 
 def test_wait_follows_every_progress_step_in_order(client: Client) -> None:
@@ -247,11 +266,22 @@ def test_429_and_503_are_retried_after_retry_after(
     )  # fmt: skip
     platform.start_api()
     try:
-        with Client(platform.base_url, ADMIN_KEY, max_retries=3) as client:
+        told: list[Retrying] = []
+        with Client(platform.base_url, ADMIN_KEY, max_retries=3, on_retry=told.append) as client:
             client.submit("demo.echo", priority="low")
             started = time.monotonic()
             client.submit("demo.echo", priority="low")  # 429, Retry-After: 1, then accepted
             assert time.monotonic() - started >= 0.9
+            assert [(r.reason, r.delay, r.what) for r in told] == [
+                ("429 Too Many Requests", 1.0, "POST /v1/jobs")
+            ]
+            time.sleep(1.1)
+            told.clear()
+            client.submit_many([{"task": "demo.echo"}] * 2)  # the second one is refused: 429
+            assert (told[0].what, told[0].reason) == (
+                "1 submission(s) of a batch",
+                "refused with 429",
+            )
             time.sleep(1.1)
             client.submit("demo.echo", priority="high")  # fills the high queue
         with Client(platform.base_url, ADMIN_KEY, max_retries=1) as client:

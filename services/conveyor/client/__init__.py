@@ -8,7 +8,7 @@ with Client("https://jobs.example.com", api_key="cvk_...") as conveyor:
     print(done.state, done.result)
 """
 
-from conveyor.client._base import BatchOutcome, JobEvent, WorkflowEvent
+from conveyor.client._base import BatchOutcome, JobEvent, Retrying, WorkflowEvent
 from conveyor.client.async_client import AsyncClient
 from conveyor.client.errors import (
     ApiError,
@@ -47,6 +47,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "Retrying",
     "ServerError",
     "ServiceUnavailable",
     "TransportError",

@@ -3,7 +3,7 @@
 import random
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +102,34 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Retrying:
+    """A request about to be tried again (what a client's `on_retry` hook is given): what
+    failed and why, which retry comes next, and in how many seconds. Its text says so in
+    one line, for a user left waiting.
+    """
+
+    base_url: str
+    what: str
+    reason: str
+    attempt: int
+    max_retries: int
+    delay: float
+
+    def __str__(self) -> str:
+        return (f"{self.what} at {self.base_url}: {self.reason}; "
+                f"retry {self.attempt}/{self.max_retries} in {self.delay:.1f} s")  # fmt: skip
+
+
+def failure_reason(failure: Exception | httpx.Response | str) -> str:
+    """Why a try failed: the connection error, the refusing status, or a reason given."""
+    if isinstance(failure, str):
+        return failure
+    if isinstance(failure, httpx.Response):
+        return f"{failure.status_code} {failure.reason_phrase}".strip()
+    return str(failure) or type(failure).__name__
+
+
+@dataclass(frozen=True)
 class Options:
     """Connection settings common to both clients."""
 
@@ -109,6 +137,16 @@ class Options:
     api_key: str | None = None
     timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_retry: Callable[[Retrying], None] | None = None
+
+    def retrying(
+        self, what: str, failure: Exception | httpx.Response | str, attempt: int, delay: float
+    ) -> None:
+        """Tell `on_retry` that retry `attempt` of `what` comes in `delay` seconds."""
+        if self.on_retry is not None:
+            reason = failure_reason(failure)
+            self.on_retry(Retrying(self.base_url, what, reason, attempt,
+                                   self.retry.max_retries, delay))  # fmt: skip
 
     def headers(self) -> dict[str, str]:
         """Headers of every request."""

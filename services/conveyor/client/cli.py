@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from conveyor.client._base import JobEvent
+from conveyor.client._base import JobEvent, Retrying
 from conveyor.client.errors import ConveyorError, TransportError, WaitTimeout
 from conveyor.client.sync_client import Client
 from conveyor.core.queues import Queue
@@ -70,9 +70,10 @@ class AmbiguousJobId(ConveyorError):
 @contextmanager
 def session(url: str, api_key: str | None) -> Iterator[Client]:
     """A client whose API and connection errors end the command with exit code 5 (and a
-    connection error says where it tried, and how to point elsewhere).
+    connection error says where it tried, and how to point elsewhere). Each retry is said on
+    stderr as it is decided: the retries of an unreachable API take seconds, never in silence.
     """
-    with Client(url, api_key) as client:
+    with Client(url, api_key, on_retry=_say_retry) as client:
         try:
             yield client
         except TransportError as exc:
@@ -82,6 +83,10 @@ def session(url: str, api_key: str | None) -> Iterator[Client]:
         except ConveyorError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(EXIT_ERROR) from None
+
+
+def _say_retry(retrying: Retrying) -> None:
+    err.print(f"[yellow]{retrying}[/yellow]", highlight=False)
 
 
 def resolve_job_id(client: Client, given: str) -> str:

@@ -15,6 +15,7 @@ from conveyor.client._base import (
     BatchOutcome,
     JobEvent,
     Options,
+    Retrying,
     RetryPolicy,
     WorkflowEvent,
     batch_bodies,
@@ -41,7 +42,8 @@ class Client:
 
     Every request is safe to retry (submissions carry an idempotency key), so 429 and 503
     answers are retried after their Retry-After, and connection failures with backoff, up to
-    `max_retries` times; other errors raise a typed `ApiError`.
+    `max_retries` times; other errors raise a typed `ApiError`. `on_retry` is told of each
+    retry before its wait (a `Retrying`: what failed, why, and when the next try comes).
     """
 
     def __init__(
@@ -51,9 +53,12 @@ class Client:
         *,
         timeout: float = 10.0,
         max_retries: int = 5,
+        on_retry: Callable[[Retrying], None] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.options = Options(base_url, api_key, timeout, RetryPolicy(max_retries=max_retries))
+        self.options = Options(
+            base_url, api_key, timeout, RetryPolicy(max_retries=max_retries), on_retry
+        )
         self._http = httpx.Client(
             base_url=base_url, headers=self.options.headers(), timeout=timeout, transport=transport
         )
@@ -124,7 +129,12 @@ class Client:
                         retry.append(index)
             if not retry or attempt == policy.max_retries:
                 break
-            time.sleep(policy.delay(attempt + 1, None))
+            what = f"{len(retry)} submission(s) of a batch"
+            statuses = sorted({refused.status for i in retry if (refused := outcomes[i])})
+            reason = "refused with " + ", ".join(map(str, statuses))
+            delay = policy.delay(attempt + 1, None)
+            self.options.retrying(what, reason, attempt + 1, delay)
+            time.sleep(delay)
             todo = retry
         return [outcome for outcome in outcomes if outcome is not None]
 
@@ -404,7 +414,9 @@ class Client:
                 failures += 1
                 if failures > self.options.retry.max_retries:
                     raise TransportError(self._unreachable(f"event stream of {what}", exc)) from exc
-                time.sleep(self.options.retry.delay(failures, None))
+                delay = self.options.retry.delay(failures, None)
+                self.options.retrying(f"event stream of {what}", exc, failures, delay)
+                time.sleep(delay)
             # The server closes streams after a while: reconnecting resumes them.
 
     def _unreachable(self, what: str, exc: Exception) -> str:
@@ -420,10 +432,14 @@ class Client:
             except httpx.TransportError as exc:
                 if attempt > policy.max_retries:
                     raise TransportError(self._unreachable(f"{method} {path}", exc)) from exc
-                time.sleep(policy.delay(attempt, None))
+                delay = policy.delay(attempt, None)
+                self.options.retrying(f"{method} {path}", exc, attempt, delay)
+                time.sleep(delay)
                 continue
             if response.status_code in RETRIED_STATUSES and attempt <= policy.max_retries:
-                time.sleep(policy.delay(attempt, response))
+                delay = policy.delay(attempt, response)
+                self.options.retrying(f"{method} {path}", response, attempt, delay)
+                time.sleep(delay)
                 continue
             if response.is_error:
                 raise error_for(response)
