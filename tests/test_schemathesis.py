@@ -29,6 +29,7 @@ def test_schemathesis_finds_nothing(api_only: Platform, tmp_path: Path) -> None:
             # an Idempotency-Key header that contradicts the body) are rightly 422.
             "--exclude-checks", "positive_data_acceptance",
             "--max-examples", "25",
+            "--workers", "2",
             "--seed", SEED,
             "--no-color",
             "--report-dir", str(tmp_path),

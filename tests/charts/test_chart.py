@@ -1240,7 +1240,8 @@ def test_each_scaled_objects_url_answers_its_tiers_demand(redis_server: Any, log
                                           "priority": "low"})  # fmt: skip
         assert demand("high") == {"queue": "high", "waiting": 2, "running": 0, "demand": 2}
         assert demand("default") == {"queue": "default", "waiting": 0, "running": 0, "demand": 0}
-        platform.start_worker("low")
+        # Stopped with the 60 s job still running: hand it back at once, not after 20 s.
+        platform.start_worker("low", CONVEYOR_WORKER__SHUTDOWN_TIMEOUT_SECONDS="1")
         wait_until(lambda: demand("low") == {"queue": "low", "waiting": 0, "running": 1,
                                              "demand": 1}, 30, "the low job to run")  # fmt: skip
         # A running job still counts: KEDA does not scale the tier in under it.
