@@ -3,7 +3,7 @@
 import random
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +127,12 @@ def failure_reason(failure: Exception | httpx.Response | str) -> str:
     if isinstance(failure, httpx.Response):
         return f"{failure.status_code} {failure.reason_phrase}".strip()
     return str(failure) or type(failure).__name__
+
+
+def refused_in_batch(outcomes: "Sequence[BatchOutcome | None]", retry: Collection[int]) -> str:
+    """Why a batch's submissions at `retry` are sent again: the statuses that refused them."""
+    statuses = sorted({refused.status for i in retry if (refused := outcomes[i])})
+    return "refused with " + ", ".join(map(str, statuses))
 
 
 @dataclass(frozen=True)

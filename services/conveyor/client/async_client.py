@@ -22,6 +22,7 @@ from conveyor.client._base import (
     batch_bodies,
     batch_outcomes,
     list_params,
+    refused_in_batch,
     stream_timeout,
     submission_body,
     unreachable,
@@ -132,9 +133,10 @@ class AsyncClient:
                         retry.append(index)
             if not retry or attempt == policy.max_retries:
                 break
-            what = f"{len(retry)} submission(s) of a batch"
-            statuses = sorted({refused.status for i in retry if (refused := outcomes[i])})
-            reason = "refused with " + ", ".join(map(str, statuses))
+            what, reason = (
+                f"{len(retry)} submission(s) of a batch",
+                refused_in_batch(outcomes, retry),
+            )
             delay = policy.delay(attempt + 1, None)
             self.options.retrying(what, reason, attempt + 1, delay)
             await asyncio.sleep(delay)

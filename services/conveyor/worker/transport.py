@@ -120,11 +120,11 @@ class ReliableQoS(kombu_redis.QoS):
 
         On an event loop the ack is written before the next poll (or at the loop's next
         round), with the other acks of this round, in one round trip (`flush_acks`): the
-        worker's main process
-        spent two fifths of its time waiting for one ack at a time (py-spy, a backlog
-        drain). The delivery is let go of at once, so its prefetch slot is free; a worker
-        that dies before the write leaves it unacked in Redis, where its lease runs out and
-        the restored message is skipped (its job is finished), as after a lost ack.
+        worker's main process spent two fifths of its time waiting for one ack at a time
+        (py-spy, a backlog drain). The delivery is let go of at once, so its prefetch slot
+        is free; a worker that dies before the write leaves it unacked in Redis, where its
+        lease runs out and the restored message is skipped (its job is finished), as after a
+        lost ack.
         """
         # A channel Celery collected after a lost connection has no transport any more: its
         # ack is written at once, through the pool it still holds, or fails as a connection
