@@ -96,8 +96,13 @@ lint: install-dev
 artifacts: install  ## Regenerate observability/ dashboards, rule tests and metric catalogue.
 	$(BIN)/python -m tools.observability.artifacts
 
+# Two pytest processes on the two cores (pytest-xdist): the timed fault tests run one after
+# another in one of them, everything else in the other (tests/conftest.py). `PYTEST_LANES=`
+# runs the suite in one process.
+PYTEST_LANES ?= -n 2
+
 test: lint $(CHECKOV_VENV)/.installed  ## Lint, type-check and run the whole test suite (what CI runs).
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_LANES)
 
 format: install-dev
 	$(BIN)/ruff check --fix services tests bench tools

@@ -5,10 +5,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from xdist.remote import Producer
+from xdist.scheduler import LoadScopeScheduling
 
 from tests.support.processes import Platform, RedisServer, start_redis
 
 _databases = itertools.cycle(range(1, 64))
+
+# `make test` runs the suite in two pytest-xdist processes (`-n 2`). The tests of these folders
+# time their faults against leases, failovers and alert windows, each starting many
+# processes: they are one unit of work, run one after another in one process (the longest
+# lane, handed out first), while the other process takes everything else. Two of them at
+# once on two cores would starve each other's timings.
+SERIAL_FOLDERS = ("reliability", "sentinel", "observability", "kubelet")
+SERIAL_UNIT = "timed-faults"
+
+
+class TimedFaultsInOneLane(LoadScopeScheduling):
+    """xdist's scope scheduling with two kinds of unit: the serial folders' tests together,
+    and every other test alone. (xdist's own `loadgroup` marks tests by rewriting their node
+    ids, which pytest 9 no longer reads.) Larger units are handed out first."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        folder = nodeid.split("/")[1] if nodeid.startswith("tests/") else ""
+        return SERIAL_UNIT if folder in SERIAL_FOLDERS else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> TimedFaultsInOneLane:
+    return TimedFaultsInOneLane(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,9 @@ async def test_purge_one_dead_letter(client: httpx.AsyncClient, worker: InProces
     assert (await client.get(f"/v1/jobs/{purged['id']}")).json()["state"] == "failed"
 
 
-@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "a" * 300])
+@pytest.mark.parametrize(
+    "job_id", [str(uuid.uuid4()), "not-a-uuid", "a" * 300], ids=["unknown", "not a uuid", "long"]
+)
 async def test_unknown_dead_letters_are_404(client: httpx.AsyncClient, job_id: str) -> None:
     body = problem(await client.post(f"/v1/dead-letters/{job_id}/replay"), 404)
     assert body["type"] == "urn:conveyor:problem:job-not-found"

@@ -149,7 +149,9 @@ async def test_header_and_body_keys_must_agree(client: httpx.AsyncClient) -> Non
     assert response.status_code == 422
 
 
-@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "a" * 300])
+@pytest.mark.parametrize(
+    "job_id", [str(uuid.uuid4()), "not-a-uuid", "a" * 300], ids=["unknown", "not a uuid", "long"]
+)
 async def test_unknown_job_is_404_not_pending(client: httpx.AsyncClient, job_id: str) -> None:
     response = await client.get(f"/v1/jobs/{job_id}")
     assert response.status_code == 404

@@ -83,9 +83,11 @@ class Chaos(threading.Thread):
 
     def __init__(self, platform: Platform, workers: list[tuple[str, Service]], seed: int,
                  redis: Callable[[], None], lease: float,
-                 weights: tuple[int, ...] = (4, 4, 1, 1, 1)) -> None:  # fmt: skip
+                 weights: tuple[int, ...] = (4, 4, 1, 1, 1),
+                 interval: tuple[float, float] = (1.0, 2.5)) -> None:  # fmt: skip
         super().__init__(daemon=True)
         self.weights = weights
+        self.interval = interval  # seconds between one fault's end and the next, at random
         self.platform = platform
         self.workers = workers
         self.random = random.Random(seed)
@@ -103,7 +105,7 @@ class Chaos(threading.Thread):
         import os
 
         try:
-            while not self.stop_event.wait(self.random.uniform(1.0, 2.5)):
+            while not self.stop_event.wait(self.random.uniform(*self.interval)):
                 kind = self.random.choices(self.KINDS, weights=self.weights)[0]
                 self.faults[kind] += 1
                 index = self.random.randrange(len(self.workers))

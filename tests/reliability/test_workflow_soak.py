@@ -63,8 +63,10 @@ def test_workflow_soak_with_random_worker_deaths_and_pauses(
         platform.start_api()
         workers = [(q, platform.start_worker(q)) for q in TIERS for _ in "ab"]
         lease = float(FAST["CONVEYOR_WORKER__VISIBILITY_TIMEOUT_SECONDS"])
+        # Faults come faster than in the job soak: the 200 workflows of a CI run finish in
+        # about 20 s, in which the job soak's pace gave 3 to 6 faults.
         chaos = Chaos(platform, workers, seed=20261129, redis=lambda: None, lease=lease,
-                      weights=(4, 4, 1, 1, 0))  # fmt: skip
+                      weights=(4, 4, 1, 1, 0), interval=(0.3, 1.0))  # fmt: skip
         started = time.monotonic()
         chaos.start()
         ids: list[str] = []

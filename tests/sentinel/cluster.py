@@ -117,7 +117,12 @@ class SentinelGroup:
             if not sentinel_binary:
                 argv.append("--sentinel")
             self.sentinels.append(Node(f"sentinel-{n}", port, conf, argv, data / "sentinel.log"))
-        for node in [*self.redis_nodes, *self.sentinels]:
+        for node in self.redis_nodes:
+            node.start()
+        # Replicas first: a Sentinel learns them from the primary's INFO, which it asks for as
+        # it connects and then only every 10 s; started together, it met the replicas late.
+        self.wait_replicas(self.redis_nodes[0], 2)
+        for node in self.sentinels:
             node.start()
         wait_until(self._settled, 60, "the Sentinels to see 2 replicas and each other", step=0.2)
         return self
