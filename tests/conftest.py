@@ -27,8 +27,13 @@ class TimedFaultsInOneLane(LoadScopeScheduling):
     ids, which pytest 9 no longer reads.) Larger units are handed out first."""
 
     def _split_scope(self, nodeid: str) -> str:
-        folder = nodeid.split("/")[1] if nodeid.startswith("tests/") else ""
-        return SERIAL_UNIT if folder in SERIAL_FOLDERS else nodeid
+        return lane_unit(nodeid)
+
+
+def lane_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: the serial one, or the test alone."""
+    folder = nodeid.split("/")[1] if nodeid.startswith("tests/") else ""
+    return SERIAL_UNIT if folder in SERIAL_FOLDERS else nodeid
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> TimedFaultsInOneLane:
