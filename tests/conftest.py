@@ -12,19 +12,27 @@ from tests.support.processes import Platform, RedisServer, start_redis
 
 _databases = itertools.cycle(range(1, 64))
 
-# `make test` runs the suite in two pytest-xdist processes (`-n 2`). The tests of these folders
-# time their faults against leases, failovers and alert windows, each starting many
-# processes: they are one unit of work, run one after another in one process (the longest
-# lane, handed out first), while the other process takes everything else. Two of them at
-# once on two cores would starve each other's timings.
-SERIAL_FOLDERS = ("reliability", "sentinel", "observability", "kubelet")
+# `make test` runs the suite in two pytest-xdist processes (`-n 2`). These tests time their
+# faults against leases, failovers, alert windows and beat's ticks, and start many processes
+# each: they are one unit of work, run one after another in one process (the longest lane,
+# handed out first), while the other process takes every other test, one at a time. Two of
+# them at once on two cores would starve each other's timings. (Paths they share on this host
+# are safe: metrics directories are per process, and a test that reads a heartbeat file
+# names its own.)
+SERIAL_PATHS = (
+    "tests/reliability/",
+    "tests/sentinel/",
+    "tests/observability/",
+    "tests/kubelet/",
+    "tests/test_beat.py",
+)
 SERIAL_UNIT = "timed-faults"
 
 
 class TimedFaultsInOneLane(LoadScopeScheduling):
-    """xdist's scope scheduling with two kinds of unit: the serial folders' tests together,
-    and every other test alone. (xdist's own `loadgroup` marks tests by rewriting their node
-    ids, which pytest 9 no longer reads.) Larger units are handed out first."""
+    """xdist's scope scheduling with two kinds of unit: the serial paths' tests together, and
+    every other test alone. (xdist's own `loadgroup` marks tests by rewriting their node ids,
+    which pytest 9 no longer reads.) Larger units are handed out first."""
 
     def _split_scope(self, nodeid: str) -> str:
         return lane_unit(nodeid)
@@ -32,10 +40,10 @@ class TimedFaultsInOneLane(LoadScopeScheduling):
 
 def lane_unit(nodeid: str) -> str:
     """The unit of work a test belongs to: the serial one, or the test alone."""
-    folder = nodeid.split("/")[1] if nodeid.startswith("tests/") else ""
-    return SERIAL_UNIT if folder in SERIAL_FOLDERS else nodeid
+    return SERIAL_UNIT if nodeid.startswith(SERIAL_PATHS) else nodeid
 
 
+@pytest.hookimpl(optionalhook=True)  # `-p no:xdist` runs the suite without xdist's hooks
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> TimedFaultsInOneLane:
     return TimedFaultsInOneLane(config, log)
 

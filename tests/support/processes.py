@@ -19,11 +19,7 @@ import redis
 from tests.support.auth import ADMIN_KEY, KEYS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
-# `make test` runs the suite in two pytest-xdist processes (tests/conftest.py): what would be
-# one fixed path on this host gets a name of its own per process.
-LANE = os.environ.get("PYTEST_XDIST_WORKER", "main")
-METRICS_DIR = Path(tempfile.gettempdir()) / f"conveyor-test-metrics-{LANE}"
-HEARTBEAT_FILE = Path(tempfile.gettempdir()) / f"conveyor-test-heartbeat-{LANE}"
+METRICS_DIR = Path(tempfile.gettempdir()) / "conveyor-test-metrics"
 
 
 def free_port() -> int:
@@ -216,8 +212,6 @@ def service_env(redis_url: str, **overrides: str) -> dict[str, str]:
             "CONVEYOR_METRICS__BEAT_PORT": "0",
             "CONVEYOR_METRICS__API_PORT": "0",
             "CONVEYOR_METRICS__MULTIPROCESS_DIR": str(METRICS_DIR),
-            # Workers of one tier in both lanes must not keep each other's heartbeat fresh.
-            "CONVEYOR_WORKER__HEARTBEAT_FILE": str(HEARTBEAT_FILE),
         }
     )
     env.update(overrides)
