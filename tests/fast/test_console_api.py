@@ -10,10 +10,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
 from conveyor.api.sessions import SESSION_COOKIE
+from conveyor.core.redis import async_client
+from conveyor.core.settings import Settings
+from conveyor.jobstore.audit_log import append_audit
+from conveyor.jobstore.keys import KeySpace
 from tests.fast.harness import InProcessApi, InProcessWorker, problem
 from tests.support.auth import ADMIN_KEY, TEAM_A_KEY, TEAM_A_READER_KEY, TEAM_B_KEY, bearer
 
@@ -379,3 +384,25 @@ async def test_audit_entries_are_one_json_field_and_older_entries_still_list(
         "old-key", "2023-11-14T22:13:20.250Z", 200)  # fmt: skip
     stored = redis_client.xrevrange("conveyor:audit", count=1)[0][1]
     assert list(stored) == ["entry"], "one field: the entry as JSON"
+
+
+async def test_a_writers_batch_is_appended_in_order_by_one_call_and_the_stream_stays_capped(
+    settings: Settings, redis_client: "redis.Redis"
+) -> None:
+    keys = KeySpace(settings.key_prefix)
+    client = async_client(settings)
+    before = redis_client.info("commandstats")
+    try:
+        entries = [orjson.dumps({"n": n}) for n in range(2500)]
+        assert await append_audit(client, keys, 1000, entries) == 2500
+    finally:
+        await client.aclose()
+    after = redis_client.info("commandstats")
+    calls = {name: after[name]["calls"] - before.get(name, {"calls": 0})["calls"]
+             for name in after if name in ("cmdstat_evalsha", "cmdstat_eval")}  # fmt: skip
+    assert 1 <= sum(calls.values()) <= 2, calls  # the call (and its EVAL after a NOSCRIPT)
+    stored = redis_client.xrange(keys.audit)
+    # MAXLEN ~ trims whole stream nodes (100 entries): about the cap, never below it.
+    assert 1000 <= len(stored) < 1200
+    numbers = [orjson.loads(fields["entry"])["n"] for _, fields in stored]
+    assert numbers == list(range(2500 - len(stored), 2500)), "the newest, in order"

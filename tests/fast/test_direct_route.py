@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 import conveyor.api.app as app_module
 from conveyor.api.app import create_app
-from conveyor.api.jobs import jobs_router
+from conveyor.api.jobs import add_submit_route
 from conveyor.core.settings import Settings
 from tests.fast.harness import CATALOG, serve
 from tests.support.auth import TEAM_A_KEY, TEAM_A_READER_KEY, bearer
@@ -84,9 +84,9 @@ async def both(settings: Settings) -> AsyncIterator[tuple[FastAPI, FastAPI]]:
     """The app as it runs (direct) and one whose submissions FastAPI reads."""
     key = settings.model_dump_json()
     if key not in _apps:
-        reference_router = functools.partial(jobs_router, direct=False)
+        reference_route = functools.partial(add_submit_route, direct=False)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(app_module, "jobs_router", reference_router)
+            patch.setattr(app_module, "add_submit_route", reference_route)
             reference = create_app(settings, CATALOG)
         _apps[key] = (create_app(settings, CATALOG), reference)
     direct, reference = _apps[key]

@@ -49,6 +49,25 @@ def test_fastapi_native_telemetry_is_off(settings: Settings) -> None:
     assert (telemetry["tracing"], telemetry["metrics"], telemetry["logs"]) == (False,) * 3
 
 
+def test_submissions_are_matched_at_the_top_before_any_included_router(
+    settings: Settings,
+) -> None:
+    """FastAPI matches an included router's routes twice per request, after every included
+    router before it: POST /v1/jobs inside the jobs router spent 7 % of the app's
+    instructions per submission on routing (bench/README.md round 10)."""
+    app = create_app(settings, CATALOG)
+    routes = app.router.routes
+    submit = next(i for i, route in enumerate(routes) if getattr(route, "name", "") == "submit_job")
+    route = routes[submit]
+    assert isinstance(route, fastapi.routing.APIRoute)
+    assert route.path == "/v1/jobs"
+    assert route.methods == {"POST"}
+    included = [i for i, route in enumerate(routes) if type(route).__name__ == "_IncludedRouter"]
+    assert included
+    assert submit < min(included)
+    assert next(iter(app.openapi()["paths"])) == "/v1/jobs"
+
+
 def test_redis_replies_are_parsed_by_hiredis() -> None:
     """The pure-Python RESP parser and encoder cost the API a fifth of its Redis time."""
     from redis.utils import HIREDIS_AVAILABLE

@@ -32,7 +32,7 @@ from conveyor.api.batch import batch_router
 from conveyor.api.body_gate import BodyGate
 from conveyor.api.dead_letters import dead_letters_router
 from conveyor.api.events import BLOCK_SECONDS, events_router
-from conveyor.api.jobs import jobs_router
+from conveyor.api.jobs import add_submit_route, jobs_router
 from conveyor.api.meta import meta_router
 from conveyor.api.overview import overview_router
 from conveyor.api.pauses import pauses_router
@@ -134,8 +134,9 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     problems.install(app, list(catalog), charge_rejected)
     body = submission_model(catalog, settings.jobs.max_delay_seconds)
+    add_submit_route(app.router, body)  # first: the hot path, matched once (api/jobs.py)
     app.include_router(batch_router(catalog, body, settings.limits.max_batch_jobs))
-    app.include_router(jobs_router(catalog, body))
+    app.include_router(jobs_router())
     app.include_router(events_router())
     app.include_router(workflows_router())
     app.include_router(dead_letters_router())

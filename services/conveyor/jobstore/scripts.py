@@ -115,13 +115,14 @@ def _job_script(name: str) -> Lua:
     return Lua(f"{shebang}\n{link(shared, script_text(name))}")
 
 
-# Every job script. The transport's claim and push also take kombu's key names as arguments.
+# Every script of the store (jobs, workflows, schedules, the audit stream). The transport's
+# claim and push also take kombu's key names as arguments.
 JOB_SCRIPTS = ("accept", "transition", "promote", "start", "replay", "purge", "ratelimit",
                "recover_inflight", "heartbeat", "renew", "repair", "read", "claim",
                "push", "release", "flow", "primary", "accept_workflow",
                "cancel_workflow", "rerun_step", "schedule_put", "schedule_delete",
-               "schedule_due", "schedule_advance", "schedule_ran")  # fmt: skip
+               "schedule_due", "schedule_advance", "schedule_ran", "audit")  # fmt: skip
 (ACCEPT, TRANSITION, PROMOTE, START, REPLAY, PURGE, RATELIMIT, RECOVER_INFLIGHT, HEARTBEAT,
  RENEW, REPAIR, READ, CLAIM, PUSH, RELEASE, FLOW, PRIMARY, ACCEPT_WORKFLOW,
  CANCEL_WORKFLOW, RERUN_STEP, SCHEDULE_PUT, SCHEDULE_DELETE, SCHEDULE_DUE, SCHEDULE_ADVANCE,
- SCHEDULE_RAN) = (_job_script(name) for name in JOB_SCRIPTS)  # fmt: skip
+ SCHEDULE_RAN, AUDIT) = (_job_script(name) for name in JOB_SCRIPTS)  # fmt: skip
