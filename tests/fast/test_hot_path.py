@@ -7,16 +7,20 @@ from typing import Any
 import fastapi.dependencies.utils
 import fastapi.routing
 import httpx
+import opentelemetry.propagate
 import orjson
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+import conveyor.telemetry.tracing
 from conveyor.api.app import create_app
 from conveyor.core.ids import random_uuid
 from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings, WorkerSettings
 from conveyor.jobstore.model import Job, UniqueMode, UniqueSpec
 from conveyor.jobstore.submission import Submission, current_trace_context, prepare
+from conveyor.telemetry.tracing import producer_span
 from tests.fast.harness import CATALOG
 
 
@@ -171,3 +175,24 @@ def test_random_uuids_are_version_4_uuids_in_canonical_text() -> None:
     for bit in range(128):
         varying += len({(uuid.UUID(t).int >> bit) & 1 for t in drawn}) == 2
     assert varying == 122
+
+
+def test_without_tracing_a_submission_makes_no_span_and_reads_no_context(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no tracer provider installed the no-op tracer's span still cost ~8 µs and the
+    propagators' injection ~3 % of a submission: neither runs while tracing is off."""
+    assert create_app(settings, CATALOG).state.conveyor.traced is False
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("called while tracing is off")
+
+    monkeypatch.setattr(opentelemetry.propagate, "inject", refuse)
+    monkeypatch.setattr(conveyor.telemetry.tracing, "tracer", refuse)
+    with producer_span(False, "conveyor.enqueue") as span:
+        assert span is trace.INVALID_SPAN
+        assert not span.is_recording()
+        span.set_attribute("conveyor.task", "demo.echo")  # callers set attributes regardless
+        assert current_trace_context() == {}
+    with producer_span(False, "again") as again:  # the no-op is reused
+        assert again is trace.INVALID_SPAN

@@ -87,7 +87,7 @@ def create_app(settings: Settings, catalog: TaskCatalog | None = None) -> FastAP
             "tenant 'default' with every scope. Never run this way outside local development."
         )
     tracing = setup_tracing(settings, "conveyor-api")
-    state = ApiState(settings, catalog, metrics, keys)
+    state = ApiState(settings, catalog, metrics, keys, traced=tracing is not None)
     audit = AuditWriter(state)
 
     @asynccontextmanager

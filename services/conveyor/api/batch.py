@@ -6,7 +6,6 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from conveyor.api.auth import require, tenant_limits
@@ -24,7 +23,7 @@ from conveyor.core.catalog import TaskCatalog, TaskSpec
 from conveyor.jobstore.model import Job
 from conveyor.jobstore.results import Limits
 from conveyor.jobstore.submission import Submission
-from conveyor.telemetry.tracing import tracer
+from conveyor.telemetry.tracing import producer_span
 
 Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
 
@@ -96,7 +95,7 @@ def batch_router(catalog: TaskCatalog, submission_body: Any, max_jobs: int) -> A
             pending.append((index, spec, submission, accept_limits(state, tenant, submission)))
         state.metrics.submissions.labels("rejected").inc(len(body.jobs) - len(pending))
         if pending:
-            with tracer().start_as_current_span("conveyor.enqueue_batch", kind=SpanKind.PRODUCER):
+            with producer_span(state.traced, "conveyor.enqueue_batch"):
                 started = time.perf_counter()
                 http_request.state.charged = True  # each accept script takes a token
                 outcomes = await state.store.submit_many([p[1:] for p in pending])

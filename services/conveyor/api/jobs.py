@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from opentelemetry.trace import SpanKind
 
 from conveyor.api.auth import Reader, Writer, require, tenant_limits
 from conveyor.api.deps import JSON_BODY, ApiState, State, existing_job
@@ -30,7 +29,7 @@ from conveyor.core.queues import Queue
 from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job, JobState, JobSummary
 from conveyor.jobstore.results import InvalidCursorError, Page
-from conveyor.telemetry.tracing import tracer
+from conveyor.telemetry.tracing import producer_span
 
 Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -57,7 +56,7 @@ def add_submit_route(router: APIRouter, submission_body: Any, *, direct: bool = 
         key = idempotency_key(request.idempotency_key, header_key)
         spec, submission = submission_of(state, request, principal.tenant, key)
         tenant = tenant_limits(http_request, principal.tenant)
-        with tracer().start_as_current_span("conveyor.enqueue", kind=SpanKind.PRODUCER) as span:
+        with producer_span(state.traced, "conveyor.enqueue") as span:
             span.set_attribute("conveyor.task", spec.name)
             span.set_attribute("conveyor.queue", str(submission.queue))
             started = time.perf_counter()

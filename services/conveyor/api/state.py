@@ -65,6 +65,7 @@ class ApiState:
     streams: AsyncRedis = field(init=False)  # blocking reads of job events, own connections
     open_streams: OpenStreams = field(default_factory=OpenStreams)
     tenant_limits: TenantLimitsCache = field(default_factory=TenantLimitsCache)
+    traced: bool = False  # a tracer provider exports this process's spans (OTLP endpoint set)
 
     def connect(self, client: AsyncRedis, streams: AsyncRedis) -> None:
         """Attach the Redis clients (in the app's lifespan)."""

@@ -11,7 +11,6 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field
 
 from conveyor.api.auth import Reader, Writer, rate_limit_headers, require, tenant_limits
@@ -27,7 +26,7 @@ from conveyor.core.workflow_plan import InvalidWorkflowError, WorkflowRequest, p
 from conveyor.jobstore.results import AcceptVerdict, InvalidCursorError, Limits
 from conveyor.jobstore.workflow_model import Workflow, WorkflowState, WorkflowSummary
 from conveyor.jobstore.workflow_store import WorkflowAcceptResult
-from conveyor.telemetry.tracing import tracer
+from conveyor.telemetry.tracing import producer_span
 
 Submitter = Annotated[Principal, Depends(require(Scope.JOBS_WRITE))]
 _WORKFLOW_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -80,8 +79,7 @@ def workflows_router() -> APIRouter:
         tenant = tenant_limits(http_request, principal.tenant)
         limits = workflow_limits(tenant)
         depths = {str(q): state.settings.limits.max_queue_depth.for_queue(q) for q in Queue}
-        with tracer().start_as_current_span("conveyor.enqueue_workflow",
-                                            kind=SpanKind.PRODUCER) as span:  # fmt: skip
+        with producer_span(state.traced, "conveyor.enqueue_workflow") as span:
             span.set_attribute("conveyor.workflow_steps", len(plan.steps))
             http_request.state.charged = True  # the accept script takes the tokens
             outcome = await state.store.submit_workflow(plan, limits, depths)

@@ -5,6 +5,8 @@ every gunicorn worker (from `create_app`), workers in every prefork child
 (`worker_process_init`), so no exporter thread is shared across a fork.
 """
 
+import contextlib
+from contextlib import AbstractContextManager
 from functools import cache
 
 from opentelemetry import trace
@@ -45,3 +47,18 @@ def tracer() -> trace.Tracer:
     per submission). The proxy it returns follows a provider installed later.
     """
     return trace.get_tracer("conveyor")
+
+
+# What a block gets for a span while tracing is off: the no-op tracer's span still cost ~8 µs
+# (its context and current-span bookkeeping), 2 % of a submission's CPU. Reusable.
+_NO_SPAN: AbstractContextManager[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
+
+
+def producer_span(traced: bool, name: str) -> AbstractContextManager[trace.Span]:
+    """A PRODUCER span named `name`, current inside the block, when the process traces
+    (`traced`: `setup_tracing` installed a provider); otherwise a non-recording span, for
+    nothing.
+    """
+    if not traced:
+        return _NO_SPAN
+    return tracer().start_as_current_span(name, kind=trace.SpanKind.PRODUCER)
