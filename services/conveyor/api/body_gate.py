@@ -13,6 +13,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conveyor.api.problems import PROBLEM_MEDIA_TYPE, Problem, ProblemError
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+# The request state's entry holding the body the gate read: a route that reads its body by
+# hand (api/direct_route.py) takes it from there, without Starlette's stream over the replay
+# (4.5 µs a request).
+GATED_BODY = "gated_body"
 
 # Checks a request's credentials from its headers (and method) alone: (principal, how it
 # came: `api` or `console`), or ProblemError (401, 403).
@@ -113,6 +117,7 @@ class BodyGate:
             return
         if body is None:
             return  # the client went away
+        scope.setdefault("state", {})[GATED_BODY] = body
         replayed = False
 
         async def replay() -> Message:

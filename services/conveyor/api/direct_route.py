@@ -29,6 +29,7 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
 from conveyor.api.auth import authorize
+from conveyor.api.body_gate import GATED_BODY
 from conveyor.api.limits import require_json
 from conveyor.core.apikeys import Principal, Scope
 
@@ -115,7 +116,9 @@ async def _body(request: Request) -> Any:
     """The body as FastAPI reads it: `_EMPTY` when empty (JSON's null is a body), parsed
     when its type is JSON, the bytes as they came otherwise (validation refuses them).
     """
-    raw = await request.body()
+    raw = request.scope.get("state", {}).get(GATED_BODY)  # read by the gate, within limits
+    if raw is None:
+        raw = await request.body()
     if not raw:
         return _EMPTY
     if not _is_json(request.headers.get("content-type")):

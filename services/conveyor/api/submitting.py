@@ -115,25 +115,25 @@ async def answer(
     state: ApiState, outcome: AcceptResult, submission: Submission, tenant: TenantLimits
 ) -> Answer:
     """The answer to one accepted (or refused) submission, counted in the API's metrics."""
-    count = state.metrics.submissions.labels
+    counted = state.metrics.submitted
     location = {"Location": f"/v1/jobs/{outcome.job_id}"}
     verdict = outcome.verdict
     if verdict is AcceptVerdict.CREATED and outcome.job is not None:
-        count("accepted").inc()
+        counted["accepted"].inc()
         headers = {**location, **rate_limit_headers(tenant, outcome.tokens_left)}
         return Answer(202, job=outcome.job, headers=headers)
     if verdict is AcceptVerdict.EXISTING:
         existing = await state.store.get(outcome.job_id)  # the key is the tenant's own
         if existing is None:
             return _refused(409, "Idempotency key refers to an expired job", slug="expired")
-        count("duplicate").inc()
+        counted["duplicate"].inc()
         return Answer(200, job=existing, headers=location)
     if verdict is AcceptVerdict.RATE_LIMITED:
-        count("rate_limited").inc()
+        counted["rate_limited"].inc()
         refusal = too_many_requests(tenant, outcome.retry_after_ms)
         return Answer(429, problem=refusal)
     if verdict is AcceptVerdict.QUEUE_FULL:
-        count("queue_full").inc()
+        counted["queue_full"].inc()
         retry_after = state.settings.limits.backpressure_retry_after_seconds
         return _refused(
             503,
@@ -144,7 +144,7 @@ async def answer(
             headers={"Retry-After": str(retry_after)},
         )
     if verdict is AcceptVerdict.QUOTA_EXCEEDED and outcome.quota is not None:
-        count("quota_exceeded").inc()
+        counted["quota_exceeded"].inc()
         return _refused(
             429,
             "Quota exceeded",
@@ -153,7 +153,7 @@ async def answer(
             headers={"Retry-After": str(state.settings.limits.backpressure_retry_after_seconds)},
         )
     if verdict is AcceptVerdict.NOT_REPLICATED:
-        count("broker_error").inc()  # a replication shortfall
+        counted["broker_error"].inc()  # a replication shortfall
         return _refused(
             503,
             "Not replicated",
@@ -164,7 +164,7 @@ async def answer(
             headers={"Retry-After": str(state.settings.redis_replication.retry_after_seconds)},
         )
     if verdict is AcceptVerdict.BROKER_ERROR:
-        count("broker_error").inc()
+        counted["broker_error"].inc()
         return _refused(
             503,
             "Broker unavailable",
@@ -172,7 +172,7 @@ async def answer(
             slug="broker-unavailable",
             headers={"Retry-After": "2"},
         )
-    count("conflict").inc()
+    counted["conflict"].inc()
     return _refused(
         409,
         "Idempotency key reused",

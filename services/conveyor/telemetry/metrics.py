@@ -211,8 +211,10 @@ class ApiMetrics:
             ("outcome",),
             registry=registry,
         )
-        for outcome in SUBMISSION_OUTCOMES:  # every outcome from 0: see count_from_zero
-            self.submissions.labels(outcome)
+        # Every outcome from 0 (see count_from_zero); its child found once, not per answer.
+        self.submitted = {
+            outcome: self.submissions.labels(outcome) for outcome in SUBMISSION_OUTCOMES
+        }
         self.accept_latency = Histogram(
             "conveyor_api_accept_duration_seconds",
             "Time to record and enqueue one job (the accept script's round trip).",
