@@ -73,7 +73,7 @@ dev: install  ## Run Redis, the API, three worker tiers, beat and the exporter o
 # The benchmarks print figures (bench/README.md has the method and the latest table); they
 # are not tests. wrk, from Debian, is the load generator; valgrind counts Redis' instructions.
 bench: install  ## Run every benchmark (about 35 minutes on 2 cores).
-	$(call debian-packages,wrk:wrk valgrind:valgrind)
+	$(call debian-packages,wrk:wrk valgrind:valgrind gcc:gcc)
 	$(BIN)/python -m bench.accept
 	$(BIN)/python -m bench.workers
 	$(BIN)/python -m bench.isolation
@@ -86,6 +86,7 @@ bench: install  ## Run every benchmark (about 35 minutes on 2 cores).
 	$(BIN)/python -m bench.console
 	$(BIN)/python -m bench.redis_cost
 	$(BIN)/python -m bench.redis_instructions
+	$(BIN)/python -m bench.api_instructions
 	$(BIN)/python -m bench.e2e
 
 lint: install-dev

@@ -4,6 +4,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 from conveyor.telemetry.metrics import (
     EXPORTER_METRICS,
@@ -66,12 +67,14 @@ def metric_catalogue() -> list[MetricInfo]:
 
 
 def _declared(metrics: object) -> list[Any]:
-    """The metrics a metrics class declares, those of classes it holds (WorkflowMetrics) too."""
+    """The metrics a metrics class declares, those of classes it holds (WorkflowMetrics) too
+    (not the children it keeps at hand, such as `ApiMetrics.submitted`).
+    """
     found = []
     for value in vars(metrics).values():
         if isinstance(value, WorkflowMetrics):
             found += _declared(value)
-        else:
+        elif isinstance(value, MetricWrapperBase):
             found.append(value)
     return found
 

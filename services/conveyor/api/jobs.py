@@ -42,7 +42,7 @@ def add_submit_route(router: APIRouter, submission_body: Any, *, direct: bool = 
     """POST /v1/jobs, added to `router` itself (the app's own, before any included router):
     FastAPI matches an included router's routes twice per request (to pick the router, then
     the route), after the included routers before it; at the top the hot path is the second
-    route tried (an eighth of its in-process CPU, bench/README.md round 10). `submission_body`
+    route tried (7 % of its instructions, bench/README.md round 10). `submission_body`
     is the per-deployment request model. `direct=False` leaves reading submissions to FastAPI
     (the reference the direct handler is tested against).
     """

@@ -194,7 +194,8 @@ class ApiMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.requests = Counter(
             "conveyor_http_requests",
-            "HTTP requests by method, route template and status code.",
+            "HTTP requests by method (other for a nonstandard one), route template and status "
+            "code.",
             ("method", "route", "status"),
             registry=registry,
         )
