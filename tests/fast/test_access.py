@@ -169,6 +169,28 @@ async def test_hostile_bodies_get_clear_4xx(
     assert "Traceback" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/v1/jobs", "GET, POST"),  # the app's own route and an included router's
+        ("DELETE", "/v1/jobs/batch", "POST"),  # its own template (not /v1/jobs/{job_id})
+        ("POST", "/v1/jobs/0b6c9f9e-8c7d-4c45-9d0e-1234567890ab", "GET"),
+        ("PATCH", "/v1/schedules", "GET, POST"),
+    ],
+    ids=["jobs", "batch", "job", "schedules"],
+)
+async def test_a_405_names_the_methods_the_path_allows(
+    client: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    """RFC 9110: a 405 carries `Allow`. FastAPI 0.165 keeps an included router whole, so the
+    routes to look at are inside it (the header was empty for every included route)."""
+    response = await client.request(
+        method, path, content=b"{}", headers={"content-type": "application/json"}
+    )
+    problem(response, 405)
+    assert response.headers["allow"] == allowed
+
+
 async def test_rate_limit_is_shared_by_api_processes(redis_url: str, tmp_path: Path) -> None:
     keys_file = tmp_path / "keys.yaml"
     # team-a: a bucket of 5 refilled at one token per 20 s; team-b: the deployment's default.

@@ -15,10 +15,11 @@ from fastapi import FastAPI
 
 import conveyor.api.app as app_module
 from conveyor.api.app import create_app
+from conveyor.api.body_gate import GATED_BODY
 from conveyor.api.jobs import add_submit_route
 from conveyor.core.settings import Settings
 from tests.fast.harness import CATALOG, serve
-from tests.support.auth import TEAM_A_KEY, TEAM_A_READER_KEY, bearer
+from tests.support.auth import ADMIN_KEY, TEAM_A_KEY, TEAM_A_READER_KEY, bearer
 
 JSON = {"Content-Type": "application/json"}
 ECHO = {"task": "demo.echo", "args": {"payload": {"n": 1}}}
@@ -165,3 +166,44 @@ def test_openapi_still_documents_the_submission(both: tuple[FastAPI, FastAPI]) -
     assert header["in"] == "header"
     assert {"200", "202", "415", "422"} <= set(operation["responses"])
     assert operation["security"] == [{"bearer": []}, {"apiKey": []}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/jobs", {"task": "demo.echo", "args": {}}, 202),  # read by the direct route
+        ("/v1/jobs/batch", {"jobs": [{"task": "demo.echo", "args": {}}]}, 200),  # by FastAPI
+        ("/v1/jobs", {"task": "no.such.task", "args": {}}, 422),  # refused
+    ],
+    ids=["direct", "batch", "refused"],
+)
+async def test_the_gated_body_does_not_outlive_its_request(
+    settings: Settings, path: str, body: dict[str, Any], status: int
+) -> None:
+    """uvicorn keeps a connection's last scope until its next request or the keep-alive's
+    end: a body left in its state would stay in memory that long (a review found 1 MiB per
+    idle connection)."""
+    raw = json.dumps(body).encode()
+    async with serve(settings) as api:
+        scope: dict[str, Any] = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000),
+            "server": ("api.test", 80), "state": {},
+            "headers": [(b"host", b"api.test"), (b"content-type", b"application/json"),
+                        (b"content-length", str(len(raw)).encode()),
+                        (b"authorization", f"Bearer {ADMIN_KEY}".encode())],
+        }  # fmt: skip
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await api.app(scope, receive, send)
+    assert statuses == [status]
+    assert scope["state"]["principal"].key_id  # the gate did run and record the caller
+    assert GATED_BODY not in scope["state"]

@@ -116,7 +116,7 @@ async def _body(request: Request) -> Any:
     """The body as FastAPI reads it: `_EMPTY` when empty (JSON's null is a body), parsed
     when its type is JSON, the bytes as they came otherwise (validation refuses them).
     """
-    raw = request.scope.get("state", {}).get(GATED_BODY)  # read by the gate, within limits
+    raw = request.scope.get("state", {}).pop(GATED_BODY, None)  # the gate read it, in limits
     if raw is None:
         raw = await request.body()
     if not raw:

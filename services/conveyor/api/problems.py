@@ -3,7 +3,7 @@
 import copy
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from conveyor.api.request_metrics import count_submission
 
@@ -305,9 +305,31 @@ def install(
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """A 405's `Allow`: the methods of the path template the request's path reaches first
+    (the route routing would pick but for the method, and every route of the same template),
+    as its OpenAPI path item documents them.
+    """
+    routes = list(_leaf_routes(app.router.routes))
+    template = next(
+        (getattr(route, "path", None) for route in routes
+         if route.matches(request.scope)[0] is not Match.NONE),
+        None,
+    )  # fmt: skip
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
+    for route in routes:
+        if template is not None and getattr(route, "path", None) == template:
             methods.update(getattr(route, "methods", None) or ())
     return sorted(methods)
+
+
+def _leaf_routes(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes, those of included routers too: FastAPI (0.165) keeps an included router
+    whole (`original_router`, its routes carrying their full paths) instead of copying its
+    routes into the app's, and the router itself names no methods.
+    """
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _leaf_routes(included.routes)
+        else:
+            yield route
