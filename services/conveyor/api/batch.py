@@ -93,7 +93,7 @@ def batch_router(catalog: TaskCatalog, submission_body: Any, max_jobs: int) -> A
                 answers[index] = _invalid(index, exc.problem.errors or [], exc.problem.detail)
                 continue
             pending.append((index, spec, submission, accept_limits(state, tenant, submission)))
-        state.metrics.submissions.labels("rejected").inc(len(body.jobs) - len(pending))
+        state.metrics.submitted["rejected"].inc(len(body.jobs) - len(pending))
         if pending:
             with producer_span(state.traced, "conveyor.enqueue_batch"):
                 started = time.perf_counter()

@@ -69,4 +69,4 @@ def count_submission(request: Request, outcome: str) -> None:
     """Count a POST /v1/jobs outcome (called where the outcome is decided)."""
     if request.method == "POST" and request.url.path == "/v1/jobs":
         metrics = state_of(request).metrics
-        metrics.submissions.labels(outcome).inc()
+        metrics.submitted[outcome].inc()

@@ -24,4 +24,4 @@ async def append_audit(
     One script call for the batch: a pipeline of one XADD per entry cost the API about 20 µs
     of CPU per entry in redis-py, the call about 3 (bench/README.md round 10).
     """
-    return int(await AUDIT.run_async(client, [keys.prefix, cap, *entries]))
+    return int(await AUDIT.run_async(client, [keys.prefix, cap, ENTRY_FIELD, *entries]))
