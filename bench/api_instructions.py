@@ -4,6 +4,7 @@ where CPU-ms per request vary by ±15 % from one minute to the next here (bench/
 performance round 10). For A/B runs of a change to the accept path.
 
     .venv/bin/python -m bench.api_instructions [--requests 1280] [--without AuditMiddleware]
+    .venv/bin/python -m bench.api_instructions --batch 1000 [--requests 16]
 
 The app is `create_app` with the benchmark's production settings (auth, rate limit, metrics,
 audit) on a private Redis; 64 concurrent callers submit `demo.echo` through its ASGI
@@ -11,6 +12,9 @@ interface. Only the measured requests are counted (callgrind's instrumentation i
 and off around them by a small C helper built with gcc). `--without` leaves the named ASGI
 middlewares out (the caller's principal is then set as the gate would), to price each one.
 uvicorn's own work (the socket, HTTP parsing) is not in the count.
+
+`--batch SIZE` counts POST /v1/jobs/batch instead: 4 callers (as `bench.batch`), each request
+`SIZE` jobs with idempotency keys of their own; it prints instructions per job.
 """
 
 import argparse
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ from bench.harness import BENCH_KEY, REPO, conveyor_env, redis_server
 
 BODY = json.dumps({"task": "demo.echo", "args": {"payload": {"order": 42}}}).encode()
 CALLERS = 64
+BATCH_CALLERS = 4
 HELPER = """#include <valgrind/callgrind.h>
 void measure_on(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
 void measure_off(void) { CALLGRIND_STOP_INSTRUMENTATION; CALLGRIND_DUMP_STATS_AT("measured"); }
@@ -45,19 +51,28 @@ def build_helper(directory: Path) -> Path:
     return library
 
 
-async def submit_all(app: Any, rounds: int, statuses: dict[int, int], principal: Any) -> None:
-    """`CALLERS` callers, each submitting `rounds` jobs one after another."""
-    headers = [(b"host", b"bench"), (b"content-type", b"application/json"),
-               (b"authorization", f"Bearer {BENCH_KEY}".encode()),
-               (b"content-length", str(len(BODY)).encode())]  # fmt: skip
+def batch_body(size: int) -> bytes:
+    """A batch of `size` jobs, each with an idempotency key of its own (none is a replay)."""
+    jobs = [{"task": "demo.echo", "args": {"payload": {"order": i}},
+             "idempotency_key": f"bench-{uuid.uuid4()}"} for i in range(size)]  # fmt: skip
+    return json.dumps({"jobs": jobs}).encode()
 
-    async def one() -> None:
+
+async def submit_all(
+    app: Any, bodies: list[list[bytes]], statuses: dict[int, int], principal: Any, path: str
+) -> None:
+    """One caller per list of `bodies`, each posting its bodies to `path` one after another."""
+
+    async def one(body: bytes) -> None:
+        headers = [(b"host", b"bench"), (b"content-type", b"application/json"),
+                   (b"authorization", f"Bearer {BENCH_KEY}".encode()),
+                   (b"content-length", str(len(body)).encode())]  # fmt: skip
         state: dict[str, Any] = {}
         if principal is not None:  # the gate is left out: set who calls, as it would
             state.update(principal=principal, via="api")
         scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-                 "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/v1/jobs",
-                 "raw_path": b"/v1/jobs", "query_string": b"", "root_path": "",
+                 "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "",
                  "headers": headers, "client": ("127.0.0.1", 50000),
                  "server": ("127.0.0.1", 8000), "state": state}  # fmt: skip
         sent = False
@@ -66,7 +81,7 @@ async def submit_all(app: Any, rounds: int, statuses: dict[int, int], principal:
             nonlocal sent
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": BODY, "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             await asyncio.Event().wait()  # no disconnect while the answer is written
             raise AssertionError("unreachable")
 
@@ -76,14 +91,14 @@ async def submit_all(app: Any, rounds: int, statuses: dict[int, int], principal:
 
         await app(scope, receive, send)
 
-    async def caller() -> None:
-        for _ in range(rounds):
-            await one()
+    async def caller(mine: list[bytes]) -> None:
+        for body in mine:
+            await one(body)
 
-    await asyncio.gather(*(caller() for _ in range(CALLERS)))
+    await asyncio.gather(*(caller(mine) for mine in bodies))
 
 
-def child(requests: int, without: list[str], helper: str) -> None:
+def child(requests: int, without: list[str], helper: str, batch: int) -> None:
     """Inside valgrind: build the app, warm it up, count the measured requests."""
     import uvloop
     from starlette.datastructures import Headers
@@ -106,30 +121,46 @@ def child(requests: int, without: list[str], helper: str) -> None:
                 key = [(b"authorization", f"Bearer {BENCH_KEY}".encode())]
                 state = app.state.conveyor
                 principal = (await principal_for(state, Headers(raw=key), "POST"))[0]
-            warm: dict[int, int] = {}
-            await submit_all(app, 20, warm, principal)
+            if batch:
+                path, callers = "/v1/jobs/batch", BATCH_CALLERS
+                warm = [[batch_body(batch)] for _ in range(callers)]
+                measured = [[batch_body(batch) for _ in range(requests // callers)]
+                            for _ in range(callers)]  # fmt: skip
+            else:
+                path, callers = "/v1/jobs", CALLERS
+                warm = [[BODY] * 20 for _ in range(callers)]
+                measured = [[BODY] * (requests // callers) for _ in range(callers)]
+            await submit_all(app, warm, {}, principal, path)
             statuses: dict[int, int] = {}
             measure.measure_on()
-            await submit_all(app, requests // CALLERS, statuses, principal)
+            await submit_all(app, measured, statuses, principal, path)
             measure.measure_off()
-            print(json.dumps({"statuses": statuses, "requests": requests // CALLERS * CALLERS}))
+            done = requests // callers * callers
+            print(json.dumps({"statuses": statuses, "jobs": done * (batch or 1)}))
 
     uvloop.run(run())
 
 
-def count(requests: int, without: list[str]) -> tuple[float, dict[str, int]]:
-    """Instructions per request of the measured requests, and their answers' statuses."""
+def count(requests: int, without: list[str], batch: int) -> tuple[float, dict[str, int]]:
+    """Instructions per job of the measured requests, and their answers' statuses."""
     for tool in ("valgrind", "gcc"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required (apt-get install valgrind gcc)")
     work = Path(tempfile.mkdtemp(prefix="conveyor-api-callgrind-"))
     helper = build_helper(work)
     with redis_server() as server:
-        env = conveyor_env(server.url, CONVEYOR_METRICS__MULTIPROCESS_DIR=str(work / "metrics"))
+        env = conveyor_env(
+            server.url,
+            CONVEYOR_METRICS__MULTIPROCESS_DIR=str(work / "metrics"),
+            # 0: no limit (bench.batch lifts them too; a large run could reach them).
+            CONVEYOR_LIMITS__MAX_QUEUE_DEPTH__DEFAULT="0",
+            CONVEYOR_FLOW__TENANT_MAX_BYTES="0",
+        )
         (work / "metrics").mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
         argv = [sys.executable, "-m", "bench.api_instructions", "--child", str(helper),
-                "--requests", str(requests), "--without", *without]  # fmt: skip
+                "--requests", str(requests), "--batch", str(batch),
+                "--without", *without]  # fmt: skip
         started = time.monotonic()
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -147,22 +178,25 @@ def count(requests: int, without: list[str]) -> tuple[float, dict[str, int]]:
     ]
     report = json.loads(answer)
     print(f"(one run under valgrind: {time.monotonic() - started:.0f} s)", file=sys.stderr)
-    return max(totals) / report["requests"], report["statuses"]
+    return max(totals) / report["jobs"], report["statuses"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=1280)
+    parser.add_argument("--requests", type=int, help="1,280 single submissions, 16 batches")
+    parser.add_argument("--batch", type=int, default=0, help="jobs per POST /v1/jobs/batch")
     parser.add_argument("--without", nargs="*", default=[], help="ASGI middlewares left out")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    requests = options.requests or (16 if options.batch else 1280)
     if options.child:
-        child(options.requests, options.without, options.child)
+        child(requests, options.without, options.child, options.batch)
         return
-    per_request, statuses = count(options.requests, options.without)
+    per_job, statuses = count(requests, options.without, options.batch)
     left_out = f" without {', '.join(options.without)}" if options.without else ""
-    print(f"{per_request / 1000:,.1f}k instructions per POST /v1/jobs{left_out} "
-          f"(statuses {statuses})")  # fmt: skip
+    what = f"job of POST /v1/jobs/batch ({options.batch} per batch)" if options.batch else (
+        "POST /v1/jobs")
+    print(f"{per_job / 1000:,.1f}k instructions per {what}{left_out} (statuses {statuses})")
 
 
 if __name__ == "__main__":
