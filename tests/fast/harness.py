@@ -16,6 +16,7 @@ import orjson
 import redis
 from fastapi import FastAPI
 from kombu.transport.redis import Channel
+from prometheus_client import Metric
 
 from conveyor.api.app import create_app
 from conveyor.api.state import ApiState
@@ -226,3 +227,19 @@ def sse_events(text: str) -> Iterator[dict[str, str]]:
             fields[name] = value.removeprefix(" ")
         if fields:
             yield fields
+
+
+def samples(metric: Any, suffix: str) -> dict[tuple[str, ...], float]:
+    """A metric's samples named `suffix`, by their label values (sorted by label name)."""
+    collected: list[Metric] = list(metric.collect())
+    return {
+        tuple(sample.labels[name] for name in sorted(sample.labels) if name != "le"): sample.value
+        for family in collected
+        for sample in family.samples
+        if sample.name.endswith(suffix)
+    }
+
+
+def delta(after: dict[Any, float], before: dict[Any, float]) -> dict[Any, float]:
+    """What the test added (values of one process's metrics outlive an app)."""
+    return {labels: value - before.get(labels, 0) for labels, value in after.items()}

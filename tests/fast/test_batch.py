@@ -4,7 +4,7 @@ own, in one round trip (issue 22, item 2)."""
 import httpx
 import redis
 
-from tests.fast.harness import KEYS, problem, serve, settings_for
+from tests.fast.harness import KEYS, InProcessApi, delta, problem, samples, serve, settings_for
 from tests.support.auth import TEAM_A_KEY
 
 ECHO = {"task": "demo.echo", "args": {"payload": 1}}
@@ -75,3 +75,35 @@ async def test_a_batch_has_bounds_and_needs_a_key(redis_url: str) -> None:
         problem(await anonymous.post("/v1/jobs/batch", json={"jobs": [ECHO]}), 401)
         spec = (await client.get("/openapi.json")).json()
         assert spec["paths"]["/v1/jobs/batch"]["post"]["operationId"] == "submit_jobs"
+
+
+async def test_a_batch_counts_each_outcome_of_its_jobs(
+    api: InProcessApi, redis_client: "redis.Redis"
+) -> None:
+    """Counted once per outcome for the whole batch, each job in its own outcome: a key
+    whose job record expired is a 409 counted as a conflict (it was not counted at all)."""
+    async with api.client() as client:
+        first = await client.post("/v1/jobs", json={**ECHO, "idempotency_key": "gone-key"})
+        assert first.status_code == 202
+        redis_client.delete(KEYS.job(first.json()["id"]))  # its record expired, the key not
+        before = samples(api.state.metrics.submissions, "_total")
+        jobs = [
+            ECHO,
+            ECHO,
+            {**ECHO, "idempotency_key": "count-key"},
+            {**ECHO, "idempotency_key": "count-key"},  # a replay
+            {**ECHO, "args": {"payload": 3}, "idempotency_key": "count-key"},  # a conflict
+            {**ECHO, "idempotency_key": "gone-key"},  # its job expired
+            {"task": "no.such.task"},
+        ]
+        response = await client.post("/v1/jobs/batch", json={"jobs": jobs})
+    items = response.json()["items"]
+    assert [i["status"] for i in items] == [202, 202, 202, 200, 409, 409, 422]
+    assert items[5]["problem"]["type"] == "urn:conveyor:problem:expired"
+    counted = delta(samples(api.state.metrics.submissions, "_total"), before)
+    assert {k: v for k, v in counted.items() if v} == {
+        ("accepted",): 3,
+        ("duplicate",): 1,
+        ("conflict",): 2,
+        ("rejected",): 1,
+    }

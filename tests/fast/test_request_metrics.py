@@ -2,28 +2,9 @@
 and status, with labels the client cannot multiply.
 """
 
-from typing import Any
-
-from prometheus_client import Metric
-
-from tests.fast.harness import InProcessApi
+from tests.fast.harness import InProcessApi, delta, samples
 
 ECHO = {"task": "demo.echo", "args": {}}
-
-
-def samples(metric: Any, suffix: str) -> dict[tuple[str, ...], float]:
-    collected: list[Metric] = list(metric.collect())
-    return {
-        tuple(sample.labels[name] for name in sorted(sample.labels) if name != "le"): sample.value
-        for family in collected
-        for sample in family.samples
-        if sample.name.endswith(suffix)
-    }
-
-
-def delta(after: dict[Any, float], before: dict[Any, float]) -> dict[Any, float]:
-    """What the test added (values of one process's metrics outlive an app)."""
-    return {labels: value - before.get(labels, 0) for labels, value in after.items()}
 
 
 async def test_each_request_is_counted_and_timed_by_its_labels(api: InProcessApi) -> None:

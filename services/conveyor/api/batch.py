@@ -3,6 +3,7 @@ on its own (all-or-nothing per job, never per batch), accepted in one Redis roun
 """
 
 import time
+from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -14,12 +15,13 @@ from conveyor.api.problems import Problem, ProblemError, field_errors
 from conveyor.api.submitting import (
     Answer,
     accept_limits,
-    answer,
     idempotency_key,
+    judged,
     submission_of,
 )
 from conveyor.core.apikeys import Principal, Scope
 from conveyor.core.catalog import TaskCatalog, TaskSpec
+from conveyor.core.queues import Queue
 from conveyor.jobstore.model import Job
 from conveyor.jobstore.results import Limits
 from conveyor.jobstore.submission import Submission
@@ -81,6 +83,9 @@ def batch_router(catalog: TaskCatalog, submission_body: Any, max_jobs: int) -> A
         answers: list[Answer | None] = [None] * len(body.jobs)
         pending: list[tuple[int, TaskSpec, Submission, Limits]] = []
         tenant = tenant_limits(http_request, principal.tenant)
+        # One Limits per tier for the whole batch: the accept calls' shared head is built
+        # once for the jobs that share the object.
+        tier_limits: dict[Queue, Limits] = {}
         for index, raw in enumerate(body.jobs):
             try:
                 request = item_model.validate_python(raw)
@@ -92,8 +97,12 @@ def batch_router(catalog: TaskCatalog, submission_body: Any, max_jobs: int) -> A
             except ProblemError as exc:
                 answers[index] = _invalid(index, exc.problem.errors or [], exc.problem.detail)
                 continue
-            pending.append((index, spec, submission, accept_limits(state, tenant, submission)))
+            limits = tier_limits.get(submission.queue)
+            if limits is None:
+                limits = tier_limits[submission.queue] = accept_limits(state, tenant, submission)
+            pending.append((index, spec, submission, limits))
         state.metrics.submitted["rejected"].inc(len(body.jobs) - len(pending))
+        counted: Counter[str] = Counter()
         if pending:
             with producer_span(state.traced, "conveyor.enqueue_batch"):
                 started = time.perf_counter()
@@ -101,7 +110,10 @@ def batch_router(catalog: TaskCatalog, submission_body: Any, max_jobs: int) -> A
                 outcomes = await state.store.submit_many([p[1:] for p in pending])
                 state.metrics.accept_latency.observe(time.perf_counter() - started)
             for (index, _, submission, _), outcome in zip(pending, outcomes, strict=True):
-                answers[index] = await answer(state, outcome, submission, tenant)
+                counted_as, answers[index] = await judged(state, outcome, submission, tenant)
+                counted[counted_as] += 1
+        for counted_as, how_many in counted.items():  # once per outcome, not per job
+            state.metrics.submitted[counted_as].inc(how_many)
         items = [_item(a) for a in answers if a is not None]
         result = BatchResult(items=items, accepted=sum(1 for a in items if a.status == 202))
         # Serialized once, in pydantic's core (FastAPI would validate the model again, then

@@ -49,8 +49,11 @@ def accept_calls(
     head: tuple[Any, ...] | None = None
     argv: list[Any] = []
     count = size = 0
+    last_limits: Limits | None = None
+    this_head: tuple[Any, ...] = ()
     for job, message, limits in jobs:
-        this_head = _accept_head(prefix, limits)
+        if limits is not last_limits:  # a batch's jobs of one tier share one Limits
+            this_head, last_limits = _accept_head(prefix, limits), limits
         record = orjson.dumps(job.record)
         job_size = len(record) + len(message)
         if this_head != head or count == ACCEPT_BATCH or size + job_size > ACCEPT_CALL_BYTES:
