@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pydantic import Field
 
 from conveyor.core.catalog import JobContext, TaskArgs, task
+from conveyor.core.errors import RetryableError
 from conveyor.core.queues import Queue
 
 
@@ -62,4 +63,18 @@ def limited(ctx: JobContext, args: LimitedArgs) -> int:
 @task(name="fast.keyed", queue=Queue.DEFAULT, args=LimitedArgs, concurrency_key_limit=1)
 def keyed(ctx: JobContext, args: LimitedArgs) -> int:
     """A task of which one job per concurrency key runs at once."""
+    return args.n
+
+
+@task(
+    name="fast.keyed_flaky",
+    queue=Queue.DEFAULT,
+    args=LimitedArgs,
+    max_concurrency=2,
+    concurrency_key_limit=1,
+)
+def keyed_flaky(ctx: JobContext, args: LimitedArgs) -> int:
+    """A limited task (2 at once, 1 per key) whose first attempt fails and is retried."""
+    if ctx.attempt == 1:
+        raise RetryableError("the first attempt fails")
     return args.n

@@ -97,6 +97,30 @@ def test_a_concurrency_key_limits_only_the_jobs_sharing_it(worker: InProcessWork
     assert [job for job, _ in worker.claim_all()] == [second]
 
 
+def test_a_retried_job_keeps_its_task_and_key_limits(worker: InProcessWorker) -> None:
+    """A retry's message carries the limits its first message had: it waits at its key's
+    gate like any job of that key (its message once lost them, and ran past the limit)."""
+    (flaky,) = worker.submit_as("team-a", "fast.keyed_flaky", concurrency_key="cust-1")
+    first = worker.run_next("default")  # fails: its retry waits in the delayed set
+    (holder,) = worker.submit_as("team-a", "fast.keyed_flaky", concurrency_key="cust-1")
+    claimed = worker.claim("default")
+    assert claimed is not None
+    assert claimed[0].job_id == holder, "the key's one slot is taken"
+    worker.fast_forward(flaky)
+    assert worker.promote() == 1
+    retried = worker.queued("default")[0]
+    assert retried.job_id == flaky
+    flow = ("conveyor_task_limit", "conveyor_concurrency_key", "conveyor_key_limit")
+    assert (
+        [retried.headers[h] for h in flow] == [first.headers[h] for h in flow] == [2, "cust-1", 1]
+    )
+    assert worker.claim("default") is None, "the retry waits at its key's gate"
+    waiting = KEYS.gate_waiting(key_gate("team-a", "fast.keyed_flaky", "cust-1"))
+    assert worker.redis.llen(waiting) == 1
+    worker.ack(claimed[1])  # the holder finishes: the retry takes the key's slot
+    assert [job for job, _ in worker.claim_all()] == [flaky]
+
+
 def test_a_paused_tier_parks_its_tokens_and_resume_puts_every_one_back(
     worker: InProcessWorker,
 ) -> None:

@@ -9,6 +9,7 @@ from opentelemetry import propagate
 
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.messages import (
+    CONCURRENCY_KEY_HEADER,
     DUE_AT_HEADER,
     ENQUEUED_AT_HEADER,
     GENERATION_HEADER,
@@ -36,6 +37,11 @@ class Delivery:
     soft_time_limit: float | None
     time_limit: float | None
     tag: str = ""  # kombu's delivery tag ('' when unknown): fresh on every redelivery
+    # Flow control at claim (claim.lua reads them from the message): the caller's concurrency
+    # key, and the task's limits, which every later message of the job carries too.
+    concurrency_key: str | None = None
+    task_limit: int | None = None
+    key_limit: int | None = None
 
     @classmethod
     def of(cls, spec: TaskSpec, request: Any) -> "Delivery":
@@ -65,6 +71,9 @@ class Delivery:
             soft_time_limit=soft_time_limit,
             time_limit=time_limit,
             tag=str(properties.get("delivery_tag") or ""),
+            concurrency_key=header(CONCURRENCY_KEY_HEADER) or None,
+            task_limit=spec.max_concurrency,
+            key_limit=spec.concurrency_key_limit,
         )
 
     def queue_wait(
@@ -87,7 +96,9 @@ class Delivery:
     def next_message(
         self, kwargs: Mapping[str, Any], retries: int, due_at: float | None = None
     ) -> bytes:
-        """The message of the job's next delivery: same job, next generation."""
+        """The message of the job's next delivery: same job, next generation, within the
+        same limits (a retry or a replay without them would run past its task's and key's).
+        """
         trace_context: dict[str, str] = {}
         propagate.inject(trace_context)  # a retry stays in the job's trace
         return build_message(
@@ -104,4 +115,7 @@ class Delivery:
             trace_context=trace_context,
             generation=self.next_generation,
             tenant=self.tenant,
+            task_limit=self.task_limit,
+            concurrency_key=self.concurrency_key,
+            key_limit=self.key_limit,
         )
