@@ -135,6 +135,12 @@ def test_an_accepted_job_is_answered_as_its_record_reads_back(options: dict[str,
     answered, read_back = job.job(), Job.from_record(job.record)
     assert answered.model_dump_json() == read_back.model_dump_json()
     assert answered.model_dump() == read_back.model_dump()
+    # Each field in the model's order (the order it is serialized in), of the same type.
+    assert list(answered.__dict__) == list(Job.model_fields) == list(read_back.__dict__)
+    assert {name: type(value) for name, value in answered.__dict__.items()} == {
+        name: type(value) for name, value in read_back.__dict__.items()
+    }
+    assert answered == read_back
     assert answered.args == {"payload": {"nested": [1, 2.5, "x", None, True], "when": [1, 2]},
                              "n": 10**18}  # fmt: skip
 
@@ -196,3 +202,4 @@ def test_without_tracing_a_submission_makes_no_span_and_reads_no_context(
         assert current_trace_context() == {}
     with producer_span(False, "again") as again:  # the no-op is reused
         assert again is trace.INVALID_SPAN
+
