@@ -194,8 +194,11 @@ def main() -> None:
         return
     per_job, statuses = count(requests, options.without, options.batch)
     left_out = f" without {', '.join(options.without)}" if options.without else ""
-    what = f"job of POST /v1/jobs/batch ({options.batch} per batch)" if options.batch else (
-        "POST /v1/jobs")
+    what = (
+        f"job of POST /v1/jobs/batch ({options.batch} per batch)"
+        if options.batch
+        else "POST /v1/jobs"
+    )
     print(f"{per_job / 1000:,.1f}k instructions per {what}{left_out} (statuses {statuses})")
 
 
