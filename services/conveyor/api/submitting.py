@@ -5,7 +5,7 @@ checked, accepted, counted and answered alike.
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import orjson
@@ -21,6 +21,7 @@ from conveyor.core.bounds import IDEMPOTENCY_KEY_PATTERN
 from conveyor.core.catalog import TaskSpec
 from conveyor.core.netguard import NetGuard, UnsafeUrlError
 from conveyor.core.schedules import RUN_KEY
+from conveyor.core.values import value
 from conveyor.jobstore.keys import callback_idempotency_key
 from conveyor.jobstore.model import Job, UniqueMode, UniqueSpec
 from conveyor.jobstore.results import AcceptResult, AcceptVerdict, Limits
@@ -33,7 +34,7 @@ _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 RESERVED_KEY_PREFIXES = (callback_idempotency_key(""), RUN_KEY.partition("{")[0])
 
 
-@dataclass(frozen=True)
+@value
 class Answer:
     """What one submission is answered: a job (202 new, 200 replay) or a problem."""
 

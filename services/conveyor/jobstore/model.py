@@ -12,6 +12,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from conveyor.core.queues import Queue
+from conveyor.core.values import value
 
 
 class JobState(StrEnum):
@@ -173,7 +174,7 @@ class UniqueSpec:
                 "unique_ttl": str(self.ttl_seconds)}  # fmt: skip
 
 
-@dataclass(frozen=True)
+@value
 class NewJob:
     """A validated submission, ready to be written by the accept script."""
 

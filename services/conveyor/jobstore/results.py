@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from enum import StrEnum
 
+from conveyor.core.values import value
 from conveyor.jobstore.listing import ListedJob
 from conveyor.jobstore.model import Job, JobState
 from conveyor.jobstore.workflow_model import WorkflowEnd
@@ -56,7 +57,7 @@ class Quota:
     limit: int
 
 
-@dataclass(frozen=True)
+@value
 class AcceptResult:
     """What accept did: created a job, found the idempotency key's job (the same request, or
     a CONFLICT: another request under the same key), or refused.

@@ -8,7 +8,6 @@ recorded and enqueued the same way.
 
 import hashlib
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -19,10 +18,11 @@ from conveyor.core.ids import random_uuid
 from conveyor.core.messages import build_message
 from conveyor.core.queues import Queue
 from conveyor.core.settings import WorkerSettings
+from conveyor.core.values import value
 from conveyor.jobstore.model import Job, NewJob, UniqueSpec
 
 
-@dataclass(frozen=True)
+@value
 class Submission:
     """Everything a client may say about a job, with arguments already validated."""
 
