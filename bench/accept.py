@@ -93,6 +93,11 @@ def main() -> None:
         for baseline in TARGETS[1:3]:
             ratio = conveyor / medians[(baseline, connections)]
             print(f"{connections} conns: conveyor / {baseline} = {ratio:.1f}x")
+    if any(row[5] for row in rows):
+        print(
+            "\nNOT COMPARABLE: a run answered errors (non-2xx); its req/s and CPU-ms count "
+            "refusals as served requests."
+        )
     print()
     for target, calls in commands.items():
         print(f"Redis commands per accepted job, {target}: {json.dumps(calls, sort_keys=True)}")

@@ -149,13 +149,7 @@ def count(requests: int, without: list[str], batch: int) -> tuple[float, dict[st
     work = Path(tempfile.mkdtemp(prefix="conveyor-api-callgrind-"))
     helper = build_helper(work)
     with redis_server() as server:
-        env = conveyor_env(
-            server.url,
-            CONVEYOR_METRICS__MULTIPROCESS_DIR=str(work / "metrics"),
-            # 0: no limit (bench.batch lifts them too; a large run could reach them).
-            CONVEYOR_LIMITS__MAX_QUEUE_DEPTH__DEFAULT="0",
-            CONVEYOR_FLOW__TENANT_MAX_BYTES="0",
-        )
+        env = conveyor_env(server.url, CONVEYOR_METRICS__MULTIPROCESS_DIR=str(work / "metrics"))
         (work / "metrics").mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
         argv = [sys.executable, "-m", "bench.api_instructions", "--child", str(helper),

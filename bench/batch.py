@@ -10,9 +10,10 @@ is a replay), and the clients speak HTTP/1.1 over their own keep-alive connectio
 share the 2 cores with the API and Redis, and building 1,000-job bodies in Python, then httpx
 reading the answers, took half as much CPU as the API spent on them (bench/README.md,
 performance round 11). Every item of every answer must be accepted:
-the queue depth limit and the tenant's bytes quota are lifted (by default they refuse past
-100,000 queued jobs on `default` and 256 MiB of a tenant's messages, which a run reaches within
-seconds), and a refused item stops the run instead of passing for work done.
+the queue depth limit and the tenant's bytes quota are lifted (`bench.harness.conveyor_env`:
+by default they refuse past 100,000 queued jobs on `default` and 256 MiB of a tenant's
+messages, which a run reaches within seconds), and a refused item stops the run instead of
+passing for work done.
 """
 
 import argparse
@@ -96,13 +97,7 @@ def main() -> None:
     warm = _bodies(3 * options.clients, options.batch)
     bodies = _bodies(math.ceil(options.seconds * CLIENTS_CEILING / options.batch), options.batch)
     with redis_server() as server:
-        # 0: no limit. The run queues more jobs than the default depth (100,000) and the
-        # default tenant's bytes quota (256 MiB, ~380,000 of these jobs) allow.
-        api, base = start_conveyor_api(
-            server.url,
-            CONVEYOR_LIMITS__MAX_QUEUE_DEPTH__DEFAULT="0",
-            CONVEYOR_FLOW__TENANT_MAX_BYTES="0",
-        )
+        api, base = start_conveyor_api(server.url)  # backpressure lifted (conveyor_env)
         try:
             asyncio.run(_load(base, warm, 60, options.clients))
             pids = api.pids()

@@ -182,7 +182,11 @@ def keys_file() -> Path:
 
 def conveyor_env(redis_url: str, **extra: str) -> dict[str, str]:
     """Production-like settings: auth on, a (non-binding) rate limit checked on every
-    submission, metrics on, tracing set up with no exporter endpoint."""
+    submission, metrics on, tracing set up with no exporter endpoint. The backpressure
+    limits are lifted (0: none; still checked on every submission): a run of a few seconds
+    queues more than the default depth of `default` (100,000) and the default tenant's bytes
+    quota (256 MiB) allow, and their refusals, cheap and answered 503/429, would pass for
+    accepted work."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "OTEL_"))}
     env.update(
         # The checkout the benchmark runs from, whatever the virtualenv installed.
@@ -191,6 +195,10 @@ def conveyor_env(redis_url: str, **extra: str) -> dict[str, str]:
         CONVEYOR_AUTH__KEYS_FILE=str(keys_file()),
         CONVEYOR_LIMITS__RATE_PER_SECOND="1000000",
         CONVEYOR_LIMITS__BURST="1000000",
+        CONVEYOR_LIMITS__MAX_QUEUE_DEPTH__HIGH="0",
+        CONVEYOR_LIMITS__MAX_QUEUE_DEPTH__DEFAULT="0",
+        CONVEYOR_LIMITS__MAX_QUEUE_DEPTH__LOW="0",
+        CONVEYOR_FLOW__TENANT_MAX_BYTES="0",
         CONVEYOR_LOG_LEVEL="WARNING",
         CONVEYOR_WEBHOOK__SIGNING_SECRET="bench-signing-secret-0123456789",
         CONVEYOR_METRICS__MULTIPROCESS_DIR=str(WORK / "metrics"),
