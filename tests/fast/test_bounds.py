@@ -1,11 +1,17 @@
 """The arguments' shape check (`core/bounds.py`): the first place past a limit, named by its
 JSON pointer (RFC 6901: `~` written `~0`, `/` written `~1`), at any depth."""
 
+from enum import StrEnum
+
 import pytest
 
 from conveyor.core.bounds import shape_faults
 
 DEPTH, LENGTH = 4, 8
+
+
+class Long(StrEnum):
+    VALUE = "x" * 9
 
 
 @pytest.mark.parametrize(
@@ -18,6 +24,8 @@ DEPTH, LENGTH = 4, 8
         ([float("inf")], ("/0", "a number too large for a double (or not a number)")),
         ({"s": "\ud800"}, ("/s", "a string holding a lone UTF-16 surrogate (\\ud800-\\udfff "
                                  "alone is no character)")),
+        ({"t": (1, "x" * 9)}, ("/t/1", "longer than 8 characters")),  # a tuple, a str
+        ({"e": [Long.VALUE]}, ("/e/0", "longer than 8 characters")),  # a str subclass
         ({"\udfff": 1}, ("", "a key holding a lone UTF-16 surrogate (\\ud800-\\udfff alone "
                              "is no character)")),
     ],

@@ -202,4 +202,3 @@ def test_without_tracing_a_submission_makes_no_span_and_reads_no_context(
         assert current_trace_context() == {}
     with producer_span(False, "again") as again:  # the no-op is reused
         assert again is trace.INVALID_SPAN
-

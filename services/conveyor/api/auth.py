@@ -7,6 +7,7 @@ their token inside accept.lua, other requests through `rate_limited` below.
 """
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -279,16 +280,22 @@ def _own_or(own: _T | None, deployment: _T) -> _T:
 
 def rate_limit_headers(limits: TenantLimits, left: int) -> dict[str, str]:
     """RateLimit-* headers (IETF draft): the bucket's size, what is left, seconds to refill."""
-    if limits.rate_per_second <= 0:
+    rate, burst = limits.rate_per_second, limits.burst
+    if rate <= 0:
         return {}
-    refill = math.ceil(max(0, limits.burst - left) / limits.rate_per_second)
-    window = math.ceil(limits.burst / limits.rate_per_second)
+    size, policy = _bucket_texts(burst, rate)  # the same for each of a tenant's answers
     return {
-        "RateLimit-Limit": str(limits.burst),
+        "RateLimit-Limit": size,
         "RateLimit-Remaining": str(max(0, left)),
-        "RateLimit-Reset": str(refill),
-        "RateLimit-Policy": f"{limits.burst};w={window}",
+        "RateLimit-Reset": str(math.ceil(max(0, burst - left) / rate)),
+        "RateLimit-Policy": policy,
     }
+
+
+@functools.lru_cache(maxsize=256)
+def _bucket_texts(burst: int, rate: float) -> tuple[str, str]:
+    """A bucket's RateLimit-Limit and RateLimit-Policy values."""
+    return str(burst), f"{burst};w={math.ceil(burst / rate)}"
 
 
 def too_many_requests(limits: TenantLimits, wait_ms: int) -> ProblemError:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Request
 
 from conveyor.api.problems import ProblemError
-from conveyor.core.bounds import shape_faults
+from conveyor.core.bounds import first_shape_fault
 
 
 async def require_json(request: Request) -> None:
@@ -38,7 +38,9 @@ def check_args_shape(args: Any, max_depth: int, max_string_length: int) -> None:
     a double; the pointer names the first offending place. `args` is the validated model's
     Python dump (not its JSON dump, which would have turned an infinity into null).
     """
-    for pointer, problem in shape_faults(args, max_depth, max_string_length):
+    fault = first_shape_fault(args, max_depth, max_string_length)
+    if fault is not None:
+        pointer, problem = fault
         raise ProblemError(
             422,
             "Invalid request",

@@ -19,6 +19,13 @@ MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
 
 def shape_faults(value: Any, max_depth: int, max_len: int) -> Iterator[tuple[str, str]]:
     """(JSON pointer, what is wrong) of the first place of `value` past a limit, if any."""
+    fault = first_shape_fault(value, max_depth, max_len)
+    if fault is not None:
+        yield fault
+
+
+def first_shape_fault(value: Any, max_depth: int, max_len: int) -> tuple[str, str] | None:
+    """(JSON pointer, what is wrong) of the first place of `value` past a limit, or None."""
     # Iterative, so a hostile depth cannot exhaust the interpreter's stack. Each entry keeps
     # its parent's entry and its own key: the pointer is spelled only for a fault (spelling
     # one per value was half of this walk's cost).
@@ -26,33 +33,32 @@ def shape_faults(value: Any, max_depth: int, max_len: int) -> Iterator[tuple[str
     while stack:
         entry = stack.pop()
         item, _, _, depth = entry
-        if isinstance(item, dict | list | tuple):
+        kind = type(item)  # the exact JSON types first: a submission holds little else
+        if kind is str or (kind not in _LEAVES and isinstance(item, str)):
+            if len(item) > max_len:
+                return _pointer(entry), f"longer than {max_len} characters"
+            if not _writable(item):
+                return _pointer(entry), _SURROGATE.format("a string")
+        elif kind is dict or kind is list or isinstance(item, dict | list | tuple):
             if depth >= max_depth:
-                yield _pointer(entry), f"nested deeper than {max_depth} levels"
-                return
+                return _pointer(entry), f"nested deeper than {max_depth} levels"
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
             for key, child in pairs:
                 key_text = key if type(key) is str else str(key)
                 if len(key_text) > max_len:
-                    yield _pointer(entry), f"has a key longer than {max_len} characters"
-                    return
+                    return _pointer(entry), f"has a key longer than {max_len} characters"
                 if not _writable(key_text):
-                    yield _pointer(entry), _SURROGATE.format("a key")
-                    return
+                    return _pointer(entry), _SURROGATE.format("a key")
                 stack.append((child, entry, key_text, depth + 1))
-        elif isinstance(item, str):
-            if len(item) > max_len:
-                yield _pointer(entry), f"longer than {max_len} characters"
-                return
-            if not _writable(item):
-                yield _pointer(entry), _SURROGATE.format("a string")
-                return
         elif isinstance(item, int) and not MIN_INTEGER <= item <= MAX_INTEGER:
-            yield _pointer(entry), "an integer outside the range -2^63 to 2^64 - 1"
-            return
+            return _pointer(entry), "an integer outside the range -2^63 to 2^64 - 1"
         elif isinstance(item, float) and not math.isfinite(item):
-            yield _pointer(entry), "a number too large for a double (or not a number)"
-            return
+            return _pointer(entry), "a number too large for a double (or not a number)"
+    return None
+
+
+# Exact types that are no string (the str test's shortcut past isinstance).
+_LEAVES = frozenset({int, float, bool, type(None), dict, list})
 
 
 def _pointer(entry: tuple[Any, Any, Any, int]) -> str:
