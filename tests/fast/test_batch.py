@@ -2,6 +2,7 @@
 own, in one round trip (issue 22, item 2)."""
 
 import httpx
+import pytest
 import redis
 
 from tests.fast.harness import KEYS, InProcessApi, delta, problem, samples, serve, settings_for
@@ -107,3 +108,24 @@ async def test_a_batch_counts_each_outcome_of_its_jobs(
         ("conflict",): 2,
         ("rejected",): 1,
     }
+
+
+async def test_jobs_accepted_before_a_failing_answer_are_counted(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's jobs are written before they are answered: when answering one fails
+    (reading a replayed key's job from a Redis gone away), those accepted are still counted."""
+    async with api.client() as client:
+        first = await client.post("/v1/jobs", json={**ECHO, "idempotency_key": "seen-key"})
+        assert first.status_code == 202
+        before = samples(api.state.metrics.submissions, "_total")
+
+        async def unreachable(job_id: str) -> None:
+            raise redis.exceptions.ConnectionError("Redis went away")
+
+        monkeypatch.setattr(api.state.store, "get", unreachable)
+        jobs = [ECHO, ECHO, {**ECHO, "idempotency_key": "seen-key"}]
+        response = await client.post("/v1/jobs/batch", json={"jobs": jobs})
+    assert response.status_code == 503
+    counted = delta(samples(api.state.metrics.submissions, "_total"), before)
+    assert counted[("accepted",)] == 2

@@ -2,6 +2,8 @@
 the bytes must be exactly those of the envelope serialized whole, whatever the values."""
 
 import base64
+from types import MappingProxyType
+from typing import Any
 
 import orjson
 from hypothesis import given, settings
@@ -60,7 +62,61 @@ def test_a_message_is_its_envelope_serialized(
 def test_the_common_message_comes_from_a_template() -> None:
     """The fast path is taken (a template exists) for an ordinary job, and the awkward
     values fall back to the envelope serialized whole."""
-    assert messages._template("demo.echo", Queue.DEFAULT, 0, 3, 0, 30.0, 40.0, "team-a",
-                              2, "cust-1", 1) is not None  # fmt: skip
-    assert messages._template("demo.echo", Queue.DEFAULT, 0, 3, 0, None, None, "\x00id\x00",
-                              None, None, None) is None  # fmt: skip
+    numbers = orjson.dumps((0, 3, 0, 30.0, 40.0, 2, 1))
+    assert messages._template("demo.echo", Queue.DEFAULT, numbers) is not None
+    assert messages._template("\x00id\x00", Queue.DEFAULT, numbers) is None
+
+
+def _reference(built: bytes, **values: Any) -> bytes:
+    """The whole envelope of `values`, with the delivery tag `built` drew."""
+    envelope = orjson.loads(built)
+    return orjson.dumps(
+        messages._envelope(
+            envelope["body"], values["job_id"], values["task"], values["queue"],
+            values.get("retries", 0), values["max_retries"], values.get("generation", 0),
+            values.get("soft_time_limit"), values.get("time_limit"), values["enqueued_at"],
+            values.get("due_at"), values.get("trace_context") or {}, values.get("tenant", ""),
+            values.get("task_limit"), values.get("concurrency_key"), values.get("key_limit"),
+            envelope["properties"]["delivery_tag"],
+        )
+    )  # fmt: skip
+
+
+def test_equal_numbers_written_differently_get_their_own_bytes() -> None:
+    """30 and 30.0, 0.0 and -0.0, 1 and True are equal keys to a cache: each message must
+    still be written with its own values (the template once took the first one's)."""
+    base = {"job_id": "j", "task": "t.numbers", "queue": Queue.DEFAULT, "kwargs": {},
+            "max_retries": 3, "enqueued_at": 1.5}  # fmt: skip
+    for first, second in (({"soft_time_limit": 30, "time_limit": 40},
+                           {"soft_time_limit": 30.0, "time_limit": 40.0}),
+                          ({"soft_time_limit": 0.0}, {"soft_time_limit": -0.0}),
+                          ({"task_limit": 1}, {"task_limit": True})):  # fmt: skip
+        for values in (first, second):
+            built = messages.build_message(**base, **values)
+            assert built == _reference(built, **base, **values), values
+
+
+def test_a_trace_context_may_be_any_mapping() -> None:
+    values = {
+        "job_id": "j",
+        "task": "t",
+        "queue": Queue.HIGH,
+        "kwargs": {},
+        "max_retries": 0,
+        "enqueued_at": 2.0,
+        "trace_context": MappingProxyType({"traceparent": "00-a"}),
+    }
+    built = messages.build_message(**values)  # type: ignore[arg-type]
+    assert built == _reference(built, **values)
+    assert orjson.loads(built)["headers"]["traceparent"] == "00-a"
+
+
+def test_templates_do_not_multiply_with_tenants_or_concurrency_keys() -> None:
+    """A tenant and a concurrency key are a message's own values: one template serves every
+    one of them (a key per customer would otherwise evict the others' templates)."""
+    messages._template.cache_clear()
+    for n in range(50):
+        messages.build_message(job_id=f"j{n}", task="t.keys", queue=Queue.LOW, kwargs={},
+                               max_retries=1, enqueued_at=3.0, tenant=f"tenant-{n}",
+                               concurrency_key=f"customer-{n}", key_limit=1)  # fmt: skip
+    assert messages._template.cache_info().currsize == 1

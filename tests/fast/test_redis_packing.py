@@ -42,6 +42,14 @@ def test_the_same_bytes_as_redis_pys_packer(args: tuple[Any, ...]) -> None:
     assert b"".join(AsyncConnection().pack_command(*args)) == python_packed(*args)
 
 
+def test_a_strided_memoryview_is_sent_as_its_bytes() -> None:
+    """hiredis packs a memoryview's underlying buffer, strides ignored ("abc" for this one);
+    redis-py's Python packer refuses it, its blocking client sends `bytes(view)`."""
+    view = memoryview(b"abcdef")[::2]
+    packed = b"".join(AsyncConnection().pack_command("SET", "strided", view))
+    assert packed == python_packed("SET", "strided", b"ace")
+
+
 def test_every_float_is_written_as_redis_py_writes_it() -> None:
     rng = random.Random(7)
     for _ in range(20_000):

@@ -109,11 +109,13 @@ def batch_router(catalog: TaskCatalog, submission_body: Any, max_jobs: int) -> A
                 http_request.state.charged = True  # each accept script takes a token
                 outcomes = await state.store.submit_many([p[1:] for p in pending])
                 state.metrics.accept_latency.observe(time.perf_counter() - started)
-            for (index, _, submission, _), outcome in zip(pending, outcomes, strict=True):
-                counted_as, answers[index] = await judged(state, outcome, submission, tenant)
-                counted[counted_as] += 1
-        for counted_as, how_many in counted.items():  # once per outcome, not per job
-            state.metrics.submitted[counted_as].inc(how_many)
+            try:
+                for (index, _, submission, _), outcome in zip(pending, outcomes, strict=True):
+                    counted_as, answers[index] = await judged(state, outcome, submission, tenant)
+                    counted[counted_as] += 1
+            finally:  # what was judged counts even if a later answer fails (jobs are written)
+                for counted_as, how_many in counted.items():  # once per outcome, not per job
+                    state.metrics.submitted[counted_as].inc(how_many)
         items = [_item(a) for a in answers if a is not None]
         result = BatchResult(items=items, accepted=sum(1 for a in items if a.status == 202))
         # Serialized once, in pydantic's core (FastAPI would validate the model again, then

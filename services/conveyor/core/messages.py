@@ -58,13 +58,18 @@ def build_message(
 
     The job's arguments travel as keyword arguments. `eta` is always empty: delayed jobs wait
     in Redis, not in a worker's memory (where the visibility timeout would redeliver them).
-    The bytes are `_envelope`'s, serialized by orjson; what every message of the same task,
-    tier, tenant, limits and attempt shares is serialized once (`_template`), and only the
-    job's own values are written per message (half the CPU of a submission's message).
+    The bytes are `_envelope`'s, serialized by orjson. What every message of the same task,
+    tier, limits and attempt shares is serialized once (`_template`), and only the job's own
+    values (its id, times, tenant, concurrency key, trace context, arguments and delivery
+    tag) are written per message: half the CPU of a submission's message.
     """
     trace = trace_context or {}
-    template = _template(task, queue, retries, max_retries, generation, soft_time_limit,
-                         time_limit, tenant, task_limit, concurrency_key, key_limit)  # fmt: skip
+    # The numbers as they are written: the cache's keys compare 30 == 30.0, 0.0 == -0.0 and
+    # 1 == True, which orjson writes differently.
+    numbers = orjson.dumps(
+        (retries, max_retries, generation, soft_time_limit, time_limit, task_limit, key_limit)
+    )
+    template = _template(task, queue, numbers)
     body = base64.b64encode(orjson.dumps([[], dict(kwargs), _EMBED]))
     if template is None or not trace.keys().isdisjoint(_HEADER_NAMES):
         # A template that would not split cleanly, or a trace context naming a header of
@@ -81,7 +86,9 @@ def build_message(
         job,
         orjson.dumps(enqueued_at),
         orjson.dumps(due_at),
-        b"," + orjson.dumps(trace)[1:-1] if trace else b"",
+        orjson.dumps(tenant),
+        orjson.dumps(concurrency_key),
+        b"," + orjson.dumps(dict(trace))[1:-1] if trace else b"",
         job,
         orjson.dumps(random_uuid()),
     )
@@ -157,38 +164,34 @@ def _envelope(
 
 
 # Stand-ins for a message's own values in its template: a NUL is written `\u0000` in JSON,
-# which no task name, tier, tenant or concurrency key can hold (each is checked against a
-# pattern without one), so each stand-in's serialized form occurs only where it stands.
-_RAW = {name: f"\x00{name}\x00" for name in ("body", "id", "enq", "due", "trace", "tag")}
-_BODY, _ID, _ENQUEUED, _DUE, _TRACE, _TAG = (orjson.dumps(raw) for raw in _RAW.values())
+# which a task name (code's) or a tier does not hold, so each stand-in's serialized form
+# occurs only where it stands (checked: a template that does not split cleanly is not used).
+_RAW = {
+    name: f"\x00{name}\x00"
+    for name in ("body", "id", "enq", "due", "tenant", "key", "trace", "tag")
+}
+_BODY, _ID, _ENQUEUED, _DUE, _TENANT, _KEY, _TRACE, _TAG = (
+    orjson.dumps(raw) for raw in _RAW.values()
+)
 _HEADER_NAMES = frozenset(
     _envelope("", "", "", Queue.DEFAULT, 0, 0, 0, None, None, 0, 0, {}, "", None, None, None,
               "")["headers"]
 )  # fmt: skip
 
 
-@functools.lru_cache(maxsize=4096)
-def _template(
-    task: str,
-    queue: Queue,
-    retries: int,
-    max_retries: int,
-    generation: int,
-    soft_time_limit: float | None,
-    time_limit: float | None,
-    tenant: str,
-    task_limit: int | None,
-    concurrency_key: str | None,
-    key_limit: int | None,
-) -> bytes | None:
-    """The envelope of these values, serialized, with a `%b` where each of a message's own
-    values goes (in `_ORDER`), literal `%` doubled; None if a stand-in does not occur exactly
-    where expected (the envelope is then serialized whole).
+@functools.lru_cache(maxsize=1024)
+def _template(task: str, queue: Queue, numbers: bytes) -> bytes | None:
+    """The envelope of a task on a tier with these `numbers` (retries, max retries,
+    generation, soft and hard time limits, task and key limits, as orjson writes them),
+    serialized, with a `%b` where each of a message's own values goes (in `_ORDER`), literal
+    `%` doubled; None if a stand-in does not occur exactly where expected (the envelope is
+    then serialized whole).
     """
+    retries, max_retries, generation, soft, hard, task_limit, key_limit = orjson.loads(numbers)
     envelope = _envelope(
-        _RAW["body"], _RAW["id"], task, queue, retries, max_retries, generation,
-        soft_time_limit, time_limit, _RAW["enq"], _RAW["due"], {_RAW["trace"]: None}, tenant,
-        task_limit, concurrency_key, key_limit, _RAW["tag"],
+        _RAW["body"], _RAW["id"], task, queue, retries, max_retries, generation, soft, hard,
+        _RAW["enq"], _RAW["due"], {_RAW["trace"]: None}, _RAW["tenant"], task_limit,
+        _RAW["key"], key_limit, _RAW["tag"],
     )  # fmt: skip
     text = orjson.dumps(envelope)
     # The trace context's members go where the stand-in member is, with its comma.
@@ -207,6 +210,6 @@ def _template(
 
 
 # Where a message's own values stand in its serialized envelope, in order: the body, the id
-# (headers), the id again (root_id), the enqueue and due times, the trace context's members,
-# the id (correlation_id), the delivery tag.
-_ORDER = [_BODY, _ID, _ID, _ENQUEUED, _DUE, _TRACE, _ID, _TAG]
+# (headers), the id again (root_id), the enqueue and due times, the tenant, the concurrency
+# key, the trace context's members, the id (correlation_id), the delivery tag.
+_ORDER = [_BODY, _ID, _ID, _ENQUEUED, _DUE, _TENANT, _KEY, _TRACE, _ID, _TAG]
