@@ -87,6 +87,7 @@ bench: install  ## Run every benchmark (about 35 minutes on 2 cores).
 	$(BIN)/python -m bench.redis_cost
 	$(BIN)/python -m bench.redis_instructions
 	$(BIN)/python -m bench.api_instructions
+	$(BIN)/python -m bench.api_instructions --batch 1000
 	$(BIN)/python -m bench.e2e
 
 lint: install-dev
