@@ -4,19 +4,12 @@ for Conveyor was set). Run: uvicorn bench.baselines.empty:app
 """
 
 import uuid
-from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel
+
+from bench.baselines.body import Submission
 
 app = FastAPI()
-
-
-class Submission(BaseModel):
-    """The same body Conveyor takes for demo.echo."""
-
-    task: str
-    args: dict[str, Any] = {}
 
 
 @app.post("/v1/jobs", status_code=202)

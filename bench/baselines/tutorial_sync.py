@@ -2,21 +2,12 @@
 Run: uvicorn bench.baselines.tutorial_sync:app
 """
 
-from typing import Any
-
 from fastapi import FastAPI
-from pydantic import BaseModel
 
+from bench.baselines.body import Submission
 from bench.baselines.celery_app import app as celery_app
 
 app = FastAPI()
-
-
-class Submission(BaseModel):
-    """The same body Conveyor takes for demo.echo."""
-
-    task: str
-    args: dict[str, Any] = {}
 
 
 @app.post("/v1/jobs", status_code=202)
