@@ -14,6 +14,7 @@ import json
 from bench.harness import (
     BENCH_KEY,
     LoadResult,
+    RedisServer,
     median,
     redis_server,
     start_baseline,
@@ -44,18 +45,32 @@ def measure(
         try:
             wrk(f"{base}/v1/jobs", connections, 2, BODY, headers)  # warm up every process
             before, cpu_before = server.command_calls(), proc.cpu_seconds()
+            redis_before = _redis_time(server)
             queued_before = server.client().llen("default")
             keyed = target.endswith("idempotency-key")
             result = wrk(f"{base}/v1/jobs", connections, seconds, BODY, headers, keyed)
             cpu = proc.cpu_seconds() - cpu_before
             after = server.command_calls()
+            redis_after = _redis_time(server)
             accepted = server.client().llen("default") - queued_before
         finally:
             proc.stop()
     calls = {cmd: (after.get(cmd, 0) - before.get(cmd, 0)) / max(accepted, 1) for cmd in after}
     figures = {cmd: round(n, 2) for cmd, n in calls.items() if n >= 0.01}
     figures["cpu_ms_per_request"] = cpu * 1000 / max(result.requests, 1)
+    # Issue 22's "51 µs of Redis CPU" per accepted job: the scripts' commandstats time.
+    script_us, redis_cpu = (a - b for a, b in zip(redis_after, redis_before, strict=True))
+    figures["redis_script_us_per_job"] = script_us / max(accepted, 1)
+    figures["redis_cpu_us_per_job"] = redis_cpu * 1e6 / max(accepted, 1)
     return result, figures
+
+
+def _redis_time(server: RedisServer) -> tuple[float, float]:
+    """(µs the scripts ran, by INFO commandstats; Redis' CPU seconds, by INFO cpu)."""
+    client = server.client()
+    script = client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0)
+    cpu = client.info("cpu")
+    return float(script), float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def main() -> None:
@@ -67,17 +82,21 @@ def main() -> None:
     options = parser.parse_args()
 
     rows, medians, commands, cpu_medians = [], {}, {}, {}
+    redis_costs: dict[tuple[str, int], tuple[float, float]] = {}
     for connections in options.connections:
         for target in TARGETS:
-            runs, cpu = [], []
+            runs, cpu, script, redis_cpu = [], [], [], []
             for _ in range(options.runs):
                 result, calls = measure(target, connections, options.seconds, options.processes)
                 cpu.append(calls.pop("cpu_ms_per_request"))
+                script.append(calls.pop("redis_script_us_per_job"))
+                redis_cpu.append(calls.pop("redis_cpu_us_per_job"))
                 runs.append(result)
                 commands[target] = calls
             rps = median([r.requests_per_second for r in runs])
             medians[(target, connections)] = rps
             cpu_medians[(target, connections)] = median(cpu)
+            redis_costs[(target, connections)] = (median(script), median(redis_cpu))
             rows.append(
                 [
                     target,
@@ -107,6 +126,11 @@ def main() -> None:
             "\nNOT COMPARABLE: a run answered errors (non-2xx); its req/s and CPU-ms count "
             "refusals as served requests."
         )
+    print()
+    for (target, connections), (script_us, cpu_us) in redis_costs.items():
+        if target.startswith("conveyor"):
+            print(f"Redis per accepted job, {target} at {connections} conns: scripts "
+                  f"{script_us:.1f} µs (commandstats), Redis CPU {cpu_us:.1f} µs")  # fmt: skip
     print()
     for target, calls in commands.items():
         print(f"Redis commands per accepted job, {target}: {json.dumps(calls, sort_keys=True)}")
