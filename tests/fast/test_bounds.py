@@ -5,7 +5,7 @@ from enum import StrEnum
 
 import pytest
 
-from conveyor.core.bounds import shape_faults
+from conveyor.core.bounds import first_shape_fault
 
 DEPTH, LENGTH = 4, 8
 
@@ -31,9 +31,9 @@ class Long(StrEnum):
     ],
 )  # fmt: skip
 def test_the_first_fault_is_named_by_its_pointer(value: object, fault: tuple[str, str]) -> None:
-    assert list(shape_faults(value, DEPTH, LENGTH)) == [fault]
+    assert first_shape_fault(value, DEPTH, LENGTH) == fault
 
 
 def test_values_within_every_limit_pass() -> None:
     fine = {"a": [1, 2.5, None, True, -(2**63), 2**64 - 1, {"b": "x" * 8}], "é": "ü"}
-    assert list(shape_faults(fine, DEPTH, LENGTH)) == []
+    assert first_shape_fault(fine, DEPTH, LENGTH) is None

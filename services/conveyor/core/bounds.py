@@ -5,7 +5,6 @@ fault into a 422.
 """
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
@@ -15,13 +14,6 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 # What the job record's JSON codec (orjson) writes exactly: larger integers would be a 500,
 # and JSON has no infinity (Python's parser reads 1e400 as one; it would be stored as null).
 MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
-
-
-def shape_faults(value: Any, max_depth: int, max_len: int) -> Iterator[tuple[str, str]]:
-    """(JSON pointer, what is wrong) of the first place of `value` past a limit, if any."""
-    fault = first_shape_fault(value, max_depth, max_len)
-    if fault is not None:
-        yield fault
 
 
 def first_shape_fault(value: Any, max_depth: int, max_len: int) -> tuple[str, str] | None:

@@ -11,7 +11,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.networks import AnyUrl
 
-from conveyor.core.bounds import IDEMPOTENCY_KEY_PATTERN, MAX_TIMEOUT_SECONDS, shape_faults
+from conveyor.core.bounds import IDEMPOTENCY_KEY_PATTERN, MAX_TIMEOUT_SECONDS, first_shape_fault
 from conveyor.core.catalog import TaskCatalog
 from conveyor.core.netguard import NetGuard, UnsafeUrlError
 from conveyor.core.queues import Queue
@@ -239,14 +239,14 @@ def _check_step(
         # A step whose inputs are still to come: its own arguments are bounded all the same
         # (the URL guard checks them again when the request is made).
         limits = settings.limits
-        for place, fault in shape_faults(step.args, limits.max_args_depth,
-                                         limits.max_string_length):  # fmt: skip
-            errors.append((f"{pointer}/args{place}", fault))
+        found = first_shape_fault(step.args, limits.max_args_depth, limits.max_string_length)
+        if found is not None:
+            errors.append((f"{pointer}/args{found[0]}", found[1]))
         return errors
     limits = settings.limits
-    for place, fault in shape_faults(model.model_dump(), limits.max_args_depth,
-                                     limits.max_string_length):  # fmt: skip
-        errors.append((f"{pointer}/args{place}", fault))
+    found = first_shape_fault(model.model_dump(), limits.max_args_depth, limits.max_string_length)
+    if found is not None:
+        errors.append((f"{pointer}/args{found[0]}", found[1]))
     guard = NetGuard(settings.webhook.allowed_networks)
     for name, value in model.__dict__.items():
         if isinstance(value, AnyUrl):
