@@ -54,7 +54,9 @@ def accept_calls(
     for job, message, limits in jobs:
         if limits is not last_limits:  # a batch's jobs of one tier share one Limits
             this_head, last_limits = _accept_head(prefix, limits), limits
-        record = orjson.dumps(job.record)
+        # The record as one JSON array of field, value, field, value...: Redis writes it as
+        # it comes (no table to walk), RECORD_HEAD at its known places.
+        record = orjson.dumps([item for pair in job.record.items() for item in pair])
         job_size = len(record) + len(message)
         if this_head != head or count == ACCEPT_BATCH or size + job_size > ACCEPT_CALL_BYTES:
             if count:

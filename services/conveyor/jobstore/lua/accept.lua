@@ -10,11 +10,13 @@
 --       own concurrency limit per tier ('' = the deployment's), 7 the tenant's quota of
 --       messages waiting per tier, 8 of delayed messages, 9 of bytes of both ('0' = none),
 --       10 the active states ('|a|b|', for unique mode 'active'); then 6 per job: the record's
---       fields as a JSON object of strings (one argument, not forty: packing arguments was a
---       fifth of the API's CPU per submission; tenant, task, queue and state are read from
---       it), request hash, creation score (ms), delay (ms; '0' = run now; the due time is
---       Redis' clock plus the delay, never a caller's clock), Celery message, max queue depth
---       of its tier ('0' = unlimited).
+--       fields as one JSON array of strings, field, value, field, value... (one argument, not
+--       forty: packing arguments was a fifth of the API's CPU per submission; an array, not
+--       an object, so that Redis writes it as it comes), starting with id, tenant, task,
+--       queue and state in that order (conveyor.jobstore.model.RECORD_HEAD), request hash,
+--       creation score (ms), delay (ms; '0' = run now; the due time is Redis' clock plus the
+--       delay, never a caller's clock), Celery message, max queue depth of its tier ('0' =
+--       unlimited).
 -- The record's `unique_key` and `unique_mode` (queued, active, ttl, debounce) ask for
 -- uniqueness: while a job of the same tenant, task and key is still queued (or scheduled),
 -- active (not finished), or within `unique_ttl` seconds, that job is the answer, as for an
@@ -259,11 +261,30 @@ else
   end
 end
 
+-- The record's named fields past its head, as a table: only the rare paths (uniqueness)
+-- need one.
+local function named(flat)
+  local record = {}
+  for at = 11, #flat, 2 do
+    record[flat[at]] = flat[at + 1]
+  end
+  return record
+end
+
 local function accept(record_json, request_hash, score, delay, message, max_depth)
-  local record = cjson.decode(record_json)
+  local flat = cjson.decode(record_json)
   delay, max_depth = tonumber(delay), tonumber(max_depth)
-  local id, tenant, idem = record['id'], record['tenant'], record['idempotency_key']
-  local queue, task, state = record['queue'], record['task'], record['state']
+  local id, tenant, task, queue, state = flat[2], flat[4], flat[6], flat[8], flat[10]
+  -- The fields read by name, picked out of the tail in one pass.
+  local idem, ukey = '', ''
+  for at = 11, #flat, 2 do
+    local field = flat[at]
+    if field == 'idempotency_key' then
+      idem = flat[at + 1]
+    elseif field == 'unique_key' then
+      ukey = flat[at + 1]
+    end
+  end
 
   -- Every request takes a token, replays included.
   local taken, left, wait = take(tenant)
@@ -289,9 +310,11 @@ local function accept(record_json, request_hash, score, delay, message, max_dept
 
   -- Uniqueness: the lock's holder answers while it is in a state the mode covers. The
   -- holder may be a job of this call: what is gathered is written first.
-  local ukey, umode = record['unique_key'] or '', record['unique_mode'] or ''
   local lock = ukey ~= '' and key_unique(prefix, tenant, task, ukey) or nil
+  local record, umode = nil, ''
   if lock then
+    record = named(flat)
+    umode = record['unique_mode'] or ''
     flush()
     -- A submission the holder answers keeps that answer under its idempotency key (a retry
     -- after a lost response must not make another job); the key goes with the holder's
@@ -335,8 +358,8 @@ local function accept(record_json, request_hash, score, delay, message, max_dept
         redis.call('HSET', key_job(prefix, holder), 'args', record['args'], 'scheduled_for',
                    string.format('%.3f', due_at / 1000), 'queue', queue,
                    'max_retries', record['max_retries'],
-                   'timeout_seconds', record['timeout_seconds'],
-                   'callback_url', record['callback_url'],
+                   'timeout_seconds', record['timeout_seconds'] or '',
+                   'callback_url', record['callback_url'] or '',
                    'concurrency_key', record['concurrency_key'] or '')
         if held[3] ~= queue then
           local at = redis.call('ZSCORE', key_index_queue(prefix, held[3]), holder)
@@ -358,7 +381,8 @@ local function accept(record_json, request_hash, score, delay, message, max_dept
   local due = 0
   if delay > 0 then
     due = now_ms() + delay
-    record['scheduled_for'] = string.format('%.3f', due / 1000)
+    flat[#flat + 1] = 'scheduled_for'
+    flat[#flat + 1] = string.format('%.3f', due / 1000)
     local depth = max_delayed > 0 and delayed_depth() or 0
     if max_delayed > 0 and depth >= max_delayed then
       return {3, depth}
@@ -386,11 +410,6 @@ local function accept(record_json, request_hash, score, delay, message, max_dept
   end
 
   -- Accepted: the record and its keys now, the shared writes gathered.
-  local flat = {}
-  for field, value in pairs(record) do
-    flat[#flat + 1] = field
-    flat[#flat + 1] = value
-  end
   redis.call('HSET', key_job(prefix, id), unpack(flat))
   add_sorted(key_index_all(prefix), score, id)
   add_sorted(key_index_tenant(prefix, tenant), score, id)
