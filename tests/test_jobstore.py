@@ -269,19 +269,3 @@ def test_the_architecture_page_shows_the_table_from_the_code() -> None:
 def test_every_verb_has_a_rule() -> None:
     assert set(TRANSITIONS) == set(Verb)
     assert Path(machine.__file__).exists()
-
-
-def test_the_index_sweep_drains_the_set_of_every_job_earlier_releases_kept(
-    store: JobStore,
-) -> None:
-    """Earlier releases kept `:index:all`; nothing writes it now. The beat's sweep finds it
-    with the other indexes, so its entries go as their records expire, and the set with them."""
-    alive = submit(store)
-    old_index = store.keys.prefix + ":index:all"
-    store.client.zadd(old_index, {alive: 1, "long-gone": 1})
-    assert old_index in store.index_keys()
-    assert store.prune_index(old_index, older_than=time.time()) == 1
-    assert store.client.zrange(old_index, 0, -1) == [alive]
-    store.client.delete(store.keys.job(alive))
-    store.prune_index(old_index, older_than=time.time())
-    assert not store.client.exists(old_index)
