@@ -40,8 +40,8 @@ def seed(url: str, jobs: int) -> str:
     accept_jobs(store, per_tier, Queue.DEFAULT, tenants=TENANTS)
     accept_jobs(store, jobs - per_tier, Queue.LOW, tenants=TENANTS)
     catalog = load_catalog([])
-    newest = store.client.zrange(store.keys.index_queue(Queue.DEFAULT), 0, jobs // 100 - 1)
-    ids = [m.decode() if isinstance(m, bytes) else m for m in newest]
+    ids = [m.decode() if isinstance(m, bytes) else m
+           for m in store.client.zrange(store.keys.index_all, 0, jobs // 100 - 1)]  # fmt: skip
     for job_id in ids:
         job = store.get(job_id)
         assert job is not None

@@ -29,7 +29,6 @@ from bench.harness import (
     table,
     wrk,
 )
-from conveyor.jobstore.keys import KeySpace
 
 BODY = json.dumps({"task": "demo.echo", "args": {"payload": {"order": 42}}})
 CONNECTIONS = 32
@@ -51,8 +50,9 @@ def _unfinished(stack: str, server: RedisServer) -> int:
     client = server.client()
     if stack == "conveyor":
         # Accepted, not yet succeeded (every demo.echo succeeds).
-        accepted = sum(int(client.zcard(index)) for index in KeySpace("conveyor").index_queues)
-        return accepted - int(client.zcard("conveyor:index:state:succeeded"))
+        return int(client.zcard("conveyor:index:all")) - int(
+            client.zcard("conveyor:index:state:succeeded")
+        )
     return int(client.llen("default")) + int(client.hlen("unacked"))
 
 

@@ -109,7 +109,7 @@ def listing(stored: int) -> list[list[object]]:
         store = JobStore(server.client(), Settings())
         accept_jobs(store, stored, Queue.DEFAULT)
         # Finish them all: the records and the state index, as transition.lua leaves them.
-        ids = client.zrange("conveyor:index:queue:default", 0, -1, withscores=True)
+        ids = client.zrange("conveyor:index:all", 0, -1, withscores=True)
         for start in range(0, len(ids), 5000):
             with client.pipeline(transaction=False) as pipe:
                 for job_id, score in ids[start : start + 5000]:

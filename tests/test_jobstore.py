@@ -87,7 +87,7 @@ def test_generated_key_functions_match_the_python_names(store: JobStore) -> None
     """The Lua functions and KeySpace's methods build the same names."""
     keys = KeySpace("pfx")
     probes = {
-        "job": ("j1",), "idempotency": ("t", "k"), "events": ("j1",),
+        "job": ("j1",), "idempotency": ("t", "k"), "events": ("j1",), "index_all": (),
         "index_tenant": ("t",), "index_state": ("queued",), "index_task": ("demo.echo",),
         "index_queue": ("low",), "rate_limit": ("t",), "delayed": (), "delayed_messages": (),
         "dead": (), "dead_messages": (), "running": ("low",), "inflight": ("c", "low"),

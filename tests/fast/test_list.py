@@ -89,42 +89,6 @@ async def test_expired_records_drop_out_of_the_listing(
     assert redis_client.zscore(KEYS.index_task("demo.sleep"), gone) is None
 
 
-async def test_all_jobs_merge_the_tiers_newest_first_with_ties_by_id(
-    client: httpx.AsyncClient, redis_client: "redis.Redis"
-) -> None:
-    """A listing of every job reads the three tiers' indexes together: pages of any size give
-    each job once, newest first and, within a millisecond, by id descending, as one index
-    would order them, whichever tier each job is on."""
-    tiers = ["high", "default", "low"]
-    for n in range(30):
-        body = {"task": "demo.echo", "priority": tiers[n * 7 % 3]}
-        assert (await client.post("/v1/jobs", json=body)).status_code == 202
-    # Jobs of several tiers in one millisecond: ties the merge must order by id.
-    for tier in tiers:
-        redis_client.zadd(KEYS.index_queue(tier), {"tie-" + tier: 1})
-        record = {
-            "id": "tie-" + tier,
-            "tenant": "t",
-            "task": "demo.echo",
-            "queue": tier,
-            "state": "queued",
-            "args": "{}",
-            "max_retries": "0",
-            "created_at": "0.001",
-        }
-        redis_client.hset(KEYS.job("tie-" + tier), mapping=record)  # type: ignore[arg-type]
-    scored = [
-        (score, member)
-        for tier in tiers
-        for member, score in redis_client.zrange(KEYS.index_queue(tier), 0, -1, withscores=True)
-    ]
-    expected = [member for _, member in sorted(scored, reverse=True)]
-    assert len(expected) == 33
-    for limit in (1, 4, 7, 50):
-        pages = await all_pages(client, limit=limit)
-        assert [job_id for page in pages for job_id in page] == expected, limit
-
-
 @pytest.mark.parametrize(
     "params", [{"limit": 0}, {"limit": 501}, {"state": "bogus"}, {"cursor": "%%%"}]
 )
@@ -157,19 +121,3 @@ async def test_a_cursor_this_api_never_issued_is_explained_with_a_pointer(
     assert body["errors"] == [
         {"pointer": "#/query/cursor", "detail": "Not a cursor of this listing"}
     ]
-
-
-async def test_a_job_its_state_index_lost_still_moves_with_its_creation_score(
-    client: httpx.AsyncClient, redis_client: "redis.Redis"
-) -> None:
-    """A change of state takes the job's score from the state index it leaves, or from its
-    queue's index when that one lost it: the job is listed under its new state either way."""
-    kept = (await client.post("/v1/jobs", json={"task": "demo.echo"})).json()["id"]
-    lost = (await client.post("/v1/jobs", json={"task": "demo.echo"})).json()["id"]
-    redis_client.zrem(KEYS.index_state("queued"), lost)
-    for job_id in (kept, lost):
-        (await client.post(f"/v1/jobs/{job_id}/cancel")).raise_for_status()
-        created = redis_client.zscore(KEYS.index_queue("default"), job_id)
-        assert created is not None
-        assert redis_client.zscore(KEYS.index_state("cancelled"), job_id) == created
-        assert redis_client.zscore(KEYS.index_state("queued"), job_id) is None

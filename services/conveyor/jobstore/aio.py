@@ -174,19 +174,17 @@ class AsyncJobStore(WorkflowVerbs):
             filters["task"] = task
         if queue is not None:
             filters["queue"] = str(queue)
-        # The index read, newest first: one sorted set, or the queues' merged for all jobs.
-        indexes: tuple[str, ...]
         if dead_letters:
-            indexes = (self.keys.dead,)
+            index = self.keys.dead
         elif tenant is not None:
-            indexes = (self.keys.index_tenant(tenant),)
+            index = self.keys.index_tenant(tenant)
         else:
             candidates = [
                 *([self.keys.index_state(state)] if state is not None else []),
                 *([self.keys.index_task(task)] if task is not None else []),
                 *([self.keys.index_queue(queue)] if queue is not None else []),
             ]
-            indexes = (await self._smallest(candidates),) if candidates else self.keys.index_queues
+            index = await self._smallest(candidates) if candidates else self.keys.index_all
         read = (*SUMMARY_FIELDS, *sorted(fields & LISTABLE_FIELDS))
         heavy = range(len(SUMMARY_FIELDS), len(read))
 
@@ -204,7 +202,10 @@ class AsyncJobStore(WorkflowVerbs):
         # Bounded work per request: a sparse filter returns a short page plus a cursor.
         budget, batch = limit * 20, limit + 1
         while len(jobs) < limit and budget > 0:
-            rows = await self._newest(indexes, bound_score, floor, batch)
+            reply: list[Any] = await self.client.zrevrangebyscore(
+                index, bound_score, floor, start=0, num=batch, withscores=True
+            )
+            rows = [(_member(member), float(score)) for member, score in reply]
             # Entries sharing the cursor's score come in descending id order; skip those seen.
             fresh = [
                 (m, s)
@@ -236,10 +237,7 @@ class AsyncJobStore(WorkflowVerbs):
                 if len(jobs) == limit or budget == 0 or full:
                     break
             if expired:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for index in indexes:
-                        pipe.zrem(index, *expired)
-                    await pipe.execute()
+                await self.client.zrem(index, *expired)
                 if dead_letters:
                     await self.client.hdel(self.keys.dead_messages, *expired)
             if full:
@@ -279,22 +277,6 @@ class AsyncJobStore(WorkflowVerbs):
             reply = await script.run_async(self.client, [*head, *batch])
             done, kept = done + int(reply[0]), kept + int(reply[1])
         return done
-
-    async def _newest(
-        self, indexes: tuple[str, ...], bound: str, floor: str, count: int
-    ) -> list[tuple[str, float]]:
-        """The `count` newest (id, score) of `indexes` together with scores from `bound` down
-        to `floor`, as ZREVRANGEBYSCORE orders one set (score, then id, both descending): each
-        set's `count` newest hold the union's.
-        """
-        async with self.client.pipeline(transaction=False) as pipe:
-            for index in indexes:
-                pipe.zrevrangebyscore(index, bound, floor, start=0, num=count, withscores=True)
-            replies: list[list[Any]] = await pipe.execute()
-        rows = [(_member(member), float(score)) for reply in replies for member, score in reply]
-        if len(indexes) > 1:
-            rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
-        return rows[:count]
 
     async def _smallest(self, keys: list[str]) -> str:
         if len(keys) == 1:

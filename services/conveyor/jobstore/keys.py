@@ -9,8 +9,6 @@ database after a whole job life for any key these templates do not describe).
 import re
 from dataclasses import dataclass
 
-from conveyor.core.queues import Queue
-
 # name → template. `{prefix}` is `CONVEYOR_KEY_PREFIX`; other fields are the function's
 # parameters, in order. Celery's queue lists are named by the queue alone (kombu's choice).
 TEMPLATES: dict[str, str] = {
@@ -31,6 +29,7 @@ TEMPLATES: dict[str, str] = {
     "workflow_index_all": "{prefix}:workflows:all",
     "workflow_index_tenant": "{prefix}:workflows:tenant:{tenant}",
     "workflow_idempotency": "{prefix}:wfidem:{tenant}:{key}",
+    "index_all": "{prefix}:index:all",
     "index_tenant": "{prefix}:index:tenant:{tenant}",
     "index_state": "{prefix}:index:state:{state}",
     "index_task": "{prefix}:index:task:{task}",
@@ -166,6 +165,11 @@ class KeySpace:
         """String mapping a tenant's workflow idempotency key to the workflow and request."""
         return self._key("workflow_idempotency", tenant=tenant, key=key)
 
+    @property
+    def index_all(self) -> str:
+        """Sorted set of every job id, scored by creation time (ms)."""
+        return self._key("index_all")
+
     def index_tenant(self, tenant: str) -> str:
         """Jobs of one tenant."""
         return self._key("index_tenant", tenant=tenant)
@@ -183,20 +187,9 @@ class KeySpace:
         return self._key("index_queue", queue=queue)
 
     @property
-    def index_queues(self) -> tuple[str, ...]:
-        """The queues' indexes: every job is in one of them, so a listing of all jobs merges
-        them (a set of every job would be one more sorted-set write per job; bench/README.md,
-        round 12).
-        """
-        return tuple(self.index_queue(str(queue)) for queue in Queue)
-
-    @property
     def index_pattern(self) -> str:
-        """SCAN pattern of every index (the task indexes are open-ended). It also matches
-        `:index:all`, which earlier releases kept: swept like the others, its entries
-        go as their records expire, and the emptied set with them.
-        """
-        return self._key("index_state", state="*").replace(":state:*", ":*")
+        """SCAN pattern of every index (the task indexes are open-ended)."""
+        return self._key("index_all").removesuffix("all") + "*"
 
     def rate_limit(self, tenant: str) -> str:
         """Hash holding a tenant's token bucket."""

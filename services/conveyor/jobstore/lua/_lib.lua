@@ -20,9 +20,8 @@ local function move_state_index(prefix, id, old_state, new_state)
   if old_state == new_state then
     return
   end
-  local queue
   if old_state == 'running' or new_state == 'running' then
-    queue = redis.call('HGET', key_job(prefix, id), 'queue')
+    local queue = redis.call('HGET', key_job(prefix, id), 'queue')
     if queue then
       if new_state == 'running' then
         redis.call('ZADD', key_running(prefix, queue), redis_time()[1], id)
@@ -31,15 +30,9 @@ local function move_state_index(prefix, id, old_state, new_state)
       end
     end
   end
-  -- The score from the index it leaves; from its queue's index if that one lost it (every
-  -- job is in its queue's).
-  local score = redis.call('ZSCORE', key_index_state(prefix, old_state), id)
+  local score = redis.call('ZSCORE', key_index_all(prefix), id)
   if not score then
-    queue = queue or redis.call('HGET', key_job(prefix, id), 'queue')
-    score = queue and redis.call('ZSCORE', key_index_queue(prefix, queue), id)
-    if not score then
-      return
-    end
+    return
   end
   redis.call('ZREM', key_index_state(prefix, old_state), id)
   redis.call('ZADD', key_index_state(prefix, new_state), score, id)

@@ -411,6 +411,7 @@ local function accept(record_json, request_hash, score, delay, message, max_dept
 
   -- Accepted: the record and its keys now, the shared writes gathered.
   redis.call('HSET', key_job(prefix, id), unpack(flat))
+  add_sorted(key_index_all(prefix), score, id)
   add_sorted(key_index_tenant(prefix, tenant), score, id)
   add_sorted(key_index_state(prefix, state), score, id)
   add_sorted(key_index_task(prefix, task), score, id)

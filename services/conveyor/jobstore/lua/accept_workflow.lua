@@ -89,6 +89,7 @@ for n, record in ipairs(records) do
     fields[#fields + 1] = value
   end
   redis.call('HSET', key_job(prefix, job), unpack(fields))
+  redis.call('ZADD', key_index_all(prefix), score, job)
   redis.call('ZADD', key_index_tenant(prefix, tenant), score, job)
   redis.call('ZADD', key_index_state(prefix, state), score, job)
   redis.call('ZADD', key_index_task(prefix, task), score, job)
