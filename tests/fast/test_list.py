@@ -121,3 +121,19 @@ async def test_a_cursor_this_api_never_issued_is_explained_with_a_pointer(
     assert body["errors"] == [
         {"pointer": "#/query/cursor", "detail": "Not a cursor of this listing"}
     ]
+
+
+async def test_a_job_its_state_index_lost_still_moves_with_its_creation_score(
+    client: httpx.AsyncClient, redis_client: "redis.Redis"
+) -> None:
+    """A change of state keeps the job's creation score, and lists the job under its new
+    state, even when the index of the state it leaves had lost it."""
+    kept = (await client.post("/v1/jobs", json={"task": "demo.echo"})).json()["id"]
+    lost = (await client.post("/v1/jobs", json={"task": "demo.echo"})).json()["id"]
+    redis_client.zrem(KEYS.index_state("queued"), lost)
+    for job_id in (kept, lost):
+        (await client.post(f"/v1/jobs/{job_id}/cancel")).raise_for_status()
+        created = redis_client.zscore(KEYS.index_queue("default"), job_id)
+        assert created is not None
+        assert redis_client.zscore(KEYS.index_state("cancelled"), job_id) == created
+        assert redis_client.zscore(KEYS.index_state("queued"), job_id) is None
