@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from conveyor.core.catalog import load_catalog
+from conveyor.core.queues import Queue
 from conveyor.core.settings import Settings
 from conveyor.jobstore import machine
 from conveyor.jobstore.aio import AsyncJobStore
@@ -25,11 +26,11 @@ from conveyor.jobstore.keys import (
     task_gate,
 )
 from conveyor.jobstore.machine import TRANSITIONS, Verb
-from conveyor.jobstore.model import JobState
+from conveyor.jobstore.model import RECORD_HEAD, JobState
 from conveyor.jobstore.runs import StartVerdict
 from conveyor.jobstore.scripts import JOB_SCRIPTS, script_text
 from conveyor.jobstore.store import JobStore
-from conveyor.jobstore.submission import Submission
+from conveyor.jobstore.submission import Submission, prepare
 from tests.support.processes import REPO, RedisServer
 
 SETTINGS = Settings()
@@ -269,3 +270,29 @@ def test_the_architecture_page_shows_the_table_from_the_code() -> None:
 def test_every_verb_has_a_rule() -> None:
     assert set(TRANSITIONS) == set(Verb)
     assert Path(machine.__file__).exists()
+
+
+def test_a_record_is_stored_as_built_and_its_head_read_by_position(store: JobStore) -> None:
+    """accept.lua reads id, tenant, task, queue and state by their places in the record's
+    array and the idempotency key from its tail: a job with every optional field is stored
+    field for field as `NewJob.record` built it, indexed by those five, and its key answers
+    a replay."""
+    spec = load_catalog([])["demo.echo"]
+    submission = Submission.of(spec, tenant="t9", args={"payload": 1}, idempotency_key="k9",
+                               callback_url="https://example.com/hook", timeout_seconds=5,
+                               priority=Queue.HIGH, delay_seconds=60)  # fmt: skip
+    job, _ = prepare(spec, submission, SETTINGS.worker)
+    assert tuple(job.record)[: len(RECORD_HEAD)] == RECORD_HEAD
+    first = store.submit(spec, submission)
+    stored = store.client.hgetall(store.keys.job(first.job_id))
+    expected = {**job.record, "id": first.job_id}
+    assert set(stored) == set(expected)
+    for field in ("tenant", "task", "queue", "state", "idempotency_key", "callback_url",
+                  "timeout_seconds", "max_retries", "args"):  # fmt: skip
+        assert stored[field] == expected[field], field
+    assert stored["state"] == "scheduled"
+    assert "attempts" not in stored
+    for index in (store.keys.index_tenant("t9"), store.keys.index_task("demo.echo"),
+                  store.keys.index_queue("high"), store.keys.index_state("scheduled")):  # fmt: skip
+        assert store.client.zscore(index, first.job_id) is not None, index
+    assert store.submit(spec, submission).job_id == first.job_id
