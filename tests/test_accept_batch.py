@@ -9,6 +9,7 @@ usage) and keeps the counts its checks read in step with them, which is what cou
 import random
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
@@ -248,3 +249,28 @@ def test_a_write_refused_while_gathered_writes_are_made_fails_the_whole_call(
     assert sum(jobs[0][0].id in _text(m) for m in messages) <= 1, "a message pushed twice"
     assert client.llen(KEYS.queue(Queue.DEFAULT)) == len(messages)
     assert not client.exists(KEYS.idempotency("a", "k1"))
+
+
+@pytest.mark.parametrize("shape", ["reordered", "object"])
+def test_a_record_not_in_the_scripts_shape_is_that_jobs_error(
+    redis_server: RedisServer, shape: str
+) -> None:
+    """accept.lua reads the record's head by position: a record with its head in another
+    order (or an object, as an earlier release sent it) is answered as that job's error,
+    with nothing written, and the call's other jobs are accepted whole."""
+    client = redis_server.client(fresh_db(redis_server))
+    jobs = [_job(1), _job(2), _job(3)]
+    [(argv, count)] = accept_calls("conveyor", jobs)
+    assert count == 3
+    bad = jobs[1][0].record
+    head = 10  # the call's head; then 6 arguments per job, the record first
+    if shape == "object":
+        argv[head + 6] = orjson.dumps(bad)
+    else:
+        swapped = {"tenant": bad["tenant"], "id": bad["id"], **bad}
+        argv[head + 6] = orjson.dumps([item for pair in swapped.items() for item in pair])
+    replies = ACCEPT.run(client, argv)
+    assert [reply[0] for reply in replies] == [1, 5, 1]
+    assert not client.exists(KEYS.job(jobs[1][0].id))
+    assert client.zscore(KEYS.index_all, jobs[1][0].id) is None
+    assert client.llen(KEYS.queue(Queue.DEFAULT)) == 2

@@ -274,6 +274,10 @@ end
 local function accept(record_json, request_hash, score, delay, message, max_depth)
   local flat = cjson.decode(record_json)
   delay, max_depth = tonumber(delay), tonumber(max_depth)
+  -- A record not in that shape is this job's error, never another tenant's or task's keys.
+  if flat[1] ~= 'id' or flat[3] ~= 'tenant' or flat[9] ~= 'state' then
+    error('the record does not start with id, tenant, task, queue and state')
+  end
   local id, tenant, task, queue, state = flat[2], flat[4], flat[6], flat[8], flat[10]
   -- The fields read by name, picked out of the tail in one pass.
   local idem, ukey = '', ''
